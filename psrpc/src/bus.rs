@@ -1,0 +1,312 @@
+//! The bus abstraction ([`MessageBus`], [`Subscription`]) and the in-process
+//! [`LocalBus`].
+//!
+//! A bus moves bytes; it knows nothing of RPC. The runtime hands it encoded
+//! `Msg` envelopes without the channel field; a bus that demultiplexes shared
+//! subjects (NATS) appends `Msg.channel` itself with
+//! [`wire::append_channel`](crate::wire::append_channel).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use crate::channels::Channel;
+use crate::error::Result;
+
+/// A publish/subscribe transport.
+///
+/// `subscribe` is fan-out (every subscription of the channel gets every
+/// message); `subscribe_queue` is competing consumers (one queue subscription
+/// in the whole system gets each message). Both return once the subscription
+/// is in effect, so a message published afterwards is received.
+#[async_trait]
+pub trait MessageBus: Send + Sync + 'static {
+    /// Publishes an encoded `Msg` envelope on `channel`.
+    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()>;
+
+    /// Subscribes to every message of `channel`; `size` bounds the buffer.
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription>;
+
+    /// Joins the queue of `channel`: each message goes to one member.
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription>;
+}
+
+#[async_trait]
+impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
+    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+        (**self).publish(channel, msg).await
+    }
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        (**self).subscribe(channel, size).await
+    }
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        (**self).subscribe_queue(channel, size).await
+    }
+}
+
+/// A shared, type-erased bus, as the runtime holds it.
+pub type DynBus = Arc<dyn MessageBus>;
+
+type Closer = Box<dyn FnOnce() + Send + Sync>;
+
+/// The receiving end of a bus subscription: raw `Msg` bytes, in the order
+/// the bus delivered them. Dropping it (or [`Subscription::close`])
+/// unsubscribes.
+pub struct Subscription {
+    rx: mpsc::Receiver<Bytes>,
+    closer: Option<Closer>,
+    closed: bool,
+}
+
+impl Subscription {
+    /// A subscription reading from `rx`; `on_close` runs once when it is
+    /// closed or dropped (a bus unsubscribes there).
+    pub fn new(rx: mpsc::Receiver<Bytes>, on_close: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Subscription {
+            rx,
+            closer: Some(Box::new(on_close)),
+            closed: false,
+        }
+    }
+
+    /// The next message; `None` once the subscription is closed.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        if self.closed {
+            return None;
+        }
+        self.rx.recv().await
+    }
+
+    /// The next message if one is buffered. `Err(Disconnected)` once closed.
+    pub fn try_recv(&mut self) -> Result<Bytes, mpsc::error::TryRecvError> {
+        if self.closed {
+            return Err(mpsc::error::TryRecvError::Disconnected);
+        }
+        self.rx.try_recv()
+    }
+
+    /// Unsubscribes. Messages still buffered are discarded; reads return `None`.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.rx.close();
+        if let Some(c) = self.closer.take() {
+            c();
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(c) = self.closer.take() {
+            c();
+        }
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Bytes;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Bytes>> {
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// The in-process bus: every client and server in one process that share a
+/// `LocalBus` (clones share it) reach each other.
+///
+/// Messages are encoded to bytes as on every other bus, so nothing is shared
+/// between peers but the bytes.
+///
+/// # Slow consumers
+///
+/// Every subscription has a bounded buffer (`size` messages). Publishing first
+/// offers the message to every subscriber without waiting, so subscribers with
+/// room get it at once whatever the others do. A subscriber whose buffer is
+/// full then gets up to the *slow-consumer timeout* (default 100 ms, see
+/// [`LocalBus::with_slow_consumer_timeout`]) to make room, during which only
+/// that publish waits; no lock is held, so other publishers and unrelated
+/// channels are never held up. If it still has no room, the message is dropped
+/// for that subscriber alone, logged with `tracing` at warn level and counted
+/// in [`LocalBus::dropped`]. Memory stays bounded; a consumer that keeps up
+/// loses nothing. (The Go local bus blocks the publisher for as long as the
+/// subscriber is full, quirk Q12; this bus bounds that wait.)
+///
+/// A queue message goes to the members in turn (round-robin); a full member is
+/// skipped in favour of one with room before any waiting happens.
+#[derive(Clone)]
+pub struct LocalBus {
+    inner: Arc<LocalInner>,
+}
+
+struct LocalInner {
+    channels: RwLock<HashMap<String, Arc<Subscribers>>>,
+    next_id: AtomicU64,
+    dropped: AtomicU64,
+    slow_timeout: Duration,
+}
+
+#[derive(Default, Clone)]
+struct Subscribers {
+    fanout: Vec<(u64, mpsc::Sender<Bytes>)>,
+    queue: Vec<(u64, mpsc::Sender<Bytes>)>,
+    rr: Arc<AtomicUsize>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBus")
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl LocalBus {
+    /// A new, empty bus.
+    pub fn new() -> Self {
+        Self::with_slow_consumer_timeout(Duration::from_millis(100))
+    }
+
+    /// A new bus that gives a full subscriber `timeout` to make room before a
+    /// message is dropped for it.
+    pub fn with_slow_consumer_timeout(timeout: Duration) -> Self {
+        LocalBus {
+            inner: Arc::new(LocalInner {
+                channels: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                dropped: AtomicU64::new(0),
+                slow_timeout: timeout,
+            }),
+        }
+    }
+
+    /// How many deliveries were dropped because a subscriber stayed full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, channel: &Channel, size: usize, queue: bool) -> Subscription {
+        let (tx, rx) = mpsc::channel(size.max(1));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = channel.legacy.clone();
+        {
+            let mut map = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
+            let mut subs = map.get(&key).map(|s| (**s).clone()).unwrap_or_default();
+            if queue {
+                subs.queue.push((id, tx));
+            } else {
+                subs.fanout.push((id, tx));
+            }
+            map.insert(key.clone(), Arc::new(subs));
+        }
+        let inner = Arc::downgrade(&self.inner);
+        Subscription::new(rx, move || {
+            let Some(inner) = inner.upgrade() else { return };
+            let mut map = inner.channels.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(cur) = map.get(&key) {
+                let mut subs = (**cur).clone();
+                subs.fanout.retain(|(i, _)| *i != id);
+                subs.queue.retain(|(i, _)| *i != id);
+                if subs.fanout.is_empty() && subs.queue.is_empty() {
+                    map.remove(&key);
+                } else {
+                    map.insert(key, Arc::new(subs));
+                }
+            }
+        })
+    }
+
+    async fn deliver_slow(&self, channel: &Channel, tx: &mpsc::Sender<Bytes>, msg: Bytes) {
+        match tokio::time::timeout(self.inner.slow_timeout, tx.send(msg)).await {
+            Ok(_) => {}
+            Err(_) => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    channel = %channel.legacy,
+                    "local bus: subscriber full for {:?}, message dropped for it",
+                    self.inner.slow_timeout
+                );
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MessageBus for LocalBus {
+    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+        let subs = {
+            let map = self.inner.channels.read().unwrap_or_else(|e| e.into_inner());
+            match map.get(&channel.legacy) {
+                Some(s) => s.clone(),
+                None => return Ok(()),
+            }
+        };
+        let mut slow: Vec<&mpsc::Sender<Bytes>> = Vec::new();
+        for (_, tx) in &subs.fanout {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
+                slow.push(tx);
+            }
+        }
+        let n = subs.queue.len();
+        if n > 0 {
+            let start = subs.rr.fetch_add(1, Ordering::Relaxed);
+            let mut full = None;
+            let mut delivered = false;
+            for k in 0..n {
+                let tx = &subs.queue[(start + k) % n].1;
+                match tx.try_send(msg.clone()) {
+                    Ok(()) => {
+                        delivered = true;
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        full.get_or_insert(tx);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            if let (false, Some(tx)) = (delivered, full) {
+                slow.push(tx);
+            }
+        }
+        for tx in slow {
+            self.deliver_slow(channel, tx, msg.clone()).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        Ok(self.add(channel, size, false))
+    }
+
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        Ok(self.add(channel, size, true))
+    }
+}

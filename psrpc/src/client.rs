@@ -1,0 +1,846 @@
+//! The generic client runtime ([`RpcClient`]): unary calls with queue or
+//! affinity routing, multi calls, and subscriptions. Generated clients are
+//! thin typed wrappers over it.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{DynBus, MessageBus};
+use crate::channels;
+use crate::error::{Error, ErrorCode, Result};
+use crate::id;
+use crate::info::{Context, DynMessage, Metadata, MethodInfo, RequestHook, ResponseHook, RpcInfo};
+use crate::select::{
+    DEFAULT_SELECTION_TIMEOUT, Incoming, SelectionOptions, cancelled_opt, select_server,
+    sleep_until_opt,
+};
+use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
+
+/// Default request timeout when neither the client, the context nor the call gives one.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default buffer size of subscriptions and multi calls.
+pub const DEFAULT_CHANNEL_SIZE: usize = 100;
+
+/// Options of an [`RpcClient`].
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// The client id; a fresh `CLI_` id when `None`.
+    pub client_id: Option<String>,
+    /// Request timeout for every call; zero: the context's deadline or 3 s.
+    pub timeout: Duration,
+    /// How long claim selection waits by default (1 s).
+    pub selection_timeout: Duration,
+    /// Buffer size of subscriptions and pending calls (100).
+    pub channel_size: usize,
+    /// Run before every call.
+    pub request_hooks: Vec<RequestHook>,
+    /// Run after every call and every multi-call item.
+    pub response_hooks: Vec<ResponseHook>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            client_id: None,
+            timeout: Duration::ZERO,
+            selection_timeout: DEFAULT_SELECTION_TIMEOUT,
+            channel_size: DEFAULT_CHANNEL_SIZE,
+            request_hooks: Vec::new(),
+            response_hooks: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("client_id", &self.client_id)
+            .field("timeout", &self.timeout)
+            .field("selection_timeout", &self.selection_timeout)
+            .field("channel_size", &self.channel_size)
+            .field("request_hooks", &self.request_hooks.len())
+            .field("response_hooks", &self.response_hooks.len())
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// Sets the client id.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+    /// Sets the request timeout of every call.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// Sets the default selection timeout.
+    pub fn selection_timeout(mut self, t: Duration) -> Self {
+        self.selection_timeout = t;
+        self
+    }
+    /// Sets the buffer size of subscriptions and calls.
+    pub fn channel_size(mut self, n: usize) -> Self {
+        if n > 0 {
+            self.channel_size = n;
+        }
+        self
+    }
+    /// Adds a request hook.
+    pub fn request_hook(
+        mut self,
+        hook: impl Fn(&RpcInfo, &dyn DynMessage) + Send + Sync + 'static,
+    ) -> Self {
+        self.request_hooks.push(Arc::new(hook));
+        self
+    }
+    /// Adds a response hook.
+    pub fn response_hook(
+        mut self,
+        hook: impl Fn(&RpcInfo, &dyn DynMessage, Result<&dyn DynMessage, &Error>)
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.response_hooks.push(Arc::new(hook));
+        self
+    }
+}
+
+/// Options of one call, set through the call builders.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Overrides the request timeout (may exceed the context's deadline;
+    /// the request's expiry is still clamped to it).
+    pub timeout: Option<Duration>,
+    /// Replaces the default selection options as a whole.
+    pub selection: Option<SelectionOptions>,
+    /// The caller's context: deadline and cancellation.
+    pub context: Context,
+    /// Metadata sent with the request.
+    pub metadata: Metadata,
+}
+
+type PendingMap = Mutex<HashMap<String, mpsc::Sender<Incoming>>>;
+
+struct Shared {
+    pending: PendingMap,
+}
+
+struct ClientInner {
+    bus: DynBus,
+    service: String,
+    id: String,
+    opts: ClientOptions,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+/// A client of one service: sends calls and joins subscriptions. Cheap to
+/// clone; clones share the client. Dropping the last clone closes it.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("service", &self.inner.service)
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+impl RpcClient {
+    /// Connects a client of `service` to `bus`: subscribes its response and
+    /// claim channels, and returns once they are in effect.
+    pub async fn new(
+        bus: impl MessageBus,
+        service: impl Into<String>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        let bus: DynBus = Arc::new(bus);
+        let service = service.into();
+        let id = opts
+            .client_id
+            .clone()
+            .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+        });
+        let closed = CancellationToken::new();
+        let size = opts.channel_size.max(1);
+        let res = bus
+            .subscribe(&channels::response_channel(&service, &id), size)
+            .await?;
+        let claims = bus
+            .subscribe(&channels::claim_request_channel(&service, &id), size)
+            .await?;
+        tokio::spawn(dispatch::<Response>(res, shared.clone(), closed.clone(), |r| {
+            (r.request_id.clone(), Incoming::Response(r))
+        }));
+        tokio::spawn(dispatch::<ClaimRequest>(claims, shared.clone(), closed.clone(), |c| {
+            (c.request_id.clone(), Incoming::Claim(c))
+        }));
+        Ok(RpcClient {
+            inner: Arc::new(ClientInner {
+                bus,
+                service,
+                id,
+                opts,
+                shared,
+                closed,
+            }),
+        })
+    }
+
+    /// The client id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The bus the client sends on.
+    pub fn bus(&self) -> &DynBus {
+        &self.inner.bus
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Closes the client: unsubscribes its channels and fails every pending
+    /// call at once with `canceled` "client is closed". Later calls fail the
+    /// same way. (Go lets pending calls run into their deadline; failing them
+    /// at once is what a caller waiting on a closed client wants.)
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+        // Dropping the senders wakes every waiting call with "closed".
+        let drained: Vec<_> = {
+            let mut p = self.inner.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.drain().collect()
+        };
+        drop(drained);
+    }
+
+    /// Starts a unary call of `method` with `req`; set options on the
+    /// returned builder and `.await` it.
+    pub fn unary<'a, Req, Res>(
+        &'a self,
+        method: &'a MethodInfo,
+        topic: Vec<String>,
+        req: Req,
+    ) -> UnaryCall<'a, Req, Res>
+    where
+        Req: Message + std::fmt::Debug + 'static,
+        Res: Message + Default + std::fmt::Debug + 'static,
+    {
+        UnaryCall {
+            client: self,
+            method,
+            topic,
+            req,
+            opts: CallOptions::default(),
+            _res: PhantomData,
+        }
+    }
+
+    /// Starts a multi call of `method`: every server answers. Awaiting it
+    /// sends the request and gives a stream of per-server results.
+    pub fn multi<'a, Req, Res>(
+        &'a self,
+        method: &'a MethodInfo,
+        topic: Vec<String>,
+        req: Req,
+    ) -> MultiCall<'a, Req, Res>
+    where
+        Req: Message + std::fmt::Debug + 'static,
+        Res: Message + Default + std::fmt::Debug + 'static,
+    {
+        MultiCall {
+            client: self,
+            method,
+            topic,
+            req,
+            opts: CallOptions::default(),
+            _res: PhantomData,
+        }
+    }
+
+    /// Joins the subscription `method` on `topic`: a fan-out subscription for
+    /// multi methods (every subscriber gets every update), otherwise a queue
+    /// subscription (one subscriber gets each update).
+    pub async fn subscribe<T>(&self, method: &MethodInfo, topic: &[String]) -> Result<Subscription<T>>
+    where
+        T: Message + prost::Name + Default,
+    {
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        let ch = channels::rpc_channel(&self.inner.service, &method.name, topic, method.queue);
+        let size = self.inner.opts.channel_size;
+        let sub = if method.multi {
+            self.inner.bus.subscribe(&ch, size).await
+        } else {
+            self.inner.bus.subscribe_queue(&ch, size).await
+        };
+        let sub = sub.map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
+        Ok(Subscription {
+            raw: sub,
+            type_url: wire::type_url_of::<T>(),
+            channel: ch.legacy,
+            _t: PhantomData,
+        })
+    }
+
+    fn info(&self, method: &MethodInfo, topic: &[String]) -> RpcInfo {
+        RpcInfo {
+            service: self.inner.service.clone(),
+            method: method.name.to_string(),
+            topic: topic.to_vec(),
+            multi: method.multi,
+        }
+    }
+
+    /// The effective request timeout (WIRE.md 7.2) and the context deadline.
+    fn timeout(&self, opts: &CallOptions) -> Duration {
+        let mut t = self.inner.opts.timeout;
+        if let Some(rem) = opts.context.remaining() {
+            if t.is_zero() || t > rem {
+                t = rem;
+            }
+        }
+        if t.is_zero() {
+            t = DEFAULT_CLIENT_TIMEOUT;
+        }
+        opts.timeout.unwrap_or(t)
+    }
+
+    fn register(&self, request_id: &str) -> Result<(mpsc::Receiver<Incoming>, PendingGuard)> {
+        let (tx, rx) = mpsc::channel(self.inner.opts.channel_size.max(1));
+        let mut p = self.inner.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock, so close() cannot miss this entry.
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        p.insert(request_id.to_owned(), tx);
+        Ok((
+            rx,
+            PendingGuard {
+                shared: self.inner.shared.clone(),
+                request_id: request_id.to_owned(),
+            },
+        ))
+    }
+
+    async fn publish<M: wire::Envelope>(&self, ch: &channels::Channel, m: &M) -> Result<()> {
+        self.inner
+            .bus
+            .publish(ch, wire::encode_msg(m))
+            .await
+            .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))
+    }
+
+    /// One unary call on raw request bytes; returns the raw response bytes.
+    pub async fn call_unary_raw(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        raw_request: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes> {
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        let t = self.timeout(opts);
+        let now_ns = wire::now_ns();
+        let mut expiry = now_ns.saturating_add(t.as_nanos() as i64);
+        if let Some(rem) = opts.context.remaining() {
+            // Clamp the expiry to the caller's deadline (Go HEAD 220fe5f).
+            expiry = expiry.min(now_ns.saturating_add(rem.as_nanos() as i64));
+        }
+        let request_id = id::new_request_id();
+        let req = Request {
+            request_id: request_id.clone(),
+            client_id: self.inner.id.clone(),
+            sent_at: now_ns,
+            expiry,
+            multi: false,
+            metadata: opts.metadata.clone(),
+            raw_request,
+            ..Default::default()
+        };
+        let (mut rx, _guard) = self.register(&request_id)?;
+        let service = &self.inner.service;
+        self.publish(&channels::rpc_channel(service, &method.name, topic, method.queue), &req)
+            .await?;
+
+        let mut deadline = Instant::now() + t;
+        if let Some(d) = opts.context.deadline() {
+            deadline = deadline.min(Instant::from_std(d));
+        }
+        let cancel = opts.context.cancel_token();
+
+        if method.require_claim {
+            let defaults;
+            let sel = match &opts.selection {
+                Some(s) => s,
+                None => {
+                    defaults = if method.affinity_enabled {
+                        SelectionOptions::affinity_defaults(self.inner.opts.selection_timeout)
+                    } else {
+                        SelectionOptions::queue_defaults(self.inner.opts.selection_timeout)
+                    };
+                    &defaults
+                }
+            };
+            let selected = select_server(&mut rx, sel, Some(deadline), cancel).await?;
+            let claim = ClaimResponse {
+                request_id: request_id.clone(),
+                server_id: selected.server_id,
+            };
+            self.publish(&channels::claim_response_channel(service, &method.name, topic), &claim)
+                .await?;
+        }
+
+        loop {
+            let ev = tokio::select! {
+                biased;
+                ev = rx.recv() => ev,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(if opts.context.is_canceled() { Error::request_canceled() } else { Error::request_timed_out() });
+                }
+                _ = cancelled_opt(cancel) => return Err(Error::request_canceled()),
+            };
+            match ev {
+                None => return Err(Error::client_closed()),
+                Some(Incoming::Claim(_)) => continue,
+                Some(Incoming::Response(r)) => {
+                    if !r.error.is_empty() {
+                        return Err(response_error(r));
+                    }
+                    return Ok(r.raw_response);
+                }
+            }
+        }
+    }
+
+    /// Sends one multi request on raw bytes; the stream yields raw results.
+    pub async fn call_multi_raw(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        raw_request: Bytes,
+        opts: &CallOptions,
+    ) -> Result<RawMultiResponses> {
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        let t = self.timeout(opts);
+        let now_ns = wire::now_ns();
+        let request_id = id::new_request_id();
+        let req = Request {
+            request_id: request_id.clone(),
+            client_id: self.inner.id.clone(),
+            sent_at: now_ns,
+            // Multi requests are not clamped, as in Go.
+            expiry: now_ns.saturating_add(t.as_nanos() as i64),
+            multi: true,
+            metadata: opts.metadata.clone(),
+            raw_request,
+            ..Default::default()
+        };
+        let (rx, guard) = self.register(&request_id)?;
+        self.publish(
+            &channels::rpc_channel(&self.inner.service, &method.name, topic, false),
+            &req,
+        )
+        .await?;
+        // Quirk Q16: the client cannot know how many servers exist, so the
+        // stream ends when the timeout (from the send) or the context ends.
+        let mut deadline = Instant::now() + t;
+        if let Some(d) = opts.context.deadline() {
+            deadline = deadline.min(Instant::from_std(d));
+        }
+        let cancel = opts.context.cancel_token().cloned();
+        Ok(RawMultiResponses {
+            rx,
+            _guard: guard,
+            end: Box::pin(async move {
+                tokio::select! {
+                    _ = sleep_until_opt(Some(deadline)) => {}
+                    _ = cancelled_opt(cancel.as_ref()) => {}
+                }
+            }),
+            done: false,
+        })
+    }
+}
+
+/// Removes a pending call from the table when the call ends.
+struct PendingGuard {
+    shared: Arc<Shared>,
+    request_id: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.remove(&self.request_id);
+    }
+}
+
+/// Rebuilds the error a server sent in a `Response` (WIRE.md 12.3).
+pub(crate) fn response_error(r: Response) -> Error {
+    Error::from_wire(&r.code, r.error, r.error_details)
+}
+
+/// Reads one client channel and routes each message to its pending call.
+async fn dispatch<M: wire::Envelope>(
+    mut sub: crate::bus::Subscription,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+    route: fn(M) -> (String, Incoming),
+) {
+    loop {
+        let bytes = tokio::select! {
+            biased;
+            _ = closed.cancelled() => break,
+            b = sub.recv() => match b { Some(b) => b, None => break },
+        };
+        let msg = match wire::decode_envelope::<M>(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, type_url = M::TYPE_URL, "psrpc client: dropped malformed message");
+                continue;
+            }
+        };
+        let (request_id, ev) = route(msg);
+        let tx = {
+            let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.get(&request_id).cloned()
+        };
+        if let Some(tx) = tx {
+            // Never block the dispatcher on one call (Go quirk Q8): a call
+            // whose buffer is full has more claims than it can use.
+            if tx.try_send(ev).is_err() {
+                tracing::debug!(%request_id, "psrpc client: pending call full, message dropped");
+            }
+        }
+    }
+    sub.close();
+}
+
+fn run_request_hooks(client: &RpcClient, info: &Option<RpcInfo>, req: &dyn DynMessage) {
+    if let Some(info) = info {
+        for h in &client.inner.opts.request_hooks {
+            h(info, req);
+        }
+    }
+}
+
+fn run_response_hooks(
+    client: &RpcClient,
+    info: &Option<RpcInfo>,
+    req: &dyn DynMessage,
+    res: Result<&dyn DynMessage, &Error>,
+) {
+    if let Some(info) = info {
+        for h in &client.inner.opts.response_hooks {
+            h(info, req, res);
+        }
+    }
+}
+
+macro_rules! call_builder_methods {
+    () => {
+        /// Sets the request timeout of this call (overrides the client's and
+        /// the context's; the expiry sent is still clamped to the context deadline).
+        pub fn timeout(mut self, t: Duration) -> Self {
+            self.opts.timeout = Some(t);
+            self
+        }
+
+        /// Carries the caller's context: its deadline bounds the call and its
+        /// cancellation cancels it.
+        pub fn context(mut self, ctx: &Context) -> Self {
+            self.opts.context = ctx.clone();
+            self
+        }
+
+        /// Replaces the default selection options of this call.
+        pub fn selection(mut self, s: SelectionOptions) -> Self {
+            self.opts.selection = Some(s);
+            self
+        }
+
+        /// Replaces the metadata sent with this call.
+        pub fn metadata(mut self, m: Metadata) -> Self {
+            self.opts.metadata = m;
+            self
+        }
+
+        /// Adds one metadata entry (a later entry with the same key wins).
+        pub fn metadata_entry(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+            self.opts.metadata.insert(key.into(), value.into());
+            self
+        }
+
+        /// Replaces every option of this call.
+        pub fn options(mut self, opts: CallOptions) -> Self {
+            self.opts = opts;
+            self
+        }
+    };
+}
+
+/// A unary call being built; `.await` sends it.
+#[must_use = "a call does nothing until awaited"]
+pub struct UnaryCall<'a, Req, Res> {
+    client: &'a RpcClient,
+    method: &'a MethodInfo,
+    topic: Vec<String>,
+    req: Req,
+    opts: CallOptions,
+    _res: PhantomData<fn() -> Res>,
+}
+
+impl<Req, Res> UnaryCall<'_, Req, Res> {
+    call_builder_methods!();
+}
+
+impl<'a, Req, Res> IntoFuture for UnaryCall<'a, Req, Res>
+where
+    Req: Message + std::fmt::Debug + 'static,
+    Res: Message + Default + std::fmt::Debug + 'static,
+{
+    type Output = Result<Res>;
+    type IntoFuture = BoxFuture<'a, Result<Res>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.client;
+            let hooks = !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
+            let info = hooks.then(|| c.info(self.method, &self.topic));
+            run_request_hooks(c, &info, &self.req);
+            let raw = Bytes::from(self.req.encode_to_vec());
+            let res = c
+                .call_unary_raw(self.method, &self.topic, raw, &self.opts)
+                .await
+                .and_then(|b| {
+                    Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
+                });
+            run_response_hooks(c, &info, &self.req, res.as_ref().map(|r| r as &dyn DynMessage));
+            res
+        })
+    }
+}
+
+/// A multi call being built; `.await` sends it and gives the result stream.
+#[must_use = "a call does nothing until awaited"]
+pub struct MultiCall<'a, Req, Res> {
+    client: &'a RpcClient,
+    method: &'a MethodInfo,
+    topic: Vec<String>,
+    req: Req,
+    opts: CallOptions,
+    _res: PhantomData<fn() -> Res>,
+}
+
+impl<Req, Res> MultiCall<'_, Req, Res> {
+    call_builder_methods!();
+}
+
+impl<'a, Req, Res> IntoFuture for MultiCall<'a, Req, Res>
+where
+    Req: Message + std::fmt::Debug + 'static,
+    Res: Message + Default + std::fmt::Debug + 'static,
+{
+    type Output = Result<MultiResponses<Res>>;
+    type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.client;
+            let hooks = !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
+            let info = hooks.then(|| c.info(self.method, &self.topic));
+            run_request_hooks(c, &info, &self.req);
+            let raw = Bytes::from(self.req.encode_to_vec());
+            match c.call_multi_raw(self.method, &self.topic, raw, &self.opts).await {
+                Ok(raw) => Ok(MultiResponses {
+                    raw,
+                    hooks: info.map(|i| (c.clone(), i, Box::new(self.req) as Box<dyn DynMessage>)),
+                    _res: PhantomData,
+                }),
+                Err(e) => {
+                    run_response_hooks(c, &info, &self.req, Err(&e));
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// The raw results of a multi call: one item per server response, until the
+/// call's timeout (or the caller's context) ends it.
+pub struct RawMultiResponses {
+    rx: mpsc::Receiver<Incoming>,
+    _guard: PendingGuard,
+    end: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl futures::Stream for RawMultiResponses {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Incoming::Response(r))) => {
+                    return Poll::Ready(Some(if r.error.is_empty() {
+                        Ok(r.raw_response)
+                    } else {
+                        Err(response_error(r))
+                    }));
+                }
+                Poll::Ready(Some(Incoming::Claim(_))) => continue,
+                Poll::Ready(None) => {
+                    // The client was closed while the call was pending.
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::client_closed())));
+                }
+                Poll::Pending => break,
+            }
+        }
+        match self.end.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The typed results of a multi call: a `futures::Stream` of one
+/// `Result<Res>` per server that answered; it ends at the call's timeout.
+pub struct MultiResponses<Res> {
+    raw: RawMultiResponses,
+    hooks: Option<(RpcClient, RpcInfo, Box<dyn DynMessage>)>,
+    _res: PhantomData<fn() -> Res>,
+}
+
+impl<Res: Message + Default + std::fmt::Debug + 'static> futures::Stream for MultiResponses<Res> {
+    type Item = Result<Res>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let item = match Pin::new(&mut self.raw).poll_next(cx) {
+            Poll::Ready(Some(r)) => r.and_then(|b| {
+                Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
+            }),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some((c, info, req)) = &self.hooks {
+            for h in &c.inner.opts.response_hooks {
+                h(info, req.as_ref(), item.as_ref().map(|r| r as &dyn DynMessage));
+            }
+        }
+        Poll::Ready(Some(item))
+    }
+}
+
+/// A joined subscription: a `futures::Stream` of decoded updates. Updates
+/// that do not decode, or carry another type, are dropped and logged.
+/// Dropping it (or [`close`](Subscription::close)) leaves the subscription.
+pub struct Subscription<T> {
+    raw: crate::bus::Subscription,
+    type_url: String,
+    channel: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .field("type_url", &self.type_url)
+            .finish()
+    }
+}
+
+impl<T: Message + Default> Subscription<T> {
+    /// The next update; `None` once the subscription is closed.
+    pub async fn recv(&mut self) -> Option<T> {
+        loop {
+            let b = self.raw.recv().await?;
+            if let Some(m) = self.decode(b) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Leaves the subscription; later reads return `None`.
+    pub fn close(&mut self) {
+        self.raw.close();
+    }
+
+    fn decode(&self, b: Bytes) -> Option<T> {
+        let r = wire::decode_msg(b).and_then(|m| {
+            wire::check_type(&m.type_url, &self.type_url)?;
+            Ok(T::decode(m.value)?)
+        });
+        match r {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %e, "psrpc subscription: dropped malformed update");
+                None
+            }
+        }
+    }
+}
+
+impl<T: Message + Default> futures::Stream for Subscription<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<T>> {
+        loop {
+            match Pin::new(&mut self.raw).poll_next(cx) {
+                Poll::Ready(Some(b)) => {
+                    if let Some(m) = self.decode(b) {
+                        return Poll::Ready(Some(m));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Errors: [`Error`], its wire [`ErrorCode`], and the HTTP and gRPC mappings
+//! (WIRE.md section 12).
+
+use std::fmt;
+use std::sync::Arc;
+
+use prost_types::Any;
+
+/// The result type of every fallible psrpc operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A psrpc error code. Its wire form is the string of [`ErrorCode::as_str`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No error (the empty string on the wire).
+    Ok,
+    /// The call was canceled (`canceled`).
+    Canceled,
+    /// The request could not be decoded (`malformed_request`).
+    MalformedRequest,
+    /// The response could not be decoded or encoded (`malformed_result`).
+    MalformedResponse,
+    /// The deadline passed before an answer arrived (`deadline_exceeded`).
+    DeadlineExceeded,
+    /// No server could take the call (`unavailable`).
+    Unavailable,
+    /// An error without a more specific code (`unknown`).
+    Unknown,
+    /// `invalid_argument`.
+    InvalidArgument,
+    /// `not_found`.
+    NotFound,
+    /// `not_acceptable`.
+    NotAcceptable,
+    /// `already_exists`.
+    AlreadyExists,
+    /// `permission_denied`.
+    PermissionDenied,
+    /// `resource_exhausted`.
+    ResourceExhausted,
+    /// `failed_precondition`.
+    FailedPrecondition,
+    /// `aborted`.
+    Aborted,
+    /// `out_of_range`.
+    OutOfRange,
+    /// `unimplemented`.
+    Unimplemented,
+    /// `internal`.
+    Internal,
+    /// `data_loss`.
+    DataLoss,
+    /// `unauthenticated`.
+    Unauthenticated,
+    /// `unprocessable_entity`.
+    UnprocessableEntity,
+    /// `upstream_server_error`.
+    UpstreamServerError,
+    /// `upstream_client_error`.
+    UpstreamClientError,
+    /// A code string this library does not know; kept as received so it
+    /// travels on unchanged. Maps like `unknown`.
+    Other(String),
+}
+
+/// gRPC status codes, numbered as in the gRPC specification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Canceled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The gRPC code with this number, if it is one of the 17.
+    pub fn from_i32(n: i32) -> Option<Self> {
+        use GrpcCode::*;
+        Some(match n {
+            0 => Ok,
+            1 => Canceled,
+            2 => Unknown,
+            3 => InvalidArgument,
+            4 => DeadlineExceeded,
+            5 => NotFound,
+            6 => AlreadyExists,
+            7 => PermissionDenied,
+            8 => ResourceExhausted,
+            9 => FailedPrecondition,
+            10 => Aborted,
+            11 => OutOfRange,
+            12 => Unimplemented,
+            13 => Internal,
+            14 => Unavailable,
+            15 => DataLoss,
+            16 => Unauthenticated,
+            _ => return None,
+        })
+    }
+}
+
+impl ErrorCode {
+    /// Every code this library names, in the order of WIRE.md's table.
+    pub const ALL: [ErrorCode; 23] = [
+        ErrorCode::Ok,
+        ErrorCode::Canceled,
+        ErrorCode::MalformedRequest,
+        ErrorCode::MalformedResponse,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::Unavailable,
+        ErrorCode::Unknown,
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::NotAcceptable,
+        ErrorCode::AlreadyExists,
+        ErrorCode::PermissionDenied,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::FailedPrecondition,
+        ErrorCode::Aborted,
+        ErrorCode::OutOfRange,
+        ErrorCode::Unimplemented,
+        ErrorCode::Internal,
+        ErrorCode::DataLoss,
+        ErrorCode::Unauthenticated,
+        ErrorCode::UnprocessableEntity,
+        ErrorCode::UpstreamServerError,
+        ErrorCode::UpstreamClientError,
+    ];
+
+    /// The code's string on the wire (`Response.code`, `StreamClose.code`).
+    pub fn as_str(&self) -> &str {
+        use ErrorCode::*;
+        match self {
+            Ok => "",
+            Canceled => "canceled",
+            MalformedRequest => "malformed_request",
+            MalformedResponse => "malformed_result",
+            DeadlineExceeded => "deadline_exceeded",
+            Unavailable => "unavailable",
+            Unknown => "unknown",
+            InvalidArgument => "invalid_argument",
+            NotFound => "not_found",
+            NotAcceptable => "not_acceptable",
+            AlreadyExists => "already_exists",
+            PermissionDenied => "permission_denied",
+            ResourceExhausted => "resource_exhausted",
+            FailedPrecondition => "failed_precondition",
+            Aborted => "aborted",
+            OutOfRange => "out_of_range",
+            Unimplemented => "unimplemented",
+            Internal => "internal",
+            DataLoss => "data_loss",
+            Unauthenticated => "unauthenticated",
+            UnprocessableEntity => "unprocessable_entity",
+            UpstreamServerError => "upstream_server_error",
+            UpstreamClientError => "upstream_client_error",
+            Other(s) => s,
+        }
+    }
+
+    /// Parses a wire code string. The empty string is [`ErrorCode::Ok`];
+    /// unknown strings are kept in [`ErrorCode::Other`].
+    pub fn from_wire(s: &str) -> Self {
+        Self::ALL
+            .iter()
+            .find(|c| c.as_str() == s)
+            .cloned()
+            .unwrap_or_else(|| ErrorCode::Other(s.to_owned()))
+    }
+
+    /// The HTTP status a gateway should answer with (Go psrpc HEAD).
+    pub fn http_status(&self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            Ok => 200,
+            Canceled | DeadlineExceeded | Unavailable => 503,
+            MalformedRequest | InvalidArgument => 400,
+            MalformedResponse | Unknown | Internal | DataLoss | Other(_) => 500,
+            NotFound => 404,
+            NotAcceptable => 406,
+            AlreadyExists | Aborted => 409,
+            PermissionDenied => 403,
+            ResourceExhausted => 429,
+            FailedPrecondition => 412,
+            OutOfRange => 416,
+            Unimplemented => 501,
+            Unauthenticated => 401,
+            UnprocessableEntity => 422,
+            UpstreamServerError => 502,
+            UpstreamClientError => 424,
+        }
+    }
+
+    /// The gRPC code this psrpc code maps to.
+    pub fn grpc_code(&self) -> GrpcCode {
+        use ErrorCode::*;
+        match self {
+            Ok => GrpcCode::Ok,
+            Canceled => GrpcCode::Canceled,
+            MalformedRequest | InvalidArgument | UpstreamClientError => GrpcCode::InvalidArgument,
+            MalformedResponse | Internal | UpstreamServerError => GrpcCode::Internal,
+            DeadlineExceeded => GrpcCode::DeadlineExceeded,
+            Unavailable => GrpcCode::Unavailable,
+            Unknown | NotAcceptable | UnprocessableEntity | Other(_) => GrpcCode::Unknown,
+            NotFound => GrpcCode::NotFound,
+            AlreadyExists => GrpcCode::AlreadyExists,
+            PermissionDenied => GrpcCode::PermissionDenied,
+            ResourceExhausted => GrpcCode::ResourceExhausted,
+            FailedPrecondition => GrpcCode::FailedPrecondition,
+            Aborted => GrpcCode::Aborted,
+            OutOfRange => GrpcCode::OutOfRange,
+            Unimplemented => GrpcCode::Unimplemented,
+            DataLoss => GrpcCode::DataLoss,
+            Unauthenticated => GrpcCode::Unauthenticated,
+        }
+    }
+
+    /// The psrpc code of the same name as a gRPC code.
+    pub fn from_grpc(code: GrpcCode) -> Self {
+        use ErrorCode::*;
+        match code {
+            GrpcCode::Ok => Ok,
+            GrpcCode::Canceled => Canceled,
+            GrpcCode::Unknown => Unknown,
+            GrpcCode::InvalidArgument => InvalidArgument,
+            GrpcCode::DeadlineExceeded => DeadlineExceeded,
+            GrpcCode::NotFound => NotFound,
+            GrpcCode::AlreadyExists => AlreadyExists,
+            GrpcCode::PermissionDenied => PermissionDenied,
+            GrpcCode::ResourceExhausted => ResourceExhausted,
+            GrpcCode::FailedPrecondition => FailedPrecondition,
+            GrpcCode::Aborted => Aborted,
+            GrpcCode::OutOfRange => OutOfRange,
+            GrpcCode::Unimplemented => Unimplemented,
+            GrpcCode::Internal => Internal,
+            GrpcCode::Unavailable => Unavailable,
+            GrpcCode::DataLoss => DataLoss,
+            GrpcCode::Unauthenticated => Unauthenticated,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A psrpc error: a code, a message, optional details and, on the side where
+/// it was made, the error that caused it.
+///
+/// On the wire only the code, the message and the details travel
+/// (`Response.code`, `.error`, `.error_details`); [`std::error::Error::source`]
+/// keeps the local chain.
+#[derive(Clone)]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    details: Vec<Any>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// A new error that wraps `source`; its message is the source's text.
+    pub fn wrap<E>(code: ErrorCode, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error {
+            code,
+            message: source.to_string(),
+            details: Vec::new(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Sets the error this one was caused by (kept locally, never sent).
+    pub fn with_source<E>(mut self, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Attaches a proto message as a detail (packed as `Any` with
+    /// `type.googleapis.com/<full name>`).
+    pub fn with_detail<M: prost::Name>(mut self, detail: &M) -> Self {
+        // Any::from_msg only fails when encoding fails, which cannot happen
+        // for a Vec buffer; Go drops details that fail to pack, so do we.
+        if let Ok(any) = Any::from_msg(detail) {
+            self.details.push(any);
+        }
+        self
+    }
+
+    /// Attaches an already packed detail.
+    pub fn with_any_detail(mut self, detail: Any) -> Self {
+        self.details.push(detail);
+        self
+    }
+
+    /// The error code.
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
+    }
+
+    /// The message, without the code.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The details, packed as `Any`.
+    pub fn details(&self) -> &[Any] {
+        &self.details
+    }
+
+    /// The first detail of type `M`, decoded.
+    pub fn detail<M: prost::Name + Default>(&self) -> Option<M> {
+        self.details.iter().find_map(|a| a.to_msg::<M>().ok())
+    }
+
+    /// The gRPC code of this error.
+    pub fn grpc_code(&self) -> GrpcCode {
+        self.code.grpc_code()
+    }
+
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status()
+    }
+
+    /// Builds the error a gRPC status would map to (WIRE.md 12.2, case 2).
+    pub fn from_grpc_status(code: GrpcCode, message: impl Into<String>, details: Vec<Any>) -> Self {
+        Error {
+            code: ErrorCode::from_grpc(code),
+            message: message.into(),
+            details,
+            source: None,
+        }
+    }
+
+    /// Rebuilds the error a peer sent (WIRE.md 12.3): an empty code becomes `unknown`.
+    pub(crate) fn from_wire(code: &str, message: String, details: Vec<Any>) -> Self {
+        let code = match ErrorCode::from_wire(code) {
+            ErrorCode::Ok => ErrorCode::Unknown,
+            c => c,
+        };
+        Error {
+            code,
+            message,
+            details,
+            source: None,
+        }
+    }
+
+    /// `canceled` "request canceled".
+    pub fn request_canceled() -> Self {
+        Error::new(ErrorCode::Canceled, "request canceled")
+    }
+    /// `deadline_exceeded` "request timed out".
+    pub fn request_timed_out() -> Self {
+        Error::new(ErrorCode::DeadlineExceeded, "request timed out")
+    }
+    /// `unavailable` "no response from servers".
+    pub fn no_response() -> Self {
+        Error::new(ErrorCode::Unavailable, "no response from servers")
+    }
+    /// `unimplemented` "method is not implemented".
+    pub fn unimplemented() -> Self {
+        Error::new(ErrorCode::Unimplemented, "method is not implemented")
+    }
+    /// `unavailable` "EOF": a stream closed by a server that shut down.
+    pub fn stream_eof() -> Self {
+        Error::new(ErrorCode::Unavailable, "EOF")
+    }
+    /// `canceled` "client is closed".
+    pub fn client_closed() -> Self {
+        Error::new(ErrorCode::Canceled, "client is closed")
+    }
+    /// `canceled` "server is closed".
+    pub fn server_closed() -> Self {
+        Error::new(ErrorCode::Canceled, "server is closed")
+    }
+    /// `canceled` "stream closed".
+    pub fn stream_closed() -> Self {
+        Error::new(ErrorCode::Canceled, "stream closed")
+    }
+    /// `unavailable` "stream message discarded by slow consumer".
+    pub fn slow_consumer() -> Self {
+        Error::new(
+            ErrorCode::Unavailable,
+            "stream message discarded by slow consumer",
+        )
+    }
+    /// `unavailable` "no servers available (received N responses)".
+    pub fn no_servers_available(received: usize) -> Self {
+        Error::new(
+            ErrorCode::Unavailable,
+            format!("no servers available (received {received} responses)"),
+        )
+    }
+}
+
+impl PartialEq for Error {
+    /// Two errors are equal when code, message and details are (the source is
+    /// local and not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.message == other.message && self.details == other.details
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("code", &self.code.as_str())
+            .field("message", &self.message);
+        if !self.details.is_empty() {
+            d.field("details", &self.details);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_map() {
+        let table: &[(&str, u16, i32)] = &[
+            ("", 200, 0),
+            ("canceled", 503, 1),
+            ("malformed_request", 400, 3),
+            ("malformed_result", 500, 13),
+            ("deadline_exceeded", 503, 4),
+            ("unavailable", 503, 14),
+            ("unknown", 500, 2),
+            ("invalid_argument", 400, 3),
+            ("not_found", 404, 5),
+            ("not_acceptable", 406, 2),
+            ("already_exists", 409, 6),
+            ("permission_denied", 403, 7),
+            ("resource_exhausted", 429, 8),
+            ("failed_precondition", 412, 9),
+            ("aborted", 409, 10),
+            ("out_of_range", 416, 11),
+            ("unimplemented", 501, 12),
+            ("internal", 500, 13),
+            ("data_loss", 500, 15),
+            ("unauthenticated", 401, 16),
+            ("unprocessable_entity", 422, 2),
+            ("upstream_server_error", 502, 13),
+            ("upstream_client_error", 424, 3),
+            ("something_else", 500, 2),
+        ];
+        assert_eq!(table.len(), ErrorCode::ALL.len() + 1);
+        for &(s, http, grpc) in table {
+            let c = ErrorCode::from_wire(s);
+            assert_eq!(c.as_str(), s);
+            assert_eq!(c.http_status(), http, "{s}");
+            assert_eq!(c.grpc_code() as i32, grpc, "{s}");
+        }
+    }
+
+    #[test]
+    fn grpc_to_psrpc_by_name() {
+        for n in 0..17 {
+            let g = GrpcCode::from_i32(n).unwrap();
+            let c = ErrorCode::from_grpc(g);
+            // Every gRPC code maps to the psrpc code of the same name, which maps back.
+            assert_eq!(c.grpc_code(), g, "{c}");
+        }
+        assert_eq!(GrpcCode::from_i32(17), None);
+    }
+
+    #[test]
+    fn empty_wire_code_is_unknown() {
+        let e = Error::from_wire("", "boom".into(), vec![]);
+        assert_eq!(e.code(), &ErrorCode::Unknown);
+        assert_eq!(e.to_string(), "boom");
+    }
+
+    #[test]
+    fn source_chain_is_kept_locally() {
+        let io = std::io::Error::other("disk on fire");
+        let e = Error::wrap(ErrorCode::Internal, io);
+        assert_eq!(e.message(), "disk on fire");
+        let src = std::error::Error::source(&e).expect("source");
+        assert_eq!(src.to_string(), "disk on fire");
+    }
+}

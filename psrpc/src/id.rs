@@ -1,0 +1,96 @@
+//! Identifiers (WIRE.md section 5): a prefix and 12 characters from a
+//! 62-symbol alphabet.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+const ALPHABET: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// Prefix of client ids.
+pub const CLIENT_PREFIX: &str = "CLI_";
+/// Prefix of server ids.
+pub const SERVER_PREFIX: &str = "SRV_";
+/// Prefix of request ids.
+pub const REQUEST_PREFIX: &str = "REQ_";
+/// Prefix of stream ids.
+pub const STREAM_PREFIX: &str = "STR_";
+
+thread_local! {
+    // Seeded per thread from the process's random hasher keys (which the
+    // standard library draws from the OS), the thread and the clock.
+    static STATE: Cell<u64> = Cell::new({
+        let mut h = RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.write(format!("{:?}", std::thread::current().id()).as_bytes());
+        h.finish() | 1
+    });
+}
+
+/// The next number of a per-thread wyrand generator: fast, not for secrets.
+/// Ids only need to be unique; 62^12 (about 3 * 10^21) makes a collision
+/// practically impossible.
+fn next_u64() -> u64 {
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// A new id: `prefix` followed by 12 random alphanumeric characters.
+pub fn new_id(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 12);
+    s.push_str(prefix);
+    let mut n = 0;
+    while n < 12 {
+        let mut bits = next_u64();
+        // Take 6-bit slices, keep those below 62 (no modulo bias).
+        for _ in 0..10 {
+            let v = (bits & 63) as usize;
+            bits >>= 6;
+            if v < 62 {
+                s.push(ALPHABET[v] as char);
+                n += 1;
+                if n == 12 {
+                    break;
+                }
+            }
+        }
+    }
+    s
+}
+
+/// A new request id (`REQ_...`).
+pub fn new_request_id() -> String {
+    new_id(REQUEST_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn format_and_uniqueness() {
+        let mut seen = HashSet::new();
+        for p in [CLIENT_PREFIX, SERVER_PREFIX, REQUEST_PREFIX, STREAM_PREFIX, ""] {
+            for _ in 0..10_000 {
+                let id = new_id(p);
+                assert_eq!(id.len(), p.len() + 12);
+                assert!(id.starts_with(p));
+                assert!(id[p.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+                assert!(seen.insert(id));
+            }
+        }
+        // every symbol of the alphabet shows up
+        let all: HashSet<char> = (0..2000).flat_map(|_| new_id("").chars().collect::<Vec<_>>()).collect();
+        assert_eq!(all.len(), 62);
+    }
+}

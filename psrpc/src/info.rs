@@ -1,0 +1,231 @@
+//! What a call is: [`MethodInfo`] (routing flags), [`RpcInfo`] (one call's
+//! service, method and topic), [`Context`] (deadline, cancellation, incoming
+//! metadata) and [`DynMessage`] (a message seen through hooks).
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+/// Request metadata: string keys and values, sent in `Request.metadata`.
+pub type Metadata = BTreeMap<String, String>;
+
+/// How a method is routed (WIRE.md section 6). Both peers must agree on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodInfo {
+    /// The method name on the wire (CamelCase of the proto name).
+    pub name: Cow<'static, str>,
+    /// Servers score each request with an affinity function.
+    pub affinity_enabled: bool,
+    /// Every server answers.
+    pub multi: bool,
+    /// The claim handshake picks one server.
+    pub require_claim: bool,
+    /// Requests go to a bus queue (one server receives each).
+    pub queue: bool,
+}
+
+impl MethodInfo {
+    /// A queue-routed method (the default kind).
+    pub const fn queue(name: &'static str) -> Self {
+        MethodInfo {
+            name: Cow::Borrowed(name),
+            affinity_enabled: false,
+            multi: false,
+            require_claim: true,
+            queue: true,
+        }
+    }
+
+    /// An affinity-routed method.
+    pub const fn affinity(name: &'static str) -> Self {
+        MethodInfo {
+            name: Cow::Borrowed(name),
+            affinity_enabled: true,
+            multi: false,
+            require_claim: true,
+            queue: false,
+        }
+    }
+
+    /// A multi method: every server answers.
+    pub const fn multi(name: &'static str) -> Self {
+        MethodInfo {
+            name: Cow::Borrowed(name),
+            affinity_enabled: false,
+            multi: true,
+            require_claim: false,
+            queue: false,
+        }
+    }
+
+    /// The same method without the claim handshake (`topic_params.single_server`).
+    pub const fn single_server(mut self) -> Self {
+        self.require_claim = false;
+        self
+    }
+
+    /// A method with explicit flags and an owned name.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        affinity_enabled: bool,
+        multi: bool,
+        require_claim: bool,
+        queue: bool,
+    ) -> Self {
+        MethodInfo {
+            name: name.into(),
+            affinity_enabled,
+            multi,
+            require_claim,
+            queue,
+        }
+    }
+}
+
+/// One call: service, method and topic. Hooks and handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RpcInfo {
+    /// The service name on the wire.
+    pub service: String,
+    /// The method name on the wire.
+    pub method: String,
+    /// The topic, empty when the method has none.
+    pub topic: Vec<String>,
+    /// Whether the method is a multi method.
+    pub multi: bool,
+}
+
+/// What a server knows of an incoming request's sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingHeader {
+    /// The caller's client id (for streams, the node id).
+    pub remote_id: String,
+    /// When the caller sent the request, by its clock.
+    pub sent_at: SystemTime,
+    /// The metadata the caller attached.
+    pub metadata: Metadata,
+}
+
+/// The context of a call: its deadline, a cancellation signal and, in a
+/// handler, the incoming header and the call's [`RpcInfo`].
+///
+/// A handler that calls another psrpc service passes its context on with the
+/// call builder's `.context(&ctx)`, so the deadline and cancellation carry
+/// over.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+    header: Option<Arc<IncomingHeader>>,
+    info: Option<Arc<RpcInfo>>,
+}
+
+impl Context {
+    /// An empty context: no deadline, never canceled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This context with a deadline (the earlier of the existing one and `deadline`).
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self
+    }
+
+    /// This context with a deadline `timeout` from now.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.with_deadline(Instant::now() + timeout)
+    }
+
+    /// This context canceled when `token` is.
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    pub(crate) fn with_incoming(mut self, header: IncomingHeader, info: Arc<RpcInfo>) -> Self {
+        self.header = Some(Arc::new(header));
+        self.info = Some(info);
+        self
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero once past), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The cancellation token, if the context has one.
+    pub fn cancel_token(&self) -> Option<&CancellationToken> {
+        self.cancel.as_ref()
+    }
+
+    /// Whether the context was canceled.
+    pub fn is_canceled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
+
+    /// Resolves when the context is canceled (never, without a token).
+    pub async fn canceled(&self) {
+        match &self.cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// In a handler: who sent the request, when, with which metadata.
+    pub fn incoming(&self) -> Option<&IncomingHeader> {
+        self.header.as_deref()
+    }
+
+    /// In a handler: the request's metadata (empty when there is none).
+    pub fn metadata(&self) -> &Metadata {
+        static EMPTY: Metadata = BTreeMap::new();
+        self.header.as_ref().map_or(&EMPTY, |h| &h.metadata)
+    }
+
+    /// In a handler: the call being served.
+    pub fn info(&self) -> Option<&RpcInfo> {
+        self.info.as_deref()
+    }
+}
+
+/// A protobuf message seen without its type (hooks, interceptors).
+pub trait DynMessage: Any + Debug + Send + Sync {
+    /// The message as `Any`, to downcast to its concrete type.
+    fn as_any(&self) -> &dyn Any;
+    /// Its protobuf encoded length.
+    fn encoded_size(&self) -> usize;
+    /// Its protobuf encoding.
+    fn to_bytes(&self) -> Vec<u8>;
+}
+
+impl<M: prost::Message + Debug + 'static> DynMessage for M {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn encoded_size(&self) -> usize {
+        self.encoded_len()
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+/// Runs before every client call with the call and its request.
+pub type RequestHook = Arc<dyn Fn(&RpcInfo, &dyn DynMessage) + Send + Sync>;
+
+/// Runs after every client call (after every item of a multi call) with the
+/// request and the outcome.
+pub type ResponseHook =
+    Arc<dyn Fn(&RpcInfo, &dyn DynMessage, Result<&dyn DynMessage, &crate::Error>) + Send + Sync>;

@@ -1,0 +1,335 @@
+//! Server selection: the client's side of the claim handshake (WIRE.md 8.3).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::wire::{ClaimRequest, Response};
+
+/// A claim a server made for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The claiming server.
+    pub server_id: String,
+    /// Its affinity score.
+    pub affinity: f32,
+}
+
+/// Picks the server among the collected claims when selection ends.
+pub type SelectionFn = Arc<dyn Fn(&[Claim]) -> Result<String> + Send + Sync>;
+
+/// How the client picks a server from the claims (Go `SelectionOpts`).
+///
+/// Setting these per call replaces the defaults as a whole, as in Go: the
+/// defaults are [`SelectionOptions::affinity_defaults`] for affinity methods
+/// and [`SelectionOptions::queue_defaults`] for every other claimed method.
+#[derive(Clone, Default)]
+pub struct SelectionOptions {
+    /// If > 0, claims below this affinity are ignored (but counted).
+    pub minimum_affinity: f32,
+    /// If > 0, the first acceptable claim at or above this wins at once.
+    pub maximum_affinity: f32,
+    /// The first acceptable claim wins at once.
+    pub accept_first_available: bool,
+    /// Selection ends this long after it starts; zero: only the call deadline.
+    pub affinity_timeout: Duration,
+    /// Selection ends this long after the first acceptable claim; zero: never.
+    pub short_circuit_timeout: Duration,
+    /// Chooses among the acceptable claims when selection ends.
+    pub selection_fn: Option<SelectionFn>,
+}
+
+impl fmt::Debug for SelectionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectionOptions")
+            .field("minimum_affinity", &self.minimum_affinity)
+            .field("maximum_affinity", &self.maximum_affinity)
+            .field("accept_first_available", &self.accept_first_available)
+            .field("affinity_timeout", &self.affinity_timeout)
+            .field("short_circuit_timeout", &self.short_circuit_timeout)
+            .field("selection_fn", &self.selection_fn.is_some())
+            .finish()
+    }
+}
+
+/// Default affinity-selection timeout (Go client option `SelectionTimeout`).
+pub const DEFAULT_SELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default affinity short-circuit window.
+pub const DEFAULT_SHORT_CIRCUIT: Duration = Duration::from_millis(200);
+
+impl SelectionOptions {
+    /// The Go defaults for affinity methods: end `selection_timeout` after
+    /// the start, or 200 ms after the first claim, and take the best.
+    pub fn affinity_defaults(selection_timeout: Duration) -> Self {
+        SelectionOptions {
+            affinity_timeout: selection_timeout,
+            short_circuit_timeout: DEFAULT_SHORT_CIRCUIT,
+            ..Default::default()
+        }
+    }
+
+    /// The Go defaults for every other claimed method: the first claim wins.
+    pub fn queue_defaults(selection_timeout: Duration) -> Self {
+        SelectionOptions {
+            affinity_timeout: selection_timeout,
+            accept_first_available: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What arrives for one pending call.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Claim(ClaimRequest),
+    Response(Response),
+}
+
+/// The outcome of selection, with the responses that arrived meanwhile.
+pub(crate) struct Selected {
+    pub(crate) server_id: String,
+}
+
+/// Runs selection over the claims arriving on `rx` (WIRE.md 8.3), ending at
+/// the affinity timeout, the short-circuit timeout, `deadline` or `cancel`.
+/// `Ok(None)` from `rx` (all senders gone) means the client closed.
+pub(crate) async fn select_server(
+    rx: &mut mpsc::Receiver<Incoming>,
+    opts: &SelectionOptions,
+    deadline: Option<Instant>,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+) -> Result<Selected> {
+    let start = Instant::now();
+    let mut end = deadline;
+    if !opts.affinity_timeout.is_zero() {
+        let t = start + opts.affinity_timeout;
+        end = Some(end.map_or(t, |e| e.min(t)));
+    }
+    let mut short_circuit_started = false;
+    let mut count = 0usize;
+    let mut best: Option<String> = None;
+    let mut best_affinity = 0f32;
+    let mut collected: Vec<Claim> = Vec::new();
+    let mut remembered: Option<Error> = None;
+
+    loop {
+        let ev = tokio::select! {
+            biased;
+            ev = rx.recv() => ev,
+            _ = sleep_until_opt(end) => break,
+            _ = cancelled_opt(cancel) => break,
+        };
+        let claim = match ev {
+            None => return Err(Error::client_closed()),
+            Some(Incoming::Response(r)) => {
+                // Only error responses (malformed_request) are expected here.
+                if !r.error.is_empty() {
+                    remembered = Some(crate::client::response_error(r));
+                }
+                continue;
+            }
+            Some(Incoming::Claim(c)) => c,
+        };
+        count += 1;
+        let acceptable = opts.minimum_affinity <= 0.0 || claim.affinity >= opts.minimum_affinity;
+        if !acceptable {
+            continue;
+        }
+        if opts.accept_first_available
+            || (opts.maximum_affinity > 0.0 && claim.affinity >= opts.maximum_affinity)
+        {
+            return Ok(Selected {
+                server_id: claim.server_id,
+            });
+        }
+        if opts.selection_fn.is_some() {
+            collected.push(Claim {
+                server_id: claim.server_id,
+                affinity: claim.affinity,
+            });
+        } else if claim.affinity > best_affinity {
+            // Strict '>' against an initial 0: ties keep the earliest claim,
+            // and an affinity of 0 never wins (quirk Q5, kept: a Go client
+            // decides the same way, so a score means the same to both).
+            best_affinity = claim.affinity;
+            best = Some(claim.server_id);
+        }
+        if !opts.short_circuit_timeout.is_zero() && !short_circuit_started {
+            short_circuit_started = true;
+            let t = Instant::now() + opts.short_circuit_timeout;
+            end = Some(end.map_or(t, |e| e.min(t)));
+        }
+    }
+
+    if let Some(f) = &opts.selection_fn {
+        return f(&collected).map(|server_id| Selected { server_id });
+    }
+    if let Some(server_id) = best {
+        return Ok(Selected { server_id });
+    }
+    if let Some(e) = remembered {
+        return Err(e);
+    }
+    if count > 0 {
+        return Err(Error::no_servers_available(count));
+    }
+    // Quirk Q6: unavailable even when the call deadline is what ended
+    // selection; kept so that callers see the same code from Rust and Go.
+    Err(Error::no_response())
+}
+
+pub(crate) async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn cancelled_opt(c: Option<&tokio_util::sync::CancellationToken>) {
+    match c {
+        Some(c) => c.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, affinity: f32) -> Incoming {
+        Incoming::Claim(ClaimRequest {
+            request_id: "1".into(),
+            server_id: id.into(),
+            affinity,
+        })
+    }
+
+    /// BEHAVIOURS 2.1: t=0 "1" 0.1; t=100 "2" 0.5; t=300 "3" 0.7 and "4" 0.1; t=500 "5" 0.9.
+    async fn run(opts: SelectionOptions) -> Result<String> {
+        let (tx, mut rx) = mpsc::channel(100);
+        let feeder = tokio::spawn(async move {
+            let _ = tx.send(claim("1", 0.1)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx.send(claim("2", 0.5)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tx.send(claim("3", 0.7)).await;
+            let _ = tx.send(claim("4", 0.1)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tx.send(claim("5", 0.9)).await;
+            // keep the channel open past every selection window
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = select_server(&mut rx, &opts, None, None).await.map(|s| s.server_id);
+        feeder.abort();
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn affinity_timeline() {
+        let ms = Duration::from_millis;
+        let cases: Vec<(SelectionOptions, &str)> = vec![
+            (
+                SelectionOptions {
+                    accept_first_available: true,
+                    ..Default::default()
+                },
+                "1",
+            ),
+            (
+                SelectionOptions {
+                    accept_first_available: true,
+                    minimum_affinity: 0.5,
+                    ..Default::default()
+                },
+                "2",
+            ),
+            (
+                SelectionOptions {
+                    short_circuit_timeout: ms(150),
+                    ..Default::default()
+                },
+                "2",
+            ),
+            (
+                SelectionOptions {
+                    minimum_affinity: 0.4,
+                    short_circuit_timeout: ms(250),
+                    ..Default::default()
+                },
+                "3",
+            ),
+            (
+                SelectionOptions {
+                    minimum_affinity: 0.3,
+                    affinity_timeout: ms(250),
+                    short_circuit_timeout: ms(200),
+                    ..Default::default()
+                },
+                "2",
+            ),
+            (
+                SelectionOptions {
+                    affinity_timeout: ms(600),
+                    ..Default::default()
+                },
+                "5",
+            ),
+            (
+                SelectionOptions {
+                    maximum_affinity: 0.6,
+                    ..Default::default()
+                },
+                "3",
+            ),
+        ];
+        for (opts, want) in cases {
+            let dbg = format!("{opts:?}");
+            assert_eq!(run(opts).await.unwrap(), want, "{dbg}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn selection_fn_and_failures() {
+        let f: SelectionFn = Arc::new(|claims: &[Claim]| {
+            // pick the lowest acceptable affinity
+            claims
+                .iter()
+                .min_by(|a, b| a.affinity.total_cmp(&b.affinity))
+                .map(|c| c.server_id.clone())
+                .ok_or_else(Error::no_response)
+        });
+        let opts = SelectionOptions {
+            minimum_affinity: 0.2,
+            affinity_timeout: Duration::from_millis(600),
+            selection_fn: Some(f),
+            ..Default::default()
+        };
+        assert_eq!(run(opts).await.unwrap(), "2");
+
+        // minimum not met by anyone: counted claims are reported
+        let opts = SelectionOptions {
+            minimum_affinity: 0.95,
+            affinity_timeout: Duration::from_millis(600),
+            ..Default::default()
+        };
+        let e = run(opts).await.unwrap_err();
+        assert_eq!(e, Error::no_servers_available(5));
+
+        // no claims at all
+        let (_tx, mut rx) = mpsc::channel(1);
+        let opts = SelectionOptions::queue_defaults(DEFAULT_SELECTION_TIMEOUT);
+        let e = select_server(&mut rx, &opts, None, None).await.err().unwrap();
+        assert_eq!(e, Error::no_response());
+
+        // affinity 0 never wins with the default selector (Q5)
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(claim("z", 0.0)).await.unwrap();
+        let opts = SelectionOptions::affinity_defaults(DEFAULT_SELECTION_TIMEOUT);
+        let e = select_server(&mut rx, &opts, None, None).await.err().unwrap();
+        assert_eq!(e, Error::no_servers_available(1));
+    }
+}

@@ -1,0 +1,535 @@
+//! The generic server runtime ([`RpcServer`]): handlers per method and topic,
+//! the server side of the claim handshake, deadlines, drain on shutdown, kill,
+//! and publishing for subscription methods.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{DynBus, MessageBus, Subscription};
+use crate::channels::{self, Channel};
+use crate::error::{Error, ErrorCode, Result};
+use crate::id;
+use crate::info::{Context, IncomingHeader, MethodInfo, RpcInfo};
+use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
+
+/// Default server timeout (stream sends, stream close expiry).
+pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Options of an [`RpcServer`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The server id; a fresh `SRV_` id when `None`.
+    pub server_id: Option<String>,
+    /// The server timeout (3 s).
+    pub timeout: Duration,
+    /// Buffer size of the server's subscriptions (100).
+    pub channel_size: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            server_id: None,
+            timeout: DEFAULT_SERVER_TIMEOUT,
+            channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Sets the server id.
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.server_id = Some(id.into());
+        self
+    }
+    /// Sets the server timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// Sets the subscription buffer size (values of 0 are ignored, as in Go).
+    pub fn channel_size(mut self, n: usize) -> Self {
+        if n > 0 {
+            self.channel_size = n;
+        }
+        self
+    }
+}
+
+/// Scores a request for an affinity method: higher is better; a negative
+/// score means "do not claim" (the server stays silent); zero is a valid
+/// claim that the default selector never picks.
+pub type AffinityFn<Req> = Arc<dyn Fn(&Req) -> f32 + Send + Sync>;
+
+/// What every handler task of a server shares.
+struct Core {
+    bus: DynBus,
+    service: String,
+    id: String,
+    /// Claim waiters by request id: the claim-response dispatcher completes them.
+    claims: Mutex<HashMap<String, oneshot::Sender<String>>>,
+}
+
+impl Core {
+    async fn publish<M: wire::Envelope>(&self, ch: &Channel, m: &M) {
+        if let Err(e) = self.bus.publish(ch, wire::encode_msg(m)).await {
+            tracing::warn!(channel = %ch.legacy, error = %e, "psrpc server: publish failed");
+        }
+    }
+}
+
+struct HandlerEntry {
+    stop_requests: CancellationToken,
+    stop_claims: CancellationToken,
+    tracker: TaskTracker,
+    loops: Vec<JoinHandle<()>>,
+}
+
+struct ServerInner {
+    core: Arc<Core>,
+    opts: ServerOptions,
+    handlers: Mutex<HashMap<String, Option<HandlerEntry>>>,
+    closed: AtomicBool,
+}
+
+/// A server of one service: serves the handlers registered on it. Cheap to
+/// clone; clones share the server.
+#[derive(Clone)]
+pub struct RpcServer {
+    inner: Arc<ServerInner>,
+}
+
+impl std::fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("service", &self.inner.core.service)
+            .field("id", &self.inner.core.id)
+            .finish()
+    }
+}
+
+impl RpcServer {
+    /// A server of `service` on `bus`. It serves nothing until handlers are registered.
+    pub fn new(bus: impl MessageBus, service: impl Into<String>, opts: ServerOptions) -> Self {
+        let id = opts
+            .server_id
+            .clone()
+            .unwrap_or_else(|| id::new_id(id::SERVER_PREFIX));
+        RpcServer {
+            inner: Arc::new(ServerInner {
+                core: Arc::new(Core {
+                    bus: Arc::new(bus),
+                    service: service.into(),
+                    id,
+                    claims: Mutex::new(HashMap::new()),
+                }),
+                opts,
+                handlers: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The server id.
+    pub fn id(&self) -> &str {
+        &self.inner.core.id
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.inner.core.service
+    }
+
+    /// The server's options.
+    pub fn options(&self) -> &ServerOptions {
+        &self.inner.opts
+    }
+
+    /// Whether the server was shut down or killed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Registers `handler` for `method` on `topic` (empty: no topic) and
+    /// returns once its subscriptions are in effect. `affinity` scores
+    /// requests of affinity methods; without it a server claims with 1.0.
+    ///
+    /// Fails with `canceled` "server is closed" after shutdown, and with
+    /// `already_exists` "handler already exists" when the method and topic
+    /// are registered already.
+    pub async fn register_handler<Req, Res, H, Fut>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        handler: H,
+        affinity: Option<AffinityFn<Req>>,
+    ) -> Result<()>
+    where
+        Req: Message + Default + 'static,
+        Res: Message + 'static,
+        H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Res>> + Send + 'static,
+    {
+        let key = self.reserve(&method.name, topic)?;
+        let core = &self.inner.core;
+        let size = self.inner.opts.channel_size;
+        let subscribed = async {
+            let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+            let reqs = if method.queue {
+                core.bus.subscribe_queue(&req_ch, size).await?
+            } else {
+                core.bus.subscribe(&req_ch, size).await?
+            };
+            let claims = if method.require_claim {
+                let ch = channels::claim_response_channel(&core.service, &method.name, topic);
+                Some(core.bus.subscribe(&ch, size).await?)
+            } else {
+                None
+            };
+            Ok::<_, Error>((reqs, claims))
+        }
+        .await;
+        let (reqs, claims) = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                self.unreserve(&key);
+                return Err(e);
+            }
+        };
+
+        let h = Arc::new(UnaryHandler {
+            core: core.clone(),
+            method: method.clone(),
+            info: Arc::new(RpcInfo {
+                service: core.service.clone(),
+                method: method.name.to_string(),
+                topic: topic.to_vec(),
+                multi: method.multi,
+            }),
+            handler,
+            affinity,
+            _p: PhantomData,
+        });
+        let entry = HandlerEntry {
+            stop_requests: CancellationToken::new(),
+            stop_claims: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            loops: Vec::new(),
+        };
+        let mut entry = entry;
+        entry.loops.push(tokio::spawn(request_loop(
+            reqs,
+            entry.stop_requests.clone(),
+            entry.tracker.clone(),
+            h,
+        )));
+        if let Some(c) = claims {
+            entry
+                .loops
+                .push(tokio::spawn(claim_loop(c, entry.stop_claims.clone(), core.clone())));
+        }
+        self.install(&key, entry);
+        Ok(())
+    }
+
+    /// Stops serving `method` on `topic`, without waiting for its in-flight
+    /// requests (like [`kill`](Self::kill), for one handler). Unknown
+    /// handlers are ignored.
+    pub fn deregister(&self, method: &str, topic: &[String]) {
+        let key = channels::handler_key(method, topic);
+        let entry = {
+            let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+            match hs.get(&key) {
+                Some(Some(_)) => hs.remove(&key).flatten(),
+                _ => None,
+            }
+        };
+        if let Some(e) = entry {
+            e.stop_requests.cancel();
+            e.stop_claims.cancel();
+        }
+    }
+
+    /// Publishes `msg` for the subscription method `method` on `topic`: every
+    /// subscriber (multi) or one subscriber (queue) receives it.
+    pub async fn publish<T: Message + prost::Name>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        msg: &T,
+    ) -> Result<()> {
+        let core = &self.inner.core;
+        let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+        let bytes = wire::encode_msg_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
+        core.bus.publish(&ch, bytes).await
+    }
+
+    /// Stops taking requests, waits for every in-flight handler (and the
+    /// claims they wait for) to finish, then leaves every channel. Later
+    /// registrations fail with "server is closed".
+    pub async fn shutdown(&self) {
+        let entries = self.close_all();
+        futures::future::join_all(entries.into_iter().map(|mut e| async move {
+            e.stop_requests.cancel();
+            if let Some(l) = e.loops.first_mut() {
+                let _ = l.await;
+            }
+            e.tracker.close();
+            e.tracker.wait().await;
+            e.stop_claims.cancel();
+            for l in e.loops.drain(1..) {
+                let _ = l.await;
+            }
+        }))
+        .await;
+    }
+
+    /// Leaves every channel at once and returns without waiting. Handlers
+    /// already running are not canceled: they finish and still answer (as in
+    /// Go, quirk Q9: the caller then gets its answer rather than a timeout),
+    /// but a request still waiting for its claim is given up.
+    pub fn kill(&self) {
+        for e in self.close_all() {
+            e.stop_requests.cancel();
+            e.stop_claims.cancel();
+        }
+    }
+
+    fn close_all(&self) -> Vec<HandlerEntry> {
+        self.inner.closed.store(true, Ordering::Release);
+        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        hs.drain().filter_map(|(_, e)| e).collect()
+    }
+
+    /// Claims `(method, topic)` in the handler table before subscribing, so
+    /// two registrations cannot race.
+    fn reserve(&self, method: &str, topic: &[String]) -> Result<String> {
+        let key = channels::handler_key(method, topic);
+        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(Error::server_closed());
+        }
+        if hs.contains_key(&key) {
+            return Err(Error::new(ErrorCode::AlreadyExists, "handler already exists"));
+        }
+        hs.insert(key.clone(), None);
+        Ok(key)
+    }
+
+    fn unreserve(&self, key: &str) {
+        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(hs.get(key), Some(None)) {
+            hs.remove(key);
+        }
+    }
+
+    fn install(&self, key: &str, entry: HandlerEntry) {
+        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        // Shut down (or deregistered) while subscribing: stop at once.
+        if self.is_closed() || !matches!(hs.get(key), Some(None)) {
+            drop(hs);
+            entry.stop_requests.cancel();
+            entry.stop_claims.cancel();
+            return;
+        }
+        hs.insert(key.to_owned(), Some(entry));
+    }
+}
+
+struct UnaryHandler<Req, Res, H> {
+    core: Arc<Core>,
+    method: MethodInfo,
+    info: Arc<RpcInfo>,
+    handler: H,
+    affinity: Option<AffinityFn<Req>>,
+    _p: PhantomData<fn() -> Res>,
+}
+
+async fn request_loop<Req, Res, H, Fut>(
+    mut sub: Subscription,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    h: Arc<UnaryHandler<Req, Res, H>>,
+) where
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
+    H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Res>> + Send + 'static,
+{
+    loop {
+        let bytes = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            b = sub.recv() => match b { Some(b) => b, None => break },
+        };
+        let h = h.clone();
+        tracker.spawn(async move { h.serve(bytes).await });
+    }
+    sub.close();
+}
+
+async fn claim_loop(mut sub: Subscription, stop: CancellationToken, core: Arc<Core>) {
+    loop {
+        let bytes = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            b = sub.recv() => match b { Some(b) => b, None => break },
+        };
+        let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
+                continue;
+            }
+        };
+        let waiter = core
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&claim.request_id);
+        if let Some(w) = waiter {
+            let _ = w.send(claim.server_id);
+        }
+    }
+    sub.close();
+}
+
+/// Removes a claim waiter when the request is done with it.
+struct ClaimGuard<'a> {
+    core: &'a Core,
+    request_id: &'a str,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        self.core
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.request_id);
+    }
+}
+
+impl<Req, Res, H, Fut> UnaryHandler<Req, Res, H>
+where
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
+    H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Res>> + Send + 'static,
+{
+    async fn serve(&self, bytes: Bytes) {
+        let mut req = match wire::decode_envelope::<Request>(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    method = %self.method.name,
+                    error = %e,
+                    "psrpc server: dropped malformed request"
+                );
+                return;
+            }
+        };
+        let now = wire::now_ns();
+        if req.expiry <= now {
+            tracing::debug!(request_id = %req.request_id, "psrpc server: dropped expired request");
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_nanos((req.expiry - now) as u64);
+        let core = &*self.core;
+        let reply = channels::response_channel(&core.service, &req.client_id);
+
+        let msg = match Req::decode(req.raw_request.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                // Answered before any claim, as Go does.
+                let err = Error::wrap(ErrorCode::MalformedRequest, e);
+                core.publish(&reply, &self.response(&req, Err(err))).await;
+                return;
+            }
+        };
+
+        if self.method.require_claim {
+            let affinity = self.affinity.as_ref().map_or(1.0, |f| f(&msg));
+            // Negative (or NaN): this server does not want the request.
+            if affinity.is_nan() || affinity < 0.0 {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            core.claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(req.request_id.clone(), tx);
+            let _guard = ClaimGuard {
+                core,
+                request_id: &req.request_id,
+            };
+            let claim = ClaimRequest {
+                request_id: req.request_id.clone(),
+                server_id: core.id.clone(),
+                affinity,
+            };
+            core.publish(
+                &channels::claim_request_channel(&core.service, &req.client_id),
+                &claim,
+            )
+            .await;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(winner)) if winner == core.id => {}
+                // Another server won, the deadline passed or we were killed.
+                _ => return,
+            }
+        }
+
+        let header = IncomingHeader {
+            remote_id: req.client_id.clone(),
+            sent_at: UNIX_EPOCH + Duration::from_nanos(req.sent_at.max(0) as u64),
+            metadata: std::mem::take(&mut req.metadata),
+        };
+        let ctx = Context::new()
+            .with_deadline(deadline.into_std())
+            .with_incoming(header, self.info.clone());
+        let result = (self.handler)(ctx, msg).await;
+        core.publish(&reply, &self.response(&req, result)).await;
+    }
+
+    fn response(&self, req: &Request, result: Result<Res>) -> Response {
+        let mut r = Response {
+            request_id: req.request_id.clone(),
+            server_id: self.core.id.clone(),
+            sent_at: wire::now_ns(),
+            ..Default::default()
+        };
+        match result {
+            Ok(res) => r.raw_response = Bytes::from(res.encode_to_vec()),
+            Err(e) => {
+                // An empty message would read as success on the wire (Q7).
+                r.error = if e.message().is_empty() {
+                    match e.code() {
+                        ErrorCode::Ok => "unknown error".to_owned(),
+                        c => c.as_str().to_owned(),
+                    }
+                } else {
+                    e.message().to_owned()
+                };
+                r.code = match e.code() {
+                    ErrorCode::Ok => ErrorCode::Unknown.as_str().to_owned(),
+                    c => c.as_str().to_owned(),
+                };
+                r.error_details = e.details().to_vec();
+            }
+        }
+        r
+    }
+}

@@ -1,0 +1,301 @@
+//! The envelope messages of `proto/psrpc/internal.proto` (WIRE.md section 2)
+//! and their encoding, byte for byte as the Go library writes them.
+//!
+//! The message types are generated from the proto by prost-build in
+//! `build.rs`. Two things are written by hand here because prost differs from
+//! Go on them: the `Msg` envelope is written around the payload without a
+//! second copy, and map entries always carry both key and value (prost leaves
+//! out empty ones; Go does not), so `Request` has its own encoder.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{self, WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+mod pb {
+    include!(concat!(env!("OUT_DIR"), "/internal.rs"));
+}
+
+pub use pb::stream::Body as StreamBody;
+pub use pb::{
+    Channel as ChannelField, ClaimRequest, ClaimResponse, Msg, Request, Response, Stream,
+    StreamAck, StreamClose, StreamMessage, StreamOpen,
+};
+
+/// The prefix of every type URL psrpc puts on the wire.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+/// Errors reading a message off the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not a valid protobuf message of the expected type.
+    #[error("malformed message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The envelope names another type than the channel carries.
+    #[error("unexpected message type {got:?}, expected {expected:?}")]
+    UnexpectedType {
+        /// The type URL that arrived.
+        got: String,
+        /// The type URL the channel carries.
+        expected: String,
+    },
+}
+
+/// A psrpc envelope message with its fixed type URL.
+pub trait Envelope: Message + Default + Sized {
+    /// `type.googleapis.com/internal.<Name>`.
+    const TYPE_URL: &'static str;
+
+    /// The encoded length, as Go computes it.
+    fn go_encoded_len(&self) -> usize {
+        self.encoded_len()
+    }
+
+    /// Writes the message as Go would.
+    fn go_encode(&self, buf: &mut BytesMut) {
+        self.encode_raw(buf)
+    }
+}
+
+impl Envelope for Request {
+    const TYPE_URL: &'static str = "type.googleapis.com/internal.Request";
+
+    fn go_encoded_len(&self) -> usize {
+        request_len(self)
+    }
+
+    fn go_encode(&self, buf: &mut BytesMut) {
+        encode_request(self, buf)
+    }
+}
+impl Envelope for Response {
+    const TYPE_URL: &'static str = "type.googleapis.com/internal.Response";
+}
+impl Envelope for ClaimRequest {
+    const TYPE_URL: &'static str = "type.googleapis.com/internal.ClaimRequest";
+}
+impl Envelope for ClaimResponse {
+    const TYPE_URL: &'static str = "type.googleapis.com/internal.ClaimResponse";
+}
+impl Envelope for Stream {
+    const TYPE_URL: &'static str = "type.googleapis.com/internal.Stream";
+}
+
+fn map_len(tag: u32, map: &std::collections::BTreeMap<String, String>) -> usize {
+    map.iter()
+        .map(|(k, v)| {
+            let inner = key_len(1)
+                + encoded_len_varint(k.len() as u64)
+                + k.len()
+                + key_len(2)
+                + encoded_len_varint(v.len() as u64)
+                + v.len();
+            key_len(tag) + encoded_len_varint(inner as u64) + inner
+        })
+        .sum()
+}
+
+fn encode_map(tag: u32, map: &std::collections::BTreeMap<String, String>, buf: &mut impl BufMut) {
+    for (k, v) in map {
+        let inner = key_len(1)
+            + encoded_len_varint(k.len() as u64)
+            + k.len()
+            + key_len(2)
+            + encoded_len_varint(v.len() as u64)
+            + v.len();
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(inner as u64, buf);
+        // Go writes key and value even when empty.
+        encoding::string::encode(1, k, buf);
+        encoding::string::encode(2, v, buf);
+    }
+}
+
+fn request_len(r: &Request) -> usize {
+    r.len_without_metadata() + map_len(7, &r.metadata)
+}
+
+impl Request {
+    /// Length of every field but the metadata map (prost's rules, which match
+    /// Go's for these fields).
+    fn len_without_metadata(&self) -> usize {
+        use encoding::*;
+        let mut n = 0;
+        if !self.request_id.is_empty() {
+            n += string::encoded_len(1, &self.request_id);
+        }
+        if !self.client_id.is_empty() {
+            n += string::encoded_len(2, &self.client_id);
+        }
+        if self.sent_at != 0 {
+            n += int64::encoded_len(3, &self.sent_at);
+        }
+        if self.expiry != 0 {
+            n += int64::encoded_len(4, &self.expiry);
+        }
+        if self.multi {
+            n += bool::encoded_len(5, &self.multi);
+        }
+        #[allow(deprecated)]
+        if let Some(any) = &self.request {
+            n += message::encoded_len(6, any);
+        }
+        if !self.raw_request.is_empty() {
+            n += bytes::encoded_len(8, &self.raw_request);
+        }
+        n
+    }
+}
+
+fn encode_request(r: &Request, buf: &mut impl BufMut) {
+    use encoding::*;
+    if !r.request_id.is_empty() {
+        string::encode(1, &r.request_id, buf);
+    }
+    if !r.client_id.is_empty() {
+        string::encode(2, &r.client_id, buf);
+    }
+    if r.sent_at != 0 {
+        int64::encode(3, &r.sent_at, buf);
+    }
+    if r.expiry != 0 {
+        int64::encode(4, &r.expiry, buf);
+    }
+    if r.multi {
+        bool::encode(5, &r.multi, buf);
+    }
+    #[allow(deprecated)]
+    if let Some(any) = &r.request {
+        message::encode(6, any, buf);
+    }
+    encode_map(7, &r.metadata, buf);
+    if !r.raw_request.is_empty() {
+        bytes::encode(8, &r.raw_request, buf);
+    }
+}
+
+/// The bytes of one envelope message alone, as Go writes them.
+pub fn encode<M: Envelope>(m: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(m.go_encoded_len());
+    m.go_encode(&mut buf);
+    buf.freeze()
+}
+
+/// Wraps an envelope message in `Msg` (no channel field): what Redis and the
+/// local bus publish, and what NATS publishes before appending field 3.
+pub fn encode_msg<M: Envelope>(m: &M) -> Bytes {
+    let len = m.go_encoded_len();
+    write_msg(M::TYPE_URL, len, |buf| m.go_encode(buf))
+}
+
+/// Wraps already encoded user message bytes in `Msg` with `type_url`
+/// (subscription updates: the user message is the payload itself).
+pub fn encode_msg_raw(type_url: &str, value: &[u8]) -> Bytes {
+    write_msg(type_url, value.len(), |buf| buf.put_slice(value))
+}
+
+fn write_msg(type_url: &str, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut cap = key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len();
+    if len > 0 {
+        cap += key_len(2) + encoded_len_varint(len as u64) + len;
+    }
+    let mut buf = BytesMut::with_capacity(cap);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(type_url.len() as u64, &mut buf);
+    buf.put_slice(type_url.as_bytes());
+    // An empty payload leaves field 2 out (proto3 implicit presence).
+    if len > 0 {
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+        write(&mut buf);
+    }
+    debug_assert_eq!(buf.len(), cap);
+    buf.freeze()
+}
+
+/// Appends `Msg.channel` (field 3) to an encoded `Msg`: the NATS form of a
+/// server-side message. Field 3 is the last field, so this gives exactly the
+/// bytes Go writes. An empty `local` appends nothing.
+pub fn append_channel(msg: &[u8], local: &str) -> Bytes {
+    if local.is_empty() {
+        return Bytes::copy_from_slice(msg);
+    }
+    let mut buf = BytesMut::with_capacity(
+        msg.len() + key_len(3) + encoded_len_varint(local.len() as u64) + local.len(),
+    );
+    buf.put_slice(msg);
+    encode_key(3, WireType::LengthDelimited, &mut buf);
+    encode_varint(local.len() as u64, &mut buf);
+    buf.put_slice(local.as_bytes());
+    buf.freeze()
+}
+
+/// Reads only `Msg.channel` (field 3), as the NATS router does.
+pub fn read_channel(msg: &[u8]) -> Result<String, WireError> {
+    Ok(ChannelField::decode(msg)?.channel)
+}
+
+/// Decodes a `Msg` envelope. The payload is a zero-copy slice of `bytes`.
+pub fn decode_msg(bytes: Bytes) -> Result<Msg, WireError> {
+    Ok(Msg::decode(bytes)?)
+}
+
+/// Decodes a `Msg` carrying envelope type `M`, checking the type URL.
+pub fn decode_envelope<M: Envelope>(bytes: Bytes) -> Result<M, WireError> {
+    let msg = decode_msg(bytes)?;
+    check_type(&msg.type_url, M::TYPE_URL)?;
+    Ok(M::decode(msg.value)?)
+}
+
+/// Checks a received type URL against the expected one the way Go resolves
+/// it: by the part after the last `/`.
+pub fn check_type(got: &str, expected: &str) -> Result<(), WireError> {
+    let name = |u: &str| u.rsplit('/').next().unwrap_or_default().to_owned();
+    if name(got) == name(expected) {
+        Ok(())
+    } else {
+        Err(WireError::UnexpectedType {
+            got: got.to_owned(),
+            expected: expected.to_owned(),
+        })
+    }
+}
+
+/// The type URL of a user message type: `type.googleapis.com/<full name>`.
+pub fn type_url_of<M: prost::Name>() -> String {
+    format!("{TYPE_URL_PREFIX}{}", M::full_name())
+}
+
+/// Packs a user message as `Any` with a Go-style type URL.
+pub fn pack_any<M: prost::Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: type_url_of::<M>(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Wall-clock time as nanoseconds since the Unix epoch (Go `UnixNano`).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_map_values_are_written_like_go() {
+        let mut r = Request::default();
+        r.metadata.insert("k".into(), String::new());
+        r.metadata.insert(String::new(), "v".into());
+        let b = encode(&r);
+        // {"" : "v"} then {"k": ""}, both with key and value present.
+        assert_eq!(hex::encode(&b), "3a050a001201763a050a016b1200");
+        let back = Request::decode(b).unwrap();
+        assert_eq!(back.metadata, r.metadata);
+        assert_eq!(request_len(&r), encode(&r).len());
+    }
+}
