@@ -1,1 +1,1179 @@
-fn main() {}
+//! `psrpc-bench`: measures every psrpc RPC kind on a bus against the raw
+//! floor of that bus (see BENCH.md).
+//!
+//! Only the in-process `local` bus is built so far. Its floor is a bare tokio
+//! channel ping-pong with the same number of hops as the row's operation,
+//! measured in the same run with the same concurrency.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use psrpc::{
+    ClientOptions, Context, LocalBus, MethodInfo, RpcClient, RpcServer, SelectionOptions,
+    ServerOptions,
+};
+use tokio::sync::mpsc;
+
+/// Messages generated from `proto/bench.proto` (package `psrpcbench`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/psrpcbench.rs"));
+}
+
+use pb::{Event, Req, Res};
+
+/// `Bench.Unary`: queue routing with the claim handshake.
+static UNARY: MethodInfo = MethodInfo::queue("Unary");
+/// `Bench.Affinity`: affinity routing.
+static AFFINITY: MethodInfo = MethodInfo::affinity("Affinity");
+/// `Bench.Multi`: every server answers.
+static MULTI: MethodInfo = MethodInfo::multi("Multi");
+/// `Bench.TopicUnary`: queue routing on a topic.
+static TOPIC_UNARY: MethodInfo = MethodInfo::queue("TopicUnary");
+/// `Bench.Trigger`: makes a server publish events and broadcasts.
+static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
+/// `Bench.Broadcast`: fan-out subscription on a topic.
+static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
+/// `BenchEvents.Events`: queue subscription.
+static EVENTS: MethodInfo = MethodInfo::queue("Events");
+
+/// Timeout of every benchmark call and of every wait for an update.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest floor measurement per row (floors are cheap and stable).
+const MAX_FLOOR_DURATION: Duration = Duration::from_secs(1);
+/// The note printed for the rows that need streams.
+const STREAM_NOTE: &str = "streams: not implemented yet";
+
+const USAGE: &str = "\
+usage: psrpc-bench [options]
+  --bus local|redis://HOST:PORT|nats://HOST:PORT   (default local)
+  --mode all|server|client   all: servers and client in one process (default all)
+  --servers N        servers started (default 3)
+  --expect N         how many servers answer Multi (default --servers)
+  --duration D       each row, e.g. 5s, 500ms (default 5s)
+  --conc N           in-flight calls / streams (default 64)
+  --payload N        request payload bytes (default 16)
+  --tests LIST       unary,affinity,multi,stream,sub (default all)
+  --topic T          topic of TopicUnary and Broadcast (default t1)
+  --burst N          events per subscription burst (default 2000)
+  --server-id PREFIX server i gets id PREFIX<i> (default bench-server-)
+  --client-id ID     (default bench-client)
+  --json FILE        machine-readable results beside the table";
+
+/// Which bus mode the process runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    All,
+    Server,
+    Client,
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone)]
+struct Args {
+    bus: String,
+    mode: Mode,
+    servers: usize,
+    expect: usize,
+    duration: Duration,
+    conc: usize,
+    payload: usize,
+    tests: Vec<String>,
+    topic: String,
+    burst: usize,
+    server_id: String,
+    client_id: String,
+    json: Option<String>,
+}
+
+/// Parses `5s`, `500ms`, `100us`, `2m`, `1.5s` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 5s, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "ns" => v / 1e9,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ns, us, ms, s, m, h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args {
+        bus: "local".into(),
+        mode: Mode::All,
+        servers: 3,
+        expect: 0,
+        duration: Duration::from_secs(5),
+        conc: 64,
+        payload: 16,
+        tests: ["unary", "affinity", "multi", "stream", "sub"]
+            .map(String::from)
+            .to_vec(),
+        topic: "t1".into(),
+        burst: 2000,
+        server_id: "bench-server-".into(),
+        client_id: "bench-client".into(),
+        json: None,
+    };
+    let mut expect = None;
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Err(String::new());
+        }
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{key} needs a value"))
+        };
+        let num = |v: String, k: &str| -> Result<usize, String> {
+            v.parse::<usize>()
+                .map_err(|_| format!("{k}: {v:?} is not a non-negative integer"))
+        };
+        match key.as_str() {
+            "--bus" => a.bus = value()?,
+            "--mode" => {
+                a.mode = match value()?.as_str() {
+                    "all" => Mode::All,
+                    "server" => Mode::Server,
+                    "client" => Mode::Client,
+                    m => return Err(format!("--mode: {m:?} is not all, server or client")),
+                }
+            }
+            "--servers" => a.servers = num(value()?, &key)?,
+            "--expect" => expect = Some(num(value()?, &key)?),
+            "--duration" => a.duration = parse_duration(&value()?)?,
+            "--conc" => a.conc = num(value()?, &key)?.max(1),
+            "--payload" => a.payload = num(value()?, &key)?,
+            "--tests" => {
+                a.tests = value()?
+                    .split(',')
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                for t in &a.tests {
+                    if !["unary", "affinity", "multi", "stream", "sub"].contains(&t.as_str()) {
+                        return Err(format!(
+                            "--tests: unknown test {t:?} (unary, affinity, multi, stream, sub)"
+                        ));
+                    }
+                }
+            }
+            "--topic" => a.topic = value()?,
+            "--burst" => a.burst = num(value()?, &key)?.max(1),
+            "--server-id" => a.server_id = value()?,
+            "--client-id" => a.client_id = value()?,
+            "--json" => a.json = Some(value()?),
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    a.expect = expect.unwrap_or(a.servers);
+    Ok(a)
+}
+
+/// The resident set size of this process, from `/proc/self/status`.
+fn rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l["VmRSS:".len()..].trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------
+// Measurements
+
+/// Sub-buckets per power of two of the latency histogram (precision 1/64).
+const SUB_BUCKETS: u64 = 64;
+/// Buckets of the latency histogram: enough for any `u64` of nanoseconds.
+const BUCKETS: usize = (64 * SUB_BUCKETS + 2 * SUB_BUCKETS) as usize;
+
+/// An HDR-like log-linear latency histogram in nanoseconds: exact below
+/// 128 ns, then 64 buckets per power of two (about 1.6 % precision), in a
+/// fixed ~30 KiB whatever the number of samples.
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn index(v: u64) -> usize {
+        if v < 2 * SUB_BUCKETS {
+            return v as usize;
+        }
+        // v >> shift lies in [SUB_BUCKETS, 2 * SUB_BUCKETS).
+        let shift = 63 - v.leading_zeros() as u64 - SUB_BUCKETS.trailing_zeros() as u64;
+        (shift * SUB_BUCKETS + (v >> shift)) as usize
+    }
+
+    /// The middle of bucket `i`.
+    fn value(i: usize) -> u64 {
+        let i = i as u64;
+        if i < 2 * SUB_BUCKETS {
+            return i;
+        }
+        let shift = i / SUB_BUCKETS - 1;
+        let m = i - shift * SUB_BUCKETS;
+        (m << shift) + ((1u64 << shift) >> 1)
+    }
+
+    fn add(&mut self, ns: u64) {
+        self.counts[Self::index(ns)] += 1;
+        self.total += 1;
+    }
+
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.total += o.total;
+    }
+
+    /// The `p`-th percentile in nanoseconds (0 when empty).
+    fn percentile(&self, p: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((p / 100.0) * self.total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i);
+            }
+        }
+        Self::value(BUCKETS - 1)
+    }
+}
+
+/// What one row measured.
+#[derive(Clone, Default)]
+struct Stats {
+    /// Successful operations.
+    n: u64,
+    /// Failed operations.
+    errors: u64,
+    /// Wall time of the whole row.
+    elapsed: Duration,
+    /// Latency of every successful operation.
+    lat: Histogram,
+    /// The first error seen, for the notes.
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn merge(&mut self, o: Stats) {
+        self.n += o.n;
+        self.errors += o.errors;
+        self.lat.merge(&o.lat);
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+
+    fn record(&mut self, r: Result<Duration, String>) {
+        match r {
+            Ok(d) => {
+                self.n += 1;
+                self.lat.add(d.as_nanos() as u64);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn ops_per_s(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 { self.n as f64 / s } else { 0.0 }
+    }
+
+    /// The `p`-th percentile latency in microseconds.
+    fn pct(&self, p: f64) -> f64 {
+        self.lat.percentile(p) as f64 / 1e3
+    }
+}
+
+/// The shape of a floor operation: `rounds` times, send the payload to
+/// `fanout` echo peers and wait for all their replies. Each round is
+/// `2 * fanout` channel hops (`fanout` deliveries out, `fanout` back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum FloorKind {
+    /// Ping-pong rounds with fan-out.
+    PingPong {
+        /// Peers each message goes to.
+        fanout: usize,
+        /// Round trips per operation.
+        rounds: usize,
+    },
+    /// One-way stream of `n` messages through a channel of the subscription
+    /// buffer size; counted per message.
+    Stream {
+        /// Messages per burst.
+        n: usize,
+    },
+}
+
+impl FloorKind {
+    fn hops(&self) -> String {
+        match *self {
+            FloorKind::PingPong { fanout, rounds } => {
+                if fanout == 1 {
+                    format!("{}", 2 * rounds)
+                } else {
+                    format!("{}x(1+{fanout})", rounds)
+                }
+            }
+            FloorKind::Stream { .. } => "1/ev".into(),
+        }
+    }
+}
+
+/// Runs `conc` workers of the floor `kind` for `duration`.
+async fn measure_floor(kind: FloorKind, conc: usize, duration: Duration, payload: Bytes) -> Stats {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            match kind {
+                FloorKind::PingPong { fanout, rounds } => {
+                    floor_pingpong(fanout, rounds, end, payload).await
+                }
+                FloorKind::Stream { n } => floor_stream(n, end, payload).await,
+            }
+        }));
+    }
+    let mut stats = Stats::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            stats.merge(s);
+        }
+    }
+    stats.elapsed = start.elapsed();
+    stats
+}
+
+/// One floor worker: `fanout` echo peer tasks on their own channels, replies
+/// on one shared channel, as a client and its servers on a bus.
+async fn floor_pingpong(fanout: usize, rounds: usize, end: Instant, payload: Bytes) -> Stats {
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(fanout.max(1));
+    let mut peers = Vec::with_capacity(fanout);
+    for _ in 0..fanout {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+        let reply = reply_tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if reply.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        peers.push(tx);
+    }
+    drop(reply_tx);
+    let mut stats = Stats::default();
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        let mut ok = true;
+        'op: for _ in 0..rounds {
+            for p in &peers {
+                if p.send(payload.clone()).await.is_err() {
+                    ok = false;
+                    break 'op;
+                }
+            }
+            for _ in 0..fanout {
+                if reply_rx.recv().await.is_none() {
+                    ok = false;
+                    break 'op;
+                }
+            }
+        }
+        stats.record(if ok {
+            Ok(t0.elapsed())
+        } else {
+            Err("floor peer gone".into())
+        });
+    }
+    stats
+}
+
+/// One floor worker for bursts: a producer task sends `n` messages through a
+/// channel of the default subscription buffer size; each delivered message
+/// is one operation, its latency measured from the start of the burst.
+async fn floor_stream(n: usize, end: Instant, payload: Bytes) -> Stats {
+    let mut stats = Stats::default();
+    while Instant::now() < end {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(psrpc::client::DEFAULT_CHANNEL_SIZE);
+        let t0 = Instant::now();
+        let p = payload.clone();
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx.send(p.clone()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..n {
+            match rx.recv().await {
+                Some(_) => stats.record(Ok(t0.elapsed())),
+                None => {
+                    stats.record(Err("floor producer gone".into()));
+                    break;
+                }
+            }
+        }
+    }
+    stats
+}
+
+// ---------------------------------------------------------------------------
+// The servers
+
+/// One benchmark server: `Bench` with every method, plus a `BenchEvents`
+/// server that only publishes.
+struct BenchServer {
+    bench: RpcServer,
+    events: RpcServer,
+}
+
+/// Starts server number `i` (0-based) on its own bus handle.
+async fn start_server(bus: LocalBus, i: usize, args: &Args) -> psrpc::Result<BenchServer> {
+    let id = format!("{}{i}", args.server_id);
+    let bench = RpcServer::new(
+        bus.clone(),
+        "Bench",
+        ServerOptions::default().server_id(&id),
+    );
+    let events = RpcServer::new(bus, "BenchEvents", ServerOptions::default().server_id(&id));
+
+    let echo = |id: String| {
+        move |_ctx: Context, req: Req| {
+            let server_id = id.clone();
+            async move {
+                Ok(Res {
+                    seq: req.seq,
+                    server_id,
+                    payload: req.payload,
+                })
+            }
+        }
+    };
+    bench
+        .register_handler(&UNARY, &[], echo(id.clone()), None)
+        .await?;
+    let affinity = (1.0 - 0.25 * i as f32).max(0.1);
+    bench
+        .register_handler(
+            &AFFINITY,
+            &[],
+            echo(id.clone()),
+            Some(Arc::new(move |_: &Req| affinity)),
+        )
+        .await?;
+    bench
+        .register_handler(&MULTI, &[], echo(id.clone()), None)
+        .await?;
+    bench
+        .register_handler(
+            &TOPIC_UNARY,
+            std::slice::from_ref(&args.topic),
+            echo(id.clone()),
+            None,
+        )
+        .await?;
+
+    let counter = Arc::new(AtomicI64::new(0));
+    let (b, e) = (bench.clone(), events.clone());
+    bench
+        .register_handler(
+            &TRIGGER,
+            &[],
+            move |_ctx: Context, req: Req| {
+                let (bench, events, counter, id) =
+                    (b.clone(), e.clone(), counter.clone(), id.clone());
+                async move {
+                    let event = |counter: &AtomicI64| Event {
+                        seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
+                        text: req.text.clone(),
+                        server_id: id.clone(),
+                    };
+                    for _ in 0..req.count.max(0) {
+                        events.publish(&EVENTS, &[], &event(&counter)).await?;
+                    }
+                    if !req.text.is_empty() {
+                        let topic = [req.text.clone()];
+                        for _ in 0..req.count.max(0) {
+                            bench.publish(&BROADCAST, &topic, &event(&counter)).await?;
+                        }
+                    }
+                    Ok(Res {
+                        seq: req.seq,
+                        server_id: id,
+                        payload: Bytes::new(),
+                    })
+                }
+            },
+            None,
+        )
+        .await?;
+    Ok(BenchServer { bench, events })
+}
+
+// ---------------------------------------------------------------------------
+// The client side
+
+/// One kind of client operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Unary,
+    TopicUnary,
+    Affinity,
+    AffinityDefault,
+    Multi,
+}
+
+/// What every client worker shares.
+struct Bench {
+    client: RpcClient,
+    topic: Vec<String>,
+    payload: Bytes,
+    expect: usize,
+}
+
+impl Bench {
+    /// One operation of kind `op`; its latency, or what went wrong.
+    async fn op(&self, op: Op, seq: i64) -> Result<Duration, String> {
+        let req = Req {
+            seq,
+            text: String::new(),
+            payload: self.payload.clone(),
+            count: 0,
+        };
+        let c = &self.client;
+        let t0 = Instant::now();
+        let res: psrpc::Result<Res> = match op {
+            Op::Unary => c.unary(&UNARY, vec![], req).timeout(CALL_TIMEOUT).await,
+            Op::TopicUnary => {
+                c.unary(&TOPIC_UNARY, self.topic.clone(), req)
+                    .timeout(CALL_TIMEOUT)
+                    .await
+            }
+            Op::Affinity => {
+                c.unary(&AFFINITY, vec![], req)
+                    .selection(SelectionOptions {
+                        maximum_affinity: 1.0,
+                        ..Default::default()
+                    })
+                    .timeout(CALL_TIMEOUT)
+                    .await
+            }
+            Op::AffinityDefault => c.unary(&AFFINITY, vec![], req).timeout(CALL_TIMEOUT).await,
+            Op::Multi => {
+                let mut s = c
+                    .multi::<Req, Res>(&MULTI, vec![], req)
+                    .timeout(CALL_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut got = 0;
+                while got < self.expect {
+                    match s.next().await {
+                        Some(Ok(r)) if r.seq == seq => got += 1,
+                        Some(Ok(r)) => return Err(format!("multi: seq {} for {seq}", r.seq)),
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => {
+                            return Err(format!(
+                                "multi: {got} of {} responses before the timeout",
+                                self.expect
+                            ));
+                        }
+                    }
+                }
+                let d = t0.elapsed();
+                drop(s);
+                return Ok(d);
+            }
+        };
+        let d = t0.elapsed();
+        match res {
+            Ok(r) if r.seq == seq => Ok(d),
+            Ok(r) => Err(format!("response seq {} for {seq}", r.seq)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Runs `conc` workers, each doing `op` one at a time until `duration` ends.
+async fn run_op(bench: &Arc<Bench>, op: Op, conc: usize, duration: Duration) -> Stats {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let bench = bench.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut seq = (w as i64) << 32;
+            while Instant::now() < end {
+                seq += 1;
+                stats.record(bench.op(op, seq).await);
+            }
+            stats
+        }));
+    }
+    let mut stats = Stats::default();
+    for t in tasks {
+        match t.await {
+            Ok(s) => stats.merge(s),
+            Err(e) => stats.record(Err(format!("worker panicked: {e}"))),
+        }
+    }
+    stats.elapsed = start.elapsed();
+    stats
+}
+
+/// Reads nothing that is already buffered: drops stale updates.
+fn drain<T: prost::Message + Default>(sub: &mut psrpc::Subscription<T>) {
+    while let Some(Some(_)) = sub.recv().now_or_never() {}
+}
+
+/// Waits up to [`CALL_TIMEOUT`] for the next update of `sub`.
+async fn next_update<T: prost::Message + Default>(
+    sub: &mut psrpc::Subscription<T>,
+    what: &str,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, sub.recv()).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(format!("{what} subscription closed")),
+        Err(_) => Err(format!("no {what} within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// `sub trigger->event+bcast seq`: one Trigger with count 1 and text
+/// `--topic`, complete when its response, the event and the broadcast arrived.
+async fn run_sub_trigger(
+    client: &RpcClient,
+    events: &mut psrpc::Subscription<Event>,
+    bcast: &mut psrpc::Subscription<Event>,
+    topic: &str,
+    duration: Duration,
+) -> Stats {
+    let mut stats = Stats::default();
+    let start = Instant::now();
+    let end = start + duration;
+    let mut seq = 0;
+    while Instant::now() < end {
+        seq += 1;
+        drain(events);
+        drain(bcast);
+        let t0 = Instant::now();
+        let r: Result<Duration, String> = async {
+            let req = Req {
+                seq,
+                text: topic.to_owned(),
+                payload: Bytes::new(),
+                count: 1,
+            };
+            client
+                .unary::<Req, Res>(&TRIGGER, vec![], req)
+                .timeout(CALL_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            next_update(events, "event").await?;
+            let b = next_update(bcast, "broadcast").await?;
+            if b.text != topic {
+                return Err(format!("broadcast text {:?}", b.text));
+            }
+            Ok(t0.elapsed())
+        }
+        .await;
+        stats.record(r);
+    }
+    stats.elapsed = start.elapsed();
+    stats
+}
+
+/// `sub burst`: Triggers with count `--burst` (no broadcast) until the
+/// duration ends (at least one); every delivered event is one operation,
+/// its latency measured from the moment the Trigger was sent.
+async fn run_sub_burst(
+    client: &RpcClient,
+    events: &mut psrpc::Subscription<Event>,
+    burst: usize,
+    duration: Duration,
+) -> Stats {
+    let mut stats = Stats::default();
+    let start = Instant::now();
+    let end = start + duration;
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        drain(events);
+        let t0 = Instant::now();
+        let req = Req {
+            seq,
+            text: String::new(),
+            payload: Bytes::new(),
+            count: burst as i32,
+        };
+        let call = client
+            .unary::<Req, Res>(&TRIGGER, vec![], req)
+            .timeout(CALL_TIMEOUT + duration);
+        let read = async {
+            let mut s = Stats::default();
+            for _ in 0..burst {
+                match next_update(events, "event").await {
+                    Ok(_) => s.record(Ok(t0.elapsed())),
+                    Err(e) => {
+                        s.record(Err(e));
+                        break;
+                    }
+                }
+            }
+            s
+        };
+        let (res, s) = tokio::join!(call, read);
+        stats.merge(s);
+        if let Err(e) = res {
+            stats.record(Err(format!("trigger: {e}")));
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    stats.elapsed = start.elapsed();
+    stats
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+/// One line of the result table.
+struct Row {
+    name: &'static str,
+    /// The row, its floor and the floor shape; `Err`: skipped, with this note.
+    result: Result<(Stats, Stats, FloorKind), &'static str>,
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The ratio of a row to its floor: how many times more each operation
+/// costs (floor ops/s over row ops/s; 1.0 = as fast as the bare bus).
+fn ratio(row: &Stats, floor: &Stats) -> f64 {
+    let r = row.ops_per_s();
+    if r > 0.0 { floor.ops_per_s() / r } else { 0.0 }
+}
+
+fn print_table(bus: &str, args: &Args, rows: &[Row]) {
+    println!();
+    println!(
+        "bus {bus}: {} servers, expect {}, conc {}, payload {} B, {:?} per row (floor: tokio channel, same hops and concurrency, up to {:?})",
+        args.servers, args.expect, args.conc, args.payload, args.duration, MAX_FLOOR_DURATION
+    );
+    let header = [
+        "row",
+        "n",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "errors",
+        "hops",
+        "floor ops/s",
+        "floor p50",
+        "ratio",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        match &r.result {
+            Ok((s, f, k)) => lines.push(vec![
+                r.name.to_owned(),
+                s.n.to_string(),
+                fmt_num(s.ops_per_s()),
+                fmt_num(s.pct(50.0)),
+                fmt_num(s.pct(99.0)),
+                s.errors.to_string(),
+                k.hops(),
+                fmt_num(f.ops_per_s()),
+                fmt_num(f.pct(50.0)),
+                format!("{:.1}x", ratio(s, f)),
+            ]),
+            Err(note) => lines.push(vec![r.name.to_owned(), format!("skipped ({note})")]),
+        }
+    }
+    let ncol = header.len();
+    let mut w = vec![0; ncol];
+    for l in &lines {
+        for (i, c) in l
+            .iter()
+            .enumerate()
+            .take(if l.len() == ncol { ncol } else { 1 })
+        {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for (li, l) in lines.iter().enumerate() {
+        let mut out = String::new();
+        if l.len() == ncol {
+            for (i, c) in l.iter().enumerate() {
+                if i == 0 {
+                    let _ = write!(out, "{c:<w$}", w = w[0]);
+                } else {
+                    let _ = write!(out, "  {c:>w$}", w = w[i]);
+                }
+            }
+        } else {
+            let _ = write!(out, "{:<w$}  {}", l[0], l[1], w = w[0]);
+        }
+        println!("{}", out.trim_end());
+        if li == 0 {
+            println!("{}", "-".repeat(w.iter().sum::<usize>() + 2 * (ncol - 1)));
+        }
+    }
+    println!(
+        "hops: unary/topic/affinity 4 (request, claim, claim response, response) = 2 round trips; \
+         multi 1+N (request fanned out to N=--expect servers, N responses); \
+         sub trigger 6 (4 of the call + event + broadcast) = 3 round trips; \
+         sub burst: one-way channel stream, 1 hop per event, latency from burst start."
+    );
+    println!(
+        "ratio = floor ops/s / row ops/s (cost of one operation relative to the bare channel)."
+    );
+    for r in rows {
+        if let Ok((
+            Stats {
+                first_error: Some(e),
+                ..
+            },
+            _,
+            _,
+        )) = &r.result
+        {
+            println!("first error of {:?}: {e}", r.name);
+        }
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The JSON of BENCH.md; skipped rows are left out.
+fn to_json(bus: &str, rows: &[Row]) -> String {
+    let mut o = format!("{{\"bus\": \"{}\", \"rows\": [", json_escape(bus));
+    let mut first = true;
+    for r in rows {
+        let Ok((s, f, _)) = &r.result else { continue };
+        if !first {
+            o.push_str(", ");
+        }
+        first = false;
+        let _ = write!(
+            o,
+            "{{\"name\": \"{}\", \"n\": {}, \"ops_per_s\": {:.3}, \"p50_us\": {:.3}, \"p99_us\": {:.3}, \"errors\": {}, \"floor_ops_per_s\": {:.3}, \"floor_p50_us\": {:.3}, \"ratio\": {:.4}}}",
+            json_escape(r.name),
+            s.n,
+            s.ops_per_s(),
+            s.pct(50.0),
+            s.pct(99.0),
+            s.errors,
+            f.ops_per_s(),
+            f.pct(50.0),
+            ratio(s, f),
+        );
+    }
+    o.push_str("]}\n");
+    o
+}
+
+// ---------------------------------------------------------------------------
+
+/// Measures floors once per (kind, concurrency) and reuses them.
+struct Floors {
+    cache: HashMap<(FloorKind, usize), Arc<Stats>>,
+    duration: Duration,
+    payload: Bytes,
+}
+
+impl Floors {
+    async fn get(&mut self, kind: FloorKind, conc: usize) -> Arc<Stats> {
+        if let Some(s) = self.cache.get(&(kind, conc)) {
+            return s.clone();
+        }
+        let s = Arc::new(measure_floor(kind, conc, self.duration, self.payload.clone()).await);
+        self.cache.insert((kind, conc), s.clone());
+        s
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let bus_name = args.bus.clone();
+    let bus = LocalBus::new();
+    let payload = Bytes::from(vec![0x5a_u8; args.payload]);
+
+    let mut servers = Vec::new();
+    for i in 0..args.servers {
+        // Every server gets its own bus handle, as separate processes would.
+        let s = start_server(bus.clone(), i, &args)
+            .await
+            .map_err(|e| format!("starting server {i}: {e}"))?;
+        servers.push(s);
+    }
+    let client = RpcClient::new(
+        bus.clone(),
+        "Bench",
+        ClientOptions::default().client_id(&args.client_id),
+    )
+    .await
+    .map_err(|e| format!("client: {e}"))?;
+    let events_client = RpcClient::new(
+        bus.clone(),
+        "BenchEvents",
+        ClientOptions::default().client_id(&args.client_id),
+    )
+    .await
+    .map_err(|e| format!("events client: {e}"))?;
+    let bench = Arc::new(Bench {
+        client: client.clone(),
+        topic: vec![args.topic.clone()],
+        payload: payload.clone(),
+        expect: args.expect,
+    });
+    let mut floors = Floors {
+        cache: HashMap::new(),
+        duration: args.duration.min(MAX_FLOOR_DURATION),
+        payload,
+    };
+
+    let d = args.duration;
+    let conc = args.conc;
+    let test = |t: &str| args.tests.iter().any(|x| x == t);
+    let pp = |fanout: usize, rounds: usize| FloorKind::PingPong { fanout, rounds };
+    let unary_floor = pp(1, 2);
+    let mut rows: Vec<Row> = Vec::new();
+
+    let mut plan: Vec<(&'static str, Op, usize, FloorKind)> = Vec::new();
+    if test("unary") {
+        plan.push(("unary (queue) seq", Op::Unary, 1, unary_floor));
+        plan.push(("unary (queue) conc64", Op::Unary, conc, unary_floor));
+        plan.push(("topic unary seq", Op::TopicUnary, 1, unary_floor));
+    }
+    if test("affinity") {
+        plan.push(("affinity seq", Op::Affinity, 1, unary_floor));
+        plan.push(("affinity conc64", Op::Affinity, conc, unary_floor));
+        plan.push((
+            "affinity seq (default opts)",
+            Op::AffinityDefault,
+            1,
+            unary_floor,
+        ));
+    }
+    if test("multi") {
+        let mf = pp(args.expect.max(1), 1);
+        plan.push(("multi seq", Op::Multi, 1, mf));
+        plan.push(("multi conc64", Op::Multi, conc, mf));
+    }
+    for (name, op, c, kind) in plan {
+        eprintln!("running {name} ...");
+        let s = run_op(&bench, op, c, d).await;
+        let f = floors.get(kind, c).await;
+        eprintln!("  done: {} ops, {} errors, rss {}", s.n, s.errors, rss());
+        rows.push(Row {
+            name,
+            result: Ok((s, (*f).clone(), kind)),
+        });
+    }
+    if test("stream") {
+        for name in [
+            "stream open+close seq",
+            "stream msg round-trip seq",
+            "stream msg round-trip 64 streams",
+        ] {
+            rows.push(Row {
+                name,
+                result: Err(STREAM_NOTE),
+            });
+        }
+    }
+    if test("sub") {
+        let mut events = events_client
+            .subscribe::<Event>(&EVENTS, &[])
+            .await
+            .map_err(|e| format!("subscribe Events: {e}"))?;
+        let mut bcast = client
+            .subscribe::<Event>(&BROADCAST, std::slice::from_ref(&args.topic))
+            .await
+            .map_err(|e| format!("subscribe Broadcast: {e}"))?;
+        eprintln!("running sub trigger->event+bcast seq ...");
+        let s = run_sub_trigger(&client, &mut events, &mut bcast, &args.topic, d).await;
+        let kind = pp(1, 3);
+        let f = floors.get(kind, 1).await;
+        rows.push(Row {
+            name: "sub trigger->event+bcast seq",
+            result: Ok((s, (*f).clone(), kind)),
+        });
+        eprintln!("running sub burst ...");
+        let s = run_sub_burst(&client, &mut events, args.burst, d).await;
+        let kind = FloorKind::Stream { n: args.burst };
+        let f = floors.get(kind, 1).await;
+        rows.push(Row {
+            name: "sub burst",
+            result: Ok((s, (*f).clone(), kind)),
+        });
+    }
+
+    client.close();
+    events_client.close();
+    for s in &servers {
+        s.bench.shutdown().await;
+        s.events.shutdown().await;
+    }
+
+    print_table(&bus_name, &args, &rows);
+    println!("rss at end: {}", rss());
+    if bus.dropped() > 0 {
+        println!(
+            "local bus dropped {} deliveries (slow consumers)",
+            bus.dropped()
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, to_json(&bus_name, &rows))
+            .map_err(|e| format!("writing {path}: {e}"))?;
+        println!("json written to {path} (skipped rows left out)");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("psrpc-bench: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.bus != "local" {
+        let kind = args.bus.split("://").next().unwrap_or_default();
+        if kind == "redis" || kind == "nats" {
+            eprintln!(
+                "psrpc-bench: the {kind} bus is not built yet (only --bus local is supported)"
+            );
+        } else {
+            eprintln!(
+                "psrpc-bench: unknown bus {:?} (local, redis://HOST:PORT, nats://HOST:PORT)",
+                args.bus
+            );
+        }
+        return ExitCode::from(2);
+    }
+    if args.mode != Mode::All {
+        eprintln!(
+            "psrpc-bench: --mode {} makes no sense with --bus local (the local bus lives in one process); use --mode all",
+            if args.mode == Mode::Server {
+                "server"
+            } else {
+                "client"
+            }
+        );
+        return ExitCode::from(2);
+    }
+    if args.expect > args.servers {
+        eprintln!(
+            "psrpc-bench: --expect {} exceeds --servers {} in all mode",
+            args.expect, args.servers
+        );
+        return ExitCode::from(2);
+    }
+    if args.servers == 0 {
+        eprintln!("psrpc-bench: --servers must be at least 1 in all mode");
+        return ExitCode::from(2);
+    }
+
+    println!("rss at start: {}", rss());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("psrpc-bench: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(run(args));
+    drop(rt);
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("psrpc-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -217,7 +217,11 @@ impl LocalBus {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let key = channel.legacy.clone();
         {
-            let mut map = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
+            let mut map = self
+                .inner
+                .channels
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             let mut subs = map.get(&key).map(|s| (**s).clone()).unwrap_or_default();
             if queue {
                 subs.queue.push((id, tx));
@@ -262,7 +266,11 @@ impl LocalBus {
 impl MessageBus for LocalBus {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
         let subs = {
-            let map = self.inner.channels.read().unwrap_or_else(|e| e.into_inner());
+            let map = self
+                .inner
+                .channels
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             match map.get(&channel.legacy) {
                 Some(s) => s.clone(),
                 None => return Ok(()),

@@ -87,11 +87,22 @@ fn server_name(prefix: &str, service: &str, topic: &[String], queue: bool) -> St
     s
 }
 
-fn server_channel(service: &str, method: &str, topic: &[String], queue: bool, kind: &str) -> Channel {
+fn server_channel(
+    service: &str,
+    method: &str,
+    topic: &[String],
+    queue: bool,
+    kind: &str,
+) -> Channel {
     Channel {
         legacy: join(
             '|',
-            &[Part::One(service), Part::One(method), Part::Many(topic), Part::One(kind)],
+            &[
+                Part::One(service),
+                Part::One(method),
+                Part::Many(topic),
+                Part::One(kind),
+            ],
         ),
         server: server_name("SRV.", service, topic, queue),
         local: format!("{method}.{kind}"),
@@ -100,7 +111,10 @@ fn server_channel(service: &str, method: &str, topic: &[String], queue: bool, ki
 
 fn client_channel(service: &str, client_id: &str, kind: &str) -> Channel {
     Channel {
-        legacy: join('|', &[Part::One(service), Part::One(client_id), Part::One(kind)]),
+        legacy: join(
+            '|',
+            &[Part::One(service), Part::One(client_id), Part::One(kind)],
+        ),
         server: format!("CLI.{service}.{client_id}.{kind}"),
         local: String::new(),
     }
@@ -156,13 +170,22 @@ mod tests {
 
     #[test]
     fn go_unit_vectors() {
-        assert_eq!(names(&response_channel("foo", "bar")), ("foo|bar|RES", "CLI.foo.bar.RES", ""));
+        assert_eq!(
+            names(&response_channel("foo", "bar")),
+            ("foo|bar|RES", "CLI.foo.bar.RES", "")
+        );
         assert_eq!(
             names(&claim_request_channel("foo", "bar")),
             ("foo|bar|CLAIM", "CLI.foo.bar.CLAIM", "")
         );
-        assert_eq!(names(&stream_channel("foo", "bar")), ("foo|bar|STR", "CLI.foo.bar.STR", ""));
-        assert_eq!(names(&rpc_channel("foo", "bar", &[], false)), ("foo|bar|REQ", "SRV.foo", "bar.REQ"));
+        assert_eq!(
+            names(&stream_channel("foo", "bar")),
+            ("foo|bar|STR", "CLI.foo.bar.STR", "")
+        );
+        assert_eq!(
+            names(&rpc_channel("foo", "bar", &[], false)),
+            ("foo|bar|REQ", "SRV.foo", "bar.REQ")
+        );
         assert_eq!(
             names(&claim_response_channel("foo", "bar", &[])),
             ("foo|bar|RCLAIM", "SRV.foo", "bar.RCLAIM")
@@ -185,9 +208,18 @@ mod tests {
             ("foo|bar|a|b|c|STR", "SRV.foo.a.b.c", "bar.STR")
         );
         assert_eq!(handler_key("bar", &abc), "bar.a.b.c");
-        assert_eq!(rpc_channel("foo", "bar", &abc, true).server, "SRV.foo.a.b.c.Q");
-        assert_eq!(claim_response_channel("foo", "bar", &abc).server, "SRV.foo.a.b.c");
-        assert_eq!(stream_server_channel("foo", "bar", &abc).server, "SRV.foo.a.b.c");
+        assert_eq!(
+            rpc_channel("foo", "bar", &abc, true).server,
+            "SRV.foo.a.b.c.Q"
+        );
+        assert_eq!(
+            claim_response_channel("foo", "bar", &abc).server,
+            "SRV.foo.a.b.c"
+        );
+        assert_eq!(
+            stream_server_channel("foo", "bar", &abc).server,
+            "SRV.foo.a.b.c"
+        );
     }
 
     #[test]
@@ -195,7 +227,12 @@ mod tests {
         let topic = t(&["软件"]);
         let s = join(
             '.',
-            &[Part::One("🚀_É"), Part::One("🛰_bar"), Part::Many(&topic), Part::One("END")],
+            &[
+                Part::One("🚀_É"),
+                Part::One("🛰_bar"),
+                Part::Many(&topic),
+                Part::One("END"),
+            ],
         );
         assert_eq!(s, "U+0001f680_u+00c9.U+0001f6f0_bar.u+8f6fu+4ef6.END");
         assert_eq!(sanitize("a.b*c>d e"), "au+002ebu+002acu+003edu+0020e");
@@ -215,28 +252,58 @@ mod tests {
             )
         );
         let c = claim_response_channel("MyService", "IntensiveRPC", &topic);
-        assert_eq!(c.legacy, "MyService|IntensiveRPC|usu+002deast|roomu+002f1|RCLAIM");
+        assert_eq!(
+            c.legacy,
+            "MyService|IntensiveRPC|usu+002deast|roomu+002f1|RCLAIM"
+        );
         assert_eq!(c.local, "IntensiveRPC.RCLAIM");
         let c = stream_server_channel("MyService", "IntensiveRPC", &topic);
-        assert_eq!(c.legacy, "MyService|IntensiveRPC|usu+002deast|roomu+002f1|STR");
-        assert_eq!(handler_key("IntensiveRPC", &topic), "IntensiveRPC.usu+002deast.roomu+002f1");
+        assert_eq!(
+            c.legacy,
+            "MyService|IntensiveRPC|usu+002deast|roomu+002f1|STR"
+        );
+        assert_eq!(
+            handler_key("IntensiveRPC", &topic),
+            "IntensiveRPC.usu+002deast.roomu+002f1"
+        );
         let c = rpc_channel("MyService", "NormalRPC", &topic, true);
         assert_eq!(c.server, "SRV.MyService.usu+002deast.roomu+002f1.Q");
         assert_eq!(c.legacy, "MyService|NormalRPC|usu+002deast|roomu+002f1|REQ");
-        assert_eq!(rpc_channel("MyService", "NormalRPC", &[], true).server, "SRV.MyService.Q");
-        assert_eq!(names(&response_channel("MyService", "CLI_abc")), ("MyService|CLI_abc|RES", "CLI.MyService.CLI_abc.RES", ""));
+        assert_eq!(
+            rpc_channel("MyService", "NormalRPC", &[], true).server,
+            "SRV.MyService.Q"
+        );
+        assert_eq!(
+            names(&response_channel("MyService", "CLI_abc")),
+            ("MyService|CLI_abc|RES", "CLI.MyService.CLI_abc.RES", "")
+        );
     }
 
     #[test]
     fn empty_topic_elements() {
         // An empty last element leaves a dangling delimiter (quirk Q3) ...
-        assert_eq!(rpc_channel("S", "M", &t(&["a", ""]), false).legacy, "S|M|a||REQ");
+        assert_eq!(
+            rpc_channel("S", "M", &t(&["a", ""]), false).legacy,
+            "S|M|a||REQ"
+        );
         // ... which the Server form skips.
-        assert_eq!(rpc_channel("S", "M", &t(&["a", ""]), false).server, "SRV.S.a");
+        assert_eq!(
+            rpc_channel("S", "M", &t(&["a", ""]), false).server,
+            "SRV.S.a"
+        );
         assert_eq!(rpc_channel("S", "M", &t(&[""]), false).legacy, "S|M|REQ");
-        assert_eq!(rpc_channel("S", "M", &t(&["", "a"]), false).legacy, "S|M|a|REQ");
-        assert_eq!(rpc_channel("S", "M", &t(&["a", "", "b"]), false).legacy, "S|M|a|b|REQ");
+        assert_eq!(
+            rpc_channel("S", "M", &t(&["", "a"]), false).legacy,
+            "S|M|a|REQ"
+        );
+        assert_eq!(
+            rpc_channel("S", "M", &t(&["a", "", "b"]), false).legacy,
+            "S|M|a|b|REQ"
+        );
         // a trailing empty part leaves the delimiter too (it is added first)
-        assert_eq!(join('|', &[Part::One(""), Part::One("x"), Part::One("")]), "x|");
+        assert_eq!(
+            join('|', &[Part::One(""), Part::One("x"), Part::One("")]),
+            "x|"
+        );
     }
 }

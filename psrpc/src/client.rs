@@ -196,12 +196,18 @@ impl RpcClient {
         let claims = bus
             .subscribe(&channels::claim_request_channel(&service, &id), size)
             .await?;
-        tokio::spawn(dispatch::<Response>(res, shared.clone(), closed.clone(), |r| {
-            (r.request_id.clone(), Incoming::Response(r))
-        }));
-        tokio::spawn(dispatch::<ClaimRequest>(claims, shared.clone(), closed.clone(), |c| {
-            (c.request_id.clone(), Incoming::Claim(c))
-        }));
+        tokio::spawn(dispatch::<Response>(
+            res,
+            shared.clone(),
+            closed.clone(),
+            |r| (r.request_id.clone(), Incoming::Response(r)),
+        ));
+        tokio::spawn(dispatch::<ClaimRequest>(
+            claims,
+            shared.clone(),
+            closed.clone(),
+            |c| (c.request_id.clone(), Incoming::Claim(c)),
+        ));
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
                 bus,
@@ -242,7 +248,12 @@ impl RpcClient {
         self.inner.closed.cancel();
         // Dropping the senders wakes every waiting call with "closed".
         let drained: Vec<_> = {
-            let mut p = self.inner.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .inner
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.drain().collect()
         };
         drop(drained);
@@ -295,7 +306,11 @@ impl RpcClient {
     /// Joins the subscription `method` on `topic`: a fan-out subscription for
     /// multi methods (every subscriber gets every update), otherwise a queue
     /// subscription (one subscriber gets each update).
-    pub async fn subscribe<T>(&self, method: &MethodInfo, topic: &[String]) -> Result<Subscription<T>>
+    pub async fn subscribe<T>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+    ) -> Result<Subscription<T>>
     where
         T: Message + prost::Name + Default,
     {
@@ -309,7 +324,8 @@ impl RpcClient {
         } else {
             self.inner.bus.subscribe_queue(&ch, size).await
         };
-        let sub = sub.map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
+        let sub = sub
+            .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
         Ok(Subscription {
             raw: sub,
             type_url: wire::type_url_of::<T>(),
@@ -343,7 +359,12 @@ impl RpcClient {
 
     fn register(&self, request_id: &str) -> Result<(mpsc::Receiver<Incoming>, PendingGuard)> {
         let (tx, rx) = mpsc::channel(self.inner.opts.channel_size.max(1));
-        let mut p = self.inner.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .inner
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Checked under the lock, so close() cannot miss this entry.
         if self.is_closed() {
             return Err(Error::client_closed());
@@ -397,8 +418,11 @@ impl RpcClient {
         };
         let (mut rx, _guard) = self.register(&request_id)?;
         let service = &self.inner.service;
-        self.publish(&channels::rpc_channel(service, &method.name, topic, method.queue), &req)
-            .await?;
+        self.publish(
+            &channels::rpc_channel(service, &method.name, topic, method.queue),
+            &req,
+        )
+        .await?;
 
         let mut deadline = Instant::now() + t;
         if let Some(d) = opts.context.deadline() {
@@ -424,8 +448,11 @@ impl RpcClient {
                 request_id: request_id.clone(),
                 server_id: selected.server_id,
             };
-            self.publish(&channels::claim_response_channel(service, &method.name, topic), &claim)
-                .await?;
+            self.publish(
+                &channels::claim_response_channel(service, &method.name, topic),
+                &claim,
+            )
+            .await?;
         }
 
         loop {
@@ -510,7 +537,11 @@ struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         p.remove(&self.request_id);
     }
 }
@@ -645,7 +676,8 @@ where
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let c = self.client;
-            let hooks = !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
+            let hooks =
+                !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
             let info = hooks.then(|| c.info(self.method, &self.topic));
             run_request_hooks(c, &info, &self.req);
             let raw = Bytes::from(self.req.encode_to_vec());
@@ -655,7 +687,12 @@ where
                 .and_then(|b| {
                     Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
                 });
-            run_response_hooks(c, &info, &self.req, res.as_ref().map(|r| r as &dyn DynMessage));
+            run_response_hooks(
+                c,
+                &info,
+                &self.req,
+                res.as_ref().map(|r| r as &dyn DynMessage),
+            );
             res
         })
     }
@@ -687,11 +724,15 @@ where
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let c = self.client;
-            let hooks = !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
+            let hooks =
+                !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
             let info = hooks.then(|| c.info(self.method, &self.topic));
             run_request_hooks(c, &info, &self.req);
             let raw = Bytes::from(self.req.encode_to_vec());
-            match c.call_multi_raw(self.method, &self.topic, raw, &self.opts).await {
+            match c
+                .call_multi_raw(self.method, &self.topic, raw, &self.opts)
+                .await
+            {
                 Ok(raw) => Ok(MultiResponses {
                     raw,
                     hooks: info.map(|i| (c.clone(), i, Box::new(self.req) as Box<dyn DynMessage>)),
@@ -771,7 +812,11 @@ impl<Res: Message + Default + std::fmt::Debug + 'static> futures::Stream for Mul
         };
         if let Some((c, info, req)) = &self.hooks {
             for h in &c.inner.opts.response_hooks {
-                h(info, req.as_ref(), item.as_ref().map(|r| r as &dyn DynMessage));
+                h(
+                    info,
+                    req.as_ref(),
+                    item.as_ref().map(|r| r as &dyn DynMessage),
+                );
             }
         }
         Poll::Ready(Some(item))

@@ -312,11 +312,9 @@ impl Error {
     /// Attaches a proto message as a detail (packed as `Any` with
     /// `type.googleapis.com/<full name>`).
     pub fn with_detail<M: prost::Name>(mut self, detail: &M) -> Self {
-        // Any::from_msg only fails when encoding fails, which cannot happen
-        // for a Vec buffer; Go drops details that fail to pack, so do we.
-        if let Ok(any) = Any::from_msg(detail) {
-            self.details.push(any);
-        }
+        // Not `Any::from_msg`: prost's default type URL lacks the
+        // `type.googleapis.com` host that Go peers write.
+        self.details.push(crate::wire::pack_any(detail));
         self
     }
 
@@ -343,7 +341,11 @@ impl Error {
 
     /// The first detail of type `M`, decoded.
     pub fn detail<M: prost::Name + Default>(&self) -> Option<M> {
-        self.details.iter().find_map(|a| a.to_msg::<M>().ok())
+        let name = M::full_name();
+        self.details
+            .iter()
+            .filter(|a| a.type_url.rsplit('/').next() == Some(name.as_str()))
+            .find_map(|a| M::decode(a.value.as_slice()).ok())
     }
 
     /// The gRPC code of this error.

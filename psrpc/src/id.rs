@@ -80,7 +80,13 @@ mod tests {
     #[test]
     fn format_and_uniqueness() {
         let mut seen = HashSet::new();
-        for p in [CLIENT_PREFIX, SERVER_PREFIX, REQUEST_PREFIX, STREAM_PREFIX, ""] {
+        for p in [
+            CLIENT_PREFIX,
+            SERVER_PREFIX,
+            REQUEST_PREFIX,
+            STREAM_PREFIX,
+            "",
+        ] {
             for _ in 0..10_000 {
                 let id = new_id(p);
                 assert_eq!(id.len(), p.len() + 12);
@@ -90,7 +96,9 @@ mod tests {
             }
         }
         // every symbol of the alphabet shows up
-        let all: HashSet<char> = (0..2000).flat_map(|_| new_id("").chars().collect::<Vec<_>>()).collect();
+        let all: HashSet<char> = (0..2000)
+            .flat_map(|_| new_id("").chars().collect::<Vec<_>>())
+            .collect();
         assert_eq!(all.len(), 62);
     }
 }

@@ -20,3 +20,4 @@ pub use server::{AffinityFn, RpcServer, ServerOptions};
 
 pub use async_trait::async_trait;
 pub use prost;
+pub use tokio_util::sync::CancellationToken;

@@ -223,7 +223,9 @@ mod tests {
             // keep the channel open past every selection window
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let r = select_server(&mut rx, &opts, None, None).await.map(|s| s.server_id);
+        let r = select_server(&mut rx, &opts, None, None)
+            .await
+            .map(|s| s.server_id);
         feeder.abort();
         r
     }
@@ -322,14 +324,20 @@ mod tests {
         // no claims at all
         let (_tx, mut rx) = mpsc::channel(1);
         let opts = SelectionOptions::queue_defaults(DEFAULT_SELECTION_TIMEOUT);
-        let e = select_server(&mut rx, &opts, None, None).await.err().unwrap();
+        let e = select_server(&mut rx, &opts, None, None)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e, Error::no_response());
 
         // affinity 0 never wins with the default selector (Q5)
         let (tx, mut rx) = mpsc::channel(4);
         tx.send(claim("z", 0.0)).await.unwrap();
         let opts = SelectionOptions::affinity_defaults(DEFAULT_SELECTION_TIMEOUT);
-        let e = select_server(&mut rx, &opts, None, None).await.err().unwrap();
+        let e = select_server(&mut rx, &opts, None, None)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e, Error::no_servers_available(1));
     }
 }

@@ -79,7 +79,41 @@ struct Core {
     service: String,
     id: String,
     /// Claim waiters by request id: the claim-response dispatcher completes them.
-    claims: Mutex<HashMap<String, oneshot::Sender<String>>>,
+    claims: Mutex<ClaimTable>,
+}
+
+/// How long a claim response that found no waiter is remembered.
+const DECIDED_TTL: Duration = Duration::from_secs(1);
+
+/// The server's side of the claim handshake.
+///
+/// When every server hears a request (affinity methods), the client may pick
+/// a winner before a slower server has even registered its claim. Go's server
+/// then waits for a claim response that already passed, until the request
+/// expires, holding the request the whole time. Here the claim-response loop
+/// remembers, for a short while, the decisions nobody here waited for, and a
+/// late server reads the decision instead of waiting.
+#[derive(Default)]
+struct ClaimTable {
+    waiters: HashMap<String, oneshot::Sender<String>>,
+    decided: HashMap<String, String>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl ClaimTable {
+    fn remember(&mut self, request_id: String, winner: String) {
+        let now = Instant::now();
+        while let Some((t, _)) = self.order.front() {
+            if now.duration_since(*t) < DECIDED_TTL {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.decided.remove(&id);
+            }
+        }
+        self.order.push_back((now, request_id.clone()));
+        self.decided.insert(request_id, winner);
+    }
 }
 
 impl Core {
@@ -133,7 +167,7 @@ impl RpcServer {
                     bus: Arc::new(bus),
                     service: service.into(),
                     id,
-                    claims: Mutex::new(HashMap::new()),
+                    claims: Mutex::new(ClaimTable::default()),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -236,9 +270,15 @@ impl RpcServer {
             h,
         )));
         if let Some(c) = claims {
-            entry
-                .loops
-                .push(tokio::spawn(claim_loop(c, entry.stop_claims.clone(), core.clone())));
+            // Only servers that hear every request can be too late for the
+            // decision; a queue member hears only its own requests.
+            let remember = !method.queue;
+            entry.loops.push(tokio::spawn(claim_loop(
+                c,
+                entry.stop_claims.clone(),
+                core.clone(),
+                remember,
+            )));
         }
         self.install(&key, entry);
         Ok(())
@@ -250,7 +290,11 @@ impl RpcServer {
     pub fn deregister(&self, method: &str, topic: &[String]) {
         let key = channels::handler_key(method, topic);
         let entry = {
-            let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut hs = self
+                .inner
+                .handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match hs.get(&key) {
                 Some(Some(_)) => hs.remove(&key).flatten(),
                 _ => None,
@@ -309,7 +353,11 @@ impl RpcServer {
 
     fn close_all(&self) -> Vec<HandlerEntry> {
         self.inner.closed.store(true, Ordering::Release);
-        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hs = self
+            .inner
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         hs.drain().filter_map(|(_, e)| e).collect()
     }
 
@@ -317,26 +365,41 @@ impl RpcServer {
     /// two registrations cannot race.
     fn reserve(&self, method: &str, topic: &[String]) -> Result<String> {
         let key = channels::handler_key(method, topic);
-        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hs = self
+            .inner
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if self.is_closed() {
             return Err(Error::server_closed());
         }
         if hs.contains_key(&key) {
-            return Err(Error::new(ErrorCode::AlreadyExists, "handler already exists"));
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                "handler already exists",
+            ));
         }
         hs.insert(key.clone(), None);
         Ok(key)
     }
 
     fn unreserve(&self, key: &str) {
-        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hs = self
+            .inner
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if matches!(hs.get(key), Some(None)) {
             hs.remove(key);
         }
     }
 
     fn install(&self, key: &str, entry: HandlerEntry) {
-        let mut hs = self.inner.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hs = self
+            .inner
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Shut down (or deregistered) while subscribing: stop at once.
         if self.is_closed() || !matches!(hs.get(key), Some(None)) {
             drop(hs);
@@ -380,7 +443,12 @@ async fn request_loop<Req, Res, H, Fut>(
     sub.close();
 }
 
-async fn claim_loop(mut sub: Subscription, stop: CancellationToken, core: Arc<Core>) {
+async fn claim_loop(
+    mut sub: Subscription,
+    stop: CancellationToken,
+    core: Arc<Core>,
+    remember: bool,
+) {
     loop {
         let bytes = tokio::select! {
             biased;
@@ -394,13 +462,14 @@ async fn claim_loop(mut sub: Subscription, stop: CancellationToken, core: Arc<Co
                 continue;
             }
         };
-        let waiter = core
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&claim.request_id);
-        if let Some(w) = waiter {
-            let _ = w.send(claim.server_id);
+        let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
+        match table.waiters.remove(&claim.request_id) {
+            Some(w) => {
+                drop(table);
+                let _ = w.send(claim.server_id);
+            }
+            None if remember => table.remember(claim.request_id, claim.server_id),
+            None => {}
         }
     }
     sub.close();
@@ -418,6 +487,7 @@ impl Drop for ClaimGuard<'_> {
             .claims
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .waiters
             .remove(self.request_id);
     }
 }
@@ -467,10 +537,15 @@ where
                 return;
             }
             let (tx, rx) = oneshot::channel();
-            core.claims
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(req.request_id.clone(), tx);
+            {
+                let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(winner) = table.decided.remove(&req.request_id) {
+                    // Decided before we could claim: it was not us.
+                    tracing::trace!(request_id = %req.request_id, %winner, "psrpc server: claim already decided");
+                    return;
+                }
+                table.waiters.insert(req.request_id.clone(), tx);
+            }
             let _guard = ClaimGuard {
                 core,
                 request_id: &req.request_id,

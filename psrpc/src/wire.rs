@@ -79,6 +79,74 @@ impl Envelope for ClaimResponse {
 }
 impl Envelope for Stream {
     const TYPE_URL: &'static str = "type.googleapis.com/internal.Stream";
+
+    fn go_encoded_len(&self) -> usize {
+        match &self.body {
+            Some(StreamBody::Open(o)) => {
+                let inner = open_len(o);
+                self.len_without_body() + key_len(6) + encoded_len_varint(inner as u64) + inner
+            }
+            _ => self.encoded_len(),
+        }
+    }
+
+    fn go_encode(&self, buf: &mut BytesMut) {
+        match &self.body {
+            // StreamOpen carries a map: written by hand so empty keys and
+            // values are kept, as Go writes them.
+            Some(StreamBody::Open(o)) => {
+                use encoding::*;
+                if !self.stream_id.is_empty() {
+                    string::encode(1, &self.stream_id, buf);
+                }
+                if !self.request_id.is_empty() {
+                    string::encode(2, &self.request_id, buf);
+                }
+                if self.sent_at != 0 {
+                    int64::encode(3, &self.sent_at, buf);
+                }
+                if self.expiry != 0 {
+                    int64::encode(4, &self.expiry, buf);
+                }
+                encode_key(6, WireType::LengthDelimited, buf);
+                encode_varint(open_len(o) as u64, buf);
+                if !o.node_id.is_empty() {
+                    string::encode(1, &o.node_id, buf);
+                }
+                encode_map(7, &o.metadata, buf);
+            }
+            _ => self.encode_raw(buf),
+        }
+    }
+}
+
+fn open_len(o: &StreamOpen) -> usize {
+    let id = if o.node_id.is_empty() {
+        0
+    } else {
+        encoding::string::encoded_len(1, &o.node_id)
+    };
+    id + map_len(7, &o.metadata)
+}
+
+impl Stream {
+    fn len_without_body(&self) -> usize {
+        use encoding::*;
+        let mut n = 0;
+        if !self.stream_id.is_empty() {
+            n += string::encoded_len(1, &self.stream_id);
+        }
+        if !self.request_id.is_empty() {
+            n += string::encoded_len(2, &self.request_id);
+        }
+        if self.sent_at != 0 {
+            n += int64::encoded_len(3, &self.sent_at);
+        }
+        if self.expiry != 0 {
+            n += int64::encoded_len(4, &self.expiry);
+        }
+        n
+    }
 }
 
 fn map_len(tag: u32, map: &std::collections::BTreeMap<String, String>) -> usize {

@@ -1,1 +1,178 @@
-//! Shared helpers of the conformance suite.
+//! The psrpc conformance suite: every behaviour written once in [`suite`]
+//! and run against each bus through a [`BusFactory`].
+//!
+//! A bus crate runs the whole suite with one line in a test file:
+//!
+//! ```ignore
+//! psrpc_tests::conformance!(psrpc_tests::LocalFactory::new());
+//! ```
+
+use std::time::Duration;
+
+use psrpc::bus::DynBus;
+use psrpc::{LocalBus, MethodInfo};
+
+pub mod suite;
+
+/// Makes bus connections for a test.
+///
+/// For the local bus every connection is the same bus; for a networked bus
+/// every call opens a new connection, as separate processes would.
+#[psrpc::async_trait]
+pub trait BusFactory: Send + Sync {
+    /// A short name of the bus, for messages.
+    fn name(&self) -> &str;
+    /// A connection to the bus under test.
+    async fn connect(&self) -> DynBus;
+    /// How long to wait after subscribing before a message sent by another
+    /// connection is sure to be heard (zero when subscribe awaits readiness).
+    fn settle(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The factory of the in-process bus: one `LocalBus` shared by every connection.
+#[derive(Clone, Default)]
+pub struct LocalFactory {
+    bus: LocalBus,
+}
+
+impl LocalFactory {
+    /// A factory around a new local bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[psrpc::async_trait]
+impl BusFactory for LocalFactory {
+    fn name(&self) -> &str {
+        "local"
+    }
+    async fn connect(&self) -> DynBus {
+        std::sync::Arc::new(self.bus.clone())
+    }
+}
+
+/// `MyRequest` of Go psrpc's test service.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MyRequest {
+    /// 0: succeed; 1: psrpc error with a detail; 2: gRPC-status error.
+    #[prost(int32, tag = "1")]
+    pub return_error: i32,
+}
+
+impl prost::Name for MyRequest {
+    const NAME: &'static str = "MyRequest";
+    const PACKAGE: &'static str = "psrpc.internal.test.customservice";
+}
+
+/// `MyResponse` of Go psrpc's test service (empty).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MyResponse {}
+
+/// `MyUpdate` of Go psrpc's test service (empty).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MyUpdate {}
+
+impl prost::Name for MyUpdate {
+    const NAME: &'static str = "MyUpdate";
+    const PACKAGE: &'static str = "psrpc.internal.test.customservice";
+}
+
+/// A request that carries a number and a text.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Num {
+    /// A number.
+    #[prost(int64, tag = "1")]
+    pub n: i64,
+    /// A text.
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+impl prost::Name for Num {
+    const NAME: &'static str = "Num";
+    const PACKAGE: &'static str = "psrpctest";
+}
+
+/// `MyService` methods (WIRE.md 4.4 and BEHAVIOURS 3.3).
+pub mod my_service {
+    use super::MethodInfo;
+    /// The service name on the wire.
+    pub const SERVICE: &str = "MyService";
+    /// Queue-routed unary.
+    pub static NORMAL_RPC: MethodInfo = MethodInfo::queue("NormalRPC");
+    /// Affinity-routed unary.
+    pub static INTENSIVE_RPC: MethodInfo = MethodInfo::affinity("IntensiveRPC");
+    /// Multi.
+    pub static GET_STATS: MethodInfo = MethodInfo::multi("GetStats");
+    /// Multi with topics.
+    pub static GET_REGION_STATS: MethodInfo = MethodInfo::multi("GetRegionStats");
+    /// Queue subscription.
+    pub static PROCESS_UPDATE: MethodInfo = MethodInfo::queue("ProcessUpdate");
+    /// Multi subscription with topics.
+    pub static UPDATE_REGION_STATE: MethodInfo = MethodInfo::multi("UpdateRegionState");
+}
+
+/// Installs a `tracing` subscriber for test output (once).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "psrpc=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Expands to one `#[tokio::test]` per behaviour of [`suite`], each run
+/// against the bus the factory expression makes.
+#[macro_export]
+macro_rules! conformance {
+    ($factory:expr) => {
+        $crate::conformance!(@tests $factory;
+            bus_fanout_every_subscriber,
+            bus_queue_exactly_one,
+            bus_closed_subscription_reads_closed,
+            rpc_queue_claimed_by_one_of_two,
+            rpc_queue_routing_exactly_one_handles,
+            rpc_multi_three_servers_with_error,
+            rpc_affinity_picks_best_and_asks_everyone,
+            rpc_affinity_max_and_min_and_custom_selection,
+            rpc_negative_affinity_never_claims,
+            rpc_no_server_unavailable,
+            rpc_single_server_no_server_deadline,
+            rpc_single_server_without_claim,
+            rpc_multi_no_server_closes_empty,
+            rpc_errors_code_message_details,
+            rpc_timeout_and_deadline_clamp,
+            rpc_context_cancel,
+            rpc_metadata_round_trip,
+            rpc_hooks,
+            rpc_topics_isolate_and_deregister,
+            rpc_registration_errors,
+            rpc_malformed_request_and_result,
+            rpc_expired_request_ignored,
+            server_shutdown_waits_kill_does_not,
+            client_close_fails_pending,
+            subscription_multi_topic_fanout,
+            subscription_queue_one_subscriber,
+            malformed_bytes_on_every_channel,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::init_tracing();
+                let factory = $factory;
+                $crate::suite::$name(&factory).await;
+            }
+        )*
+    };
+}
+
+/// The workspace README; its example runs as a doctest.
+#[doc = include_str!("../../README.md")]
+mod readme {}

@@ -1,0 +1,1226 @@
+//! The behaviours of BEHAVIOURS.md (bus contract, RPC, errors, section 6),
+//! each a function over a [`BusFactory`]. [`conformance!`](crate::conformance)
+//! turns them into tests.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use psrpc::bus::DynBus;
+use psrpc::channels::{self, Channel};
+use psrpc::wire::{self, Request, Response};
+use psrpc::{
+    CallOptions, CancellationToken, ClientOptions, Context, Error, ErrorCode, GrpcCode, MethodInfo,
+    RpcClient, RpcServer, SelectionOptions, ServerOptions,
+};
+
+use crate::my_service::*;
+use crate::{BusFactory, MyRequest, MyResponse, MyUpdate, Num};
+
+const WAIT: Duration = Duration::from_secs(3);
+
+fn raw_channel() -> Channel {
+    let name = psrpc::id::new_id("");
+    Channel {
+        legacy: name.clone(),
+        server: name,
+        local: String::new(),
+    }
+}
+
+async fn server(f: &dyn BusFactory, service: &str, id: &str) -> RpcServer {
+    RpcServer::new(
+        f.connect().await,
+        service,
+        ServerOptions::default().server_id(id),
+    )
+}
+
+async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
+    client_with(f, service, ClientOptions::default()).await
+}
+
+async fn client_with(f: &dyn BusFactory, service: &str, opts: ClientOptions) -> RpcClient {
+    RpcClient::new(f.connect().await, service, opts)
+        .await
+        .expect("client")
+}
+
+async fn settle(f: &dyn BusFactory) {
+    let d = f.settle();
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn topic(t: &[&str]) -> Vec<String> {
+    t.iter().map(|s| s.to_string()).collect()
+}
+
+/// Registers a handler that counts calls and answers `Num { text: server id }`.
+async fn counting(s: &RpcServer, m: &MethodInfo, t: &[String], count: Arc<AtomicUsize>) {
+    let id = s.id().to_owned();
+    s.register_handler(
+        m,
+        t,
+        move |_ctx: Context, req: Num| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let id = id.clone();
+            async move { Ok(Num { n: req.n, text: id }) }
+        },
+        None,
+    )
+    .await
+    .expect("register");
+}
+
+async fn recv_raw(sub: &mut psrpc::bus::Subscription, within: Duration) -> Option<Bytes> {
+    tokio::time::timeout(within, sub.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+// ---------------------------------------------------------------- bus (B1-B3)
+
+/// B1: two fan-out subscriptions both get the message.
+pub async fn bus_fanout_every_subscriber(f: &dyn BusFactory) {
+    let bus = f.connect().await;
+    let ch = raw_channel();
+    let mut a = bus.subscribe(&ch, 100).await.unwrap();
+    let mut b = bus.subscribe(&ch, 100).await.unwrap();
+    settle(f).await;
+    let req = Request {
+        request_id: "1".into(),
+        ..Default::default()
+    };
+    f.connect()
+        .await
+        .publish(&ch, wire::encode_msg(&req))
+        .await
+        .unwrap();
+    for sub in [&mut a, &mut b] {
+        let got = recv_raw(sub, WAIT).await.expect("message");
+        let r: Request = wire::decode_envelope(got).unwrap();
+        assert_eq!(r.request_id, "1");
+    }
+}
+
+/// B2: two queue subscriptions: exactly one message in total.
+pub async fn bus_queue_exactly_one(f: &dyn BusFactory) {
+    let ch = raw_channel();
+    let mut a = f.connect().await.subscribe_queue(&ch, 100).await.unwrap();
+    let mut b = f.connect().await.subscribe_queue(&ch, 100).await.unwrap();
+    settle(f).await;
+    let req = Request {
+        request_id: "2".into(),
+        ..Default::default()
+    };
+    f.connect()
+        .await
+        .publish(&ch, wire::encode_msg(&req))
+        .await
+        .unwrap();
+    let mut n = 0;
+    for sub in [&mut a, &mut b] {
+        if let Some(m) = recv_raw(sub, Duration::from_secs(1)).await {
+            let r: Request = wire::decode_envelope(m).unwrap();
+            assert_eq!(r.request_id, "2");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 1, "a queue message goes to exactly one member");
+}
+
+/// B3: a closed subscription reads as closed, without blocking.
+pub async fn bus_closed_subscription_reads_closed(f: &dyn BusFactory) {
+    let bus = f.connect().await;
+    let ch = raw_channel();
+    let mut sub = bus.subscribe(&ch, 100).await.unwrap();
+    sub.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.publish(&ch, wire::encode_msg(&Request::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        sub.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+    ));
+    assert!(sub.recv().await.is_none());
+}
+
+// ---------------------------------------------------------------- RPC
+
+/// TestRPC step 1: a non-queue method that requires a claim, served by two
+/// servers: exactly one handles.
+pub async fn rpc_queue_claimed_by_one_of_two(f: &dyn BusFactory) {
+    let m = MethodInfo::new("add_one", false, false, true, false);
+    let count = Arc::new(AtomicUsize::new(0));
+    let a = server(f, "test", "A").await;
+    let b = server(f, "test", "B").await;
+    counting(&a, &m, &[], count.clone()).await;
+    counting(&b, &m, &[], count.clone()).await;
+    let c = client(f, "test").await;
+    settle(f).await;
+    let res: Num = c
+        .unary(
+            &m,
+            vec![],
+            Num {
+                n: 7,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.n, 7);
+    assert!(res.text == "A" || res.text == "B");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Queue routing: every call is handled exactly once across three servers.
+pub async fn rpc_queue_routing_exactly_one_handles(f: &dyn BusFactory) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let s = server(f, SERVICE, &format!("S{i}")).await;
+        counting(&s, &NORMAL_RPC, &[], count.clone()).await;
+        servers.push(s);
+    }
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let calls = futures::future::join_all((0..30).map(|i| {
+        c.unary::<Num, Num>(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: i,
+                text: String::new(),
+            },
+        )
+        .into_future()
+    }))
+    .await;
+    for (i, r) in calls.into_iter().enumerate() {
+        assert_eq!(r.unwrap().n, i as i64);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 30);
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
+/// TestRPC step 2: a multi call answered by three servers, one with an error;
+/// the stream ends at the timeout.
+pub async fn rpc_multi_three_servers_with_error(f: &dyn BusFactory) {
+    let m = MethodInfo::new("add_one_multi", false, true, false, false);
+    let count = Arc::new(AtomicUsize::new(0));
+    let a = server(f, "test", "A").await;
+    let b = server(f, "test", "B").await;
+    let cs = server(f, "test", "C").await;
+    counting(&a, &m, &[], count.clone()).await;
+    counting(&b, &m, &[], count.clone()).await;
+    cs.register_handler(
+        &m,
+        &[],
+        |_ctx: Context, _req: Num| async move {
+            Err::<Num, _>(Error::new(ErrorCode::Internal, "foo"))
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "test").await;
+    settle(f).await;
+    let start = Instant::now();
+    let mut results = c
+        .multi::<Num, Num>(
+            &m,
+            vec![],
+            Num {
+                n: 5,
+                text: String::new(),
+            },
+        )
+        .timeout(Duration::from_millis(800))
+        .await
+        .unwrap();
+    let mut ok = 0;
+    let mut errs = Vec::new();
+    while let Some(r) = tokio::time::timeout(WAIT, results.next())
+        .await
+        .expect("ends")
+    {
+        match r {
+            Ok(n) => {
+                assert_eq!(n.n, 5);
+                ok += 1;
+            }
+            Err(e) => errs.push(e),
+        }
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(750),
+        "ends at the timeout"
+    );
+    assert_eq!(ok, 2);
+    assert_eq!(errs, vec![Error::new(ErrorCode::Internal, "foo")]);
+    assert!(errs[0].details().is_empty());
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+async fn affinity_servers(
+    f: &dyn BusFactory,
+    scores: &[f32],
+    asked: Arc<AtomicUsize>,
+) -> Vec<RpcServer> {
+    let mut out = Vec::new();
+    for (i, &score) in scores.iter().enumerate() {
+        let s = server(f, SERVICE, &format!("aff{i}")).await;
+        let id = s.id().to_owned();
+        let asked = asked.clone();
+        s.register_handler(
+            &INTENSIVE_RPC,
+            &[],
+            move |_ctx: Context, _req: Num| {
+                let id = id.clone();
+                async move { Ok(Num { n: 0, text: id }) }
+            },
+            Some(Arc::new(move |_req: &Num| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                score
+            })),
+        )
+        .await
+        .unwrap();
+        out.push(s);
+    }
+    out
+}
+
+/// G2 and W8.3: every server is asked for its affinity; the best one wins.
+pub async fn rpc_affinity_picks_best_and_asks_everyone(f: &dyn BusFactory) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let servers = affinity_servers(f, &[0.2, 0.9, 0.5], asked.clone()).await;
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let res: Num = c
+        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .await
+        .unwrap();
+    assert_eq!(res.text, "aff1");
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+    let res: Num = c
+        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .selection(SelectionOptions {
+            affinity_timeout: Duration::from_millis(250),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(res.text, "aff1");
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
+/// Maximum affinity, minimum affinity and a custom selection function.
+pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let servers = affinity_servers(f, &[0.2, 0.9, 0.5], asked).await;
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+
+    let start = Instant::now();
+    let res: Num = c
+        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .selection(SelectionOptions {
+            maximum_affinity: 0.5,
+            affinity_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(res.text == "aff1" || res.text == "aff2", "{}", res.text);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "max affinity wins at once"
+    );
+
+    let e = c
+        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .selection(SelectionOptions {
+            minimum_affinity: 0.95,
+            affinity_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::no_servers_available(3));
+
+    let lowest: psrpc::select::SelectionFn = Arc::new(|claims: &[psrpc::Claim]| {
+        claims
+            .iter()
+            .min_by(|a, b| a.affinity.total_cmp(&b.affinity))
+            .map(|c| c.server_id.clone())
+            .ok_or_else(Error::no_response)
+    });
+    let res: Num = c
+        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .selection(SelectionOptions {
+            affinity_timeout: Duration::from_millis(300),
+            selection_fn: Some(lowest),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(res.text, "aff0");
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
+/// Negative affinity never claims; zero claims but never wins by default.
+pub async fn rpc_negative_affinity_never_claims(f: &dyn BusFactory) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let servers = affinity_servers(f, &[-1.0, 0.3], asked.clone()).await;
+    let c = client_with(
+        f,
+        SERVICE,
+        ClientOptions::default().selection_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    settle(f).await;
+    for _ in 0..3 {
+        let res: Num = c
+            .unary(&INTENSIVE_RPC, vec![], Num::default())
+            .await
+            .unwrap();
+        assert_eq!(res.text, "aff1");
+    }
+    servers[1].kill();
+    let e = c
+        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::no_response());
+    servers[0].kill();
+
+    let zero = affinity_servers(f, &[0.0], Arc::new(AtomicUsize::new(0))).await;
+    settle(f).await;
+    let e = c
+        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::no_servers_available(1));
+    zero[0].kill();
+}
+
+/// No server: a claimed call fails with `unavailable` after the selection timeout.
+pub async fn rpc_no_server_unavailable(f: &dyn BusFactory) {
+    let c = client(f, "nobody_home").await;
+    let start = Instant::now();
+    let e = c
+        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(e, Error::no_response());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // Even when the call deadline is shorter than the selection timeout (Q6).
+    let e = c
+        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), &ErrorCode::Unavailable);
+}
+
+/// No server for a method without claims: `deadline_exceeded` at the timeout.
+pub async fn rpc_single_server_no_server_deadline(f: &dyn BusFactory) {
+    let m = MethodInfo::queue("Lonely").single_server();
+    let c = client(f, "nobody_home").await;
+    let start = Instant::now();
+    let e = c
+        .unary::<Num, Num>(&m, vec![], Num::default())
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::request_timed_out());
+    assert!(start.elapsed() >= Duration::from_millis(280));
+}
+
+/// single_server: the request goes straight to the server, no claim traffic.
+pub async fn rpc_single_server_without_claim(f: &dyn BusFactory) {
+    let m = MethodInfo::queue("Direct").single_server();
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = server(f, SERVICE, "single").await;
+    counting(&s, &m, &topic(&["t"]), count.clone()).await;
+    let c = client(f, SERVICE).await;
+    let bus = f.connect().await;
+    let mut claims = bus
+        .subscribe(&channels::claim_request_channel(SERVICE, c.id()), 10)
+        .await
+        .unwrap();
+    settle(f).await;
+    let res: Num = c.unary(&m, topic(&["t"]), Num::default()).await.unwrap();
+    assert_eq!(res.text, "single");
+    assert!(
+        recv_raw(&mut claims, Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+/// No server for a multi call: the stream ends empty at the timeout.
+pub async fn rpc_multi_no_server_closes_empty(f: &dyn BusFactory) {
+    let c = client(f, "nobody_home").await;
+    let start = Instant::now();
+    let results: Vec<_> = c
+        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(results.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(280));
+}
+
+/// G7/G8: codes, messages and details reach the client; sources stay local.
+pub async fn rpc_errors_code_message_details(f: &dyn BusFactory) {
+    let s = server(f, SERVICE, "err").await;
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |_ctx: Context, req: MyRequest| async move {
+            match req.return_error {
+                0 => Ok(MyResponse {}),
+                1 => {
+                    Err(Error::new(ErrorCode::FailedPrecondition, "requested error")
+                        .with_detail(&req))
+                }
+                2 => Err(Error::from_grpc_status(
+                    GrpcCode::FailedPrecondition,
+                    "requested error",
+                    vec![wire::pack_any(&req)],
+                )),
+                3 => Err(Error::wrap(
+                    ErrorCode::Internal,
+                    std::io::Error::other("disk on fire"),
+                )),
+                4 => Err(Error::new(ErrorCode::Unknown, "")),
+                _ => Err(Error::new(
+                    ErrorCode::Other("teapot".into()),
+                    "short and stout",
+                )),
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let call =
+        |n| c.unary::<MyRequest, MyResponse>(&NORMAL_RPC, vec![], MyRequest { return_error: n });
+
+    assert_eq!(call(0).await.unwrap(), MyResponse {});
+    for n in [1, 2] {
+        let e = call(n).await.unwrap_err();
+        assert_eq!(e.code(), &ErrorCode::FailedPrecondition);
+        assert_eq!(e.message(), "requested error");
+        assert_eq!(e.grpc_code(), GrpcCode::FailedPrecondition);
+        assert_eq!(e.details().len(), 1);
+        assert_eq!(
+            e.details()[0].type_url,
+            "type.googleapis.com/psrpc.internal.test.customservice.MyRequest"
+        );
+        assert_eq!(e.detail::<MyRequest>(), Some(MyRequest { return_error: n }));
+    }
+    let e = call(3).await.unwrap_err();
+    assert_eq!(e, Error::new(ErrorCode::Internal, "disk on fire"));
+    assert!(
+        std::error::Error::source(&e).is_none(),
+        "the source stays on the server"
+    );
+    let e = call(4).await.unwrap_err();
+    assert_eq!(e.code(), &ErrorCode::Unknown);
+    assert!(
+        !e.message().is_empty(),
+        "an empty message must not read as success"
+    );
+    let e = call(5).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "teapot");
+    assert_eq!(e.http_status(), 500);
+    s.shutdown().await;
+}
+
+/// Per-call timeout, and the request expiry clamped to the caller's deadline.
+pub async fn rpc_timeout_and_deadline_clamp(f: &dyn BusFactory) {
+    let s = server(f, SERVICE, "slow").await;
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |ctx: Context, req: Num| async move {
+            let left = ctx.remaining().expect("handler has a deadline");
+            tokio::time::sleep(Duration::from_millis(req.n as u64)).await;
+            Ok(Num {
+                n: left.as_millis() as i64,
+                text: String::new(),
+            })
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+
+    // Default timeout is 3 s: the handler sees about that much.
+    let r: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    assert!((2000..=3000).contains(&r.n), "{}", r.n);
+
+    // A longer per-call timeout than the context allows: clamped.
+    let ctx = Context::new().with_timeout(Duration::from_millis(800));
+    let r: Num = c
+        .unary(&NORMAL_RPC, vec![], Num::default())
+        .context(&ctx)
+        .timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        r.n <= 800,
+        "expiry clamped to the caller's deadline: {}",
+        r.n
+    );
+
+    // A handler slower than the timeout: deadline_exceeded at the timeout.
+    let start = Instant::now();
+    let e = c
+        .unary::<Num, Num>(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: 1500,
+                text: String::new(),
+            },
+        )
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::request_timed_out());
+    assert!(start.elapsed() < Duration::from_millis(1200));
+    s.shutdown().await;
+}
+
+/// Canceling the caller's context cancels the call.
+pub async fn rpc_context_cancel(f: &dyn BusFactory) {
+    let s = server(f, SERVICE, "slow").await;
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |_ctx: Context, _req: Num| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(Num::default())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let token = CancellationToken::new();
+    let ctx = Context::new().with_cancel(token.clone());
+    let t2 = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        t2.cancel();
+    });
+    let start = Instant::now();
+    let e = c
+        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+        .context(&ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::request_canceled());
+    assert!(start.elapsed() < Duration::from_secs(1));
+    s.kill();
+}
+
+/// Metadata and the incoming header reach the handler.
+pub async fn rpc_metadata_round_trip(f: &dyn BusFactory) {
+    let s = server(f, SERVICE, "meta").await;
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |ctx: Context, _req: Num| async move {
+            let h = ctx.incoming().expect("incoming header");
+            let age = std::time::SystemTime::now()
+                .duration_since(h.sent_at)
+                .unwrap_or_default();
+            assert!(age < Duration::from_secs(5));
+            let info = ctx.info().expect("info");
+            Ok(Num {
+                n: ctx.metadata().len() as i64,
+                text: format!(
+                    "{}|{}|{}|{}",
+                    h.remote_id,
+                    ctx.metadata().get("k").cloned().unwrap_or_default(),
+                    ctx.metadata().get("trace").cloned().unwrap_or_default(),
+                    info.method
+                ),
+            })
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let r: Num = c
+        .unary(&NORMAL_RPC, vec![], Num::default())
+        .metadata_entry("k", "v")
+        .metadata_entry("trace", "first")
+        .metadata_entry("trace", "second")
+        .await
+        .unwrap();
+    assert_eq!(r.n, 2);
+    assert_eq!(r.text, format!("{}|v|second|NormalRPC", c.id()));
+    let r: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    assert_eq!(r.n, 0);
+    s.shutdown().await;
+}
+
+/// G1/G3: request and response hooks run once per call and per multi item.
+pub async fn rpc_hooks(f: &dyn BusFactory) {
+    let reqs = Arc::new(AtomicUsize::new(0));
+    let resps = Arc::new(AtomicUsize::new(0));
+    let count = Arc::new(AtomicUsize::new(0));
+    let a = server(f, SERVICE, "hA").await;
+    let b = server(f, SERVICE, "hB").await;
+    for s in [&a, &b] {
+        counting(s, &NORMAL_RPC, &[], count.clone()).await;
+        counting(s, &GET_STATS, &[], count.clone()).await;
+    }
+    let (r1, r2) = (reqs.clone(), resps.clone());
+    let c = client_with(
+        f,
+        SERVICE,
+        ClientOptions::default()
+            .request_hook(move |info, req| {
+                assert_eq!(info.service, SERVICE);
+                assert!(req.as_any().downcast_ref::<Num>().is_some());
+                r1.fetch_add(1, Ordering::SeqCst);
+            })
+            .response_hook(move |_info, _req, res| {
+                assert!(res.is_ok());
+                r2.fetch_add(1, Ordering::SeqCst);
+            }),
+    )
+    .await;
+    settle(f).await;
+    let _: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    assert_eq!(
+        (reqs.load(Ordering::SeqCst), resps.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    let items: Vec<_> = c
+        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .timeout(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|r| r.is_ok()));
+    assert_eq!(
+        (reqs.load(Ordering::SeqCst), resps.load(Ordering::SeqCst)),
+        (2, 3)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// G5: topics isolate servers; deregistration works; odd topic strings are fine.
+pub async fn rpc_topics_isolate_and_deregister(f: &dyn BusFactory) {
+    let ca = Arc::new(AtomicUsize::new(0));
+    let cb = Arc::new(AtomicUsize::new(0));
+    let sa = server(f, SERVICE, "tA").await;
+    let sb = server(f, SERVICE, "tB").await;
+    counting(&sa, &GET_REGION_STATS, &topic(&["regionA"]), ca.clone()).await;
+    counting(&sa, &GET_REGION_STATS, &topic(&["regionB"]), ca.clone()).await;
+    sa.deregister(&GET_REGION_STATS.name, &topic(&["regionB"]));
+    counting(&sb, &GET_REGION_STATS, &topic(&["regionB"]), cb.clone()).await;
+    let odd = topic(&["room/1 é*>.Q", "🚀"]);
+    counting(&sb, &NORMAL_RPC, &odd, cb.clone()).await;
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let mut results = c
+        .multi::<Num, Num>(&GET_REGION_STATS, topic(&["regionB"]), Num::default())
+        .timeout(Duration::from_millis(500))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(1), results.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.text, "tB");
+    assert!(
+        results.next().await.is_none(),
+        "only one server has regionB"
+    );
+    assert_eq!(
+        (ca.load(Ordering::SeqCst), cb.load(Ordering::SeqCst)),
+        (0, 1)
+    );
+
+    let r: Num = c
+        .unary(&NORMAL_RPC, odd.clone(), Num::default())
+        .await
+        .unwrap();
+    assert_eq!(r.text, "tB");
+    // The same method on another topic has no server.
+    let e = c
+        .unary::<Num, Num>(&NORMAL_RPC, topic(&["room/1 é*>", "Q"]), Num::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    sa.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// Duplicate registration, registration after shutdown, re-registration.
+pub async fn rpc_registration_errors(f: &dyn BusFactory) {
+    let s = server(f, SERVICE, "reg").await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let t = topic(&["x"]);
+    counting(&s, &GET_REGION_STATS, &t, count.clone()).await;
+    let e = s
+        .register_handler(
+            &GET_REGION_STATS,
+            &t,
+            |_c: Context, r: Num| async move { Ok(r) },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::new(ErrorCode::AlreadyExists, "handler already exists")
+    );
+    s.deregister(&GET_REGION_STATS.name, &t);
+    counting(&s, &GET_REGION_STATS, &t, count.clone()).await;
+    s.shutdown().await;
+    let e = s
+        .register_handler(
+            &NORMAL_RPC,
+            &[],
+            |_c: Context, r: Num| async move { Ok(r) },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::server_closed());
+}
+
+/// A request that does not decode gets `malformed_request`; a response that
+/// does not decode gives `malformed_result`.
+pub async fn rpc_malformed_request_and_result(f: &dyn BusFactory) {
+    /// Field 2 as bytes that are not valid UTF-8: `Num.text` cannot read them.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NotUtf8 {
+        #[prost(bytes = "vec", tag = "2")]
+        bad: Vec<u8>,
+    }
+    let s = server(f, SERVICE, "mal").await;
+    counting(&s, &NORMAL_RPC, &[], Arc::new(AtomicUsize::new(0))).await;
+    s.register_handler(
+        &GET_STATS,
+        &[],
+        |_c: Context, _r: Num| async move {
+            Ok(NotUtf8 {
+                bad: vec![0xff, 0xfe],
+            })
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let garbage = Bytes::from(
+        NotUtf8 {
+            bad: vec![0xc3, 0x28],
+        }
+        .encode_to_vec(),
+    );
+    let e = c
+        .call_unary_raw(&NORMAL_RPC, &[], garbage, &CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), &ErrorCode::MalformedRequest);
+    let mut items = c
+        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let e = items.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), &ErrorCode::MalformedResponse);
+    s.shutdown().await;
+}
+
+/// A request whose expiry has passed is dropped without an answer.
+pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = server(f, SERVICE, "exp").await;
+    counting(&s, &GET_STATS, &[], count.clone()).await;
+    let bus = f.connect().await;
+    let me = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let mut res = bus
+        .subscribe(&channels::response_channel(SERVICE, &me), 10)
+        .await
+        .unwrap();
+    settle(f).await;
+    let now = wire::now_ns();
+    let mk = |expiry| Request {
+        request_id: psrpc::id::new_request_id(),
+        client_id: me.clone(),
+        sent_at: now - 5_000_000_000,
+        expiry,
+        multi: true,
+        ..Default::default()
+    };
+    let ch = channels::rpc_channel(SERVICE, &GET_STATS.name, &[], false);
+    bus.publish(&ch, wire::encode_msg(&mk(now - 1_000_000_000)))
+        .await
+        .unwrap();
+    assert!(
+        recv_raw(&mut res, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    // The same request unexpired is answered.
+    bus.publish(&ch, wire::encode_msg(&mk(now + 3_000_000_000)))
+        .await
+        .unwrap();
+    let r: Response =
+        wire::decode_envelope(recv_raw(&mut res, WAIT).await.expect("answer")).unwrap();
+    assert_eq!(r.server_id, "exp");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    s.shutdown().await;
+}
+
+async fn slow_server(f: &dyn BusFactory, id: &str) -> RpcServer {
+    let s = server(f, SERVICE, id).await;
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |_c: Context, r: Num| async move {
+            tokio::time::sleep(Duration::from_millis(r.n as u64)).await;
+            Ok(r)
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// Shutdown drains in-flight handlers; kill returns at once (and the running
+/// handler still answers, as in Go).
+pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
+    let c = client(f, SERVICE).await;
+    for kill in [false, true] {
+        let s = slow_server(f, if kill { "killme" } else { "drainme" }).await;
+        settle(f).await;
+        let call = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.unary::<Num, Num>(
+                    &NORMAL_RPC,
+                    vec![],
+                    Num {
+                        n: 600,
+                        text: String::new(),
+                    },
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        if kill {
+            s.kill();
+            assert!(start.elapsed() < Duration::from_millis(100));
+        } else {
+            tokio::time::timeout(WAIT, s.shutdown())
+                .await
+                .expect("shutdown ends");
+            assert!(
+                start.elapsed() >= Duration::from_millis(300),
+                "shutdown waits"
+            );
+        }
+        assert_eq!(call.await.unwrap().unwrap().n, 600);
+        // No longer serving.
+        let e = c
+            .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+            .timeout(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), &ErrorCode::Unavailable);
+    }
+}
+
+/// Closing the client fails every pending call at once; new calls fail too.
+pub async fn client_close_fails_pending(f: &dyn BusFactory) {
+    let s = slow_server(f, "closing").await;
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.unary::<Num, Num>(
+                    &NORMAL_RPC,
+                    vec![],
+                    Num {
+                        n: 2000,
+                        text: String::new(),
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let multi = c
+        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    c.close();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap_err(), Error::client_closed());
+    }
+    let items: Vec<_> = multi.collect().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].as_ref().unwrap_err(), &Error::client_closed());
+    assert!(start.elapsed() < Duration::from_millis(500));
+    let e = c
+        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::client_closed());
+    assert!(c.subscribe::<MyUpdate>(&PROCESS_UPDATE, &[]).await.is_err());
+    s.kill();
+}
+
+/// G6: a multi subscription on a topic: every subscriber gets each update,
+/// other topics get none; without a topic too.
+pub async fn subscription_multi_topic_fanout(f: &dyn BusFactory) {
+    let ca = client(f, SERVICE).await;
+    let cb = client(f, SERVICE).await;
+    let mut a = ca
+        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionA"]))
+        .await
+        .unwrap();
+    let mut b = cb
+        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionA"]))
+        .await
+        .unwrap();
+    let mut other = cb
+        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionB"]))
+        .await
+        .unwrap();
+    let s = server(f, SERVICE, "pub").await;
+    settle(f).await;
+    s.publish(&UPDATE_REGION_STATE, &topic(&["regionA"]), &MyUpdate {})
+        .await
+        .unwrap();
+    for sub in [&mut a, &mut b] {
+        let got = tokio::time::timeout(Duration::from_secs(1), sub.recv()).await;
+        assert_eq!(got.unwrap(), Some(MyUpdate {}));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), other.recv())
+            .await
+            .is_err()
+    );
+    a.close();
+    assert_eq!(a.recv().await, None);
+
+    let m = MethodInfo::multi("Broadcast");
+    let mut x = ca.subscribe::<Num>(&m, &[]).await.unwrap();
+    let mut y = cb.subscribe::<Num>(&m, &[]).await.unwrap();
+    settle(f).await;
+    s.publish(
+        &m,
+        &[],
+        &Num {
+            n: 9,
+            text: "hi".into(),
+        },
+    )
+    .await
+    .unwrap();
+    for sub in [&mut x, &mut y] {
+        let got = tokio::time::timeout(Duration::from_secs(1), sub.next())
+            .await
+            .unwrap();
+        assert_eq!(got.unwrap().n, 9);
+    }
+}
+
+/// A queue subscription: each update goes to exactly one subscriber.
+pub async fn subscription_queue_one_subscriber(f: &dyn BusFactory) {
+    let ca = client(f, SERVICE).await;
+    let cb = client(f, SERVICE).await;
+    let mut a = ca.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    let mut b = cb.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    let s = server(f, SERVICE, "qpub").await;
+    settle(f).await;
+    for n in 0..20 {
+        // distinct payloads (Redis dedups identical ones within 5 s, Q4)
+        s.publish(
+            &PROCESS_UPDATE,
+            &[],
+            &Num {
+                n,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    for sub in [&mut a, &mut b] {
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await {
+            seen.push(m.n);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+}
+
+/// Malformed bytes on every channel the runtime listens on: dropped, no
+/// panic, and serving goes on.
+pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = server(f, SERVICE, "robust").await;
+    counting(&s, &NORMAL_RPC, &[], count.clone()).await;
+    counting(&s, &GET_STATS, &[], count.clone()).await;
+    s.register_handler(
+        &INTENSIVE_RPC,
+        &[],
+        |_c: Context, r: Num| async move { Ok(r) },
+        Some(Arc::new(|_: &Num| 1.0)),
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    let mut sub = c.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    settle(f).await;
+    let bus: DynBus = f.connect().await;
+    let chans = [
+        channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true),
+        channels::rpc_channel(SERVICE, &GET_STATS.name, &[], false),
+        channels::rpc_channel(SERVICE, &INTENSIVE_RPC.name, &[], false),
+        channels::claim_response_channel(SERVICE, &NORMAL_RPC.name, &[]),
+        channels::claim_response_channel(SERVICE, &INTENSIVE_RPC.name, &[]),
+        channels::response_channel(SERVICE, c.id()),
+        channels::claim_request_channel(SERVICE, c.id()),
+        channels::rpc_channel(SERVICE, &PROCESS_UPDATE.name, &[], true),
+    ];
+    let wrong_type = wire::encode_msg(&wire::ClaimResponse {
+        request_id: "x".into(),
+        server_id: "y".into(),
+    });
+    let wrong_user_type = wire::encode_msg_raw("type.googleapis.com/other.Thing", b"\x08\x01");
+    let bad_utf8 =
+        wire::encode_msg_raw("type.googleapis.com/internal.Request", b"\x0a\x02\xff\xfe");
+    let payloads: Vec<Bytes> = vec![
+        Bytes::from_static(b""),
+        Bytes::from_static(b"\xff\xff\xff\xff\xff"),
+        Bytes::from_static(b"\x0a\x80"),
+        Bytes::from(vec![0x0a; 300]),
+        wrong_type,
+        wrong_user_type,
+        bad_utf8,
+        wire::encode_msg_raw("type.googleapis.com/internal.Response", &[0x12, 0x50, 0x01]),
+    ];
+    for ch in &chans {
+        for p in &payloads {
+            bus.publish(ch, p.clone()).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r: Num = c
+        .unary(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: 1,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.n, 1);
+    let r: Num = c
+        .unary(
+            &INTENSIVE_RPC,
+            vec![],
+            Num {
+                n: 2,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.n, 2);
+    let items: Vec<_> = c
+        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 1);
+    assert!(items[0].is_ok());
+    s.publish(
+        &PROCESS_UPDATE,
+        &[],
+        &Num {
+            n: 77,
+            text: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.n, 77,
+        "malformed updates were skipped, the good one arrives"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    s.shutdown().await;
+}
