@@ -140,7 +140,14 @@ struct Shared {
     pending: PendingMap,
 }
 
+/// The server-side channels of a method without topic, computed once.
+struct MethodChannels {
+    request: channels::Channel,
+    claim_response: channels::Channel,
+}
+
 struct ClientInner {
+    channel_cache: Mutex<HashMap<String, Arc<MethodChannels>>>,
     bus: DynBus,
     service: String,
     id: String,
@@ -200,16 +207,17 @@ impl RpcClient {
             res,
             shared.clone(),
             closed.clone(),
-            |r| (r.request_id.clone(), Incoming::Response(r)),
+            |r| (r.request_id.clone(), Incoming::Response(Box::new(r))),
         ));
         tokio::spawn(dispatch::<ClaimRequest>(
             claims,
             shared.clone(),
             closed.clone(),
-            |c| (c.request_id.clone(), Incoming::Claim(c)),
+            |c| (c.request_id.clone(), Incoming::Claim(Box::new(c))),
         ));
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
+                channel_cache: Mutex::new(HashMap::new()),
                 bus,
                 service,
                 id,
@@ -357,6 +365,33 @@ impl RpcClient {
         opts.timeout.unwrap_or(t)
     }
 
+    fn method_channels(&self, method: &MethodInfo, topic: &[String]) -> Arc<MethodChannels> {
+        let make = || {
+            let service = &self.inner.service;
+            Arc::new(MethodChannels {
+                request: channels::rpc_channel(
+                    service,
+                    &method.name,
+                    topic,
+                    method.queue && !method.multi,
+                ),
+                claim_response: channels::claim_response_channel(service, &method.name, topic),
+            })
+        };
+        if !topic.is_empty() {
+            return make();
+        }
+        let mut cache = self
+            .inner
+            .channel_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(method.name.to_string())
+            .or_insert_with(make)
+            .clone()
+    }
+
     fn register(&self, request_id: &str) -> Result<(mpsc::Receiver<Incoming>, PendingGuard)> {
         let (tx, rx) = mpsc::channel(self.inner.opts.channel_size.max(1));
         let mut p = self
@@ -417,12 +452,8 @@ impl RpcClient {
             ..Default::default()
         };
         let (mut rx, _guard) = self.register(&request_id)?;
-        let service = &self.inner.service;
-        self.publish(
-            &channels::rpc_channel(service, &method.name, topic, method.queue),
-            &req,
-        )
-        .await?;
+        let chans = self.method_channels(method, topic);
+        self.publish(&chans.request, &req).await?;
 
         let mut deadline = Instant::now() + t;
         if let Some(d) = opts.context.deadline() {
@@ -448,11 +479,7 @@ impl RpcClient {
                 request_id: request_id.clone(),
                 server_id: selected.server_id,
             };
-            self.publish(
-                &channels::claim_response_channel(service, &method.name, topic),
-                &claim,
-            )
-            .await?;
+            self.publish(&chans.claim_response, &claim).await?;
         }
 
         loop {
@@ -469,7 +496,7 @@ impl RpcClient {
                 Some(Incoming::Claim(_)) => continue,
                 Some(Incoming::Response(r)) => {
                     if !r.error.is_empty() {
-                        return Err(response_error(r));
+                        return Err(response_error(*r));
                     }
                     return Ok(r.raw_response);
                 }
@@ -503,11 +530,8 @@ impl RpcClient {
             ..Default::default()
         };
         let (rx, guard) = self.register(&request_id)?;
-        self.publish(
-            &channels::rpc_channel(&self.inner.service, &method.name, topic, false),
-            &req,
-        )
-        .await?;
+        self.publish(&self.method_channels(method, topic).request, &req)
+            .await?;
         // Quirk Q16: the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
         let mut deadline = Instant::now() + t;
@@ -769,7 +793,7 @@ impl futures::Stream for RawMultiResponses {
                     return Poll::Ready(Some(if r.error.is_empty() {
                         Ok(r.raw_response)
                     } else {
-                        Err(response_error(r))
+                        Err(response_error(*r))
                     }));
                 }
                 Poll::Ready(Some(Incoming::Claim(_))) => continue,

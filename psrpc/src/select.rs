@@ -85,8 +85,9 @@ impl SelectionOptions {
 /// What arrives for one pending call.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Claim(ClaimRequest),
-    Response(Response),
+    // Boxed: a call's buffer is allocated per call, and small slots keep it small.
+    Claim(Box<ClaimRequest>),
+    Response(Box<Response>),
 }
 
 /// The outcome of selection, with the responses that arrived meanwhile.
@@ -128,11 +129,11 @@ pub(crate) async fn select_server(
             Some(Incoming::Response(r)) => {
                 // Only error responses (malformed_request) are expected here.
                 if !r.error.is_empty() {
-                    remembered = Some(crate::client::response_error(r));
+                    remembered = Some(crate::client::response_error(*r));
                 }
                 continue;
             }
-            Some(Incoming::Claim(c)) => c,
+            Some(Incoming::Claim(c)) => *c,
         };
         count += 1;
         let acceptable = opts.minimum_affinity <= 0.0 || claim.affinity >= opts.minimum_affinity;
@@ -201,11 +202,11 @@ mod tests {
     use super::*;
 
     fn claim(id: &str, affinity: f32) -> Incoming {
-        Incoming::Claim(ClaimRequest {
+        Incoming::Claim(Box::new(ClaimRequest {
             request_id: "1".into(),
             server_id: id.into(),
             affinity,
-        })
+        }))
     }
 
     /// BEHAVIOURS 2.1: t=0 "1" 0.1; t=100 "2" 0.5; t=300 "3" 0.7 and "4" 0.1; t=500 "5" 0.9.

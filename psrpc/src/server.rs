@@ -80,6 +80,32 @@ struct Core {
     id: String,
     /// Claim waiters by request id: the claim-response dispatcher completes them.
     claims: Mutex<ClaimTable>,
+    /// Response and claim-request channels by client id.
+    client_channels: Mutex<HashMap<String, Arc<(Channel, Channel)>>>,
+}
+
+/// Bound of the per-client channel cache; past it the cache starts over.
+const CLIENT_CHANNEL_CACHE: usize = 4096;
+
+impl Core {
+    fn client_channels(&self, client_id: &str) -> Arc<(Channel, Channel)> {
+        let mut cache = self
+            .client_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(client_id) {
+            return c.clone();
+        }
+        if cache.len() >= CLIENT_CHANNEL_CACHE {
+            cache.clear();
+        }
+        let c = Arc::new((
+            channels::response_channel(&self.service, client_id),
+            channels::claim_request_channel(&self.service, client_id),
+        ));
+        cache.insert(client_id.to_owned(), c.clone());
+        c
+    }
 }
 
 /// How long a claim response that found no waiter is remembered.
@@ -168,6 +194,7 @@ impl RpcServer {
                     service: service.into(),
                     id,
                     claims: Mutex::new(ClaimTable::default()),
+                    client_channels: Mutex::new(HashMap::new()),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -518,14 +545,15 @@ where
         }
         let deadline = Instant::now() + Duration::from_nanos((req.expiry - now) as u64);
         let core = &*self.core;
-        let reply = channels::response_channel(&core.service, &req.client_id);
+        let client_chans = core.client_channels(&req.client_id);
+        let reply = &client_chans.0;
 
         let msg = match Req::decode(req.raw_request.clone()) {
             Ok(m) => m,
             Err(e) => {
                 // Answered before any claim, as Go does.
                 let err = Error::wrap(ErrorCode::MalformedRequest, e);
-                core.publish(&reply, &self.response(&req, Err(err))).await;
+                core.publish(reply, &self.response(&req, Err(err))).await;
                 return;
             }
         };
@@ -555,11 +583,7 @@ where
                 server_id: core.id.clone(),
                 affinity,
             };
-            core.publish(
-                &channels::claim_request_channel(&core.service, &req.client_id),
-                &claim,
-            )
-            .await;
+            core.publish(&client_chans.1, &claim).await;
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(winner)) if winner == core.id => {}
                 // Another server won, the deadline passed or we were killed.
@@ -576,7 +600,7 @@ where
             .with_deadline(deadline.into_std())
             .with_incoming(header, self.info.clone());
         let result = (self.handler)(ctx, msg).await;
-        core.publish(&reply, &self.response(&req, result)).await;
+        core.publish(reply, &self.response(&req, result)).await;
     }
 
     fn response(&self, req: &Request, result: Result<Res>) -> Response {

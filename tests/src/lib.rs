@@ -140,6 +140,7 @@ macro_rules! conformance {
             rpc_multi_three_servers_with_error,
             rpc_affinity_picks_best_and_asks_everyone,
             rpc_affinity_max_and_min_and_custom_selection,
+            rpc_late_claimer_lets_go,
             rpc_negative_affinity_never_claims,
             rpc_no_server_unavailable,
             rpc_single_server_no_server_deadline,

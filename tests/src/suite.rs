@@ -388,6 +388,55 @@ pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
     }
 }
 
+/// A server that claims after the client already chose does not hold the
+/// request until it expires: it reads the decision and lets go, so its
+/// shutdown (which waits for in-flight requests) ends at once.
+pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
+    let fast = server(f, SERVICE, "fast").await;
+    fast.register_handler(
+        &INTENSIVE_RPC,
+        &[],
+        |_c: Context, r: Num| async move { Ok(r) },
+        Some(Arc::new(|_: &Num| 1.0)),
+    )
+    .await
+    .unwrap();
+    let slow = server(f, SERVICE, "late").await;
+    slow.register_handler(
+        &INTENSIVE_RPC,
+        &[],
+        |_c: Context, r: Num| async move { Ok(r) },
+        Some(Arc::new(|_: &Num| {
+            // Scores slowly: the client has chosen before this claim exists.
+            std::thread::sleep(Duration::from_millis(150));
+            0.5
+        })),
+    )
+    .await
+    .unwrap();
+    let c = client(f, SERVICE).await;
+    settle(f).await;
+    let _: Num = c
+        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .timeout(Duration::from_secs(10))
+        .selection(SelectionOptions {
+            maximum_affinity: 1.0,
+            affinity_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let start = Instant::now();
+    slow.shutdown().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the late server waited for a decision that had passed: {:?}",
+        start.elapsed()
+    );
+    fast.shutdown().await;
+}
+
 /// Negative affinity never claims; zero claims but never wins by default.
 pub async fn rpc_negative_affinity_never_claims(f: &dyn BusFactory) {
     let asked = Arc::new(AtomicUsize::new(0));
