@@ -809,11 +809,11 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// The ratio of a row to its floor: how many times more each operation
-/// costs (floor ops/s over row ops/s; 1.0 = as fast as the bare bus).
+/// The ratio of a row to its floor (BENCH.md): row ops/s over floor ops/s;
+/// 1.0 = as fast as the bare bus, 0.8 = 80% of it.
 fn ratio(row: &Stats, floor: &Stats) -> f64 {
-    let r = row.ops_per_s();
-    if r > 0.0 { floor.ops_per_s() / r } else { 0.0 }
+    let f = floor.ops_per_s();
+    if f > 0.0 { row.ops_per_s() / f } else { 0.0 }
 }
 
 fn print_table(bus: &str, args: &Args, rows: &[Row]) {
@@ -847,7 +847,7 @@ fn print_table(bus: &str, args: &Args, rows: &[Row]) {
                 k.hops(),
                 fmt_num(f.ops_per_s()),
                 fmt_num(f.pct(50.0)),
-                format!("{:.1}x", ratio(s, f)),
+                format!("{:.3}", ratio(s, f)),
             ]),
             Err(note) => lines.push(vec![r.name.to_owned(), format!("skipped ({note})")]),
         }
@@ -887,9 +887,7 @@ fn print_table(bus: &str, args: &Args, rows: &[Row]) {
          sub trigger 6 (4 of the call + event + broadcast) = 3 round trips; \
          sub burst: one-way channel stream, 1 hop per event, latency from burst start."
     );
-    println!(
-        "ratio = floor ops/s / row ops/s (cost of one operation relative to the bare channel)."
-    );
+    println!("ratio = row ops/s / floor ops/s (1.0 = as fast as the bare bus with the same hops).");
     for r in rows {
         if let Ok((
             Stats {
