@@ -601,10 +601,11 @@ async fn dispatch<M: wire::Envelope>(
             p.get(&request_id).cloned()
         };
         if let Some(tx) = tx {
-            // Never block the dispatcher on one call (Go quirk Q8): a call
-            // whose buffer is full has more claims than it can use.
-            if tx.try_send(ev).is_err() {
-                tracing::debug!(%request_id, "psrpc client: pending call full, message dropped");
+            // Never block the dispatcher on one call (Go quirks Q8, Q12): a
+            // call whose buffer (channel_size) is full is not being read, so
+            // the message is dropped for it, loudly.
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+                tracing::warn!(%request_id, "psrpc client: pending call's buffer full, message dropped");
             }
         }
     }
