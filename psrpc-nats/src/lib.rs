@@ -1,0 +1,614 @@
+//! The NATS bus of psrpc, wire-compatible with Go psrpc (WIRE.md sections 3,
+//! 3.1 and 13.2).
+//!
+//! ```no_run
+//! # async fn demo() -> psrpc::Result<()> {
+//! use std::sync::Arc;
+//! use psrpc::{ClientOptions, RpcClient, RpcServer, ServerOptions};
+//! use psrpc_nats::NatsBus;
+//!
+//! let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
+//! let server = RpcServer::new(Arc::new(bus.clone()), "MyService", ServerOptions::default());
+//! let client = RpcClient::new(Arc::new(bus), "MyService", ClientOptions::default()).await?;
+//! # let _ = (server, client);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Wire
+//!
+//! * A message on channel `c` is published to the subject `c.server` (with
+//!   the optional [prefix](NatsBus::with_prefix) in front), without headers
+//!   or reply subject. Its payload is the `Msg` envelope the runtime hands
+//!   over with `Msg.channel` (field 3) set to `c.local` when that is not empty
+//!   ([`psrpc::wire::append_channel`]): exactly the bytes Go psrpc publishes.
+//! * A subscription whose `c.local` is empty subscribes the subject directly:
+//!   `SUB <subject>` for fan-out, `SUB <subject> bus` (queue group `bus`) for
+//!   queue subscriptions.
+//! * A subscription whose `c.local` is non-empty goes through a *router*:
+//!   one NATS subscription per (subject, queue-or-not) per bus instance
+//!   (clones share them), shared by every local subscriber of that subject.
+//!   Each message is handed by its field 3 to the local subscribers
+//!   registered under exactly that name. The NATS subscription is removed
+//!   when the last local subscriber of the router goes.
+//!
+//! # Deliberate choices
+//!
+//! * **No route** (quirk Q1): NATS picks one process of queue group `bus`
+//!   among *all* queue subscribers of a subject such as `SRV.<S>.Q`,
+//!   whatever methods they serve. Go drops a queue message that reaches a
+//!   process with no local subscriber of its name, so the caller gets
+//!   `unavailable`. This bus instead *hands it back*: it republishes the
+//!   same bytes on the same subject (logged at debug level), so NATS picks a
+//!   member again, at most [`DEFAULT_QUEUE_REDELIVERIES`] times per message
+//!   and process (see [`NatsBus::with_queue_redeliveries`]); past that, it
+//!   is dropped with a warning. The message format is untouched and Go peers
+//!   handle a republished message as any other; the only difference on the
+//!   wire is the extra `PUB` in this failure case. `with_queue_redeliveries(0)`
+//!   is Go's drop. Fan-out routers drop unrouted messages (trace level):
+//!   every subscriber of the subject gets them anyway.
+//! * **Several local queue subscribers of one name** in one bus instance:
+//!   each message goes to one of them, in turn (Go gives it to each). This
+//!   keeps the [`MessageBus`] contract: one queue member in the whole system
+//!   gets each message.
+//! * Go refuses to open a queue and a fan-out router on one subject in one
+//!   bus instance ("subscription type mismatch"); this bus keeps them apart
+//!   and allows it.
+//! * **Slow consumers**: as [`psrpc::LocalBus`], a message is offered to each
+//!   subscriber without waiting; a subscriber whose buffer is full gets up to
+//!   the slow-consumer timeout (default 100 ms,
+//!   [`NatsBus::with_slow_consumer_timeout`]) to make room, then the message
+//!   is dropped for it, logged at warn level and counted in
+//!   [`NatsBus::dropped`]. The wait holds up the NATS subscription it came
+//!   from (order is kept); beyond that async-nats buffers and, past its own
+//!   limit, drops.
+//! * **Malformed bytes** on a routed subject (field 3 unreadable) are dropped
+//!   with a warning. Direct subscriptions pass bytes on as they are; the
+//!   runtime rejects bad envelopes.
+//! * **Reconnection** is left to async-nats: it reconnects for ever, replays
+//!   every subscription (queue groups included) and buffers publishes made
+//!   meanwhile. Construction itself fails fast: [`NatsBus::connect`] returns
+//!   an `unavailable` error when the server is unreachable or refuses the
+//!   credentials.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use psrpc::bus::{Channel, MessageBus, Subscription};
+use psrpc::{CancellationToken, Error, ErrorCode, Result};
+use tokio::sync::mpsc;
+
+pub use async_nats;
+
+/// The queue group of every queue subscription (Go psrpc's `bus`).
+pub const QUEUE_GROUP: &str = "bus";
+
+/// The default time a full subscriber gets to make room before a message is
+/// dropped for it.
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How many times by default one process hands back a queue message it has
+/// no route for (quirk Q1, see the crate docs).
+pub const DEFAULT_QUEUE_REDELIVERIES: u32 = 16;
+
+/// How long a handed-back message is remembered for counting.
+const BOUNCE_MEMORY: Duration = Duration::from_secs(5);
+
+/// A psrpc [`MessageBus`] over NATS. Clones share the connection and the
+/// routers.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: Client,
+    prefix: Arc<str>,
+    state: Arc<State>,
+}
+
+struct State {
+    /// Flushed when the last handle goes (see `Drop for State`).
+    client: Client,
+    /// Serializes router creation (a NATS subscribe is awaited meanwhile).
+    create: tokio::sync::Mutex<()>,
+    routers: Mutex<HashMap<(String, bool), Arc<Router>>>,
+    next_id: AtomicU64,
+    dropped: AtomicU64,
+    slow_timeout: Duration,
+    redeliveries: u32,
+    bounces: Mutex<HashMap<u64, (u32, std::time::Instant)>>,
+}
+
+impl Drop for State {
+    /// async-nats closes a connection whose last handle is dropped without
+    /// writing what is still buffered: flush first, so that a publish made
+    /// just before dropping the bus is not lost.
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            rt.spawn(async move {
+                let _ = client.flush().await;
+            });
+        }
+    }
+}
+
+type Senders = Vec<(u64, mpsc::Sender<Bytes>)>;
+
+struct Router {
+    subject: String,
+    queue: bool,
+    routes: RwLock<HashMap<String, Arc<Route>>>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Route {
+    subs: Senders,
+    rr: AtomicUsize,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("prefix", &&*self.prefix)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::Unavailable, format!("nats: {what}: {e}"))
+}
+
+impl NatsBus {
+    /// Connects to the NATS server(s) at `url` (for example
+    /// `nats://user:pass@127.0.0.1:4222`; several comma-separated URLs are
+    /// allowed). Fails at once with an `unavailable` error when no server can
+    /// be reached or the credentials are refused.
+    pub async fn connect(url: &str) -> Result<NatsBus> {
+        Self::connect_with_options(url, ConnectOptions::new()).await
+    }
+
+    /// Moves `user:password@` (or `token@`) out of the URLs into the options:
+    /// async-nats does not send the credentials of a URL when the server asks
+    /// for them.
+    fn credentials(url: &str, mut options: ConnectOptions) -> (String, ConnectOptions) {
+        let mut creds = None;
+        let urls: Vec<String> = url
+            .split(',')
+            .map(|u| {
+                let u = u.trim();
+                let Some(s) = u.find("://") else {
+                    return u.to_owned();
+                };
+                let rest = &u[s + 3..];
+                let host_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..host_end].rfind('@') {
+                    Some(at) => {
+                        creds.get_or_insert_with(|| rest[..at].to_owned());
+                        format!("{}{}", &u[..s + 3], &rest[at + 1..])
+                    }
+                    None => u.to_owned(),
+                }
+            })
+            .collect();
+        if let Some(c) = creds {
+            options = match c.split_once(':') {
+                Some((user, pass)) => options.user_and_password(user.into(), pass.into()),
+                None => options.token(c),
+            };
+        }
+        (urls.join(","), options)
+    }
+
+    /// As [`connect`](Self::connect), with async-nats options (credentials,
+    /// TLS, name, ...). Setting `retry_on_initial_connect` makes construction
+    /// wait for the server instead of failing.
+    pub async fn connect_with_options(url: &str, options: ConnectOptions) -> Result<NatsBus> {
+        let (addrs, options) = Self::credentials(url, options);
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {}", redact(url)), e))?;
+        Ok(Self::from_client(client))
+    }
+
+    /// A bus over an existing async-nats client.
+    pub fn from_client(client: Client) -> NatsBus {
+        NatsBus {
+            client: client.clone(),
+            prefix: Arc::from(""),
+            state: Arc::new(State {
+                client: client.clone(),
+                create: tokio::sync::Mutex::new(()),
+                routers: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                dropped: AtomicU64::new(0),
+                slow_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
+                redeliveries: DEFAULT_QUEUE_REDELIVERIES,
+                bounces: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// This bus with every subject prefixed: `<prefix>.SRV.<S>...` and
+    /// `<prefix>.CLI.<S>...`, so that several deployments can share one NATS
+    /// without hearing each other. Peers (Go or Rust) must use the same
+    /// prefix to talk; an empty prefix is the Go wire. The prefix must be a
+    /// valid subject (dot-separated tokens, no spaces or wildcards).
+    /// Subscriptions already made keep their subjects.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> NatsBus {
+        let p: String = prefix.into();
+        self.prefix = Arc::from(p.trim_end_matches('.'));
+        self
+    }
+
+    /// This bus giving a full subscriber `timeout` to make room before a
+    /// message is dropped for it (default 100 ms). Resets the routers, so
+    /// call it before subscribing.
+    pub fn with_slow_consumer_timeout(mut self, timeout: Duration) -> NatsBus {
+        self.state = Arc::new(State {
+            client: self.client.clone(),
+            create: tokio::sync::Mutex::new(()),
+            routers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dropped: AtomicU64::new(self.dropped()),
+            slow_timeout: timeout,
+            redeliveries: self.state.redeliveries,
+            bounces: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// This bus handing a queue message it has no route for back to NATS at
+    /// most `n` times per message (default [`DEFAULT_QUEUE_REDELIVERIES`];
+    /// 0 drops at once, as Go does). Resets the routers, so call it before
+    /// subscribing.
+    pub fn with_queue_redeliveries(mut self, n: u32) -> NatsBus {
+        self.state = Arc::new(State {
+            client: self.client.clone(),
+            create: tokio::sync::Mutex::new(()),
+            routers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dropped: AtomicU64::new(self.dropped()),
+            slow_timeout: self.state.slow_timeout,
+            redeliveries: n,
+            bounces: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// The subject prefix (empty for none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The async-nats client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// How many deliveries were dropped because a subscriber stayed full.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The NATS subject of `channel` on this bus.
+    pub fn subject(&self, channel: &Channel) -> String {
+        if self.prefix.is_empty() {
+            channel.server.clone()
+        } else {
+            format!("{}.{}", self.prefix, channel.server)
+        }
+    }
+
+    async fn nats_subscribe(&self, subject: &str, queue: bool) -> Result<async_nats::Subscriber> {
+        let sub = if queue {
+            self.client
+                .queue_subscribe(subject.to_owned(), QUEUE_GROUP.to_owned())
+                .await
+        } else {
+            self.client.subscribe(subject.to_owned()).await
+        }
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("nats: subscribe {subject}: {e}"),
+            )
+        })?;
+        // The SUB has reached the server once the PONG of this flush is back.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| unavailable(&format!("subscribe {subject}"), e))?;
+        Ok(sub)
+    }
+
+    async fn add(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+        let subject = self.subject(channel);
+        let (tx, rx) = mpsc::channel(size.max(1));
+        if channel.local.is_empty() {
+            return self.add_direct(subject, queue, tx, rx).await;
+        }
+        let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = (subject.clone(), queue);
+        let local = channel.local.clone();
+        let _creating = self.state.create.lock().await;
+        let existing = {
+            let routers = lock(&self.state.routers);
+            routers
+                .get(&key)
+                .cloned()
+                .inspect(|r| r.add(&local, id, tx.clone()))
+        };
+        if existing.is_none() {
+            let nats = self.nats_subscribe(&subject, queue).await?;
+            let router = Arc::new(Router {
+                subject: subject.clone(),
+                queue,
+                routes: RwLock::new(HashMap::new()),
+                stop: CancellationToken::new(),
+            });
+            router.add(&local, id, tx);
+            lock(&self.state.routers).insert(key.clone(), router.clone());
+            tokio::spawn(run_router(router, nats, self.state.clone()));
+        }
+        drop(_creating);
+        let state = Arc::downgrade(&self.state);
+        Ok(Subscription::new(rx, move || {
+            let Some(state) = state.upgrade() else { return };
+            let mut routers = lock(&state.routers);
+            let Some(router) = routers.get(&key).cloned() else {
+                return;
+            };
+            if router.remove(&local, id) {
+                routers.remove(&key);
+                router.stop.cancel();
+            }
+        }))
+    }
+
+    async fn add_direct(
+        &self,
+        subject: String,
+        queue: bool,
+        tx: mpsc::Sender<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+    ) -> Result<Subscription> {
+        let mut nats = self.nats_subscribe(&subject, queue).await?;
+        let stop = CancellationToken::new();
+        let state = self.state.clone();
+        let task_stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = task_stop.cancelled() => break,
+                    m = nats.next() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                match tx.try_send(msg.payload) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    Err(mpsc::error::TrySendError::Full(b)) => {
+                        if !deliver_slow(&state, &subject, &tx, b).await {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = nats.unsubscribe().await;
+        });
+        Ok(Subscription::new(rx, move || stop.cancel()))
+    }
+}
+
+/// Hides a password in a URL for error messages.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Router {
+    fn add(&self, local: &str, id: u64, tx: mpsc::Sender<Bytes>) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut subs = routes
+            .get(local)
+            .map(|r| r.subs.clone())
+            .unwrap_or_default();
+        subs.push((id, tx));
+        routes.insert(
+            local.to_owned(),
+            Arc::new(Route {
+                subs,
+                rr: AtomicUsize::new(0),
+            }),
+        );
+    }
+
+    /// Removes a local subscriber; true when the router has none left.
+    fn remove(&self, local: &str, id: u64) -> bool {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = routes.get(local) {
+            let subs: Senders = r.subs.iter().filter(|(i, _)| *i != id).cloned().collect();
+            if subs.is_empty() {
+                routes.remove(local);
+            } else {
+                routes.insert(
+                    local.to_owned(),
+                    Arc::new(Route {
+                        subs,
+                        rr: AtomicUsize::new(0),
+                    }),
+                );
+            }
+        }
+        routes.is_empty()
+    }
+
+    fn route(&self, local: &str) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(local)
+            .cloned()
+    }
+
+    /// Hands a queue message with no local route back to NATS (quirk Q1).
+    async fn bounce(&self, state: &State, payload: Bytes) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        payload.hash(&mut h);
+        let key = h.finish();
+        let n = {
+            let mut b = lock(&state.bounces);
+            let now = std::time::Instant::now();
+            if b.len() > 4096 {
+                b.retain(|_, (_, t)| now.duration_since(*t) < BOUNCE_MEMORY);
+            }
+            let e = b.entry(key).or_insert((0, now));
+            if now.duration_since(e.1) >= BOUNCE_MEMORY {
+                *e = (0, now);
+            }
+            e.0 += 1;
+            e.0
+        };
+        if n > state.redeliveries {
+            tracing::warn!(
+                subject = %self.subject,
+                "nats bus: queue message for a method this process does not serve, dropped (Q1)"
+            );
+            return;
+        }
+        tracing::debug!(
+            subject = %self.subject,
+            "nats bus: queue message for a method this process does not serve, handed back (Q1)"
+        );
+        if let Err(e) = state.client.publish(self.subject.clone(), payload).await {
+            tracing::warn!(subject = %self.subject, error = %e, "nats bus: hand-back failed");
+        }
+    }
+
+    async fn dispatch(&self, state: &State, payload: Bytes) {
+        let local = match psrpc::wire::read_channel(&payload) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(subject = %self.subject, error = %e, "nats bus: malformed message dropped");
+                return;
+            }
+        };
+        let Some(route) = self.route(&local) else {
+            if self.queue {
+                self.bounce(state, payload).await;
+            } else {
+                tracing::trace!(subject = %self.subject, local = %local, "nats bus: no route, dropped");
+            }
+            return;
+        };
+        if self.queue {
+            let n = route.subs.len();
+            let start = route.rr.fetch_add(1, Ordering::Relaxed);
+            let mut full = None;
+            for k in 0..n {
+                let tx = &route.subs[(start + k) % n].1;
+                match tx.try_send(payload.clone()) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        full.get_or_insert(tx);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            if let Some(tx) = full {
+                deliver_slow(state, &self.subject, tx, payload).await;
+            }
+        } else {
+            let mut slow = Vec::new();
+            for (_, tx) in &route.subs {
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(payload.clone()) {
+                    slow.push(tx);
+                }
+            }
+            for tx in slow {
+                deliver_slow(state, &self.subject, tx, payload.clone()).await;
+            }
+        }
+    }
+}
+
+/// Waits up to the slow-consumer timeout for room; false when the receiver
+/// is gone.
+async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> bool {
+    match tokio::time::timeout(state.slow_timeout, tx.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                subject = %subject,
+                "nats bus: subscriber full for {:?}, message dropped for it",
+                state.slow_timeout
+            );
+            true
+        }
+    }
+}
+
+async fn run_router(router: Arc<Router>, mut nats: async_nats::Subscriber, state: Arc<State>) {
+    loop {
+        let msg = tokio::select! {
+            _ = router.stop.cancelled() => break,
+            m = nats.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        router.dispatch(&state, msg.payload).await;
+    }
+    let _ = nats.unsubscribe().await;
+}
+
+#[async_trait]
+impl MessageBus for NatsBus {
+    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+        let subject = self.subject(channel);
+        let payload = psrpc::wire::append_channel(&msg, &channel.local);
+        self.client
+            .publish(subject.clone(), payload)
+            .await
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish {subject}: {e}")))
+    }
+
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        self.add(channel, size, false).await
+    }
+
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        self.add(channel, size, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("nats://u:p@h:1"), "nats://***@h:1");
+        assert_eq!(redact("nats://h:1,tls://a@b"), "nats://h:1,tls://***@b");
+    }
+}

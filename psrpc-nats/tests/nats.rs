@@ -1,0 +1,343 @@
+//! NATS-specific behaviour on real nats-servers: subjects, queue group,
+//! credentials, prefixes, odd topics, malformed bytes and reconnection.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use psrpc::wire::{self, Request, Response};
+use psrpc::{ClientOptions, Context, ErrorCode, RpcClient, RpcServer, ServerOptions};
+use psrpc_nats::NatsBus;
+use psrpc_tests::Num;
+use psrpc_tests::my_service::*;
+
+use common::NatsServer;
+
+async fn bus(url: &str) -> NatsBus {
+    NatsBus::connect(url).await.expect("connect")
+}
+
+async fn echo_server(b: NatsBus, id: &str) -> RpcServer {
+    let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id));
+    let sid = id.to_owned();
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        move |_c: Context, r: Num| {
+            let sid = sid.clone();
+            async move { Ok(Num { n: r.n, text: sid }) }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    s
+}
+
+async fn client(b: NatsBus) -> RpcClient {
+    RpcClient::new(Arc::new(b), SERVICE, ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn call(c: &RpcClient, n: i64) -> psrpc::Result<Num> {
+    c.unary(
+        &NORMAL_RPC,
+        vec![],
+        Num {
+            n,
+            text: String::new(),
+        },
+    )
+    .await
+}
+
+/// Subjects, field 3 and the queue group as the server sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_field3_and_queue_group() {
+    let ns = NatsServer::start(&[]);
+    let raw = async_nats::connect(ns.url()).await.unwrap();
+    let mut spy = raw.subscribe(">").await.unwrap();
+    raw.flush().await.unwrap();
+    let s = echo_server(bus(&ns.url()).await, "srv").await;
+    let c = client(bus(&ns.url()).await).await;
+    assert_eq!(call(&c, 5).await.unwrap().n, 5);
+
+    let mut req = None;
+    let mut res = None;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (req.is_none() || res.is_none()) && Instant::now() < deadline {
+        let m = tokio::time::timeout(Duration::from_secs(1), spy.next())
+            .await
+            .ok()
+            .flatten()
+            .expect("spied message");
+        assert!(
+            m.headers.is_none() && m.reply.is_none(),
+            "no headers or reply"
+        );
+        let subject = m.subject.to_string();
+        if subject == "SRV.MyService.Q" {
+            assert_eq!(wire::read_channel(&m.payload).unwrap(), "NormalRPC.REQ");
+            let r: Request = wire::decode_envelope(m.payload.clone()).unwrap();
+            assert_eq!(r.client_id, c.id());
+            req = Some(m.payload);
+        } else if subject == format!("CLI.MyService.{}.RES", c.id()) {
+            assert_eq!(wire::read_channel(&m.payload).unwrap(), "", "no field 3");
+            let _: Response = wire::decode_envelope(m.payload.clone()).unwrap();
+            res = Some(m.payload);
+        } else if subject == format!("CLI.MyService.{}.CLAIM", c.id()) {
+            assert_eq!(wire::read_channel(&m.payload).unwrap(), "", "no field 3");
+        } else if subject == "SRV.MyService" {
+            assert_eq!(wire::read_channel(&m.payload).unwrap(), "NormalRPC.RCLAIM");
+        } else {
+            panic!("unexpected subject {subject}");
+        }
+    }
+    assert!(req.is_some() && res.is_some());
+
+    // The queue group `bus` on the queue subject; the client channel plain.
+    let subs = ns.monitor_get("/subsz?subs=1");
+    assert!(
+        subs.contains(r#""subject": "SRV.MyService.Q""#) && subs.contains(r#""qgroup": "bus""#),
+        "{subs}"
+    );
+    assert!(
+        subs.contains(&format!(r#""subject": "CLI.MyService.{}.RES""#, c.id())),
+        "{subs}"
+    );
+    // Shared subjects: one NATS subscription per router, whatever the number
+    // of methods; it goes with the last local subscriber.
+    let b = bus(&ns.url()).await;
+    let ch = |m: &str| psrpc::channels::rpc_channel("Other", m, &[], false);
+    let count = |body: &str, needle: &str| body.matches(needle).count();
+    use psrpc::MessageBus;
+    let s1 = b.subscribe(&ch("A"), 10).await.unwrap();
+    let s2 = b.subscribe(&ch("B"), 10).await.unwrap();
+    let n = count(
+        &ns.monitor_get("/subsz?subs=1"),
+        r#""subject": "SRV.Other""#,
+    );
+    assert_eq!(n, 1, "one router subscription for two local routes");
+    drop(s1);
+    drop(s2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = count(
+        &ns.monitor_get("/subsz?subs=1"),
+        r#""subject": "SRV.Other""#,
+    );
+    assert_eq!(n, 0, "unsubscribed with the last local route");
+    s.shutdown().await;
+}
+
+/// A server requiring a user and password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials() {
+    let ns = NatsServer::start(&["--user", "u", "--pass", "p"]);
+    let t = Instant::now();
+    let err = NatsBus::connect(&ns.url()).await.unwrap_err();
+    assert_eq!(err.code(), &ErrorCode::Unavailable);
+    assert!(
+        err.message().to_lowercase().contains("authorization"),
+        "{err:?}"
+    );
+    let bad = format!("nats://u:wrong@127.0.0.1:{}", ns.port);
+    let err = NatsBus::connect(&bad).await.unwrap_err();
+    assert!(
+        !err.message().contains("wrong"),
+        "password redacted: {err:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "fails fast");
+
+    let good = format!("nats://u:p@127.0.0.1:{}", ns.port);
+    let s = echo_server(bus(&good).await, "auth").await;
+    let c = client(bus(&good).await).await;
+    assert_eq!(call(&c, 3).await.unwrap().text, "auth");
+    s.shutdown().await;
+
+    // Nothing listening: unavailable, at once.
+    let port = common::free_port();
+    let err = NatsBus::connect(&format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), &ErrorCode::Unavailable);
+}
+
+/// Two prefixes on one server do not hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_isolate() {
+    let ns = common::shared();
+    let raw = async_nats::connect(ns.url()).await.unwrap();
+    let mut spy = raw.subscribe(">").await.unwrap();
+    raw.flush().await.unwrap();
+    let sa = echo_server(bus(&ns.url()).await.with_prefix("depA"), "A").await;
+    let sb = echo_server(bus(&ns.url()).await.with_prefix("depB"), "B").await;
+    let ca = client(bus(&ns.url()).await.with_prefix("depA")).await;
+    let cb = client(bus(&ns.url()).await.with_prefix("depB")).await;
+    for i in 0..10 {
+        assert_eq!(call(&ca, i).await.unwrap().text, "A");
+        assert_eq!(call(&cb, i).await.unwrap().text, "B");
+    }
+    // No prefix: nobody serves.
+    let c0 = client(bus(&ns.url()).await).await;
+    assert_eq!(
+        call(&c0, 1).await.unwrap_err().code(),
+        &ErrorCode::Unavailable
+    );
+    let mut seen = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
+        let subj = m.subject.to_string();
+        if subj.starts_with("topics.") || subj.starts_with("bad.") {
+            continue; // the other tests on the shared server
+        }
+        assert!(
+            subj.starts_with("depA.SRV.")
+                || subj.starts_with("depA.CLI.")
+                || subj.starts_with("depB.SRV.")
+                || subj.starts_with("depB.CLI.")
+                || subj == "SRV.MyService.Q",
+            "{subj}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 40);
+    sa.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// Topics made of wildcards, dots, spaces and unicode reach only their own handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_topics_isolated() {
+    let ns = common::shared();
+    let topics = [
+        "*",
+        ">",
+        "a.b",
+        "a.>",
+        "*.*",
+        " ",
+        "a b",
+        "ünï😀",
+        ".",
+        "..",
+        "a*",
+        "Q",
+        "",
+    ];
+    let s = RpcServer::new(
+        Arc::new(bus(&ns.url()).await.with_prefix("topics")),
+        SERVICE,
+        ServerOptions::default().server_id("t"),
+    );
+    let wrong = Arc::new(AtomicUsize::new(0));
+    for t in topics {
+        let w = wrong.clone();
+        let own = t.to_owned();
+        s.register_handler(
+            &GET_REGION_STATS,
+            &[t.to_owned()],
+            move |_c: Context, r: Num| {
+                if r.text != own {
+                    w.fetch_add(1, Ordering::SeqCst);
+                }
+                let own = own.clone();
+                async move { Ok(Num { n: 0, text: own }) }
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let c = client(bus(&ns.url()).await.with_prefix("topics")).await;
+    for t in topics {
+        let items: Vec<_> = c
+            .multi::<Num, Num>(
+                &GET_REGION_STATS,
+                vec![t.to_owned()],
+                Num {
+                    n: 0,
+                    text: t.to_owned(),
+                },
+            )
+            .timeout(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(items.len(), 1, "topic {t:?}: {items:?}");
+        assert_eq!(items[0].as_ref().unwrap().text, t);
+    }
+    assert_eq!(wrong.load(Ordering::SeqCst), 0);
+    s.shutdown().await;
+}
+
+/// Raw garbage on every subject the runtime listens on: dropped, no panic,
+/// and serving goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_raw_bytes() {
+    let ns = common::shared();
+    let s = echo_server(bus(&ns.url()).await.with_prefix("bad"), "bad").await;
+    let c = client(bus(&ns.url()).await.with_prefix("bad")).await;
+    assert_eq!(call(&c, 1).await.unwrap().n, 1);
+    let raw = async_nats::connect(ns.url()).await.unwrap();
+    let subjects = [
+        "bad.SRV.MyService.Q".to_owned(),
+        "bad.SRV.MyService".to_owned(),
+        format!("bad.CLI.MyService.{}.RES", c.id()),
+        format!("bad.CLI.MyService.{}.CLAIM", c.id()),
+    ];
+    let wrong_type = wire::encode_msg_raw("type.googleapis.com/other.Thing", b"\x08\x01");
+    let payloads: Vec<Bytes> = vec![
+        Bytes::new(),
+        Bytes::from_static(b"\xff\xff\xff\xff\xff"),
+        Bytes::from_static(b"\x1a\x80"),
+        Bytes::from_static(b"\x1a\x02\xff\xfe"),
+        Bytes::from(vec![0x1a; 300]),
+        wire::append_channel(&wrong_type, "NormalRPC.REQ"),
+        wire::append_channel(b"\x0a\x01", "NormalRPC.REQ"),
+        wire::append_channel(&wire::encode_msg(&Request::default()), "NormalRPC.REQ"),
+        wire::append_channel(&wrong_type, "Nope.REQ"),
+    ];
+    for subj in &subjects {
+        for p in &payloads {
+            raw.publish(subj.clone(), p.clone()).await.unwrap();
+        }
+    }
+    raw.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        assert_eq!(call(&c, i).await.unwrap().n, i);
+    }
+    s.shutdown().await;
+}
+
+/// nats-server restarts on the same port: async-nats reconnects and
+/// resubscribes; a new call succeeds without rebuilding client or server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_reconnects() {
+    let mut ns = NatsServer::start(&[]);
+    let s = echo_server(bus(&ns.url()).await, "r").await;
+    let c = client(bus(&ns.url()).await).await;
+    assert_eq!(call(&c, 1).await.unwrap().n, 1);
+    ns.restart();
+    let start = Instant::now();
+    loop {
+        match call(&c, 2).await {
+            Ok(r) => {
+                assert_eq!(r.n, 2);
+                break;
+            }
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no recovery after restart: {e:?}"
+            ),
+        }
+    }
+    eprintln!("recovered {:?} after restart", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(10));
+    s.shutdown().await;
+}
