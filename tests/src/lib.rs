@@ -18,6 +18,11 @@ pub mod suite;
 ///
 /// For the local bus every connection is the same bus; for a networked bus
 /// every call opens a new connection, as separate processes would.
+///
+/// Each factory value must be its own namespace: the suite's tests run at
+/// once and reuse service and method names, so a factory over a shared server
+/// gives each instance its own channel prefix (a `LocalFactory` gets the same
+/// from a fresh bus).
 #[psrpc::async_trait]
 pub trait BusFactory: Send + Sync {
     /// A short name of the bus, for messages.

@@ -1,0 +1,47 @@
+//! The psrpc conformance suite over Redis: one shared `redis-server`, a new
+//! `RedisBus` per connection (as separate processes would have).
+//!
+//! The suite's tests run concurrently and several use the same service and
+//! method names; as the local bus (a fresh `LocalBus` per test), each test
+//! gets its own namespace, here a channel prefix per factory.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use psrpc::bus::DynBus;
+use psrpc_redis::RedisBus;
+use psrpc_tests::BusFactory;
+
+use common::RedisServer;
+
+struct RedisFactory {
+    url: String,
+    prefix: String,
+}
+
+impl RedisFactory {
+    fn new() -> Self {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        RedisFactory {
+            url: SERVER.get_or_init(RedisServer::start).url(),
+            prefix: format!("t{}:", NEXT.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+#[psrpc::async_trait]
+impl BusFactory for RedisFactory {
+    fn name(&self) -> &str {
+        "redis"
+    }
+
+    async fn connect(&self) -> DynBus {
+        let bus = RedisBus::connect(&self.url).await.expect("connect");
+        Arc::new(bus.with_prefix(self.prefix.clone()))
+    }
+}
+
+psrpc_tests::conformance!(RedisFactory::new());

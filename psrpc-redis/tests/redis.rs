@@ -1,0 +1,574 @@
+//! Redis-specific behaviours: BEHAVIOURS.md 1.2 (R1-R3), the exact names seen
+//! by the server, authentication, prefixes, restarts and bursts.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use psrpc::bus::Subscription;
+use psrpc::wire;
+use psrpc::{
+    Channel, ClientOptions, Context, ErrorCode, MessageBus, MethodInfo, RpcClient, RpcServer,
+    ServerOptions,
+};
+use psrpc_redis::{RedisBus, queue_lock_key};
+use psrpc_tests::Num;
+
+use common::RedisServer;
+
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+fn ch(name: &str) -> Channel {
+    Channel {
+        legacy: name.into(),
+        server: String::new(),
+        local: String::new(),
+    }
+}
+
+fn string_msg(s: &str) -> Bytes {
+    wire::encode_msg_raw(STRING_VALUE, &prost_types_string(s))
+}
+
+fn prost_types_string(s: &str) -> Vec<u8> {
+    s.to_string().encode_to_vec()
+}
+
+fn decode_string(b: Bytes) -> String {
+    let msg = wire::decode_msg(b).expect("Msg");
+    assert_eq!(msg.type_url, STRING_VALUE);
+    String::decode(msg.value.as_ref()).expect("StringValue")
+}
+
+async fn recv(sub: &mut Subscription, within: Duration) -> Option<Bytes> {
+    tokio::time::timeout(within, sub.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// R1: a message published by one bus is received by another's subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_published_messages_are_received() {
+    let server = RedisServer::start();
+    let b0 = RedisBus::connect(&server.url()).await.unwrap();
+    let b1 = RedisBus::connect(&server.url()).await.unwrap();
+    let mut sub = b0.subscribe(&ch("test"), 100).await.unwrap();
+    b1.publish(&ch("test"), string_msg("test")).await.unwrap();
+    let got = recv(&mut sub, Duration::from_secs(3))
+        .await
+        .expect("received");
+    assert_eq!(decode_string(got), "test");
+}
+
+/// R2: two buses queue-subscribed: exactly one receives, and the lock key is
+/// the Go one (base64 of the payload's SHA-256) with a 5 s expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_queue_only_one_receives_and_lock_key_is_go_one() {
+    let server = RedisServer::start();
+    let b0 = RedisBus::connect(&server.url()).await.unwrap();
+    let b1 = RedisBus::connect(&server.url()).await.unwrap();
+    let b2 = RedisBus::connect(&server.url()).await.unwrap();
+    let mut s1 = b1.subscribe_queue(&ch("test"), 100).await.unwrap();
+    let mut s2 = b2.subscribe_queue(&ch("test"), 100).await.unwrap();
+    let payload = string_msg("test");
+    b0.publish(&ch("test"), payload.clone()).await.unwrap();
+    let (r1, r2) = tokio::join!(
+        recv(&mut s1, Duration::from_secs(1)),
+        recv(&mut s2, Duration::from_secs(1))
+    );
+    assert_eq!(r1.is_some() as u8 + r2.is_some() as u8, 1);
+    assert_eq!(decode_string(r1.or(r2).unwrap()), "test");
+
+    let key = queue_lock_key(&payload);
+    assert_eq!(key.len(), 44);
+    let mut conn = raw(&server).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=5).contains(&ttl), "ttl {ttl}");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    value.parse::<i64>().expect("random integer");
+}
+
+/// The lock key matches an independent computation (a known vector).
+#[test]
+fn lock_key_vector() {
+    // echo -n test | openssl dgst -sha256 -binary | base64
+    assert_eq!(
+        queue_lock_key(b"test"),
+        "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
+    );
+}
+
+/// R3: a closed subscription reads closed; the other still gets messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_closed_subscriptions_are_unreadable() {
+    let server = RedisServer::start();
+    let b0 = RedisBus::connect(&server.url()).await.unwrap();
+    let b1 = RedisBus::connect(&server.url()).await.unwrap();
+    let b2 = RedisBus::connect(&server.url()).await.unwrap();
+    let mut s1 = b1.subscribe(&ch("test"), 100).await.unwrap();
+    let mut s2 = b2.subscribe(&ch("test"), 100).await.unwrap();
+    b0.publish(&ch("test"), string_msg("test")).await.unwrap();
+    assert!(recv(&mut s1, Duration::from_secs(3)).await.is_some());
+    assert!(recv(&mut s2, Duration::from_secs(3)).await.is_some());
+    s1.close();
+    b0.publish(&ch("test"), string_msg("test")).await.unwrap();
+    assert!(s1.recv().await.is_none());
+    assert!(recv(&mut s2, Duration::from_secs(3)).await.is_some());
+}
+
+async fn server_channels(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut v: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query_async(conn)
+        .await
+        .unwrap();
+    v.sort();
+    v
+}
+
+/// The channel name on Redis is the legacy name (after the prefix), the
+/// payload is the bytes as given, and the channel is unsubscribed when its
+/// last local subscription closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_names_on_the_server() {
+    let server = RedisServer::start();
+    let bus = RedisBus::connect(&server.url()).await.unwrap();
+    let prefixed = bus.clone().with_prefix("dep1:");
+    assert_eq!(prefixed.prefix(), "dep1:");
+    let mut conn = raw(&server).await;
+
+    // A raw subscriber sees what the bus publishes, on the exact names.
+    let mut ps = redis::Client::open(server.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    ps.subscribe("a|b").await.unwrap();
+    ps.subscribe("dep1:a|b").await.unwrap();
+    bus.publish(&ch("a|b"), Bytes::from_static(b"plain"))
+        .await
+        .unwrap();
+    prefixed
+        .publish(&ch("a|b"), Bytes::from_static(b"prefixed"))
+        .await
+        .unwrap();
+    let mut stream = ps.on_message();
+    for (name, payload) in [("a|b", &b"plain"[..]), ("dep1:a|b", &b"prefixed"[..])] {
+        let m = tokio::time::timeout(Duration::from_secs(3), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.get_channel_name(), name);
+        assert_eq!(m.get_payload_bytes(), payload);
+    }
+    drop(stream);
+
+    // Subscriptions: one SUBSCRIBE per channel, gone with the last subscriber.
+    let s1 = bus.subscribe(&ch("x|y"), 10).await.unwrap();
+    let s2 = bus.subscribe_queue(&ch("x|y"), 10).await.unwrap();
+    let s3 = prefixed.subscribe(&ch("x|y"), 10).await.unwrap();
+    let all = ["a|b", "dep1:a|b", "dep1:x|y", "x|y"];
+    assert_eq!(server_channels(&mut conn).await, all);
+    // Both local subscriptions of "x|y" share the bus's one pub/sub connection.
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("x|y")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(s1);
+    drop(s3);
+    let gone = |want: Vec<&'static str>| {
+        let mut conn = conn.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let got = server_channels(&mut conn).await;
+                if got == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{got:?} != {want:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    gone(vec!["a|b", "dep1:a|b", "x|y"]).await;
+    drop(s2);
+    gone(vec!["a|b", "dep1:a|b"]).await;
+}
+
+/// Malformed bytes published raw reach bus subscribers untouched and break
+/// nothing: an RPC server on the channel keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bytes_do_not_panic() {
+    let server = RedisServer::start();
+    let bus = RedisBus::connect(&server.url()).await.unwrap();
+    let mut sub = bus.subscribe(&ch("junk"), 10).await.unwrap();
+    let mut q = bus.subscribe_queue(&ch("junk"), 10).await.unwrap();
+    let mut conn = raw(&server).await;
+    for junk in [
+        &b""[..],
+        b"\xff\xff\xff",
+        b"\x0a\x80",
+        b"not a proto at all",
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("junk")
+            .arg(junk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut sub, Duration::from_secs(3)).await.unwrap(), junk);
+        assert_eq!(recv(&mut q, Duration::from_secs(3)).await.unwrap(), junk);
+    }
+
+    // Junk on every channel of an RPC server, then a call still works.
+    let (srv, client) = rpc_pair(&bus, &bus, "junk_svc").await;
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for c in channels {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&c)
+            .arg(&b"\x0a\x05\xff\xff"[..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let res: Num = client
+        .unary(
+            &ECHO,
+            vec![],
+            Num {
+                n: 7,
+                text: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.n, 7);
+    drop(srv);
+}
+
+const ECHO: MethodInfo = MethodInfo::queue("Echo");
+
+async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, RpcClient) {
+    let srv = RpcServer::new(
+        sb.clone(),
+        service,
+        ServerOptions::default().server_id("s1"),
+    );
+    srv.register_handler(
+        &ECHO,
+        &[],
+        |_ctx: Context, req: Num| async move { Ok(req) },
+        None,
+    )
+    .await
+    .unwrap();
+    let client = RpcClient::new(cb.clone(), service, ClientOptions::default())
+        .await
+        .unwrap();
+    (srv, client)
+}
+
+/// A password-protected server: no password fails at construction with a
+/// clear `unavailable` error; with it, calls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_server() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let err = RedisBus::connect(&server.url()).await.unwrap_err();
+    assert_eq!(*err.code(), ErrorCode::Unavailable);
+    assert!(err.message().contains("redis"), "{}", err.message());
+    assert!(
+        err.message().to_lowercase().contains("auth"),
+        "{}",
+        err.message()
+    );
+    let bad = format!("redis://:wrong@127.0.0.1:{}", server.port);
+    assert_eq!(
+        *RedisBus::connect(&bad).await.unwrap_err().code(),
+        ErrorCode::Unavailable
+    );
+
+    let url = format!("redis://:s3cret@127.0.0.1:{}", server.port);
+    let sb = RedisBus::connect(&url).await.unwrap();
+    let cb = RedisBus::connect(&url).await.unwrap();
+    let (_srv, client) = rpc_pair(&sb, &cb, "auth_svc").await;
+    let res: Num = client
+        .unary(
+            &ECHO,
+            vec![],
+            Num {
+                n: 1,
+                text: "pw".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.text, "pw");
+}
+
+/// An unreachable server fails at construction with `unavailable`.
+#[tokio::test]
+async fn unreachable_server_fails_at_construction() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.stop();
+    let start = Instant::now();
+    let err = RedisBus::connect(&url).await.unwrap_err();
+    assert_eq!(*err.code(), ErrorCode::Unavailable);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let err = RedisBus::connect("not a url").await.unwrap_err();
+    assert_eq!(*err.code(), ErrorCode::Unavailable);
+}
+
+/// Two prefixes on one Redis never hear each other, fan-out or queue, bus
+/// or RPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_are_isolated() {
+    let server = RedisServer::start();
+    let a = RedisBus::connect(&server.url())
+        .await
+        .unwrap()
+        .with_prefix("a:");
+    let b = RedisBus::connect(&server.url())
+        .await
+        .unwrap()
+        .with_prefix("b:");
+    let mut sa = a.subscribe(&ch("shared"), 10).await.unwrap();
+    let mut sb = b.subscribe(&ch("shared"), 10).await.unwrap();
+    let mut qa = a.subscribe_queue(&ch("q"), 10).await.unwrap();
+    let mut qb = b.subscribe_queue(&ch("q"), 10).await.unwrap();
+    a.publish(&ch("shared"), Bytes::from_static(b"for a"))
+        .await
+        .unwrap();
+    b.publish(&ch("shared"), Bytes::from_static(b"for b"))
+        .await
+        .unwrap();
+    a.publish(&ch("q"), Bytes::from_static(b"qa"))
+        .await
+        .unwrap();
+    b.publish(&ch("q"), Bytes::from_static(b"qb"))
+        .await
+        .unwrap();
+    let w = Duration::from_secs(3);
+    assert_eq!(recv(&mut sa, w).await.unwrap(), "for a");
+    assert_eq!(recv(&mut sb, w).await.unwrap(), "for b");
+    assert_eq!(recv(&mut qa, w).await.unwrap(), "qa");
+    assert_eq!(recv(&mut qb, w).await.unwrap(), "qb");
+    let short = Duration::from_millis(200);
+    for s in [&mut sa, &mut sb, &mut qa, &mut qb] {
+        assert!(recv(s, short).await.is_none());
+    }
+
+    // The same service under both prefixes: each client reaches its own server.
+    let (_s1, c1) = rpc_pair(&a, &a, "svc").await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let srv_b = RpcServer::new(b.clone(), "svc", ServerOptions::default().server_id("sb"));
+    let n = count.clone();
+    srv_b
+        .register_handler(
+            &ECHO,
+            &[],
+            move |_ctx: Context, req: Num| {
+                n.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(req) }
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let r: Num = c1
+            .unary(
+                &ECHO,
+                vec![],
+                Num {
+                    n: i,
+                    text: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.n, i);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 0, "prefix b never called");
+}
+
+/// redis-server restarts: without rebuilding the client or the server, a new
+/// RPC succeeds within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_server_restart() {
+    let mut server = RedisServer::start();
+    let sb = RedisBus::connect(&server.url()).await.unwrap();
+    let cb = RedisBus::connect(&server.url()).await.unwrap();
+    let (_srv, client) = rpc_pair(&sb, &cb, "restart_svc").await;
+    let res: Num = client
+        .unary(
+            &ECHO,
+            vec![],
+            Num {
+                n: 1,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.n, 1);
+
+    server.restart();
+    let restarted = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let r: psrpc::Result<Num> = client
+            .unary(
+                &ECHO,
+                vec![],
+                Num {
+                    n: 2,
+                    text: String::new(),
+                },
+            )
+            .timeout(Duration::from_millis(500))
+            .await;
+        match r {
+            Ok(r) => {
+                assert_eq!(r.n, 2);
+                break;
+            }
+            Err(e) => assert!(
+                restarted.elapsed() < Duration::from_secs(8),
+                "no recovery after {attempts} attempts: {e}"
+            ),
+        }
+    }
+    assert!(restarted.elapsed() < Duration::from_secs(8));
+    // And a plain subscription made before the outage works again.
+    let mut sub = cb.subscribe(&ch("after"), 10).await.unwrap();
+    sb.publish(&ch("after"), Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut sub, Duration::from_secs(3)).await.unwrap(), "ok");
+}
+
+/// A subscription made before a restart hears messages after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_resubscribed_after_restart() {
+    let mut server = RedisServer::start();
+    let sub_bus = RedisBus::connect(&server.url()).await.unwrap();
+    let pub_bus = RedisBus::connect(&server.url()).await.unwrap();
+    let mut sub = sub_bus.subscribe(&ch("kept"), 10).await.unwrap();
+    let mut q = sub_bus.subscribe_queue(&ch("kept-q"), 10).await.unwrap();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let _ = pub_bus
+            .publish(&ch("kept"), Bytes::from(n.to_string()))
+            .await;
+        if recv(&mut sub, Duration::from_millis(200)).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resubscribed");
+    }
+    let mut conn = raw(&server).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("kept-q")
+        .arg("queued")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut q, Duration::from_secs(3)).await.unwrap(),
+        "queued"
+    );
+}
+
+/// 100,000 publishes on one channel arrive complete and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_arrives_complete_and_in_order() {
+    const N: u32 = 100_000;
+    let server = RedisServer::start();
+    let sub_bus = RedisBus::connect(&server.url()).await.unwrap();
+    let pub_bus = RedisBus::connect(&server.url()).await.unwrap();
+    let mut sub = sub_bus.subscribe(&ch("burst"), 4096).await.unwrap();
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let b = recv(&mut sub, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("message {i} missing"));
+            assert_eq!(b, i.to_be_bytes().as_slice(), "in order");
+        }
+    });
+    for i in 0..N {
+        pub_bus
+            .publish(&ch("burst"), Bytes::copy_from_slice(&i.to_be_bytes()))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("burst within 30 s")
+        .unwrap();
+    assert_eq!(sub_bus.dropped(), 0);
+    eprintln!("100k burst took {:?}", start.elapsed());
+}
+
+/// A subscriber that never reads loses what does not fit after the
+/// slow-consumer timeout; the others of the channel get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_does_not_stall_others() {
+    let server = RedisServer::start();
+    let bus = RedisBus::connect(&server.url())
+        .await
+        .unwrap()
+        .with_slow_consumer_timeout(Duration::from_millis(20));
+    let _stuck = bus.subscribe(&ch("slow"), 1).await.unwrap();
+    let mut ok = bus.subscribe(&ch("slow"), 100).await.unwrap();
+    for i in 0..10u8 {
+        bus.publish(&ch("slow"), Bytes::from(vec![i]))
+            .await
+            .unwrap();
+    }
+    for i in 0..10u8 {
+        assert_eq!(
+            recv(&mut ok, Duration::from_secs(3)).await.unwrap(),
+            vec![i]
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while bus.dropped() < 9 {
+        assert!(Instant::now() < deadline, "dropped {}", bus.dropped());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.dropped(), 9);
+}
