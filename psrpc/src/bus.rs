@@ -36,6 +36,64 @@ pub trait MessageBus: Send + Sync + 'static {
 
     /// Joins the queue of `channel`: each message goes to one member.
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription>;
+
+    /// Subscribes `handler` to `channel` (as a queue member when `queue`):
+    /// it is called with every message, and must be quick and never block.
+    /// The runtime uses this for its own channels.
+    ///
+    /// The default reads a [`Subscription`] in a task; a bus that can call
+    /// the handler directly where the message arrives (as [`LocalBus`] does)
+    /// saves a task hop per message.
+    async fn subscribe_handler(
+        &self,
+        channel: &Channel,
+        size: usize,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        let mut sub = if queue {
+            self.subscribe_queue(channel, size).await?
+        } else {
+            self.subscribe(channel, size).await?
+        };
+        let task = tokio::spawn(async move {
+            while let Some(b) = sub.recv().await {
+                handler(b);
+            }
+        });
+        Ok(HandlerSubscription::new(AbortOnDrop(task)))
+    }
+}
+
+/// Receives the messages of a handler subscription.
+pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// Keeps a handler subscription alive; dropping it unsubscribes.
+pub struct HandlerSubscription {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl HandlerSubscription {
+    /// A subscription that ends when `guard` is dropped.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        HandlerSubscription {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for HandlerSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerSubscription")
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[async_trait]
@@ -48,6 +106,17 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     }
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         (**self).subscribe_queue(channel, size).await
+    }
+    async fn subscribe_handler(
+        &self,
+        channel: &Channel,
+        size: usize,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        (**self)
+            .subscribe_handler(channel, size, queue, handler)
+            .await
     }
 }
 
@@ -167,10 +236,17 @@ struct LocalInner {
     slow_timeout: Duration,
 }
 
+#[derive(Clone)]
+enum Sink {
+    Chan(mpsc::Sender<Bytes>),
+    /// Called in the publisher's task: no hop, never full.
+    Handler(Handler),
+}
+
 #[derive(Default, Clone)]
 struct Subscribers {
-    fanout: Vec<(u64, mpsc::Sender<Bytes>)>,
-    queue: Vec<(u64, mpsc::Sender<Bytes>)>,
+    fanout: Vec<(u64, Sink)>,
+    queue: Vec<(u64, Sink)>,
     rr: Arc<AtomicUsize>,
 }
 
@@ -214,6 +290,17 @@ impl LocalBus {
 
     fn add(&self, channel: &Channel, size: usize, queue: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(size.max(1));
+        let remove = self.add_sink(channel, Sink::Chan(tx), queue);
+        Subscription::new(rx, remove)
+    }
+
+    /// Adds a sink; returns what removes it.
+    fn add_sink(
+        &self,
+        channel: &Channel,
+        sink: Sink,
+        queue: bool,
+    ) -> impl FnOnce() + Send + Sync + 'static {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let key = channel.legacy.clone();
         {
@@ -224,14 +311,14 @@ impl LocalBus {
                 .unwrap_or_else(|e| e.into_inner());
             let mut subs = map.get(&key).map(|s| (**s).clone()).unwrap_or_default();
             if queue {
-                subs.queue.push((id, tx));
+                subs.queue.push((id, sink));
             } else {
-                subs.fanout.push((id, tx));
+                subs.fanout.push((id, sink));
             }
             map.insert(key.clone(), Arc::new(subs));
         }
         let inner = Arc::downgrade(&self.inner);
-        Subscription::new(rx, move || {
+        move || {
             let Some(inner) = inner.upgrade() else { return };
             let mut map = inner.channels.write().unwrap_or_else(|e| e.into_inner());
             if let Some(cur) = map.get(&key) {
@@ -244,7 +331,7 @@ impl LocalBus {
                     map.insert(key, Arc::new(subs));
                 }
             }
-        })
+        }
     }
 
     async fn deliver_slow(&self, channel: &Channel, tx: &mpsc::Sender<Bytes>, msg: Bytes) {
@@ -277,9 +364,14 @@ impl MessageBus for LocalBus {
             }
         };
         let mut slow: Vec<&mpsc::Sender<Bytes>> = Vec::new();
-        for (_, tx) in &subs.fanout {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
-                slow.push(tx);
+        for (_, sink) in &subs.fanout {
+            match sink {
+                Sink::Chan(tx) => {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.clone()) {
+                        slow.push(tx);
+                    }
+                }
+                Sink::Handler(h) => h(msg.clone()),
             }
         }
         let n = subs.queue.len();
@@ -288,7 +380,14 @@ impl MessageBus for LocalBus {
             let mut full = None;
             let mut delivered = false;
             for k in 0..n {
-                let tx = &subs.queue[(start + k) % n].1;
+                let tx = match &subs.queue[(start + k) % n].1 {
+                    Sink::Chan(tx) => tx,
+                    Sink::Handler(h) => {
+                        h(msg.clone());
+                        delivered = true;
+                        break;
+                    }
+                };
                 match tx.try_send(msg.clone()) {
                     Ok(()) => {
                         delivered = true;
@@ -316,5 +415,24 @@ impl MessageBus for LocalBus {
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         Ok(self.add(channel, size, true))
+    }
+
+    async fn subscribe_handler(
+        &self,
+        channel: &Channel,
+        _size: usize,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        struct Remove(Option<Box<dyn FnOnce() + Send + Sync>>);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        let remove = self.add_sink(channel, Sink::Handler(handler), queue);
+        Ok(HandlerSubscription::new(Remove(Some(Box::new(remove)))))
     }
 }

@@ -147,6 +147,8 @@ struct MethodChannels {
 }
 
 struct ClientInner {
+    /// The client's channels; dropping them unsubscribes.
+    subs: Mutex<Vec<crate::bus::HandlerSubscription>>,
     channel_cache: Mutex<HashMap<String, Arc<MethodChannels>>>,
     bus: DynBus,
     service: String,
@@ -197,26 +199,41 @@ impl RpcClient {
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
-        let res = bus
-            .subscribe(&channels::response_channel(&service, &id), size)
-            .await?;
-        let claims = bus
-            .subscribe(&channels::claim_request_channel(&service, &id), size)
-            .await?;
-        tokio::spawn(dispatch::<Response>(
-            res,
-            shared.clone(),
-            closed.clone(),
-            |r| (r.request_id.clone(), Incoming::Response(Box::new(r))),
-        ));
-        tokio::spawn(dispatch::<ClaimRequest>(
-            claims,
-            shared.clone(),
-            closed.clone(),
-            |c| (c.request_id.clone(), Incoming::Claim(Box::new(c))),
-        ));
+        let on_response: crate::bus::Handler = {
+            let shared = shared.clone();
+            Arc::new(move |b| {
+                route::<Response>(&shared, b, |r| {
+                    (r.request_id.clone(), Incoming::Response(Box::new(r)))
+                })
+            })
+        };
+        let on_claim: crate::bus::Handler = {
+            let shared = shared.clone();
+            Arc::new(move |b| {
+                route::<ClaimRequest>(&shared, b, |c| {
+                    (c.request_id.clone(), Incoming::Claim(Box::new(c)))
+                })
+            })
+        };
+        let subs = vec![
+            bus.subscribe_handler(
+                &channels::response_channel(&service, &id),
+                size,
+                false,
+                on_response,
+            )
+            .await?,
+            bus.subscribe_handler(
+                &channels::claim_request_channel(&service, &id),
+                size,
+                false,
+                on_claim,
+            )
+            .await?,
+        ];
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
+                subs: Mutex::new(subs),
                 channel_cache: Mutex::new(HashMap::new()),
                 bus,
                 service,
@@ -254,6 +271,9 @@ impl RpcClient {
     /// at once is what a caller waiting on a closed client wants.)
     pub fn close(&self) {
         self.inner.closed.cancel();
+        drop(std::mem::take(
+            &mut *self.inner.subs.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
         // Dropping the senders wakes every waiting call with "closed".
         let drained: Vec<_> = {
             let mut p = self
@@ -575,41 +595,25 @@ pub(crate) fn response_error(r: Response) -> Error {
     Error::from_wire(&r.code, r.error, r.error_details)
 }
 
-/// Reads one client channel and routes each message to its pending call.
-async fn dispatch<M: wire::Envelope>(
-    mut sub: crate::bus::Subscription,
-    shared: Arc<Shared>,
-    closed: CancellationToken,
-    route: fn(M) -> (String, Incoming),
-) {
-    loop {
-        let bytes = tokio::select! {
-            biased;
-            _ = closed.cancelled() => break,
-            b = sub.recv() => match b { Some(b) => b, None => break },
-        };
-        let msg = match wire::decode_envelope::<M>(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, type_url = M::TYPE_URL, "psrpc client: dropped malformed message");
-                continue;
-            }
-        };
-        let (request_id, ev) = route(msg);
-        let tx = {
-            let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.get(&request_id).cloned()
-        };
-        if let Some(tx) = tx {
-            // Never block the dispatcher on one call (Go quirks Q8, Q12): a
-            // call whose buffer (channel_size) is full is not being read, so
-            // the message is dropped for it, loudly.
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
-                tracing::warn!(%request_id, "psrpc client: pending call's buffer full, message dropped");
-            }
+/// Routes one message of a client channel to its pending call.
+fn route<M: wire::Envelope>(shared: &Shared, bytes: Bytes, route: fn(M) -> (String, Incoming)) {
+    let msg = match wire::decode_envelope::<M>(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, type_url = M::TYPE_URL, "psrpc client: dropped malformed message");
+            return;
+        }
+    };
+    let (request_id, ev) = route(msg);
+    let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = p.get(&request_id) {
+        // Never block on one call (Go quirks Q8, Q12): a call whose buffer
+        // (channel_size) is full is not being read, so the message is
+        // dropped for it, loudly.
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+            tracing::warn!(%request_id, "psrpc client: pending call's buffer full, message dropped");
         }
     }
-    sub.close();
 }
 
 fn run_request_hooks(client: &RpcClient, info: &Option<RpcInfo>, req: &dyn DynMessage) {

@@ -12,12 +12,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{DynBus, MessageBus, Subscription};
+use crate::bus::{DynBus, Handler, HandlerSubscription, MessageBus};
 use crate::channels::{self, Channel};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
@@ -151,10 +150,10 @@ impl Core {
 }
 
 struct HandlerEntry {
-    stop_requests: CancellationToken,
-    stop_claims: CancellationToken,
+    stop: CancellationToken,
     tracker: TaskTracker,
-    loops: Vec<JoinHandle<()>>,
+    requests: HandlerSubscription,
+    claims: Option<HandlerSubscription>,
 }
 
 struct ServerInner {
@@ -165,7 +164,9 @@ struct ServerInner {
 }
 
 /// A server of one service: serves the handlers registered on it. Cheap to
-/// clone; clones share the server.
+/// clone; clones share the server. Dropping the last clone stops serving at
+/// once, like [`kill`](RpcServer::kill); call [`shutdown`](RpcServer::shutdown)
+/// first to drain.
 #[derive(Clone)]
 pub struct RpcServer {
     inner: Arc<ServerInner>,
@@ -246,30 +247,6 @@ impl RpcServer {
         let key = self.reserve(&method.name, topic)?;
         let core = &self.inner.core;
         let size = self.inner.opts.channel_size;
-        let subscribed = async {
-            let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
-            let reqs = if method.queue {
-                core.bus.subscribe_queue(&req_ch, size).await?
-            } else {
-                core.bus.subscribe(&req_ch, size).await?
-            };
-            let claims = if method.require_claim {
-                let ch = channels::claim_response_channel(&core.service, &method.name, topic);
-                Some(core.bus.subscribe(&ch, size).await?)
-            } else {
-                None
-            };
-            Ok::<_, Error>((reqs, claims))
-        }
-        .await;
-        let (reqs, claims) = match subscribed {
-            Ok(s) => s,
-            Err(e) => {
-                self.unreserve(&key);
-                return Err(e);
-            }
-        };
-
         let h = Arc::new(UnaryHandler {
             core: core.clone(),
             method: method.clone(),
@@ -283,30 +260,57 @@ impl RpcServer {
             affinity,
             _p: PhantomData,
         });
-        let entry = HandlerEntry {
-            stop_requests: CancellationToken::new(),
-            stop_claims: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            loops: Vec::new(),
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let on_request: Handler = {
+            let (stop, tracker) = (stop.clone(), tracker.clone());
+            Arc::new(move |bytes| {
+                if !stop.is_cancelled() {
+                    let h = h.clone();
+                    tracker.spawn(async move { h.serve(bytes).await });
+                }
+            })
         };
-        let mut entry = entry;
-        entry.loops.push(tokio::spawn(request_loop(
-            reqs,
-            entry.stop_requests.clone(),
-            entry.tracker.clone(),
-            h,
-        )));
-        if let Some(c) = claims {
-            // Only servers that hear every request can be too late for the
-            // decision; a queue member hears only its own requests.
-            let remember = !method.queue;
-            entry.loops.push(tokio::spawn(claim_loop(
-                c,
-                entry.stop_claims.clone(),
-                core.clone(),
-                remember,
-            )));
+        let subscribed = async {
+            let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+            let requests = core
+                .bus
+                .subscribe_handler(&req_ch, size, method.queue, on_request)
+                .await?;
+            let claims = if method.require_claim {
+                let ch = channels::claim_response_channel(&core.service, &method.name, topic);
+                // Only servers that hear every request can be too late for
+                // the decision; a queue member hears only its own requests.
+                let remember = !method.queue;
+                let core = core.clone();
+                let on_claim: Handler =
+                    Arc::new(move |bytes| on_claim_response(&core, bytes, remember));
+                Some(
+                    self.inner
+                        .core
+                        .bus
+                        .subscribe_handler(&ch, size, false, on_claim)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            Ok::<_, Error>((requests, claims))
         }
+        .await;
+        let (requests, claims) = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                self.unreserve(&key);
+                return Err(e);
+            }
+        };
+        let entry = HandlerEntry {
+            stop,
+            tracker,
+            requests,
+            claims,
+        };
         self.install(&key, entry);
         Ok(())
     }
@@ -328,8 +332,7 @@ impl RpcServer {
             }
         };
         if let Some(e) = entry {
-            e.stop_requests.cancel();
-            e.stop_claims.cancel();
+            e.stop.cancel();
         }
     }
 
@@ -352,17 +355,14 @@ impl RpcServer {
     /// registrations fail with "server is closed".
     pub async fn shutdown(&self) {
         let entries = self.close_all();
-        futures::future::join_all(entries.into_iter().map(|mut e| async move {
-            e.stop_requests.cancel();
-            if let Some(l) = e.loops.first_mut() {
-                let _ = l.await;
-            }
+        futures::future::join_all(entries.into_iter().map(|e| async move {
+            // Stop taking requests, wait for those in flight (their claim
+            // responses still arrive), then leave the claim channel.
+            e.stop.cancel();
+            drop(e.requests);
             e.tracker.close();
             e.tracker.wait().await;
-            e.stop_claims.cancel();
-            for l in e.loops.drain(1..) {
-                let _ = l.await;
-            }
+            drop(e.claims);
         }))
         .await;
     }
@@ -373,9 +373,16 @@ impl RpcServer {
     /// but a request still waiting for its claim is given up.
     pub fn kill(&self) {
         for e in self.close_all() {
-            e.stop_requests.cancel();
-            e.stop_claims.cancel();
+            e.stop.cancel();
         }
+        // Requests still waiting for their claim give up now.
+        self.inner
+            .core
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiters
+            .clear();
     }
 
     fn close_all(&self) -> Vec<HandlerEntry> {
@@ -430,8 +437,7 @@ impl RpcServer {
         // Shut down (or deregistered) while subscribing: stop at once.
         if self.is_closed() || !matches!(hs.get(key), Some(None)) {
             drop(hs);
-            entry.stop_requests.cancel();
-            entry.stop_claims.cancel();
+            entry.stop.cancel();
             return;
         }
         hs.insert(key.to_owned(), Some(entry));
@@ -447,59 +453,23 @@ struct UnaryHandler<Req, Res, H> {
     _p: PhantomData<fn() -> Res>,
 }
 
-async fn request_loop<Req, Res, H, Fut>(
-    mut sub: Subscription,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    h: Arc<UnaryHandler<Req, Res, H>>,
-) where
-    Req: Message + Default + 'static,
-    Res: Message + 'static,
-    H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Res>> + Send + 'static,
-{
-    loop {
-        let bytes = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            b = sub.recv() => match b { Some(b) => b, None => break },
-        };
-        let h = h.clone();
-        tracker.spawn(async move { h.serve(bytes).await });
-    }
-    sub.close();
-}
-
-async fn claim_loop(
-    mut sub: Subscription,
-    stop: CancellationToken,
-    core: Arc<Core>,
-    remember: bool,
-) {
-    loop {
-        let bytes = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            b = sub.recv() => match b { Some(b) => b, None => break },
-        };
-        let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
-                continue;
-            }
-        };
-        let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
-        match table.waiters.remove(&claim.request_id) {
-            Some(w) => {
-                drop(table);
-                let _ = w.send(claim.server_id);
-            }
-            None if remember => table.remember(claim.request_id, claim.server_id),
-            None => {}
+fn on_claim_response(core: &Core, bytes: Bytes, remember: bool) {
+    let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
+            return;
         }
+    };
+    let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
+    match table.waiters.remove(&claim.request_id) {
+        Some(w) => {
+            drop(table);
+            let _ = w.send(claim.server_id);
+        }
+        None if remember => table.remember(claim.request_id, claim.server_id),
+        None => {}
     }
-    sub.close();
 }
 
 /// Removes a claim waiter when the request is done with it.
