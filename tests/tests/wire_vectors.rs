@@ -46,7 +46,7 @@ impl prost::Name for MyRequest {
     const PACKAGE: &'static str = "psrpc.internal.test.customservice";
 }
 
-/// `psrpcbench.Req` of `golden/bench.proto`.
+/// `psrpcbench.Req` of `proto/bench.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct BenchReq {
     #[prost(int64, tag = "1")]
@@ -59,7 +59,7 @@ struct BenchReq {
     count: i32,
 }
 
-/// `psrpcbench.Res` of `golden/bench.proto`.
+/// `psrpcbench.Res` of `proto/bench.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct BenchRes {
     #[prost(int64, tag = "1")]
@@ -70,7 +70,7 @@ struct BenchRes {
     payload: Bytes,
 }
 
-/// `psrpcbench.Msg` of `golden/bench.proto`.
+/// `psrpcbench.Msg` of `proto/bench.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct BenchMsg {
     #[prost(int64, tag = "1")]
@@ -79,7 +79,7 @@ struct BenchMsg {
     payload: Bytes,
 }
 
-/// `psrpcbench.Event` of `golden/bench.proto`.
+/// `psrpcbench.Event` of `proto/bench.proto`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct BenchEvent {
     #[prost(int64, tag = "1")]
