@@ -553,19 +553,8 @@ impl Router {
 /// Waits up to the slow-consumer timeout for room; false when the receiver
 /// is gone.
 async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> bool {
-    match tokio::time::timeout(state.slow_timeout, tx.send(msg)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            state.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                subject = %subject,
-                "nats bus: subscriber full for {:?}, message dropped for it",
-                state.slow_timeout
-            );
-            true
-        }
-    }
+    let r = psrpc::bus::deliver_within(tx, msg, state.slow_timeout, &state.dropped, subject).await;
+    r != psrpc::bus::SlowDelivery::Closed
 }
 
 async fn run_router(router: Arc<Router>, mut nats: async_nats::Subscriber, state: Arc<State>) {

@@ -649,16 +649,7 @@ async fn dispatch(subs: &SubMap, channel: &str, targets: &Subscribers, msg: Byte
         }
     }
     for t in slow {
-        if tokio::time::timeout(t.slow_timeout, t.tx.send(msg.clone()))
-            .await
-            .is_err()
-        {
-            subs.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                channel,
-                "redis bus: subscriber full for {:?}, message dropped for it",
-                t.slow_timeout
-            );
-        }
+        psrpc::bus::deliver_within(&t.tx, msg.clone(), t.slow_timeout, &subs.dropped, channel)
+            .await;
     }
 }

@@ -65,6 +65,42 @@ pub trait MessageBus: Send + Sync + 'static {
     }
 }
 
+/// What became of a delivery into a full subscriber buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowDelivery {
+    /// Room was made in time: delivered.
+    Delivered,
+    /// Still full at the timeout: dropped for this subscriber, counted, logged.
+    Dropped,
+    /// The subscriber is gone.
+    Closed,
+}
+
+/// The second half of every psrpc bus's slow-consumer policy (see
+/// [`LocalBus`]): after `try_send` found `tx` full, wait up to `timeout` for
+/// room; if there is still none, drop the message for this subscriber alone,
+/// count it in `dropped` and log it at warn level with `channel`.
+pub async fn deliver_within(
+    tx: &mpsc::Sender<Bytes>,
+    msg: Bytes,
+    timeout: Duration,
+    dropped: &AtomicU64,
+    channel: &str,
+) -> SlowDelivery {
+    match tokio::time::timeout(timeout, tx.send(msg)).await {
+        Ok(Ok(())) => SlowDelivery::Delivered,
+        Ok(Err(_)) => SlowDelivery::Closed,
+        Err(_) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                channel,
+                "psrpc bus: subscriber full for {timeout:?}, message dropped for it"
+            );
+            SlowDelivery::Dropped
+        }
+    }
+}
+
 /// Receives the messages of a handler subscription.
 pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
 
@@ -335,17 +371,8 @@ impl LocalBus {
     }
 
     async fn deliver_slow(&self, channel: &Channel, tx: &mpsc::Sender<Bytes>, msg: Bytes) {
-        match tokio::time::timeout(self.inner.slow_timeout, tx.send(msg)).await {
-            Ok(_) => {}
-            Err(_) => {
-                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    channel = %channel.legacy,
-                    "local bus: subscriber full for {:?}, message dropped for it",
-                    self.inner.slow_timeout
-                );
-            }
-        }
+        let i = &self.inner;
+        deliver_within(tx, msg, i.slow_timeout, &i.dropped, &channel.legacy).await;
     }
 }
 
