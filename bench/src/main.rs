@@ -1,9 +1,12 @@
 //! `psrpc-bench`: measures every psrpc RPC kind on a bus against the raw
 //! floor of that bus (see BENCH.md).
 //!
-//! Only the in-process `local` bus is built so far. Its floor is a bare tokio
-//! channel ping-pong with the same number of hops as the row's operation,
-//! measured in the same run with the same concurrency.
+//! Buses: the in-process `local` bus, whose floor is a bare tokio channel
+//! ping-pong, and `redis://` / `nats://`, whose floor is a bare
+//! publish/subscribe ping-pong through the psrpc `MessageBus` API between
+//! separate connections of the same bus. Floors have the same number of hops
+//! as the row's operation and are measured in the same run with the same
+//! concurrency.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use psrpc::bus::DynBus;
 use psrpc::{
-    ClientOptions, Context, LocalBus, MethodInfo, RpcClient, RpcServer, SelectionOptions,
-    ServerOptions,
+    Channel, ClientOptions, Context, LocalBus, MessageBus, MethodInfo, RpcClient, RpcServer,
+    SelectionOptions, ServerOptions,
 };
+use psrpc_nats::NatsBus;
+use psrpc_redis::RedisBus;
 use tokio::sync::mpsc;
 
 /// Messages generated from `proto/bench.proto` (package `psrpcbench`).
@@ -472,6 +478,238 @@ async fn floor_stream(n: usize, end: Instant, payload: Bytes) -> Stats {
     stats
 }
 
+/// Aborts a task when dropped (stops a floor echo peer and, with it, its
+/// subscription).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A floor channel: the same name as Redis channel and NATS subject, read
+/// directly (no NATS demultiplexing, as for psrpc's client channels).
+fn floor_channel(name: String) -> Channel {
+    Channel {
+        legacy: name.clone(),
+        server: name,
+        local: String::new(),
+    }
+}
+
+/// Stats of a floor that could not even be set up.
+fn failed(e: String) -> Stats {
+    Stats {
+        errors: 1,
+        first_error: Some(e),
+        ..Stats::default()
+    }
+}
+
+/// One ping-pong floor worker on a bus, set up: the client side publishes on
+/// `req` (fanned out by the bus to every echo peer, each on its own
+/// connection) and reads the echoes on `replies`.
+struct BusPingPong {
+    req: Channel,
+    replies: psrpc::bus::Subscription,
+    _echoes: Vec<AbortOnDrop>,
+}
+
+/// Runs `conc` workers of the floor `kind` for `duration` over a bus: a bare
+/// publish/subscribe ping-pong between the `client` connection and echo
+/// peers on their own connections (`peers`, at least the fan-out), through
+/// the psrpc [`MessageBus`] API with no RPC runtime in between. Subscriptions
+/// are set up before the clock starts.
+async fn measure_bus_floor(
+    kind: FloorKind,
+    conc: usize,
+    duration: Duration,
+    payload: Bytes,
+    client: &DynBus,
+    peers: &[DynBus],
+) -> Stats {
+    let tag = psrpc::id::new_id("");
+    match kind {
+        FloorKind::PingPong { fanout, rounds } => {
+            let mut workers = Vec::with_capacity(conc);
+            for w in 0..conc {
+                match bus_pingpong_worker(&tag, w, fanout, client, peers).await {
+                    Ok(wk) => workers.push(wk),
+                    Err(e) => return failed(format!("floor setup: {e}")),
+                }
+            }
+            let start = Instant::now();
+            let end = start + duration;
+            let mut tasks = Vec::with_capacity(conc);
+            for wk in workers {
+                let (client, payload) = (client.clone(), payload.clone());
+                tasks.push(tokio::spawn(bus_pingpong(
+                    wk, client, fanout, rounds, end, payload,
+                )));
+            }
+            let mut stats = Stats::default();
+            for t in tasks {
+                match t.await {
+                    Ok(s) => stats.merge(s),
+                    Err(e) => stats.record(Err(format!("floor worker panicked: {e}"))),
+                }
+            }
+            stats.elapsed = start.elapsed();
+            stats
+        }
+        FloorKind::Stream { n } => {
+            let start = Instant::now();
+            let end = start + duration;
+            let mut tasks = Vec::with_capacity(conc);
+            for w in 0..conc {
+                let (client, peer) = (client.clone(), peers[0].clone());
+                let (payload, tag) = (payload.clone(), tag.clone());
+                tasks.push(tokio::spawn(async move {
+                    bus_stream(&tag, w, client, peer, n, end, payload).await
+                }));
+            }
+            let mut stats = Stats::default();
+            for t in tasks {
+                match t.await {
+                    Ok(s) => stats.merge(s),
+                    Err(e) => stats.record(Err(format!("floor worker panicked: {e}"))),
+                }
+            }
+            stats.elapsed = start.elapsed();
+            stats
+        }
+    }
+}
+
+/// Sets up ping-pong floor worker `w`: its reply subscription on the client
+/// connection and one echo peer per fan-out, each subscribed to the request
+/// channel on its own connection.
+async fn bus_pingpong_worker(
+    tag: &str,
+    w: usize,
+    fanout: usize,
+    client: &DynBus,
+    peers: &[DynBus],
+) -> psrpc::Result<BusPingPong> {
+    let req = floor_channel(format!("psrpc-bench.floor.{tag}.{w}.req"));
+    let rep = floor_channel(format!("psrpc-bench.floor.{tag}.{w}.rep"));
+    let replies = client
+        .subscribe(&rep, psrpc::client::DEFAULT_CHANNEL_SIZE)
+        .await?;
+    let mut echoes = Vec::with_capacity(fanout);
+    for peer in &peers[..fanout] {
+        let mut sub = peer
+            .subscribe(&req, psrpc::client::DEFAULT_CHANNEL_SIZE)
+            .await?;
+        let (peer, rep) = (peer.clone(), rep.clone());
+        echoes.push(AbortOnDrop(tokio::spawn(async move {
+            while let Some(m) = sub.recv().await {
+                if peer.publish(&rep, m).await.is_err() {
+                    break;
+                }
+            }
+        })));
+    }
+    Ok(BusPingPong {
+        req,
+        replies,
+        _echoes: echoes,
+    })
+}
+
+/// One ping-pong floor worker on a bus: `rounds` times, publish the payload
+/// (delivered to `fanout` echo peers) and wait for the `fanout` echoes.
+async fn bus_pingpong(
+    mut wk: BusPingPong,
+    client: DynBus,
+    fanout: usize,
+    rounds: usize,
+    end: Instant,
+    payload: Bytes,
+) -> Stats {
+    let mut stats = Stats::default();
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        let r: Result<(), String> = async {
+            for _ in 0..rounds {
+                client
+                    .publish(&wk.req, payload.clone())
+                    .await
+                    .map_err(|e| format!("floor publish: {e}"))?;
+                for got in 0..fanout {
+                    match tokio::time::timeout(CALL_TIMEOUT, wk.replies.recv()).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Err("floor reply subscription closed".into()),
+                        Err(_) => {
+                            return Err(format!(
+                                "floor: {got} of {fanout} echoes within {CALL_TIMEOUT:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        stats.record(r.map(|()| t0.elapsed()));
+    }
+    stats
+}
+
+/// One burst floor worker on a bus: the peer connection publishes `n`
+/// messages on a channel the client connection subscribed (with the default
+/// subscription buffer size, once, before the clock starts, as the `sub
+/// burst` row's subscription); each delivered message is one operation, its
+/// latency measured from the start of the burst.
+async fn bus_stream(
+    tag: &str,
+    w: usize,
+    client: DynBus,
+    peer: DynBus,
+    n: usize,
+    end: Instant,
+    payload: Bytes,
+) -> Stats {
+    let mut stats = Stats::default();
+    let ch = floor_channel(format!("psrpc-bench.floor.{tag}.{w}.burst"));
+    let mut sub = match client
+        .subscribe(&ch, psrpc::client::DEFAULT_CHANNEL_SIZE)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return failed(format!("floor subscribe: {e}")),
+    };
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        let (peer, p, ch) = (peer.clone(), payload.clone(), ch.clone());
+        let producer = AbortOnDrop(tokio::spawn(async move {
+            for _ in 0..n {
+                if peer.publish(&ch, p.clone()).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        for got in 0..n {
+            match tokio::time::timeout(CALL_TIMEOUT, sub.recv()).await {
+                Ok(Some(_)) => stats.record(Ok(t0.elapsed())),
+                Ok(None) => {
+                    stats.record(Err("floor burst subscription closed".into()));
+                    return stats;
+                }
+                Err(_) => {
+                    stats.record(Err(format!(
+                        "floor burst: {got} of {n} messages, then none within {CALL_TIMEOUT:?}"
+                    )));
+                    break;
+                }
+            }
+        }
+        drop(producer);
+    }
+    stats
+}
+
 // ---------------------------------------------------------------------------
 // The servers
 
@@ -483,7 +721,7 @@ struct BenchServer {
 }
 
 /// Starts server number `i` (0-based) on its own bus handle.
-async fn start_server(bus: LocalBus, i: usize, args: &Args) -> psrpc::Result<BenchServer> {
+async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::Result<BenchServer> {
     let id = format!("{}{i}", args.server_id);
     let bench = RpcServer::new(
         bus.clone(),
@@ -816,11 +1054,16 @@ fn ratio(row: &Stats, floor: &Stats) -> f64 {
     if f > 0.0 { row.ops_per_s() / f } else { 0.0 }
 }
 
-fn print_table(bus: &str, args: &Args, rows: &[Row]) {
+fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
     println!();
+    let servers = if args.mode == Mode::Client {
+        "servers elsewhere".to_owned()
+    } else {
+        format!("{} servers", args.servers)
+    };
     println!(
-        "bus {bus}: {} servers, expect {}, conc {}, payload {} B, {:?} per row (floor: tokio channel, same hops and concurrency, up to {:?})",
-        args.servers, args.expect, args.conc, args.payload, args.duration, MAX_FLOOR_DURATION
+        "bus {bus}: {servers}, expect {}, conc {}, payload {} B, {:?} per row (floor: {floor}, same hops and concurrency, up to {:?})",
+        args.expect, args.conc, args.payload, args.duration, MAX_FLOOR_DURATION
     );
     let header = [
         "row",
@@ -885,20 +1128,16 @@ fn print_table(bus: &str, args: &Args, rows: &[Row]) {
         "hops: unary/topic/affinity 4 (request, claim, claim response, response) = 2 round trips; \
          multi 1+N (request fanned out to N=--expect servers, N responses); \
          sub trigger 6 (4 of the call + event + broadcast) = 3 round trips; \
-         sub burst: one-way channel stream, 1 hop per event, latency from burst start."
+         sub burst: one-way stream of --burst messages, 1 hop per event, latency from burst start."
     );
     println!("ratio = row ops/s / floor ops/s (1.0 = as fast as the bare bus with the same hops).");
     for r in rows {
-        if let Ok((
-            Stats {
-                first_error: Some(e),
-                ..
-            },
-            _,
-            _,
-        )) = &r.result
-        {
+        let Ok((s, f, _)) = &r.result else { continue };
+        if let Some(e) = &s.first_error {
             println!("first error of {:?}: {e}", r.name);
+        }
+        if let Some(e) = &f.first_error {
+            println!("first error of the floor of {:?}: {e}", r.name);
         }
     }
 }
@@ -948,37 +1187,200 @@ fn to_json(bus: &str, rows: &[Row]) -> String {
 
 // ---------------------------------------------------------------------------
 
+/// The bus named by `--bus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BusSpec {
+    Local,
+    Redis(String),
+    Nats(String),
+}
+
+impl BusSpec {
+    fn parse(s: &str) -> Result<BusSpec, String> {
+        let kind = s.split("://").next().unwrap_or_default();
+        match kind {
+            "local" if s == "local" => Ok(BusSpec::Local),
+            "redis" | "rediss" if s.contains("://") => Ok(BusSpec::Redis(s.to_owned())),
+            "nats" | "tls" if s.contains("://") => Ok(BusSpec::Nats(s.to_owned())),
+            _ => Err(format!(
+                "unknown bus {s:?} (local, redis://HOST:PORT, nats://HOST:PORT)"
+            )),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            BusSpec::Local => "local",
+            BusSpec::Redis(_) => "redis",
+            BusSpec::Nats(_) => "nats",
+        }
+    }
+}
+
+/// One connection to the bus (for `local`, a handle on the one in-process bus).
+#[derive(Clone)]
+enum Conn {
+    Local(LocalBus),
+    Redis(RedisBus),
+    Nats(NatsBus),
+}
+
+impl Conn {
+    fn bus(&self) -> DynBus {
+        match self {
+            Conn::Local(b) => Arc::new(b.clone()),
+            Conn::Redis(b) => Arc::new(b.clone()),
+            Conn::Nats(b) => Arc::new(b.clone()),
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        match self {
+            Conn::Local(b) => b.dropped(),
+            Conn::Redis(b) => b.dropped(),
+            Conn::Nats(b) => b.dropped(),
+        }
+    }
+}
+
+/// Opens bus connections and remembers them for the drop count at the end.
+struct Connector {
+    spec: BusSpec,
+    local: LocalBus,
+    conns: Vec<Conn>,
+}
+
+impl Connector {
+    fn new(spec: BusSpec) -> Self {
+        Connector {
+            spec,
+            local: LocalBus::new(),
+            conns: Vec::new(),
+        }
+    }
+
+    /// A new connection of its own (on `local`, a handle on the shared bus).
+    async fn connect(&mut self, who: &str) -> Result<DynBus, String> {
+        let conn = match &self.spec {
+            BusSpec::Local => Conn::Local(self.local.clone()),
+            BusSpec::Redis(url) => Conn::Redis(
+                RedisBus::connect(url)
+                    .await
+                    .map_err(|e| format!("{who}: connecting to redis: {e}"))?,
+            ),
+            BusSpec::Nats(url) => Conn::Nats(
+                NatsBus::connect(url)
+                    .await
+                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?,
+            ),
+        };
+        let bus = conn.bus();
+        self.conns.push(conn);
+        Ok(bus)
+    }
+
+    /// Deliveries dropped for slow consumers, over every connection.
+    fn dropped(&self) -> u64 {
+        match self.spec {
+            // Every handle counts the one shared bus.
+            BusSpec::Local => self.local.dropped(),
+            _ => self.conns.iter().map(Conn::dropped).sum(),
+        }
+    }
+
+    /// What the floor of this bus is.
+    fn floor_desc(&self) -> String {
+        match self.spec {
+            BusSpec::Local => "tokio channel".into(),
+            _ => format!(
+                "bare {} publish/subscribe ping-pong between separate connections",
+                self.spec.kind()
+            ),
+        }
+    }
+}
+
 /// Measures floors once per (kind, concurrency) and reuses them.
 struct Floors {
     cache: HashMap<(FloorKind, usize), Arc<Stats>>,
     duration: Duration,
     payload: Bytes,
+    /// For a network bus: the floor's client connection and its echo peers'
+    /// connections (opened on first use); `None` on the local bus.
+    bus: Option<(DynBus, Vec<DynBus>)>,
 }
 
 impl Floors {
-    async fn get(&mut self, kind: FloorKind, conc: usize) -> Arc<Stats> {
+    async fn get(
+        &mut self,
+        kind: FloorKind,
+        conc: usize,
+        connector: &mut Connector,
+    ) -> Result<Arc<Stats>, String> {
         if let Some(s) = self.cache.get(&(kind, conc)) {
-            return s.clone();
+            return Ok(s.clone());
         }
-        let s = Arc::new(measure_floor(kind, conc, self.duration, self.payload.clone()).await);
+        let stats = if connector.spec == BusSpec::Local {
+            measure_floor(kind, conc, self.duration, self.payload.clone()).await
+        } else {
+            let peers_needed = match kind {
+                FloorKind::PingPong { fanout, .. } => fanout.max(1),
+                FloorKind::Stream { .. } => 1,
+            };
+            if self.bus.is_none() {
+                self.bus = Some((connector.connect("floor client").await?, Vec::new()));
+            }
+            let Some((client, peers)) = &mut self.bus else {
+                unreachable!("set above")
+            };
+            while peers.len() < peers_needed {
+                peers.push(connector.connect("floor peer").await?);
+            }
+            measure_bus_floor(
+                kind,
+                conc,
+                self.duration,
+                self.payload.clone(),
+                client,
+                peers,
+            )
+            .await
+        };
+        let s = Arc::new(stats);
         self.cache.insert((kind, conc), s.clone());
-        s
+        Ok(s)
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let bus_name = args.bus.clone();
-    let bus = LocalBus::new();
-    let payload = Bytes::from(vec![0x5a_u8; args.payload]);
-
+/// Starts servers `0..args.servers`, each on its own bus connection, as
+/// separate processes would.
+async fn start_servers(connector: &mut Connector, args: &Args) -> Result<Vec<BenchServer>, String> {
     let mut servers = Vec::new();
     for i in 0..args.servers {
-        // Every server gets its own bus handle, as separate processes would.
-        let s = start_server(bus.clone(), i, &args)
+        let bus = connector.connect(&format!("server {i}")).await?;
+        let s = start_server(bus, i, args)
             .await
             .map_err(|e| format!("starting server {i}: {e}"))?;
         servers.push(s);
     }
+    Ok(servers)
+}
+
+/// Shuts every server down gracefully (in-flight handlers finish).
+async fn shutdown_servers(servers: &[BenchServer]) {
+    futures::future::join_all(servers.iter().map(|s| async move {
+        s.bench.shutdown().await;
+        s.events.shutdown().await;
+    }))
+    .await;
+}
+
+/// Runs every client row on one client connection and returns the rows.
+async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>, String> {
+    let payload = Bytes::from(vec![0x5a_u8; args.payload]);
+    // The client gets its own connection, shared by its two service clients
+    // as in one client process.
+    let bus = connector.connect("client").await?;
     let client = RpcClient::new(
         bus.clone(),
         "Bench",
@@ -987,7 +1389,7 @@ async fn run(args: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("client: {e}"))?;
     let events_client = RpcClient::new(
-        bus.clone(),
+        bus,
         "BenchEvents",
         ClientOptions::default().client_id(&args.client_id),
     )
@@ -1003,6 +1405,7 @@ async fn run(args: Args) -> Result<(), String> {
         cache: HashMap::new(),
         duration: args.duration.min(MAX_FLOOR_DURATION),
         payload,
+        bus: None,
     };
 
     let d = args.duration;
@@ -1036,8 +1439,15 @@ async fn run(args: Args) -> Result<(), String> {
     for (name, op, c, kind) in plan {
         eprintln!("running {name} ...");
         let s = run_op(&bench, op, c, d).await;
-        let f = floors.get(kind, c).await;
-        eprintln!("  done: {} ops, {} errors, rss {}", s.n, s.errors, rss());
+        let f = floors.get(kind, c, connector).await?;
+        eprintln!(
+            "  done: {} ops, {} errors (floor {} ops, {} errors), rss {}",
+            s.n,
+            s.errors,
+            f.n,
+            f.errors,
+            rss()
+        );
         rows.push(Row {
             name,
             result: Ok((s, (*f).clone(), kind)),
@@ -1067,7 +1477,11 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("running sub trigger->event+bcast seq ...");
         let s = run_sub_trigger(&client, &mut events, &mut bcast, &args.topic, d).await;
         let kind = pp(1, 3);
-        let f = floors.get(kind, 1).await;
+        let f = floors.get(kind, 1, connector).await?;
+        eprintln!(
+            "  done: {} ops, {} errors (floor {} ops, {} errors)",
+            s.n, s.errors, f.n, f.errors
+        );
         rows.push(Row {
             name: "sub trigger->event+bcast seq",
             result: Ok((s, (*f).clone(), kind)),
@@ -1075,7 +1489,11 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("running sub burst ...");
         let s = run_sub_burst(&client, &mut events, args.burst, d).await;
         let kind = FloorKind::Stream { n: args.burst };
-        let f = floors.get(kind, 1).await;
+        let f = floors.get(kind, 1, connector).await?;
+        eprintln!(
+            "  done: {} ops, {} errors (floor {} ops, {} errors)",
+            s.n, s.errors, f.n, f.errors
+        );
         rows.push(Row {
             name: "sub burst",
             result: Ok((s, (*f).clone(), kind)),
@@ -1084,25 +1502,92 @@ async fn run(args: Args) -> Result<(), String> {
 
     client.close();
     events_client.close();
-    for s in &servers {
-        s.bench.shutdown().await;
-        s.events.shutdown().await;
-    }
+    Ok(rows)
+}
 
-    print_table(&bus_name, &args, &rows);
+/// Prints the table (and writes the JSON) of a client run.
+fn report(args: &Args, connector: &Connector, rows: &[Row]) -> Result<(), String> {
+    print_table(&args.bus, &connector.floor_desc(), args, rows);
     println!("rss at end: {}", rss());
-    if bus.dropped() > 0 {
+    let dropped = connector.dropped();
+    if dropped > 0 {
         println!(
-            "local bus dropped {} deliveries (slow consumers)",
-            bus.dropped()
+            "{} bus dropped {dropped} deliveries (slow consumers)",
+            connector.spec.kind()
         );
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, to_json(&bus_name, &rows))
+        std::fs::write(path, to_json(&args.bus, rows))
             .map_err(|e| format!("writing {path}: {e}"))?;
         println!("json written to {path} (skipped rows left out)");
     }
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; the name of the signal.
+async fn wait_for_signal() -> Result<&'static str, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("Ctrl-C handler: {e}"))?;
+        Ok("Ctrl-C")
+    }
+}
+
+async fn run(args: Args, spec: BusSpec) -> Result<(), String> {
+    let mut connector = Connector::new(spec);
+    match args.mode {
+        Mode::All => {
+            let servers = start_servers(&mut connector, &args).await?;
+            let rows = client_rows(&args, &mut connector).await;
+            shutdown_servers(&servers).await;
+            report(&args, &connector, &rows?)
+        }
+        Mode::Client => {
+            let rows = client_rows(&args, &mut connector).await?;
+            report(&args, &connector, &rows)
+        }
+        Mode::Server => {
+            let servers = start_servers(&mut connector, &args).await?;
+            println!(
+                "serving: {} servers ({}0..{}{}) on {}, topic {:?}; SIGTERM or SIGINT to stop",
+                args.servers,
+                args.server_id,
+                args.server_id,
+                args.servers - 1,
+                args.bus,
+                args.topic
+            );
+            // Should the handlers fail to register, shut down at once
+            // (and say why) rather than serve with no way to stop cleanly.
+            let sig = wait_for_signal().await;
+            match &sig {
+                Ok(s) => eprintln!("{s}: shutting down gracefully ..."),
+                Err(e) => eprintln!("psrpc-bench: {e}; shutting down"),
+            }
+            shutdown_servers(&servers).await;
+            let dropped = connector.dropped();
+            println!(
+                "servers stopped; {} bus dropped {dropped} deliveries (slow consumers); rss {}",
+                connector.spec.kind(),
+                rss()
+            );
+            sig.map(|_| ())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -1117,21 +1602,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.bus != "local" {
-        let kind = args.bus.split("://").next().unwrap_or_default();
-        if kind == "redis" || kind == "nats" {
-            eprintln!(
-                "psrpc-bench: the {kind} bus is not built yet (only --bus local is supported)"
-            );
-        } else {
-            eprintln!(
-                "psrpc-bench: unknown bus {:?} (local, redis://HOST:PORT, nats://HOST:PORT)",
-                args.bus
-            );
+    let spec = match BusSpec::parse(&args.bus) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("psrpc-bench: {e}");
+            return ExitCode::from(2);
         }
-        return ExitCode::from(2);
-    }
-    if args.mode != Mode::All {
+    };
+    if spec == BusSpec::Local && args.mode != Mode::All {
         eprintln!(
             "psrpc-bench: --mode {} makes no sense with --bus local (the local bus lives in one process); use --mode all",
             if args.mode == Mode::Server {
@@ -1142,15 +1620,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if args.expect > args.servers {
+    if args.mode == Mode::All && args.expect > args.servers {
         eprintln!(
             "psrpc-bench: --expect {} exceeds --servers {} in all mode",
             args.expect, args.servers
         );
         return ExitCode::from(2);
     }
-    if args.servers == 0 {
-        eprintln!("psrpc-bench: --servers must be at least 1 in all mode");
+    if args.mode != Mode::Client && args.servers == 0 {
+        eprintln!("psrpc-bench: --servers must be at least 1 in all and server modes");
+        return ExitCode::from(2);
+    }
+    if args.mode == Mode::Client && args.expect == 0 && args.tests.iter().any(|t| t == "multi") {
+        eprintln!("psrpc-bench: --expect must be at least 1 for the multi rows");
         return ExitCode::from(2);
     }
 
@@ -1165,7 +1647,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = rt.block_on(run(args));
+    let r = rt.block_on(run(args, spec));
     drop(rt);
     match r {
         Ok(()) => ExitCode::SUCCESS,
