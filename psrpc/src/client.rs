@@ -199,22 +199,12 @@ impl RpcClient {
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
-        let on_response: crate::bus::Handler = {
-            let shared = shared.clone();
-            Arc::new(move |b| {
-                route::<Response>(&shared, b, |r| {
-                    (r.request_id.clone(), Incoming::Response(Box::new(r)))
-                })
-            })
-        };
-        let on_claim: crate::bus::Handler = {
-            let shared = shared.clone();
-            Arc::new(move |b| {
-                route::<ClaimRequest>(&shared, b, |c| {
-                    (c.request_id.clone(), Incoming::Claim(Box::new(c)))
-                })
-            })
-        };
+        let on_response = router::<Response>(&shared, |r| {
+            (r.request_id.clone(), Incoming::Response(Box::new(r)))
+        });
+        let on_claim = router::<ClaimRequest>(&shared, |c| {
+            (c.request_id.clone(), Incoming::Claim(Box::new(c)))
+        });
         let subs = vec![
             bus.subscribe_handler(
                 &channels::response_channel(&service, &id),
@@ -593,6 +583,15 @@ impl Drop for PendingGuard {
 /// Rebuilds the error a server sent in a `Response` (WIRE.md 12.3).
 pub(crate) fn response_error(r: Response) -> Error {
     Error::from_wire(&r.code, r.error, r.error_details)
+}
+
+/// A handler that routes every message of a client channel to its pending call.
+fn router<M: wire::Envelope + 'static>(
+    shared: &Arc<Shared>,
+    to_event: fn(M) -> (String, Incoming),
+) -> crate::bus::Handler {
+    let shared = shared.clone();
+    Arc::new(move |b| route::<M>(&shared, b, to_event))
 }
 
 /// Routes one message of a client channel to its pending call.
