@@ -394,14 +394,7 @@ async fn measure_floor(kind: FloorKind, conc: usize, duration: Duration, payload
             }
         }));
     }
-    let mut stats = Stats::default();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            stats.merge(s);
-        }
-    }
-    stats.elapsed = start.elapsed();
-    stats
+    join_workers(tasks, start, "floor").await
 }
 
 /// One floor worker: `fanout` echo peer tasks on their own channels, replies
@@ -548,15 +541,7 @@ async fn measure_bus_floor(
                     wk, client, fanout, rounds, end, payload,
                 )));
             }
-            let mut stats = Stats::default();
-            for t in tasks {
-                match t.await {
-                    Ok(s) => stats.merge(s),
-                    Err(e) => stats.record(Err(format!("floor worker panicked: {e}"))),
-                }
-            }
-            stats.elapsed = start.elapsed();
-            stats
+            join_workers(tasks, start, "floor").await
         }
         FloorKind::Stream { n } => {
             let start = Instant::now();
@@ -569,15 +554,7 @@ async fn measure_bus_floor(
                     bus_stream(&tag, w, client, peer, n, end, payload).await
                 }));
             }
-            let mut stats = Stats::default();
-            for t in tasks {
-                match t.await {
-                    Ok(s) => stats.merge(s),
-                    Err(e) => stats.record(Err(format!("floor worker panicked: {e}"))),
-                }
-            }
-            stats.elapsed = start.elapsed();
-            stats
+            join_workers(tasks, start, "floor").await
         }
     }
 }
@@ -903,15 +880,7 @@ async fn run_op(bench: &Arc<Bench>, op: Op, conc: usize, duration: Duration) -> 
             stats
         }));
     }
-    let mut stats = Stats::default();
-    for t in tasks {
-        match t.await {
-            Ok(s) => stats.merge(s),
-            Err(e) => stats.record(Err(format!("worker panicked: {e}"))),
-        }
-    }
-    stats.elapsed = start.elapsed();
-    stats
+    join_workers(tasks, start, "row").await
 }
 
 /// Reads nothing that is already buffered: drops stale updates.
@@ -1656,4 +1625,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Waits for every worker of a measurement and merges their figures; a
+/// worker that panicked counts as an error.
+async fn join_workers(
+    tasks: Vec<tokio::task::JoinHandle<Stats>>,
+    start: Instant,
+    what: &str,
+) -> Stats {
+    let mut stats = Stats::default();
+    for t in tasks {
+        match t.await {
+            Ok(s) => stats.merge(s),
+            Err(e) => stats.record(Err(format!("{what} worker panicked: {e}"))),
+        }
+    }
+    stats.elapsed = start.elapsed();
+    stats
 }

@@ -251,16 +251,7 @@ impl NatsBus {
     /// message is dropped for it (default 100 ms). Resets the routers, so
     /// call it before subscribing.
     pub fn with_slow_consumer_timeout(mut self, timeout: Duration) -> NatsBus {
-        self.state = Arc::new(State {
-            client: self.client.clone(),
-            create: tokio::sync::Mutex::new(()),
-            routers: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            dropped: AtomicU64::new(self.dropped()),
-            slow_timeout: timeout,
-            redeliveries: self.state.redeliveries,
-            bounces: Mutex::new(HashMap::new()),
-        });
+        self.state = self.fresh_state(timeout, self.state.redeliveries);
         self
     }
 
@@ -269,17 +260,22 @@ impl NatsBus {
     /// 0 drops at once, as Go does). Resets the routers, so call it before
     /// subscribing.
     pub fn with_queue_redeliveries(mut self, n: u32) -> NatsBus {
-        self.state = Arc::new(State {
+        self.state = self.fresh_state(self.state.slow_timeout, n);
+        self
+    }
+
+    /// New bus state with these settings: no routers yet, the drop count kept.
+    fn fresh_state(&self, slow_timeout: Duration, redeliveries: u32) -> Arc<State> {
+        Arc::new(State {
             client: self.client.clone(),
             create: tokio::sync::Mutex::new(()),
             routers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(self.dropped()),
-            slow_timeout: self.state.slow_timeout,
-            redeliveries: n,
+            slow_timeout,
+            redeliveries,
             bounces: Mutex::new(HashMap::new()),
-        });
-        self
+        })
     }
 
     /// The subject prefix (empty for none).

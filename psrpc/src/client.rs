@@ -465,10 +465,7 @@ impl RpcClient {
         let chans = self.method_channels(method, topic);
         self.publish(&chans.request, &req).await?;
 
-        let mut deadline = Instant::now() + t;
-        if let Some(d) = opts.context.deadline() {
-            deadline = deadline.min(Instant::from_std(d));
-        }
+        let deadline = call_deadline(t, opts);
         let cancel = opts.context.cancel_token();
 
         if method.require_claim {
@@ -544,10 +541,7 @@ impl RpcClient {
             .await?;
         // Quirk Q16: the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
-        let mut deadline = Instant::now() + t;
-        if let Some(d) = opts.context.deadline() {
-            deadline = deadline.min(Instant::from_std(d));
-        }
+        let deadline = call_deadline(t, opts);
         let cancel = opts.context.cancel_token().cloned();
         Ok(RawMultiResponses {
             rx,
@@ -561,6 +555,15 @@ impl RpcClient {
             done: false,
         })
     }
+}
+
+/// When a call sent now with timeout `t` ends: `t` from now, or the caller's
+/// deadline if that is earlier.
+fn call_deadline(t: Duration, opts: &CallOptions) -> Instant {
+    let deadline = Instant::now() + t;
+    opts.context
+        .deadline()
+        .map_or(deadline, |d| deadline.min(Instant::from_std(d)))
 }
 
 /// Removes a pending call from the table when the call ends.

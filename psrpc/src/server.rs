@@ -583,18 +583,17 @@ where
         match result {
             Ok(res) => r.raw_response = Bytes::from(res.encode_to_vec()),
             Err(e) => {
-                // An empty message would read as success on the wire (Q7).
+                // An error never travels as code "" (that reads as no code),
+                // nor with an empty message (that reads as success, Q7).
+                let code = match e.code() {
+                    ErrorCode::Ok => &ErrorCode::Unknown,
+                    c => c,
+                };
+                r.code = code.as_str().to_owned();
                 r.error = if e.message().is_empty() {
-                    match e.code() {
-                        ErrorCode::Ok => "unknown error".to_owned(),
-                        c => c.as_str().to_owned(),
-                    }
+                    r.code.clone()
                 } else {
                     e.message().to_owned()
-                };
-                r.code = match e.code() {
-                    ErrorCode::Ok => ErrorCode::Unknown.as_str().to_owned(),
-                    c => c.as_str().to_owned(),
                 };
                 r.error_details = e.details().to_vec();
             }
