@@ -9,6 +9,8 @@ pub mod id;
 pub mod info;
 pub mod select;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use bus::{Channel, LocalBus, MessageBus};
