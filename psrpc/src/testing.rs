@@ -23,9 +23,10 @@
 //!
 //! // The client also loses what it receives while `loss` says so.
 //! let loss = Arc::new(FailureRate::new(0.0));
-//! let client_bus = UnreliableBus::new(LaggyBus::new(local.clone(), "client", latency), loss.clone());
+//! let client_bus = LaggyBus::new(local.clone(), "client", latency);
+//! let client_bus = UnreliableBus::new(client_bus, loss.clone());
 //! let client = RpcClient::new(client_bus, "my_service", ClientOptions::default()).await?;
-//! loss.set(1.0); // an outage: every call now fails with `unavailable`
+//! loss.set(1.0); // an outage: calls now fail (`unavailable` when no server claims them)
 //! loss.set(0.0); // and recovery
 //!
 //! // Or intercept by hand: drop every message published on one channel.
@@ -71,9 +72,7 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::bus::{
-    Channel, DynBus, Handler, HandlerSubscription, MessageBus, Subscription,
-};
+use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, Subscription};
 use crate::error::Result;
 
 pub use laggy::{LAGGY_TYPE_URL, LaggyBus, LaggyMessage, LatencyFn};
@@ -225,7 +224,12 @@ impl TestBus {
         Ok(raw)
     }
 
-    async fn subscribe_as(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+    async fn subscribe_as(
+        &self,
+        channel: &Channel,
+        size: usize,
+        queue: bool,
+    ) -> Result<Subscription> {
         let mut raw = self.intercepted(channel, size, queue).await?;
         let (tx, rx) = mpsc::channel(size.max(1));
         let task = tokio::spawn(async move {
@@ -367,7 +371,9 @@ macro_rules! delegate_bus {
                 queue: bool,
                 handler: $crate::bus::Handler,
             ) -> $crate::Result<$crate::bus::HandlerSubscription> {
-                self.0.subscribe_handler(channel, size, queue, handler).await
+                self.0
+                    .subscribe_handler(channel, size, queue, handler)
+                    .await
             }
         }
     };

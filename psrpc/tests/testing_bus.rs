@@ -9,9 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use psrpc::bus::{Channel, Handler, Subscription};
-use psrpc::testing::{
-    FailureRate, LAGGY_TYPE_URL, LaggyBus, LaggyMessage, TestBus, UnreliableBus,
-};
+use psrpc::testing::{FailureRate, LAGGY_TYPE_URL, LaggyBus, LaggyMessage, TestBus, UnreliableBus};
 use psrpc::{LocalBus, MessageBus, wire};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -182,7 +180,10 @@ async fn subscribe_interceptor_drops_and_reorders() {
     for n in [1, 0, 2, 3, 0, 4] {
         local.publish(&ch, msg(n)).await.unwrap();
     }
-    assert_eq!(drain(&mut sub, Duration::from_millis(50)).await, [2, 1, 4, 3]);
+    assert_eq!(
+        drain(&mut sub, Duration::from_millis(50)).await,
+        [2, 1, 4, 3]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,7 +212,9 @@ async fn subscribe_interceptor_sees_every_kind_of_subscription() {
     let bus = TestBus::new(local.clone()).subscribe_interceptor({
         let seen = seen.clone();
         move |info, raw| {
-            seen.lock().unwrap().push((info.channel.legacy.clone(), info.queue));
+            seen.lock()
+                .unwrap()
+                .push((info.channel.legacy.clone(), info.queue));
             raw.map(|m| msg(num(&m) + 1)).boxed()
         }
     });
@@ -253,7 +256,10 @@ async fn ending_stream_closes_and_closing_unsubscribes() {
     for n in 0..4 {
         local.publish(&q, msg(n)).await.unwrap();
     }
-    assert_eq!(drain(&mut plain, Duration::from_millis(50)).await, [0, 1, 2, 3]);
+    assert_eq!(
+        drain(&mut plain, Duration::from_millis(50)).await,
+        [0, 1, 2, 3]
+    );
 }
 
 // ----------------------------------------------------------------- LaggyBus
@@ -456,7 +462,10 @@ async fn unreliable_rate_changes_while_running() {
             count.fetch_add(1, Ordering::SeqCst);
         })
     };
-    let _h = bus.subscribe_handler(&ch, 256, true, handler).await.unwrap();
+    let _h = bus
+        .subscribe_handler(&ch, 256, true, handler)
+        .await
+        .unwrap();
 
     publish_all(&local, &ch, 0..50).await;
     nothing_within(&mut sub, Duration::from_millis(100)).await;

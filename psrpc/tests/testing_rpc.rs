@@ -100,7 +100,10 @@ async fn unary_call_takes_the_link_latency() {
 
     // One round trip without the claim.
     let start = Instant::now();
-    assert_eq!(call(&client, &ECHO_NO_CLAIM, "ho").await.unwrap(), "echo ho");
+    assert_eq!(
+        call(&client, &ECHO_NO_CLAIM, "ho").await.unwrap(),
+        "echo ho"
+    );
     let took = start.elapsed();
     assert!(
         took >= Duration::from_millis(79) && took < Duration::from_millis(1_000),

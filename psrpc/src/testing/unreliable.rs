@@ -59,7 +59,11 @@ impl UnreliableBus {
     /// Wraps `bus`: subscriptions to the channel whose Legacy name is
     /// `channel` lose messages at `rate`, others none. An empty `channel`
     /// means every channel.
-    pub fn for_channel(bus: impl MessageBus, rate: Arc<FailureRate>, channel: impl Into<String>) -> Self {
+    pub fn for_channel(
+        bus: impl MessageBus,
+        rate: Arc<FailureRate>,
+        channel: impl Into<String>,
+    ) -> Self {
         UnreliableBus(TestBus::new(bus).unreliable_channel(rate, channel))
     }
 }
