@@ -11,6 +11,8 @@ pub mod interceptor;
 pub mod select;
 pub mod server;
 pub mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use bus::{Channel, LocalBus, MessageBus};
