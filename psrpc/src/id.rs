@@ -35,7 +35,7 @@ thread_local! {
 /// The next number of a per-thread wyrand generator: fast, not for secrets.
 /// Ids only need to be unique; 62^12 (about 3 * 10^21) makes a collision
 /// practically impossible.
-fn next_u64() -> u64 {
+pub(crate) fn next_u64() -> u64 {
     STATE.with(|s| {
         let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
         s.set(x);

@@ -123,6 +123,7 @@ pub struct Context {
     cancel: Option<CancellationToken>,
     header: Option<Arc<IncomingHeader>>,
     info: Option<Arc<RpcInfo>>,
+    traceparent: Option<Arc<str>>,
 }
 
 impl Context {
@@ -192,6 +193,19 @@ impl Context {
     pub fn metadata(&self) -> &Metadata {
         static EMPTY: Metadata = BTreeMap::new();
         self.header.as_ref().map_or(&EMPTY, |h| &h.metadata)
+    }
+
+    /// This context as part of the W3C trace `traceparent` (a header value
+    /// such as `00-<trace id>-<span id>-01`): calls made with it continue
+    /// that trace. The tracing middleware sets it in the handlers it wraps.
+    pub fn with_traceparent(mut self, traceparent: impl Into<Arc<str>>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The W3C `traceparent` of the span this context belongs to, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// In a handler: the call being served.

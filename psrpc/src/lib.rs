@@ -8,6 +8,7 @@ pub mod error;
 pub mod id;
 pub mod info;
 pub mod interceptor;
+pub mod middleware;
 pub mod select;
 pub mod server;
 pub mod stream;

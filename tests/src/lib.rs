@@ -12,6 +12,7 @@ use std::time::Duration;
 use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo};
 
+pub mod middleware;
 pub mod streams;
 pub mod suite;
 
@@ -179,6 +180,15 @@ macro_rules! conformance {
             stream_metadata_and_header,
             stream_malformed_message_closes,
             stream_many_concurrent,
+            interceptors_server_order_and_recovery,
+            interceptors_client_order,
+            interceptors_multi_order,
+            interceptors_modify_and_short_circuit,
+            middleware_retry_bound,
+            middleware_metrics_labels,
+            middleware_trace_crosses_call,
+            stream_over_laggy_bus,
+            stream_over_unreliable_bus,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -18,6 +18,7 @@ use psrpc::{
     RpcClient, RpcServer, SelectionOptions, ServerOptions,
 };
 
+pub use crate::middleware::*;
 use crate::my_service::*;
 pub use crate::streams::*;
 use crate::{BusFactory, MyRequest, MyResponse, MyUpdate, Num};

@@ -1,0 +1,427 @@
+//! Call metrics: counts, latencies and sizes per service, method and
+//! outcome, on the client and the server side.
+//!
+//! The middleware reports to a [`MetricsObserver`] (Go's observer
+//! interface, with named byte counts: `request_bytes` is always the request's
+//! encoded size and `response_bytes` the response's, on both sides, so they
+//! are never swapped as in Go's client, quirk Q10). With the `metrics` cargo
+//! feature (on by default), [`MetricsFacade`] reports through the
+//! [`metrics`](https://docs.rs/metrics) facade crate, so any exporter
+//! (Prometheus, StatsD, ...) the application installs receives them:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `psrpc_requests_total` | counter | role, service, method, outcome (`ok` or the error code) |
+//! | `psrpc_request_duration_seconds` | histogram | role, service, method |
+//! | `psrpc_request_bytes`, `psrpc_response_bytes` | histogram | role, service, method |
+//! | `psrpc_multi_responses_total`, `psrpc_multi_errors_total` | counter | role, service, method |
+//! | `psrpc_stream_opens_total`, `psrpc_stream_closes_total` | counter | role, service, method |
+//! | `psrpc_stream_messages_total` | counter | role, service, method, direction (`send`/`recv`), outcome |
+//! | `psrpc_stream_message_bytes` | histogram | role, service, method, direction |
+//! | `psrpc_stream_send_duration_seconds` | histogram | role, service, method |
+//!
+//! Topics are not labels: they are often per-entity and would make the
+//! series unbounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::client::{CallOptions, ClientOptions};
+use crate::error::{Error, Result};
+use crate::info::{BoxMessage, Context, DynMessage, RpcInfo};
+use crate::interceptor::{
+    ClientInterceptor, ClientNext, MultiCallInterceptor, MultiInterceptor, MultiSendNext, Role,
+    ServerInterceptor, ServerNext, StreamInterceptor, StreamSendNext,
+};
+use crate::server::ServerOptions;
+
+/// Receives the measurements of calls (all calls are synchronous, made on
+/// the call's task: keep them quick).
+pub trait MetricsObserver: Send + Sync + 'static {
+    /// One unary call ended (client), or one unary request was served (server).
+    fn on_unary_request(
+        &self,
+        role: Role,
+        info: &RpcInfo,
+        duration: Duration,
+        error: Option<&Error>,
+        request_bytes: usize,
+        response_bytes: usize,
+    );
+    /// One multi call ended (client: every response counted; server: one
+    /// request served, with one response or one error).
+    #[allow(clippy::too_many_arguments)]
+    fn on_multi_request(
+        &self,
+        role: Role,
+        info: &RpcInfo,
+        duration: Duration,
+        responses: usize,
+        errors: usize,
+        request_bytes: usize,
+        response_bytes: usize,
+    );
+    /// One stream send ended.
+    fn on_stream_send(
+        &self,
+        role: Role,
+        info: &RpcInfo,
+        duration: Duration,
+        error: Option<&Error>,
+        bytes: usize,
+    );
+    /// One stream message arrived (before it is delivered).
+    fn on_stream_recv(&self, role: Role, info: &RpcInfo, bytes: usize);
+    /// A stream was opened (client) or accepted (server).
+    fn on_stream_open(&self, role: Role, info: &RpcInfo);
+    /// A stream was closed locally (once; remote closes are not reported).
+    fn on_stream_close(&self, role: Role, info: &RpcInfo);
+}
+
+/// The metrics interceptor of one side, for every call kind.
+#[derive(Clone)]
+pub struct Metrics {
+    role: Role,
+    observer: Arc<dyn MetricsObserver>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("role", &self.role).finish()
+    }
+}
+
+impl Metrics {
+    /// Reports the calls of `role` to `observer`.
+    pub fn new(role: Role, observer: Arc<dyn MetricsObserver>) -> Self {
+        Metrics { role, observer }
+    }
+}
+
+impl ServerInterceptor for Metrics {
+    fn intercept<'a>(
+        &'a self,
+        ctx: Context,
+        req: BoxMessage,
+        next: ServerNext,
+    ) -> BoxFuture<'a, Result<BoxMessage>> {
+        Box::pin(async move {
+            let info = ctx.info().cloned().unwrap_or_default();
+            let request_bytes = req.encoded_size();
+            let start = Instant::now();
+            let res = next.run(ctx, req).await;
+            let response_bytes = res.as_ref().map_or(0, |r| r.encoded_size());
+            if info.multi {
+                let (ok, err) = if res.is_ok() { (1, 0) } else { (0, 1) };
+                self.observer.on_multi_request(
+                    self.role,
+                    &info,
+                    start.elapsed(),
+                    ok,
+                    err,
+                    request_bytes,
+                    response_bytes,
+                );
+            } else {
+                self.observer.on_unary_request(
+                    self.role,
+                    &info,
+                    start.elapsed(),
+                    res.as_ref().err(),
+                    request_bytes,
+                    response_bytes,
+                );
+            }
+            res
+        })
+    }
+}
+
+impl ClientInterceptor for Metrics {
+    fn intercept<'a>(
+        &'a self,
+        req: BoxMessage,
+        opts: CallOptions,
+        next: ClientNext,
+    ) -> BoxFuture<'a, Result<BoxMessage>> {
+        Box::pin(async move {
+            let info = next.info().clone();
+            let request_bytes = req.encoded_size();
+            let start = Instant::now();
+            let res = next.run(req, opts).await;
+            self.observer.on_unary_request(
+                self.role,
+                &info,
+                start.elapsed(),
+                res.as_ref().err(),
+                request_bytes,
+                res.as_ref().map_or(0, |r| r.encoded_size()),
+            );
+            res
+        })
+    }
+}
+
+/// One multi call's counts.
+struct MultiCall {
+    m: Metrics,
+    info: RpcInfo,
+    start: Instant,
+    request_bytes: usize,
+    responses: usize,
+    errors: usize,
+    response_bytes: usize,
+}
+
+impl MultiInterceptor for Metrics {
+    fn begin(&self, info: &RpcInfo) -> Box<dyn MultiCallInterceptor> {
+        Box::new(MultiCall {
+            m: self.clone(),
+            info: info.clone(),
+            start: Instant::now(),
+            request_bytes: 0,
+            responses: 0,
+            errors: 0,
+            response_bytes: 0,
+        })
+    }
+}
+
+impl MultiCallInterceptor for MultiCall {
+    fn send<'a>(
+        &'a mut self,
+        req: BoxMessage,
+        opts: CallOptions,
+        next: MultiSendNext<'a>,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.request_bytes = req.encoded_size();
+        self.start = Instant::now();
+        next.run(req, opts)
+    }
+
+    fn recv(&mut self, item: Result<BoxMessage>, next: &mut dyn FnMut(Result<BoxMessage>)) {
+        match &item {
+            Ok(r) => {
+                self.responses += 1;
+                self.response_bytes += r.encoded_size();
+            }
+            Err(_) => self.errors += 1,
+        }
+        next(item)
+    }
+
+    fn close(&mut self) {
+        self.m.observer.on_multi_request(
+            self.m.role,
+            &self.info,
+            self.start.elapsed(),
+            self.responses,
+            self.errors,
+            self.request_bytes,
+            self.response_bytes,
+        );
+    }
+}
+
+impl StreamInterceptor for Metrics {
+    fn open(&self, info: &RpcInfo) {
+        self.observer.on_stream_open(self.role, info);
+    }
+
+    fn send<'a>(
+        &'a self,
+        info: &'a RpcInfo,
+        msg: BoxMessage,
+        timeout: Option<Duration>,
+        next: StreamSendNext,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let bytes = msg.encoded_size();
+            let start = Instant::now();
+            let res = next.run(msg, timeout).await;
+            self.observer.on_stream_send(
+                self.role,
+                info,
+                start.elapsed(),
+                res.as_ref().err(),
+                bytes,
+            );
+            res
+        })
+    }
+
+    fn recv(&self, info: &RpcInfo, msg: &dyn DynMessage) -> Result<()> {
+        self.observer
+            .on_stream_recv(self.role, info, msg.encoded_size());
+        Ok(())
+    }
+
+    fn close(&self, info: &RpcInfo, _cause: Option<&Error>) {
+        self.observer.on_stream_close(self.role, info);
+    }
+}
+
+impl ClientOptions {
+    /// Reports every unary call, multi call and stream to `observer`.
+    pub fn metrics(self, observer: Arc<dyn MetricsObserver>) -> Self {
+        let m = Metrics::new(Role::Client, observer);
+        self.interceptor(m.clone())
+            .multi_interceptor(m.clone())
+            .stream_interceptor(m)
+    }
+}
+
+impl ServerOptions {
+    /// Reports every request served and every stream to `observer`.
+    pub fn metrics(self, observer: Arc<dyn MetricsObserver>) -> Self {
+        let m = Metrics::new(Role::Server, observer);
+        self.interceptor(m.clone()).stream_interceptor(m)
+    }
+}
+
+#[cfg(feature = "metrics")]
+pub use facade::MetricsFacade;
+
+#[cfg(feature = "metrics")]
+mod facade {
+    use super::*;
+
+    /// A [`MetricsObserver`] that reports through the `metrics` facade
+    /// crate (see the [module docs](super) for names and labels).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct MetricsFacade;
+
+    impl MetricsFacade {
+        /// The observer, ready to pass to `ClientOptions::metrics` or
+        /// `ServerOptions::metrics`.
+        pub fn shared() -> Arc<dyn MetricsObserver> {
+            Arc::new(MetricsFacade)
+        }
+    }
+
+    fn labels(role: Role, info: &RpcInfo) -> [(&'static str, String); 3] {
+        [
+            ("role", role.as_str().to_owned()),
+            ("service", info.service.clone()),
+            ("method", info.method.clone()),
+        ]
+    }
+
+    fn outcome(error: Option<&Error>) -> String {
+        error.map_or_else(|| "ok".to_owned(), |e| e.code().as_str().to_owned())
+    }
+
+    impl MetricsObserver for MetricsFacade {
+        fn on_unary_request(
+            &self,
+            role: Role,
+            info: &RpcInfo,
+            duration: Duration,
+            error: Option<&Error>,
+            request_bytes: usize,
+            response_bytes: usize,
+        ) {
+            let l = labels(role, info);
+            let [a, b, c] = l.clone();
+            metrics::counter!(
+                "psrpc_requests_total",
+                &[a, b, c, ("outcome", outcome(error))]
+            )
+            .increment(1);
+            metrics::histogram!("psrpc_request_duration_seconds", &l)
+                .record(duration.as_secs_f64());
+            metrics::histogram!("psrpc_request_bytes", &l).record(request_bytes as f64);
+            metrics::histogram!("psrpc_response_bytes", &l).record(response_bytes as f64);
+        }
+
+        fn on_multi_request(
+            &self,
+            role: Role,
+            info: &RpcInfo,
+            duration: Duration,
+            responses: usize,
+            errors: usize,
+            request_bytes: usize,
+            response_bytes: usize,
+        ) {
+            let l = labels(role, info);
+            let [a, b, c] = l.clone();
+            let out = if errors > 0 && responses == 0 {
+                "error"
+            } else {
+                "ok"
+            };
+            metrics::counter!(
+                "psrpc_requests_total",
+                &[a, b, c, ("outcome", out.to_owned())]
+            )
+            .increment(1);
+            metrics::counter!("psrpc_multi_responses_total", &l).increment(responses as u64);
+            metrics::counter!("psrpc_multi_errors_total", &l).increment(errors as u64);
+            metrics::histogram!("psrpc_request_duration_seconds", &l)
+                .record(duration.as_secs_f64());
+            metrics::histogram!("psrpc_request_bytes", &l).record(request_bytes as f64);
+            metrics::histogram!("psrpc_response_bytes", &l).record(response_bytes as f64);
+        }
+
+        fn on_stream_send(
+            &self,
+            role: Role,
+            info: &RpcInfo,
+            duration: Duration,
+            error: Option<&Error>,
+            bytes: usize,
+        ) {
+            let l = labels(role, info);
+            let [a, b, c] = l.clone();
+            metrics::counter!(
+                "psrpc_stream_messages_total",
+                &[
+                    a.clone(),
+                    b.clone(),
+                    c.clone(),
+                    ("direction", "send".to_owned()),
+                    ("outcome", outcome(error))
+                ]
+            )
+            .increment(1);
+            metrics::histogram!(
+                "psrpc_stream_message_bytes",
+                &[a, b, c, ("direction", "send".to_owned())]
+            )
+            .record(bytes as f64);
+            metrics::histogram!("psrpc_stream_send_duration_seconds", &l)
+                .record(duration.as_secs_f64());
+        }
+
+        fn on_stream_recv(&self, role: Role, info: &RpcInfo, bytes: usize) {
+            let [a, b, c] = labels(role, info);
+            metrics::counter!(
+                "psrpc_stream_messages_total",
+                &[
+                    a.clone(),
+                    b.clone(),
+                    c.clone(),
+                    ("direction", "recv".to_owned()),
+                    ("outcome", "ok".to_owned())
+                ]
+            )
+            .increment(1);
+            metrics::histogram!(
+                "psrpc_stream_message_bytes",
+                &[a, b, c, ("direction", "recv".to_owned())]
+            )
+            .record(bytes as f64);
+        }
+
+        fn on_stream_open(&self, role: Role, info: &RpcInfo) {
+            metrics::counter!("psrpc_stream_opens_total", &labels(role, info)).increment(1);
+        }
+
+        fn on_stream_close(&self, role: Role, info: &RpcInfo) {
+            metrics::counter!("psrpc_stream_closes_total", &labels(role, info)).increment(1);
+        }
+    }
+}
