@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use psrpc::bus::DynBus;
 use psrpc::{
     Channel, ClientOptions, Context, LocalBus, MessageBus, MethodInfo, RpcClient, RpcServer,
-    SelectionOptions, ServerOptions,
+    SelectionOptions, ServerOptions, ServerStream,
 };
 use psrpc_nats::NatsBus;
 use psrpc_redis::RedisBus;
@@ -32,7 +32,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/psrpcbench.rs"));
 }
 
-use pb::{Event, Req, Res};
+use pb::{Event, Msg, Req, Res};
 
 /// `Bench.Unary`: queue routing with the claim handshake.
 static UNARY: MethodInfo = MethodInfo::queue("Unary");
@@ -48,13 +48,13 @@ static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
 static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
 /// `BenchEvents.Events`: queue subscription.
 static EVENTS: MethodInfo = MethodInfo::queue("Events");
+/// `Bench.Echo`: a stream (queue flags: claimed by one server).
+static ECHO: MethodInfo = MethodInfo::queue("Echo");
 
 /// Timeout of every benchmark call and of every wait for an update.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest floor measurement per row (floors are cheap and stable).
 const MAX_FLOOR_DURATION: Duration = Duration::from_secs(1);
-/// The note printed for the rows that need streams.
-const STREAM_NOTE: &str = "streams: not implemented yet";
 
 const USAGE: &str = "\
 usage: psrpc-bench [options]
@@ -743,6 +743,20 @@ async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::Result<Bench
         )
         .await?;
 
+    bench
+        .register_stream_handler(
+            &ECHO,
+            &[],
+            |mut st: ServerStream<Msg, Msg>| async move {
+                while let Some(m) = st.recv().await {
+                    st.send(m).await?;
+                }
+                Ok(())
+            },
+            None,
+        )
+        .await?;
+
     let counter = Arc::new(AtomicI64::new(0));
     let (b, e) = (bench.clone(), events.clone());
     bench
@@ -791,6 +805,8 @@ enum Op {
     Affinity,
     AffinityDefault,
     Multi,
+    /// Open an `Echo` stream and close it.
+    StreamOpenClose,
 }
 
 /// What every client worker shares.
@@ -813,6 +829,15 @@ impl Bench {
         let c = &self.client;
         let t0 = Instant::now();
         let res: psrpc::Result<Res> = match op {
+            Op::StreamOpenClose => {
+                let st = c
+                    .stream::<Msg, Msg>(&ECHO, vec![])
+                    .timeout(CALL_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                st.close(None).await.map_err(|e| e.to_string())?;
+                return Ok(t0.elapsed());
+            }
             Op::Unary => c.unary(&UNARY, vec![], req).timeout(CALL_TIMEOUT).await,
             Op::TopicUnary => {
                 c.unary(&TOPIC_UNARY, self.topic.clone(), req)
@@ -881,6 +906,60 @@ async fn run_op(bench: &Arc<Bench>, op: Op, conc: usize, duration: Duration) -> 
         }));
     }
     join_workers(tasks, start, "row").await
+}
+
+/// `stream msg round-trip`: `conc` workers, each on its own `Echo` stream,
+/// send one `Msg` and wait for its echo, one at a time.
+async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> Stats {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let bench = bench.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut st = match bench
+                .client
+                .stream::<Msg, Msg>(&ECHO, vec![])
+                .timeout(CALL_TIMEOUT)
+                .await
+            {
+                Ok(st) => st,
+                Err(e) => {
+                    stats.record(Err(format!("open: {e}")));
+                    return stats;
+                }
+            };
+            let mut seq = (w as i64) << 32;
+            while Instant::now() < end {
+                seq += 1;
+                let t0 = Instant::now();
+                let r = async {
+                    st.send(Msg {
+                        seq,
+                        payload: bench.payload.clone(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    match tokio::time::timeout(CALL_TIMEOUT, st.recv()).await {
+                        Ok(Some(m)) if m.seq == seq => Ok(t0.elapsed()),
+                        Ok(Some(m)) => Err(format!("echo seq {} for {seq}", m.seq)),
+                        Ok(None) => Err(format!("stream closed: {:?}", st.err())),
+                        Err(_) => Err("no echo in time".to_owned()),
+                    }
+                }
+                .await;
+                let closed = st.is_closed();
+                stats.record(r);
+                if closed {
+                    break;
+                }
+            }
+            let _ = st.close(None).await;
+            stats
+        }));
+    }
+    join_workers(tasks, start, "stream row").await
 }
 
 /// Reads nothing that is already buffered: drops stale updates.
@@ -1002,8 +1081,8 @@ async fn run_sub_burst(
 /// One line of the result table.
 struct Row {
     name: &'static str,
-    /// The row, its floor and the floor shape; `Err`: skipped, with this note.
-    result: Result<(Stats, Stats, FloorKind), &'static str>,
+    /// The row, its floor and the floor shape.
+    result: (Stats, Stats, FloorKind),
 }
 
 fn fmt_num(v: f64) -> String {
@@ -1048,8 +1127,9 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
-        match &r.result {
-            Ok((s, f, k)) => lines.push(vec![
+        let (s, f, k) = &r.result;
+        {
+            lines.push(vec![
                 r.name.to_owned(),
                 s.n.to_string(),
                 fmt_num(s.ops_per_s()),
@@ -1060,8 +1140,7 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
                 fmt_num(f.ops_per_s()),
                 fmt_num(f.pct(50.0)),
                 format!("{:.3}", ratio(s, f)),
-            ]),
-            Err(note) => lines.push(vec![r.name.to_owned(), format!("skipped ({note})")]),
+            ]);
         }
     }
     let ncol = header.len();
@@ -1096,12 +1175,14 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
     println!(
         "hops: unary/topic/affinity 4 (request, claim, claim response, response) = 2 round trips; \
          multi 1+N (request fanned out to N=--expect servers, N responses); \
+         stream open+close 4 (open, claim, claim response, ack; the close is one-way) = 2 round trips; \
+         stream msg round-trip 2 (message, echo; their acks travel beside them) = 1 round trip; \
          sub trigger 6 (4 of the call + event + broadcast) = 3 round trips; \
          sub burst: one-way stream of --burst messages, 1 hop per event, latency from burst start."
     );
     println!("ratio = row ops/s / floor ops/s (1.0 = as fast as the bare bus with the same hops).");
     for r in rows {
-        let Ok((s, f, _)) = &r.result else { continue };
+        let (s, f, _) = &r.result;
         if let Some(e) = &s.first_error {
             println!("first error of {:?}: {e}", r.name);
         }
@@ -1126,12 +1207,12 @@ fn json_escape(s: &str) -> String {
     o
 }
 
-/// The JSON of BENCH.md; skipped rows are left out.
+/// The JSON of BENCH.md.
 fn to_json(bus: &str, rows: &[Row]) -> String {
     let mut o = format!("{{\"bus\": \"{}\", \"rows\": [", json_escape(bus));
     let mut first = true;
     for r in rows {
-        let Ok((s, f, _)) = &r.result else { continue };
+        let (s, f, _) = &r.result;
         if !first {
             o.push_str(", ");
         }
@@ -1419,18 +1500,40 @@ async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>,
         );
         rows.push(Row {
             name,
-            result: Ok((s, (*f).clone(), kind)),
+            result: (s, (*f).clone(), kind),
         });
     }
     if test("stream") {
-        for name in [
-            "stream open+close seq",
-            "stream msg round-trip seq",
-            "stream msg round-trip 64 streams",
+        // Open: open, claim, claim response, ack (the close is not awaited
+        // by anyone): two ping-pongs. A message round trip: the message and
+        // its echo (their acks travel beside them): one ping-pong.
+        let open_floor = pp(1, 2);
+        eprintln!("running stream open+close seq ...");
+        let s = run_op(&bench, Op::StreamOpenClose, 1, d).await;
+        let f = floors.get(open_floor, 1, connector).await?;
+        rows.push(Row {
+            name: "stream open+close seq",
+            result: (s, (*f).clone(), open_floor),
+        });
+        let rt_floor = pp(1, 1);
+        for (name, c) in [
+            ("stream msg round-trip seq", 1),
+            ("stream msg round-trip 64 streams", conc),
         ] {
+            eprintln!("running {name} ...");
+            let s = run_stream_rt(&bench, c, d).await;
+            let f = floors.get(rt_floor, c, connector).await?;
+            eprintln!(
+                "  done: {} ops, {} errors (floor {} ops, {} errors), rss {}",
+                s.n,
+                s.errors,
+                f.n,
+                f.errors,
+                rss()
+            );
             rows.push(Row {
                 name,
-                result: Err(STREAM_NOTE),
+                result: (s, (*f).clone(), rt_floor),
             });
         }
     }
@@ -1453,7 +1556,7 @@ async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>,
         );
         rows.push(Row {
             name: "sub trigger->event+bcast seq",
-            result: Ok((s, (*f).clone(), kind)),
+            result: (s, (*f).clone(), kind),
         });
         eprintln!("running sub burst ...");
         let s = run_sub_burst(&client, &mut events, args.burst, d).await;
@@ -1465,7 +1568,7 @@ async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>,
         );
         rows.push(Row {
             name: "sub burst",
-            result: Ok((s, (*f).clone(), kind)),
+            result: (s, (*f).clone(), kind),
         });
     }
 
