@@ -87,7 +87,8 @@ fn routing_text(m: &MethodSpec) -> &'static str {
         (false, Routing::Multi, _) => "every server answers",
         (false, Routing::Affinity, false) => "one server answers, chosen by affinity",
         (false, Routing::Affinity, true) => {
-            "every server with an affinity answers the first response wins (single server)"
+            "the registered server answers directly (single server: no claim handshake, so \
+             the affinity function is not consulted)"
         }
         (false, Routing::Queue, false) => "one server answers (bus queue)",
         (false, Routing::Queue, true) => "one server answers (bus queue, no claim handshake)",
