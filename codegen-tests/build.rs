@@ -25,6 +25,7 @@ fn main() -> std::io::Result<()> {
                 "multiple1.proto",
                 "multiple2.proto",
                 "empty_service.proto",
+                "greeter.proto",
             ]
             .map(|p| protos.join(p)),
             &[protos],

@@ -245,15 +245,19 @@ impl Builder {
     }
 }
 
-/// Serves the built-in `options.proto` under both names it is imported by.
+/// Serves the built-in `psrpc/options.proto`, and `options.proto` (the name
+/// Go protos import) as a file that publicly imports it, so that protos
+/// importing either name can be compiled together: the definitions exist once.
 struct BundledOptions;
+
+/// `options.proto`: the Go import name, re-exporting `psrpc/options.proto`.
+const OPTIONS_ALIAS: &str = "syntax = \"proto3\";\nimport public \"psrpc/options.proto\";\n";
 
 impl FileResolver for BundledOptions {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match name {
-            "options.proto" | "psrpc/options.proto" => {
-                File::from_source(name, options::OPTIONS_PROTO)
-            }
+            "psrpc/options.proto" => File::from_source(name, options::OPTIONS_PROTO),
+            "options.proto" => File::from_source(name, OPTIONS_ALIAS),
             _ => Err(protox::Error::file_not_found(name)),
         }
     }
@@ -272,7 +276,10 @@ fn files_to_generate(
     let mut todo: Vec<&str> = requested.iter().map(String::as_str).collect();
     while let Some(name) = todo.pop() {
         let Some(f) = by_name.get(name) else { continue };
-        if is_psrpc_options_file(f.name(), f.package()) || !keep.insert(name.to_owned()) {
+        let own_items =
+            !f.message_type.is_empty() || !f.enum_type.is_empty() || !f.service.is_empty();
+        if is_psrpc_options_file(f.name(), f.package(), own_items) || !keep.insert(name.to_owned())
+        {
             continue;
         }
         todo.extend(f.dependency.iter().map(String::as_str));

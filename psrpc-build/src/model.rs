@@ -243,9 +243,11 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Whether a file is the psrpc options file (or one of the files only it needs).
-pub(crate) fn is_psrpc_options_file(name: &str, package: &str) -> bool {
-    package == "psrpc" && (name == "options.proto" || name == "psrpc/options.proto")
+/// Whether a file is the psrpc options file, or the `options.proto` alias
+/// that only re-exports it (no package, no items of its own).
+pub(crate) fn is_psrpc_options_file(name: &str, package: &str, own_items: bool) -> bool {
+    (name == "options.proto" || name == "psrpc/options.proto")
+        && (package == "psrpc" || (package.is_empty() && !own_items))
 }
 
 /// Reads every service of the pool (outside `google.protobuf` and the psrpc
@@ -259,7 +261,9 @@ pub(crate) fn read_services(
     let mut problems = Vec::new();
     let mut specs = BTreeMap::new();
     for file in pool.files() {
-        if is_psrpc_options_file(file.name(), file.package_name())
+        let own_items =
+            file.messages().len() > 0 || file.enums().len() > 0 || file.services().len() > 0;
+        if is_psrpc_options_file(file.name(), file.package_name(), own_items)
             || file.package_name() == "google.protobuf"
         {
             continue;

@@ -129,6 +129,23 @@ fn options_proto_is_importable_under_both_names() {
 }
 
 #[test]
+fn both_option_imports_compile_together() {
+    // Go protos import `options.proto`, others `psrpc/options.proto`; one
+    // build can hold both (the first re-exports the second).
+    let go = service("rpc Call(Req) returns (Res) { option (psrpc.options).type = MULTI; }")
+        .replace("psrpc/options.proto", "options.proto")
+        .replace("package test.pkg;", "package go.style;");
+    let rust = service("rpc Call(Req) returns (Res) { option (psrpc.options).type = AFFINITY; }");
+    let out = generate(&[("go.proto", &go), ("rust.proto", &rust)]).unwrap();
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        ["go.style.rs", "test.pkg.rs"]
+    );
+    assert!(out["go.style.rs"].contains(r#"MethodInfo::multi("Call")"#));
+    assert!(out["test.pkg.rs"].contains(r#"MethodInfo::affinity("Call")"#));
+}
+
+#[test]
 fn routing_flags_follow_the_options() {
     let proto = service(
         r#"
