@@ -1,5 +1,6 @@
-//! Generates the envelope types from `proto/psrpc/internal.proto` with
-//! prost-build; protox parses the proto, so no `protoc` is needed.
+//! Generates the envelope types from `proto/psrpc/internal.proto` (and the
+//! test bus envelope from `proto/psrpc/testutils.proto`) with prost-build;
+//! protox parses the protos, so no `protoc` is needed.
 
 use std::path::PathBuf;
 
@@ -10,12 +11,17 @@ fn main() {
         .into_iter()
         .find(|p| p.join("psrpc/internal.proto").exists())
         .expect("proto/psrpc/internal.proto not found");
-    let file = root.join("psrpc/internal.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let fds = protox::compile([&file], [&root]).expect("parse internal.proto");
+    let files = [
+        root.join("psrpc/internal.proto"),
+        root.join("psrpc/testutils.proto"),
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&root]).expect("parse the protos");
     prost_build::Config::new()
         .bytes(["."])
         .btree_map(["."])
         .compile_fds(fds)
-        .expect("generate internal.proto");
+        .expect("generate the protos");
 }

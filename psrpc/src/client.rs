@@ -21,12 +21,20 @@ use crate::bus::{DynBus, MessageBus};
 use crate::channels;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
-use crate::info::{Context, DynMessage, Metadata, MethodInfo, RequestHook, ResponseHook, RpcInfo};
+use crate::info::{
+    BoxMessage, Context, DynMessage, Metadata, MethodInfo, RequestHook, ResponseHook, RpcInfo,
+    downcast_message,
+};
+use crate::interceptor::{
+    ClientInterceptor, ClientNext, ClientTerminal, MultiCallInterceptor, MultiInterceptor,
+    MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
+};
 use crate::select::{
     DEFAULT_SELECTION_TIMEOUT, Incoming, SelectionOptions, cancelled_opt, select_server,
     sleep_until_opt,
 };
-use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
+use crate::stream::{self, ClientStream, StreamParams, StreamTable, spawn_publish};
+use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamBody, StreamOpen};
 
 /// Default request timeout when neither the client, the context nor the call gives one.
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,6 +56,12 @@ pub struct ClientOptions {
     pub request_hooks: Vec<RequestHook>,
     /// Run after every call and every multi-call item.
     pub response_hooks: Vec<ResponseHook>,
+    /// Wrap every unary call, first outermost.
+    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    /// Wrap every multi call, first outermost.
+    pub multi_interceptors: Vec<Arc<dyn MultiInterceptor>>,
+    /// See every stream, first outermost.
+    pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
 }
 
 impl Default for ClientOptions {
@@ -59,6 +73,9 @@ impl Default for ClientOptions {
             channel_size: DEFAULT_CHANNEL_SIZE,
             request_hooks: Vec::new(),
             response_hooks: Vec::new(),
+            interceptors: Vec::new(),
+            multi_interceptors: Vec::new(),
+            stream_interceptors: Vec::new(),
         }
     }
 }
@@ -72,6 +89,9 @@ impl std::fmt::Debug for ClientOptions {
             .field("channel_size", &self.channel_size)
             .field("request_hooks", &self.request_hooks.len())
             .field("response_hooks", &self.response_hooks.len())
+            .field("interceptors", &self.interceptors.len())
+            .field("multi_interceptors", &self.multi_interceptors.len())
+            .field("stream_interceptors", &self.stream_interceptors.len())
             .finish()
     }
 }
@@ -118,10 +138,25 @@ impl ClientOptions {
         self.response_hooks.push(Arc::new(hook));
         self
     }
+    /// Adds a unary-call interceptor (after, i.e. inside, those added before).
+    pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
+        self.interceptors.push(Arc::new(i));
+        self
+    }
+    /// Adds a multi-call interceptor.
+    pub fn multi_interceptor(mut self, i: impl MultiInterceptor) -> Self {
+        self.multi_interceptors.push(Arc::new(i));
+        self
+    }
+    /// Adds a stream interceptor.
+    pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
+        self.stream_interceptors.push(Arc::new(i));
+        self
+    }
 }
 
 /// Options of one call, set through the call builders.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CallOptions {
     /// Overrides the request timeout (may exceed the context's deadline;
     /// the request's expiry is still clamped to it).
@@ -132,6 +167,23 @@ pub struct CallOptions {
     pub context: Context,
     /// Metadata sent with the request.
     pub metadata: Metadata,
+    /// Unary interceptors of this call, inside the client's own.
+    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    /// Multi interceptors of this call, inside the client's own.
+    pub multi_interceptors: Vec<Arc<dyn MultiInterceptor>>,
+}
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("timeout", &self.timeout)
+            .field("selection", &self.selection)
+            .field("context", &self.context)
+            .field("metadata", &self.metadata)
+            .field("interceptors", &self.interceptors.len())
+            .field("multi_interceptors", &self.multi_interceptors.len())
+            .finish()
+    }
 }
 
 type PendingMap = Mutex<HashMap<String, mpsc::Sender<Incoming>>>;
@@ -156,11 +208,26 @@ struct ClientInner {
     opts: ClientOptions,
     shared: Arc<Shared>,
     closed: CancellationToken,
+    /// Open streams by id.
+    streams: Arc<StreamTable>,
+    /// Set once the client's stream channel is subscribed (at the first open).
+    stream_sub: tokio::sync::OnceCell<()>,
+    chains: Chains,
+}
+
+/// The client's interceptors as shared chains.
+struct Chains {
+    unary: Arc<[Arc<dyn ClientInterceptor>]>,
+    multi: Arc<[Arc<dyn MultiInterceptor>]>,
+    stream: Arc<[Arc<dyn StreamInterceptor>]>,
 }
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
         self.closed.cancel();
+        for f in stream::close_all(&self.streams, &Error::stream_closed()) {
+            spawn_publish(f);
+        }
     }
 }
 
@@ -228,9 +295,16 @@ impl RpcClient {
                 bus,
                 service,
                 id,
+                chains: Chains {
+                    unary: to_chain(&opts.interceptors),
+                    multi: to_chain(&opts.multi_interceptors),
+                    stream: to_chain(&opts.stream_interceptors),
+                },
                 opts,
                 shared,
                 closed,
+                streams: Arc::new(Mutex::new(HashMap::new())),
+                stream_sub: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -275,6 +349,10 @@ impl RpcClient {
             p.drain().collect()
         };
         drop(drained);
+        // Open streams end with "stream closed"; the peers are told.
+        for f in stream::close_all(&self.inner.streams, &Error::stream_closed()) {
+            spawn_publish(f);
+        }
     }
 
     /// Starts a unary call of `method` with `req`; set options on the
@@ -286,8 +364,8 @@ impl RpcClient {
         req: Req,
     ) -> UnaryCall<'a, Req, Res>
     where
-        Req: Message + std::fmt::Debug + 'static,
-        Res: Message + Default + std::fmt::Debug + 'static,
+        Req: Message + Clone + 'static,
+        Res: Message + Default + Clone + 'static,
     {
         UnaryCall {
             client: self,
@@ -308,8 +386,8 @@ impl RpcClient {
         req: Req,
     ) -> MultiCall<'a, Req, Res>
     where
-        Req: Message + std::fmt::Debug + 'static,
-        Res: Message + Default + std::fmt::Debug + 'static,
+        Req: Message + Clone + 'static,
+        Res: Message + Default + Clone + 'static,
     {
         MultiCall {
             client: self,
@@ -318,6 +396,28 @@ impl RpcClient {
             req,
             opts: CallOptions::default(),
             _res: PhantomData,
+        }
+    }
+
+    /// Starts opening a stream of `method` on `topic` that sends `S` and
+    /// receives `R`; set options on the returned builder and `.await` it.
+    /// The call timeout bounds the open and is the stream's default
+    /// per-message send timeout.
+    pub fn stream<'a, S, R>(
+        &'a self,
+        method: &'a MethodInfo,
+        topic: Vec<String>,
+    ) -> StreamCall<'a, S, R>
+    where
+        S: Message + Clone + 'static,
+        R: Message + Default + Clone + 'static,
+    {
+        StreamCall {
+            client: self,
+            method,
+            topic,
+            opts: CallOptions::default(),
+            _p: PhantomData,
         }
     }
 
@@ -557,6 +657,241 @@ impl RpcClient {
     }
 }
 
+impl RpcClient {
+    /// A unary call through the interceptor chains.
+    async fn intercepted_unary<Res: Message + Default + Clone + 'static>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        req: BoxMessage,
+        mut opts: CallOptions,
+    ) -> Result<Res> {
+        let chain = with_call_interceptors(&self.inner.chains.unary, &mut opts.interceptors);
+        let info = Arc::new(self.info(method, topic));
+        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
+        let terminal: ClientTerminal = Arc::new(move |req: BoxMessage, opts: CallOptions| {
+            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
+            Box::pin(async move {
+                let raw = Bytes::from(req.to_bytes());
+                let res = client.call_unary_raw(&method, &topic, raw, &opts).await?;
+                decode_boxed::<Res>(res)
+            })
+        });
+        let res = ClientNext::new(chain, info, terminal)
+            .run(req, opts)
+            .await?;
+        downcast_message::<Res>(res)
+    }
+
+    /// A multi call's send through the interceptor chains.
+    async fn intercepted_multi(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        req: BoxMessage,
+        mut opts: CallOptions,
+    ) -> Result<(Option<RawMultiResponses>, MultiIntercept)> {
+        let chain = with_call_interceptors(&self.inner.chains.multi, &mut opts.multi_interceptors);
+        let info = self.info(method, topic);
+        let mut intercept = MultiIntercept {
+            calls: chain.iter().map(|i| i.begin(&info)).collect(),
+            ready: Default::default(),
+            closed: false,
+        };
+        let slot = Arc::new(Mutex::new(None));
+        let terminal: MultiTerminal = {
+            let (client, method, topic, slot) =
+                (self.clone(), method.clone(), topic.to_vec(), slot.clone());
+            Arc::new(move |req: BoxMessage, opts: CallOptions| {
+                let (client, method, topic, slot) =
+                    (client.clone(), method.clone(), topic.clone(), slot.clone());
+                Box::pin(async move {
+                    let raw = Bytes::from(req.to_bytes());
+                    let res = client.call_multi_raw(&method, &topic, raw, &opts).await?;
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                    Ok(())
+                })
+            })
+        };
+        MultiSendNext::new(&mut intercept.calls, &terminal)
+            .run(req, opts)
+            .await?;
+        let raw = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok((raw, intercept))
+    }
+
+    /// Subscribes the client's stream channel, once, at the first open.
+    async fn ensure_stream_channel(&self) -> Result<()> {
+        self.inner
+            .stream_sub
+            .get_or_try_init(|| async {
+                let table = self.inner.streams.clone();
+                let on_stream: crate::bus::Handler = Arc::new(move |b| {
+                    match wire::decode_envelope::<wire::Stream>(b) {
+                        Ok(m) => stream::dispatch(&table, m),
+                        Err(e) => tracing::warn!(error = %e, "psrpc client: dropped malformed stream message"),
+                    }
+                });
+                let ch = channels::stream_channel(&self.inner.service, &self.inner.id);
+                let sub = self
+                    .inner
+                    .bus
+                    .subscribe_handler(&ch, self.inner.opts.channel_size, false, on_stream)
+                    .await?;
+                let mut subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
+                if self.is_closed() {
+                    return Err(Error::client_closed());
+                }
+                subs.push(sub);
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens a stream (WIRE.md 10.3, client side).
+    async fn open_stream<S, R>(
+        &self,
+        method: &MethodInfo,
+        topic: Vec<String>,
+        opts: CallOptions,
+    ) -> Result<ClientStream<S, R>>
+    where
+        S: Message + Clone + 'static,
+        R: Message + Default + Clone + 'static,
+    {
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        self.ensure_stream_channel().await?;
+        let inner = &self.inner;
+        let t = self.timeout(&opts);
+        let stream_id = id::new_id(id::STREAM_PREFIX);
+        let request_id = id::new_request_id();
+        let info = Arc::new(self.info(method, &topic));
+        let out = Arc::new(channels::stream_server_channel(
+            &inner.service,
+            &method.name,
+            &topic,
+        ));
+        let (shared, rx) = stream::Shared::<R>::new(StreamParams {
+            stream_id: stream_id.clone(),
+            info,
+            bus: inner.bus.clone(),
+            out: out.clone(),
+            timeout: t,
+            buffer: inner.opts.channel_size,
+            table: Arc::downgrade(&inner.streams),
+            interceptors: inner.chains.stream.clone(),
+        });
+        let ack = shared.expect_ack(&request_id);
+        {
+            // Checked under the table lock, so close() cannot miss it.
+            let mut table = inner.streams.lock().unwrap_or_else(|e| e.into_inner());
+            if self.is_closed() {
+                return Err(Error::client_closed());
+            }
+            table.insert(stream_id.clone(), shared.clone());
+        }
+        let claims = if method.require_claim {
+            Some(self.register(&request_id)?)
+        } else {
+            None
+        };
+        let now = wire::now_ns();
+        let open = wire::Stream {
+            stream_id,
+            request_id: request_id.clone(),
+            sent_at: now,
+            expiry: now.saturating_add(t.as_nanos() as i64),
+            body: Some(StreamBody::Open(StreamOpen {
+                node_id: inner.id.clone(),
+                metadata: opts.metadata.clone(),
+            })),
+        };
+        let deadline = call_deadline(t, &opts);
+        let cancel = opts.context.cancel_token();
+        let opened = async {
+            self.publish(&out, &open).await?;
+            if let Some((mut rx, _guard)) = claims {
+                let defaults;
+                let sel = match &opts.selection {
+                    Some(s) => s,
+                    None => {
+                        defaults = if method.affinity_enabled {
+                            SelectionOptions::affinity_defaults(inner.opts.selection_timeout)
+                        } else {
+                            SelectionOptions::queue_defaults(inner.opts.selection_timeout)
+                        };
+                        &defaults
+                    }
+                };
+                let selected = select_server(&mut rx, sel, Some(deadline), cancel).await?;
+                let claim = ClaimResponse {
+                    request_id: request_id.clone(),
+                    server_id: selected.server_id,
+                };
+                let ch = channels::claim_response_channel(&inner.service, &method.name, &topic);
+                self.publish(&ch, &claim).await?;
+            }
+            tokio::select! {
+                biased;
+                r = ack => r.map_err(|_| shared.cause().unwrap_or_else(Error::stream_closed)),
+                _ = tokio::time::sleep_until(deadline) => Err(if opts.context.is_canceled() {
+                    Error::request_canceled()
+                } else {
+                    Error::request_timed_out()
+                }),
+                _ = cancelled_opt(cancel) => Err(Error::request_canceled()),
+            }
+        }
+        .await;
+        if let Err(e) = opened {
+            shared.forget_ack(&request_id);
+            let _ = shared.close(Some(e.clone())).await;
+            return Err(e);
+        }
+        shared.open_interceptors();
+        watch_context(&shared, &opts.context);
+        Ok(ClientStream::new(shared, rx, opts.context))
+    }
+}
+
+/// Closes a client stream when the caller's context ends (WIRE.md 10.3,
+/// "client lifetime coupling").
+fn watch_context<R: Message + Default + Clone + 'static>(
+    shared: &Arc<stream::Shared<R>>,
+    ctx: &Context,
+) {
+    if ctx.deadline().is_none() && ctx.cancel_token().is_none() {
+        return;
+    }
+    let (shared, ctx) = (shared.clone(), ctx.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shared.done().cancelled() => {}
+            _ = sleep_until_opt(ctx.deadline().map(Instant::from_std)) => {
+                shared.close_detached(Error::new(ErrorCode::Unknown, "context deadline exceeded"));
+            }
+            _ = ctx.canceled() => {
+                shared.close_detached(Error::new(ErrorCode::Unknown, "context canceled"));
+            }
+        }
+    });
+}
+
+/// The client's chain with a call's own interceptors appended (inside).
+fn with_call_interceptors<T: ?Sized>(
+    client: &Arc<[Arc<T>]>,
+    call: &mut Vec<Arc<T>>,
+) -> Arc<[Arc<T>]> {
+    if call.is_empty() {
+        client.clone()
+    } else {
+        client.iter().cloned().chain(call.drain(..)).collect()
+    }
+}
+
 /// When a call sent now with timeout `t` ends: `t` from now, or the caller's
 /// deadline if that is earlier.
 fn call_deadline(t: Duration, opts: &CallOptions) -> Instant {
@@ -694,12 +1029,18 @@ pub struct UnaryCall<'a, Req, Res> {
 
 impl<Req, Res> UnaryCall<'_, Req, Res> {
     call_builder_methods!();
+
+    /// Adds an interceptor for this call only, inside the client's own.
+    pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
+        self.opts.interceptors.push(Arc::new(i));
+        self
+    }
 }
 
 impl<'a, Req, Res> IntoFuture for UnaryCall<'a, Req, Res>
 where
-    Req: Message + std::fmt::Debug + 'static,
-    Res: Message + Default + std::fmt::Debug + 'static,
+    Req: Message + Clone + 'static,
+    Res: Message + Default + Clone + 'static,
 {
     type Output = Result<Res>;
     type IntoFuture = BoxFuture<'a, Result<Res>>;
@@ -711,13 +1052,20 @@ where
                 !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
             let info = hooks.then(|| c.info(self.method, &self.topic));
             run_request_hooks(c, &info, &self.req);
-            let raw = Bytes::from(self.req.encode_to_vec());
-            let res = c
-                .call_unary_raw(self.method, &self.topic, raw, &self.opts)
+            let res = if c.inner.chains.unary.is_empty() && self.opts.interceptors.is_empty() {
+                let raw = Bytes::from(self.req.encode_to_vec());
+                c.call_unary_raw(self.method, &self.topic, raw, &self.opts)
+                    .await
+                    .and_then(decode_response::<Res>)
+            } else {
+                c.intercepted_unary::<Res>(
+                    self.method,
+                    &self.topic,
+                    Box::new(self.req.clone()),
+                    self.opts,
+                )
                 .await
-                .and_then(|b| {
-                    Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
-                });
+            };
             run_response_hooks(
                 c,
                 &info,
@@ -727,6 +1075,14 @@ where
             res
         })
     }
+}
+
+fn decode_response<Res: Message + Default>(b: Bytes) -> Result<Res> {
+    Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
+}
+
+fn decode_boxed<Res: Message + Default + Clone + 'static>(b: Bytes) -> Result<BoxMessage> {
+    decode_response::<Res>(b).map(|r| Box::new(r) as BoxMessage)
 }
 
 /// A multi call being built; `.await` sends it and gives the result stream.
@@ -742,12 +1098,18 @@ pub struct MultiCall<'a, Req, Res> {
 
 impl<Req, Res> MultiCall<'_, Req, Res> {
     call_builder_methods!();
+
+    /// Adds a multi interceptor for this call only, inside the client's own.
+    pub fn interceptor(mut self, i: impl MultiInterceptor) -> Self {
+        self.opts.multi_interceptors.push(Arc::new(i));
+        self
+    }
 }
 
 impl<'a, Req, Res> IntoFuture for MultiCall<'a, Req, Res>
 where
-    Req: Message + std::fmt::Debug + 'static,
-    Res: Message + Default + std::fmt::Debug + 'static,
+    Req: Message + Clone + 'static,
+    Res: Message + Default + Clone + 'static,
 {
     type Output = Result<MultiResponses<Res>>;
     type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
@@ -759,14 +1121,27 @@ where
                 !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
             let info = hooks.then(|| c.info(self.method, &self.topic));
             run_request_hooks(c, &info, &self.req);
-            let raw = Bytes::from(self.req.encode_to_vec());
-            match c
-                .call_multi_raw(self.method, &self.topic, raw, &self.opts)
-                .await
+            let sent = if c.inner.chains.multi.is_empty() && self.opts.multi_interceptors.is_empty()
             {
-                Ok(raw) => Ok(MultiResponses {
+                let raw = Bytes::from(self.req.encode_to_vec());
+                c.call_multi_raw(self.method, &self.topic, raw, &self.opts)
+                    .await
+                    .map(|raw| (Some(raw), None))
+            } else {
+                c.intercepted_multi(
+                    self.method,
+                    &self.topic,
+                    Box::new(self.req.clone()),
+                    self.opts,
+                )
+                .await
+                .map(|(raw, i)| (raw, Some(i)))
+            };
+            match sent {
+                Ok((raw, intercept)) => Ok(MultiResponses {
                     raw,
                     hooks: info.map(|i| (c.clone(), i, Box::new(self.req) as Box<dyn DynMessage>)),
+                    intercept,
                     _res: PhantomData,
                 }),
                 Err(e) => {
@@ -774,6 +1149,37 @@ where
                     Err(e)
                 }
             }
+        })
+    }
+}
+
+/// A stream being opened; `.await` opens it.
+#[must_use = "a stream is not opened until awaited"]
+pub struct StreamCall<'a, S, R> {
+    client: &'a RpcClient,
+    method: &'a MethodInfo,
+    topic: Vec<String>,
+    opts: CallOptions,
+    _p: PhantomData<fn(S) -> R>,
+}
+
+impl<S, R> StreamCall<'_, S, R> {
+    call_builder_methods!();
+}
+
+impl<'a, S, R> IntoFuture for StreamCall<'a, S, R>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+{
+    type Output = Result<ClientStream<S, R>>;
+    type IntoFuture = BoxFuture<'a, Result<ClientStream<S, R>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.client
+                .open_stream(self.method, self.topic, self.opts)
+                .await
         })
     }
 }
@@ -825,19 +1231,88 @@ impl futures::Stream for RawMultiResponses {
 /// The typed results of a multi call: a `futures::Stream` of one
 /// `Result<Res>` per server that answered; it ends at the call's timeout.
 pub struct MultiResponses<Res> {
-    raw: RawMultiResponses,
+    /// `None` when an interceptor answered without sending.
+    raw: Option<RawMultiResponses>,
     hooks: Option<(RpcClient, RpcInfo, Box<dyn DynMessage>)>,
+    intercept: Option<MultiIntercept>,
     _res: PhantomData<fn() -> Res>,
 }
 
-impl<Res: Message + Default + std::fmt::Debug + 'static> futures::Stream for MultiResponses<Res> {
+/// The per-call interceptors of a multi call and the results they let through.
+struct MultiIntercept {
+    calls: Vec<Box<dyn MultiCallInterceptor>>,
+    ready: std::collections::VecDeque<Result<BoxMessage>>,
+    closed: bool,
+}
+
+impl MultiIntercept {
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            for c in &mut self.calls {
+                c.close();
+            }
+        }
+    }
+}
+
+impl Drop for MultiIntercept {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<Res> std::fmt::Debug for MultiResponses<Res> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiResponses")
+            .field("done", &self.raw.as_ref().is_none_or(|r| r.done))
+            .finish()
+    }
+}
+
+impl<Res: Message + Default + Clone + 'static> MultiResponses<Res> {
+    fn next_item(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Res>>> {
+        let Some(i) = &mut self.intercept else {
+            return match self
+                .raw
+                .as_mut()
+                .map(|r| futures::Stream::poll_next(Pin::new(r), cx))
+            {
+                Some(Poll::Ready(Some(r))) => Poll::Ready(Some(r.and_then(decode_response::<Res>))),
+                Some(Poll::Pending) => Poll::Pending,
+                Some(Poll::Ready(None)) | None => Poll::Ready(None),
+            };
+        };
+        loop {
+            if let Some(item) = i.ready.pop_front() {
+                return Poll::Ready(Some(item.and_then(downcast_message::<Res>)));
+            }
+            let polled = match self.raw.as_mut() {
+                Some(r) => futures::Stream::poll_next(Pin::new(r), cx),
+                None => Poll::Ready(None),
+            };
+            match polled {
+                Poll::Ready(Some(r)) => {
+                    let item = r.and_then(decode_boxed::<Res>);
+                    let ready = &mut i.ready;
+                    multi_recv(&mut i.calls, item, &mut |it| ready.push_back(it));
+                }
+                Poll::Ready(None) => {
+                    i.close();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<Res: Message + Default + Clone + 'static> futures::Stream for MultiResponses<Res> {
     type Item = Result<Res>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let item = match Pin::new(&mut self.raw).poll_next(cx) {
-            Poll::Ready(Some(r)) => r.and_then(|b| {
-                Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
-            }),
+        let item = match self.next_item(cx) {
+            Poll::Ready(Some(item)) => item,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };

@@ -7,16 +7,28 @@ pub mod client;
 pub mod error;
 pub mod id;
 pub mod info;
+pub mod interceptor;
 pub mod select;
 pub mod server;
+pub mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use bus::{Channel, LocalBus, MessageBus};
-pub use client::{CallOptions, ClientOptions, MultiResponses, RpcClient, Subscription, UnaryCall};
+pub use client::{
+    CallOptions, ClientOptions, MultiCall, MultiResponses, RpcClient, StreamCall, Subscription,
+    UnaryCall,
+};
 pub use error::{Error, ErrorCode, GrpcCode, Result};
-pub use info::{Context, DynMessage, IncomingHeader, Metadata, MethodInfo, RpcInfo};
+pub use info::{
+    BoxMessage, Context, DynMessage, IncomingHeader, Metadata, MethodInfo, RpcInfo,
+    downcast_message,
+};
+pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
 pub use select::{Claim, SelectionOptions};
 pub use server::{AffinityFn, RpcServer, ServerOptions};
+pub use stream::{ClientStream, ServerStream, StreamAffinityFn, StreamSender};
 
 pub use async_trait::async_trait;
 pub use prost;

@@ -20,21 +20,39 @@ use crate::bus::{DynBus, Handler, HandlerSubscription, MessageBus};
 use crate::channels::{self, Channel};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
-use crate::info::{Context, IncomingHeader, MethodInfo, RpcInfo};
-use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
+use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
+use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
+use crate::stream::{self, ServerStream, StreamAffinityFn, StreamParams, StreamTable};
+use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
 
 /// Default server timeout (stream sends, stream close expiry).
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Options of an [`RpcServer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// The server id; a fresh `SRV_` id when `None`.
     pub server_id: Option<String>,
     /// The server timeout (3 s).
     pub timeout: Duration,
-    /// Buffer size of the server's subscriptions (100).
+    /// Buffer size of the server's subscriptions and of each stream (100).
     pub channel_size: usize,
+    /// Wrap every unary and multi handler, first outermost.
+    pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
+    /// See every stream the server accepts, first outermost.
+    pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("server_id", &self.server_id)
+            .field("timeout", &self.timeout)
+            .field("channel_size", &self.channel_size)
+            .field("interceptors", &self.interceptors.len())
+            .field("stream_interceptors", &self.stream_interceptors.len())
+            .finish()
+    }
 }
 
 impl Default for ServerOptions {
@@ -43,6 +61,8 @@ impl Default for ServerOptions {
             server_id: None,
             timeout: DEFAULT_SERVER_TIMEOUT,
             channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
+            interceptors: Vec::new(),
+            stream_interceptors: Vec::new(),
         }
     }
 }
@@ -65,6 +85,16 @@ impl ServerOptions {
         }
         self
     }
+    /// Adds a handler interceptor (inside those added before).
+    pub fn interceptor(mut self, i: impl ServerInterceptor) -> Self {
+        self.interceptors.push(Arc::new(i));
+        self
+    }
+    /// Adds a stream interceptor.
+    pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
+        self.stream_interceptors.push(Arc::new(i));
+        self
+    }
 }
 
 /// Scores a request for an affinity method: higher is better; a negative
@@ -81,6 +111,8 @@ struct Core {
     claims: Mutex<ClaimTable>,
     /// Response and claim-request channels by client id.
     client_channels: Mutex<HashMap<String, Arc<(Channel, Channel)>>>,
+    interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
+    stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
 }
 
 /// Bound of the per-client channel cache; past it the cache starts over.
@@ -154,6 +186,28 @@ struct HandlerEntry {
     tracker: TaskTracker,
     requests: HandlerSubscription,
     claims: Option<HandlerSubscription>,
+    /// A stream handler's open streams.
+    streams: Option<Arc<StreamTable>>,
+}
+
+/// A handler being registered, before its subscriptions exist.
+struct HandlerParts {
+    key: String,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    streams: Option<Arc<StreamTable>>,
+}
+
+impl HandlerEntry {
+    /// Stops taking requests and closes every open stream with `unavailable`
+    /// "EOF"; returns the publishes of the close messages.
+    fn stop(&self) -> Vec<futures::future::BoxFuture<'static, Result<()>>> {
+        self.stop.cancel();
+        match &self.streams {
+            Some(t) => stream::close_all(t, &Error::stream_eof()),
+            None => Vec::new(),
+        }
+    }
 }
 
 struct ServerInner {
@@ -196,6 +250,8 @@ impl RpcServer {
                     id,
                     claims: Mutex::new(ClaimTable::default()),
                     client_channels: Mutex::new(HashMap::new()),
+                    interceptors: to_chain(&opts.interceptors),
+                    stream_interceptors: to_chain(&opts.stream_interceptors),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -239,24 +295,33 @@ impl RpcServer {
         affinity: Option<AffinityFn<Req>>,
     ) -> Result<()>
     where
-        Req: Message + Default + 'static,
-        Res: Message + 'static,
+        Req: Message + Default + Clone + 'static,
+        Res: Message + Clone + 'static,
         H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Res>> + Send + 'static,
     {
         let key = self.reserve(&method.name, topic)?;
         let core = &self.inner.core;
-        let size = self.inner.opts.channel_size;
+        let handler = Arc::new(handler);
+        let chain = (!core.interceptors.is_empty()).then(|| {
+            let handler = handler.clone();
+            let terminal: crate::interceptor::ServerTerminal =
+                Arc::new(move |ctx: Context, req: BoxMessage| {
+                    let handler = handler.clone();
+                    Box::pin(async move {
+                        let req = downcast_message::<Req>(req)?;
+                        let res = handler(ctx, req).await?;
+                        Ok(Box::new(res) as BoxMessage)
+                    })
+                });
+            ServerNext::new(core.interceptors.clone(), terminal)
+        });
         let h = Arc::new(UnaryHandler {
             core: core.clone(),
             method: method.clone(),
-            info: Arc::new(RpcInfo {
-                service: core.service.clone(),
-                method: method.name.to_string(),
-                topic: topic.to_vec(),
-                multi: method.multi,
-            }),
+            info: self.rpc_info(method, topic),
             handler,
+            chain,
             affinity,
             _p: PhantomData,
         });
@@ -271,17 +336,119 @@ impl RpcServer {
                 }
             })
         };
+        let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+        let parts = HandlerParts {
+            key,
+            stop,
+            tracker,
+            streams: None,
+        };
+        self.subscribe_method(method, topic, &req_ch, method.queue, on_request, parts)
+            .await
+    }
+
+    /// Registers the stream handler `handler` for `method` on `topic`
+    /// (empty: no topic) and returns once its subscriptions are in effect.
+    /// The handler gets a [`ServerStream`] that sends `S` and receives `R`.
+    /// `affinity` decides, per open, whether and how eagerly this server
+    /// claims a stream (claimed methods only; default 1.0, negative: no claim).
+    ///
+    /// Errors as [`register_handler`](Self::register_handler).
+    pub async fn register_stream_handler<S, R, H, Fut>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        handler: H,
+        affinity: Option<StreamAffinityFn>,
+    ) -> Result<()>
+    where
+        S: Message + Clone + 'static,
+        R: Message + Default + Clone + 'static,
+        H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let key = self.reserve(&method.name, topic)?;
+        let core = &self.inner.core;
+        let streams: Arc<StreamTable> = Arc::new(Mutex::new(HashMap::new()));
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let h = Arc::new(StreamHandler {
+            core: core.clone(),
+            method: method.clone(),
+            info: self.rpc_info(method, topic),
+            handler,
+            affinity,
+            streams: streams.clone(),
+            timeout: self.inner.opts.timeout,
+            buffer: self.inner.opts.channel_size,
+            stop: stop.clone(),
+            _p: PhantomData::<fn(S) -> R>,
+        });
+        let on_message: Handler = {
+            let (stop, tracker) = (stop.clone(), tracker.clone());
+            Arc::new(move |bytes| {
+                let m = match wire::decode_envelope::<wire::Stream>(bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "psrpc server: dropped malformed stream message");
+                        return;
+                    }
+                };
+                if matches!(m.body, Some(StreamBody::Open(_))) {
+                    // Opens are handled concurrently; none while draining.
+                    if !stop.is_cancelled() {
+                        let h = h.clone();
+                        tracker.spawn(async move { h.open(m).await });
+                    }
+                } else {
+                    // Everything else in arrival order.
+                    stream::dispatch(&h.streams, m);
+                }
+            })
+        };
+        let ch = channels::stream_server_channel(&core.service, &method.name, topic);
+        let parts = HandlerParts {
+            key,
+            stop,
+            tracker,
+            streams: Some(streams),
+        };
+        self.subscribe_method(method, topic, &ch, false, on_message, parts)
+            .await
+    }
+
+    fn rpc_info(&self, method: &MethodInfo, topic: &[String]) -> Arc<RpcInfo> {
+        Arc::new(RpcInfo {
+            service: self.inner.core.service.clone(),
+            method: method.name.to_string(),
+            topic: topic.to_vec(),
+            multi: method.multi,
+        })
+    }
+
+    /// Subscribes a reserved handler's channel (and its claim-response
+    /// channel for claimed methods) and installs it.
+    async fn subscribe_method(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        ch: &Channel,
+        queue: bool,
+        on_message: Handler,
+        parts: HandlerParts,
+    ) -> Result<()> {
+        let core = &self.inner.core;
+        let size = self.inner.opts.channel_size;
         let subscribed = async {
-            let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
             let requests = core
                 .bus
-                .subscribe_handler(&req_ch, size, method.queue, on_request)
+                .subscribe_handler(ch, size, queue, on_message)
                 .await?;
             let claims = if method.require_claim {
                 let ch = channels::claim_response_channel(&core.service, &method.name, topic);
                 // Only servers that hear every request can be too late for
                 // the decision; a queue member hears only its own requests.
-                let remember = !method.queue;
+                let remember = !queue;
                 let core = core.clone();
                 let on_claim: Handler =
                     Arc::new(move |bytes| on_claim_response(&core, bytes, remember));
@@ -301,17 +468,18 @@ impl RpcServer {
         let (requests, claims) = match subscribed {
             Ok(s) => s,
             Err(e) => {
-                self.unreserve(&key);
+                self.unreserve(&parts.key);
                 return Err(e);
             }
         };
         let entry = HandlerEntry {
-            stop,
-            tracker,
+            stop: parts.stop,
+            tracker: parts.tracker,
             requests,
             claims,
+            streams: parts.streams,
         };
-        self.install(&key, entry);
+        self.install(&parts.key, entry);
         Ok(())
     }
 
@@ -332,7 +500,9 @@ impl RpcServer {
             }
         };
         if let Some(e) = entry {
-            e.stop.cancel();
+            for f in e.stop() {
+                stream::spawn_publish(f);
+            }
         }
     }
 
@@ -350,15 +520,21 @@ impl RpcServer {
         core.bus.publish(&ch, bytes).await
     }
 
-    /// Stops taking requests, waits for every in-flight handler (and the
-    /// claims they wait for) to finish, then leaves every channel. Later
+    /// Stops taking requests, closes every open stream with `unavailable`
+    /// "EOF", waits for every in-flight handler (and the claims they wait
+    /// for) to finish, then leaves every channel. Later
     /// registrations fail with "server is closed".
     pub async fn shutdown(&self) {
         let entries = self.close_all();
         futures::future::join_all(entries.into_iter().map(|e| async move {
-            // Stop taking requests, wait for those in flight (their claim
-            // responses still arrive), then leave the claim channel.
-            e.stop.cancel();
+            // Stop taking requests, close the open streams (the peers are
+            // told before we leave), wait for the requests in flight (their
+            // claim responses still arrive), then leave the claim channel.
+            for r in futures::future::join_all(e.stop()).await {
+                if let Err(err) = r {
+                    tracing::warn!(error = %err, "psrpc server: stream close not sent");
+                }
+            }
             drop(e.requests);
             e.tracker.close();
             e.tracker.wait().await;
@@ -367,13 +543,16 @@ impl RpcServer {
         .await;
     }
 
-    /// Leaves every channel at once and returns without waiting. Handlers
-    /// already running are not canceled: they finish and still answer (as in
+    /// Leaves every channel at once and returns without waiting; open
+    /// streams are closed with `unavailable` "EOF" (the peers are told in
+    /// the background). Handlers already running are not canceled: they finish and still answer (as in
     /// Go, quirk Q9: the caller then gets its answer rather than a timeout),
     /// but a request still waiting for its claim is given up.
     pub fn kill(&self) {
         for e in self.close_all() {
-            e.stop.cancel();
+            for f in e.stop() {
+                stream::spawn_publish(f);
+            }
         }
         // Requests still waiting for their claim give up now.
         self.inner
@@ -448,7 +627,9 @@ struct UnaryHandler<Req, Res, H> {
     core: Arc<Core>,
     method: MethodInfo,
     info: Arc<RpcInfo>,
-    handler: H,
+    handler: Arc<H>,
+    /// The interceptor chain ending in `handler`, when there are interceptors.
+    chain: Option<ServerNext>,
     affinity: Option<AffinityFn<Req>>,
     _p: PhantomData<fn() -> Res>,
 }
@@ -489,10 +670,50 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
+impl Core {
+    /// The server's side of the claim handshake for `request_id` from
+    /// `client_id`: claims with `affinity` and waits for the decision until
+    /// `deadline`. `true` when this server won.
+    async fn claim(
+        &self,
+        request_id: &str,
+        claim_channel: &Channel,
+        affinity: f32,
+        deadline: Instant,
+    ) -> bool {
+        // Negative (or NaN): this server does not want the request.
+        if affinity.is_nan() || affinity < 0.0 {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut table = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(winner) = table.decided.remove(request_id) {
+                // Decided before we could claim: it was not us.
+                tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
+                return false;
+            }
+            table.waiters.insert(request_id.to_owned(), tx);
+        }
+        let _guard = ClaimGuard {
+            core: self,
+            request_id,
+        };
+        let claim = ClaimRequest {
+            request_id: request_id.to_owned(),
+            server_id: self.id.clone(),
+            affinity,
+        };
+        self.publish(claim_channel, &claim).await;
+        // Another server won, the deadline passed or we were killed: false.
+        matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(winner)) if winner == self.id)
+    }
+}
+
 impl<Req, Res, H, Fut> UnaryHandler<Req, Res, H>
 where
-    Req: Message + Default + 'static,
-    Res: Message + 'static,
+    Req: Message + Default + Clone + 'static,
+    Res: Message + Clone + 'static,
     H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Res>> + Send + 'static,
 {
@@ -530,34 +751,11 @@ where
 
         if self.method.require_claim {
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f(&msg));
-            // Negative (or NaN): this server does not want the request.
-            if affinity.is_nan() || affinity < 0.0 {
-                return;
-            }
-            let (tx, rx) = oneshot::channel();
+            if !core
+                .claim(&req.request_id, &client_chans.1, affinity, deadline)
+                .await
             {
-                let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(winner) = table.decided.remove(&req.request_id) {
-                    // Decided before we could claim: it was not us.
-                    tracing::trace!(request_id = %req.request_id, %winner, "psrpc server: claim already decided");
-                    return;
-                }
-                table.waiters.insert(req.request_id.clone(), tx);
-            }
-            let _guard = ClaimGuard {
-                core,
-                request_id: &req.request_id,
-            };
-            let claim = ClaimRequest {
-                request_id: req.request_id.clone(),
-                server_id: core.id.clone(),
-                affinity,
-            };
-            core.publish(&client_chans.1, &claim).await;
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(winner)) if winner == core.id => {}
-                // Another server won, the deadline passed or we were killed.
-                _ => return,
+                return;
             }
         }
 
@@ -569,11 +767,20 @@ where
         let ctx = Context::new()
             .with_deadline(deadline.into_std())
             .with_incoming(header, self.info.clone());
-        let result = (self.handler)(ctx, msg).await;
+        let result = match &self.chain {
+            None => (self.handler)(ctx, msg)
+                .await
+                .map(|r| Bytes::from(r.encode_to_vec())),
+            Some(next) => next
+                .clone()
+                .run(ctx, Box::new(msg))
+                .await
+                .map(|r| Bytes::from(r.to_bytes())),
+        };
         core.publish(reply, &self.response(&req, result)).await;
     }
 
-    fn response(&self, req: &Request, result: Result<Res>) -> Response {
+    fn response(&self, req: &Request, result: Result<Bytes>) -> Response {
         let mut r = Response {
             request_id: req.request_id.clone(),
             server_id: self.core.id.clone(),
@@ -581,7 +788,7 @@ where
             ..Default::default()
         };
         match result {
-            Ok(res) => r.raw_response = Bytes::from(res.encode_to_vec()),
+            Ok(res) => r.raw_response = res,
             Err(e) => {
                 // An error never travels as code "" (that reads as no code),
                 // nor with an empty message (that reads as success, Q7).
@@ -599,5 +806,93 @@ where
             }
         }
         r
+    }
+}
+
+/// One registered stream handler: accepts opens, runs the handler per stream.
+struct StreamHandler<S, R, H> {
+    core: Arc<Core>,
+    method: MethodInfo,
+    info: Arc<RpcInfo>,
+    handler: H,
+    affinity: Option<StreamAffinityFn>,
+    streams: Arc<StreamTable>,
+    timeout: Duration,
+    buffer: usize,
+    stop: CancellationToken,
+    _p: PhantomData<fn(S) -> R>,
+}
+
+impl<S, R, H, Fut> StreamHandler<S, R, H>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+    H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    /// Handles one open (WIRE.md 10.3, server side).
+    async fn open(&self, m: wire::Stream) {
+        let Some(StreamBody::Open(open)) = m.body else {
+            return;
+        };
+        let now = wire::now_ns();
+        if m.expiry <= now {
+            tracing::debug!(stream_id = %m.stream_id, "psrpc server: dropped expired stream open");
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_nanos((m.expiry - now) as u64);
+        let core = &*self.core;
+        if self.method.require_claim {
+            let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
+            let ch = &core.client_channels(&open.node_id).1;
+            if !core.claim(&m.request_id, ch, affinity, deadline).await {
+                return;
+            }
+        }
+        let out = Arc::new(channels::stream_channel(&core.service, &open.node_id));
+        let (shared, rx) = stream::Shared::<R>::new(StreamParams {
+            stream_id: m.stream_id.clone(),
+            info: self.info.clone(),
+            bus: core.bus.clone(),
+            out: out.clone(),
+            timeout: self.timeout,
+            buffer: self.buffer,
+            table: Arc::downgrade(&self.streams),
+            interceptors: core.stream_interceptors.clone(),
+        });
+        {
+            // Under the table lock: a shutdown either sees this stream or
+            // has stopped the handler before it was added.
+            let mut t = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            if self.stop.is_cancelled() {
+                return;
+            }
+            t.insert(m.stream_id.clone(), shared.clone());
+        }
+        let ack = wire::Stream {
+            stream_id: m.stream_id,
+            request_id: m.request_id,
+            sent_at: m.sent_at,
+            expiry: m.expiry,
+            body: Some(StreamBody::Ack(StreamAck {})),
+        };
+        core.publish(&out, &ack).await;
+        shared.open_interceptors();
+        let header = IncomingHeader {
+            remote_id: open.node_id,
+            sent_at: UNIX_EPOCH + Duration::from_nanos(m.sent_at.max(0) as u64),
+            metadata: open.metadata,
+        };
+        // No deadline: the stream's context ends when the stream does.
+        let ctx = Context::new()
+            .with_cancel(shared.done().clone())
+            .with_incoming(header, self.info.clone());
+        let hijacked = Arc::new(AtomicBool::new(false));
+        let result =
+            (self.handler)(ServerStream::new(shared.clone(), rx, ctx, hijacked.clone())).await;
+        if !hijacked.load(Ordering::Acquire) {
+            // Err when the stream was closed already: nothing to do.
+            let _ = shared.close(result.err()).await;
+        }
     }
 }

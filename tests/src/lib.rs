@@ -12,6 +12,7 @@ use std::time::Duration;
 use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo};
 
+pub mod streams;
 pub mod suite;
 
 /// Makes bus connections for a test.
@@ -165,6 +166,19 @@ macro_rules! conformance {
             subscription_multi_topic_fanout,
             subscription_queue_one_subscriber,
             malformed_bytes_on_every_channel,
+            stream_ping_pong,
+            stream_claimed_by_one_of_two,
+            stream_close_causes_cross,
+            stream_slow_receiver_times_out_sender,
+            stream_thousand_each_way_in_order,
+            stream_hijack_keeps_stream,
+            stream_server_shutdown_and_kill_close_streams,
+            stream_no_server_and_topics,
+            stream_affinity_picks_best,
+            stream_client_close_and_context,
+            stream_metadata_and_header,
+            stream_malformed_message_closes,
+            stream_many_concurrent,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -19,6 +19,7 @@ use psrpc::{
 };
 
 use crate::my_service::*;
+pub use crate::streams::*;
 use crate::{BusFactory, MyRequest, MyResponse, MyUpdate, Num};
 
 const WAIT: Duration = Duration::from_secs(3);

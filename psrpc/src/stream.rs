@@ -1,0 +1,902 @@
+//! Bidirectional streams (WIRE.md 10.3): [`ClientStream`] and
+//! [`ServerStream`].
+//!
+//! A client opens a stream with [`RpcClient::stream`](crate::RpcClient::stream);
+//! the first server to claim it (or, for multi and single-server methods,
+//! every server that hears it) runs its stream handler, registered with
+//! [`RpcServer::register_stream_handler`](crate::RpcServer::register_stream_handler).
+//! After that both ends are alike:
+//!
+//! * `send(msg)` returns once the peer has *accepted* the message into its
+//!   receive buffer (it acknowledges it), or fails at the per-message timeout
+//!   (the stream's timeout, or `send_timeout`);
+//! * `recv()` (or the `futures::Stream` impl) yields the messages the peer
+//!   sent, in order, and `None` once the stream is closed;
+//! * `close(cause)` ends the stream for both: the peer's `err()` is `cause`
+//!   (`canceled` "stream closed" without one);
+//! * `err()` says why the stream ended.
+//!
+//! # Slow receivers
+//!
+//! Each end buffers up to `channel_size` (default 100) received messages
+//! that the application has not read yet. A message is acknowledged when it
+//! enters that buffer. A message that arrives while the buffer is full is
+//! held, unacknowledged (at most `channel_size` more are held, in order),
+//! until the application makes room; it is then buffered and acknowledged,
+//! so a momentarily slow reader only slows the sender's `send` down. If
+//! there is no room before the message expires (the sender's send timeout),
+//! or the holding area is full as well, the message is discarded and never
+//! acknowledged: the sender's `send` fails with `deadline_exceeded`, and the
+//! sender decides what to do, as a Go peer expects (quirk Q13). Memory never
+//! grows past twice the buffer.
+//!
+//! # Server side
+//!
+//! The handler owns its [`ServerStream`]. When the handler returns, the
+//! stream is closed with the handler's error (or plainly on `Ok`), unless the
+//! handler called [`ServerStream::hijack`]: the application then keeps the
+//! stream and closes it itself (dropping a hijacked stream closes it).
+//! `shutdown()` and `kill()` of the server close every open stream with
+//! `unavailable` "EOF".
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::DynBus;
+use crate::channels::Channel;
+use crate::error::{Error, ErrorCode, Result};
+use crate::id;
+use crate::info::{BoxMessage, Context, RpcInfo};
+use crate::interceptor::{StreamInterceptor, StreamSendNext, StreamTerminal};
+use crate::wire::{self, StreamAck, StreamBody, StreamClose, StreamMessage};
+
+/// Decides whether this server claims a stream of an affinity (or queue)
+/// method: higher is better; negative means "do not claim".
+pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
+
+/// The open streams of a client, or of one server stream handler, by id.
+pub(crate) type StreamTable = Mutex<HashMap<String, Arc<dyn StreamEntry>>>;
+
+/// A stream as the table holds it, without its message types.
+pub(crate) trait StreamEntry: Send + Sync {
+    /// Handles an incoming message of this stream (never an open).
+    fn on_stream(self: Arc<Self>, m: wire::Stream);
+    /// Closes the stream with `cause` and returns the publish of the close
+    /// message (`None` when it was closed already).
+    fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>>;
+}
+
+/// Routes an incoming stream message to its stream. Messages of unknown
+/// streams are dropped.
+pub(crate) fn dispatch(table: &StreamTable, m: wire::Stream) {
+    let entry = lock(table).get(&m.stream_id).cloned();
+    match entry {
+        Some(e) => e.on_stream(m),
+        None => {
+            tracing::trace!(stream_id = %m.stream_id, "psrpc stream: message for unknown stream dropped")
+        }
+    }
+}
+
+/// Closes every stream of `table` with `cause`; returns the publishes.
+pub(crate) fn close_all(table: &StreamTable, cause: &Error) -> Vec<BoxFuture<'static, Result<()>>> {
+    let entries: Vec<_> = lock(table).drain().map(|(_, e)| e).collect();
+    entries
+        .into_iter()
+        .filter_map(|e| e.close_now(cause.clone()))
+        .collect()
+}
+
+/// Runs a publish in the background (in the current tokio runtime, if any).
+pub(crate) fn spawn_publish(f: BoxFuture<'static, Result<()>>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(async move {
+                if let Err(e) = f.await {
+                    tracing::warn!(error = %e, "psrpc stream: publish failed");
+                }
+            });
+        }
+        Err(_) => tracing::warn!("psrpc stream: publish dropped, no tokio runtime"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes without making the caller wait: the publish is polled once
+/// right here (the local bus completes at once) and only moved to a task
+/// when it has to wait.
+pub(crate) fn publish_detached(bus: &DynBus, ch: &Arc<Channel>, msg: Bytes) {
+    let (bus, ch) = (bus.clone(), ch.clone());
+    let mut fut: BoxFuture<'static, Result<()>> =
+        Box::pin(async move { bus.publish(&ch, msg).await });
+    let mut cx = TaskContext::from_waker(futures::task::noop_waker_ref());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(e)) => tracing::warn!(error = %e, "psrpc stream: publish failed"),
+        Poll::Ready(Ok(())) => {}
+        Poll::Pending => spawn_publish(fut),
+    }
+}
+
+struct State<R> {
+    /// Why the stream ended; `None` while open.
+    cause: Option<Error>,
+    /// The receive buffer; dropped when the stream closes.
+    tx: Option<mpsc::Sender<R>>,
+    /// Messages waiting for room in the receive buffer, in arrival order,
+    /// not yet acknowledged.
+    overflow: std::collections::VecDeque<(R, AckOf)>,
+    /// A task is moving `overflow` into the buffer.
+    draining: bool,
+}
+
+/// What the ack of a message echoes.
+struct AckOf {
+    request_id: String,
+    sent_at: i64,
+    expiry: i64,
+}
+
+/// Held messages are given up this long before their expiry, so that one
+/// is never accepted after its sender stopped waiting for it.
+const OVERFLOW_MARGIN: Duration = Duration::from_millis(5);
+
+/// What both ends of one stream share with the bus side.
+pub(crate) struct Shared<R> {
+    stream_id: String,
+    info: Arc<RpcInfo>,
+    bus: DynBus,
+    /// Where this end's messages go.
+    out: Arc<Channel>,
+    /// Default send timeout, and the expiry of the close message.
+    timeout: Duration,
+    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    state: Mutex<State<R>>,
+    /// Canceled when the stream closes (wakes pending sends; ends the
+    /// server handler's context).
+    done: CancellationToken,
+    table: Weak<StreamTable>,
+    interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+}
+
+/// Everything needed to make one end of a stream.
+pub(crate) struct StreamParams {
+    pub(crate) stream_id: String,
+    pub(crate) info: Arc<RpcInfo>,
+    pub(crate) bus: DynBus,
+    pub(crate) out: Arc<Channel>,
+    pub(crate) timeout: Duration,
+    pub(crate) buffer: usize,
+    pub(crate) table: Weak<StreamTable>,
+    pub(crate) interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+}
+
+impl<R: Message + Default + Clone + 'static> Shared<R> {
+    pub(crate) fn new(p: StreamParams) -> (Arc<Self>, mpsc::Receiver<R>) {
+        let (tx, rx) = mpsc::channel(p.buffer.max(1));
+        let shared = Arc::new(Shared {
+            stream_id: p.stream_id,
+            info: p.info,
+            bus: p.bus,
+            out: p.out,
+            timeout: p.timeout,
+            acks: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                cause: None,
+                tx: Some(tx),
+                overflow: Default::default(),
+                draining: false,
+            }),
+            done: CancellationToken::new(),
+            table: p.table,
+            interceptors: p.interceptors,
+        });
+        (shared, rx)
+    }
+
+    pub(crate) fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    pub(crate) fn done(&self) -> &CancellationToken {
+        &self.done
+    }
+
+    /// Waits for the ack of `request_id` (the open's, pre-seeded).
+    pub(crate) fn expect_ack(&self, request_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.acks).insert(request_id.to_owned(), tx);
+        rx
+    }
+
+    pub(crate) fn forget_ack(&self, request_id: &str) {
+        lock(&self.acks).remove(request_id);
+    }
+
+    /// Why the stream ended, if it has.
+    pub(crate) fn cause(&self) -> Option<Error> {
+        lock(&self.state).cause.clone()
+    }
+
+    pub(crate) fn open_interceptors(&self) {
+        for i in self.interceptors.iter() {
+            i.open(&self.info);
+        }
+    }
+
+    /// Marks the stream closed with `cause`: the receive buffer ends, pending
+    /// sends wake with `cause`, the stream leaves its table. `Err(previous)`
+    /// when it was closed already.
+    fn mark_closed(&self, cause: Error) -> std::result::Result<(), Error> {
+        {
+            let mut st = lock(&self.state);
+            if let Some(prev) = &st.cause {
+                return Err(prev.clone());
+            }
+            st.cause = Some(cause);
+            st.tx = None;
+            st.overflow.clear();
+        }
+        if let Some(t) = self.table.upgrade() {
+            let mut t = lock(&t);
+            // Only this stream's own entry (ids are unique, but be exact).
+            if t.get(&self.stream_id).is_some() {
+                t.remove(&self.stream_id);
+            }
+        }
+        self.done.cancel();
+        Ok(())
+    }
+
+    fn close_message(&self, cause: &Error) -> Bytes {
+        let now = wire::now_ns();
+        let code = match cause.code() {
+            ErrorCode::Ok => ErrorCode::Unknown.as_str().to_owned(),
+            c => c.as_str().to_owned(),
+        };
+        wire::encode_msg(&wire::Stream {
+            stream_id: self.stream_id.clone(),
+            request_id: id::new_request_id(),
+            sent_at: now,
+            expiry: now.saturating_add(self.timeout.as_nanos() as i64),
+            body: Some(StreamBody::Close(StreamClose {
+                error: cause.message().to_owned(),
+                code,
+            })),
+        })
+    }
+
+    /// Closes the stream locally with `cause` (`None`: `canceled` "stream
+    /// closed") and tells the peer. When it was closed already, returns the
+    /// earlier cause as the error and sends nothing.
+    pub(crate) async fn close(&self, cause: Option<Error>) -> Result<()> {
+        if self.cause().is_none() {
+            for i in self.interceptors.iter() {
+                i.close(&self.info, cause.as_ref());
+            }
+        }
+        let cause = cause.unwrap_or_else(Error::stream_closed);
+        self.mark_closed(cause.clone())?;
+        let msg = self.close_message(&cause);
+        self.bus.publish(&self.out, msg).await
+    }
+
+    /// [`close`](Self::close) without waiting for the publish.
+    pub(crate) fn close_detached(&self, cause: Error) {
+        if self.mark_closed(cause.clone()).is_ok() {
+            publish_detached(&self.bus, &self.out, self.close_message(&cause));
+        }
+    }
+
+    /// Sends one encoded message and waits for its ack.
+    pub(crate) async fn send_raw(&self, raw: Bytes, timeout: Option<Duration>) -> Result<()> {
+        if let Some(c) = self.cause() {
+            return Err(c);
+        }
+        let t = timeout.filter(|t| !t.is_zero()).unwrap_or(self.timeout);
+        let deadline = Instant::now() + t;
+        let request_id = id::new_request_id();
+        let ack = self.expect_ack(&request_id);
+        let _guard = AckGuard {
+            acks: &self.acks,
+            request_id: &request_id,
+        };
+        let now = wire::now_ns();
+        let msg = wire::encode_msg(&wire::Stream {
+            stream_id: self.stream_id.clone(),
+            request_id: request_id.clone(),
+            sent_at: now,
+            expiry: now.saturating_add(t.as_nanos() as i64),
+            body: Some(StreamBody::Message(StreamMessage {
+                raw_message: raw,
+                ..Default::default()
+            })),
+        });
+        self.bus.publish(&self.out, msg).await?;
+        tokio::select! {
+            biased;
+            r = ack => match r {
+                Ok(()) => Ok(()),
+                Err(_) => Err(self.cause().unwrap_or_else(Error::stream_closed)),
+            },
+            _ = self.done.cancelled() => Err(self.cause().unwrap_or_else(Error::stream_closed)),
+            _ = tokio::time::sleep_until(deadline) => {
+                Err(self.cause().unwrap_or_else(Error::request_timed_out))
+            }
+        }
+    }
+
+    fn ack(&self, a: AckOf) {
+        let ack = wire::encode_msg(&wire::Stream {
+            stream_id: self.stream_id.clone(),
+            request_id: a.request_id,
+            sent_at: a.sent_at,
+            expiry: a.expiry,
+            body: Some(StreamBody::Ack(StreamAck {})),
+        });
+        publish_detached(&self.bus, &self.out, ack);
+    }
+
+    /// Moves held messages into the receive buffer as room appears, in
+    /// order, acknowledging each; gives up on one at its expiry.
+    async fn drain_overflow(self: Arc<Self>) {
+        loop {
+            let (tx, msg, ack) = {
+                let mut guard = lock(&self.state);
+                let st = &mut *guard;
+                let next = match (&st.tx, st.overflow.pop_front()) {
+                    (Some(tx), Some((msg, ack))) => Some((tx.clone(), msg, ack)),
+                    _ => None,
+                };
+                match next {
+                    Some(n) => n,
+                    None => {
+                        st.draining = false;
+                        return;
+                    }
+                }
+            };
+            let left =
+                Duration::from_nanos(ack.expiry.saturating_sub(wire::now_ns()).max(0) as u64);
+            let deadline = Instant::now() + left.saturating_sub(OVERFLOW_MARGIN);
+            let permit = tokio::select! {
+                p = tx.reserve_owned() => p.ok(),
+                _ = tokio::time::sleep_until(deadline) => None,
+                _ = self.done.cancelled() => None,
+            };
+            match permit {
+                Some(p) => {
+                    let st = lock(&self.state);
+                    if st.cause.is_none() {
+                        // The sender clone goes right away: a close must end the buffer.
+                        drop(p.send(msg));
+                        self.ack(ack);
+                    }
+                }
+                None => {
+                    if !self.done.is_cancelled() {
+                        tracing::warn!(
+                            stream_id = %self.stream_id,
+                            error = %Error::slow_consumer(),
+                            "psrpc stream: receive buffer stayed full until the message expired; not acknowledged"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AckGuard<'a> {
+    acks: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    request_id: &'a str,
+}
+
+impl Drop for AckGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.acks).remove(self.request_id);
+    }
+}
+
+impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
+    fn on_stream(self: Arc<Self>, m: wire::Stream) {
+        match m.body {
+            Some(StreamBody::Ack(_)) => {
+                if let Some(w) = lock(&self.acks).remove(&m.request_id) {
+                    let _ = w.send(());
+                }
+            }
+            Some(StreamBody::Message(body)) => {
+                let msg = match R::decode(body.raw_message) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        if self.cause().is_none() {
+                            tracing::warn!(stream_id = %self.stream_id, error = %e, "psrpc stream: malformed message, closing the stream");
+                            self.close_detached(Error::wrap(ErrorCode::MalformedRequest, e));
+                        }
+                        return;
+                    }
+                };
+                for i in self.interceptors.iter() {
+                    if let Err(e) = i.recv(&self.info, &msg) {
+                        tracing::debug!(stream_id = %self.stream_id, error = %e, "psrpc stream: message rejected by an interceptor");
+                        return;
+                    }
+                }
+                let ack = AckOf {
+                    request_id: m.request_id,
+                    sent_at: m.sent_at,
+                    expiry: m.expiry,
+                };
+                {
+                    // Under the state lock, so a concurrent close either
+                    // happens before (the message is ignored) or after.
+                    let mut st = lock(&self.state);
+                    let Some(tx) = &st.tx else { return };
+                    let msg = if st.draining {
+                        msg
+                    } else {
+                        match tx.try_send(msg) {
+                            Ok(()) => {
+                                // Acknowledged before the lock is released,
+                                // so a close that follows is published after
+                                // the ack.
+                                self.ack(ack);
+                                return;
+                            }
+                            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        }
+                    };
+                    // The buffer is full (or others wait already): hold the
+                    // message, bounded, until there is room.
+                    if st.overflow.len() >= tx.max_capacity() {
+                        tracing::warn!(
+                            stream_id = %self.stream_id,
+                            error = %Error::slow_consumer(),
+                            "psrpc stream: receive buffer full, message not acknowledged"
+                        );
+                        return;
+                    }
+                    st.overflow.push_back((msg, ack));
+                    if st.draining {
+                        return;
+                    }
+                    st.draining = true;
+                }
+                tokio::spawn(self.clone().drain_overflow());
+            }
+            Some(StreamBody::Close(c)) => {
+                let code = if c.code.is_empty() {
+                    ErrorCode::Unknown.as_str()
+                } else {
+                    &c.code
+                };
+                let cause = Error::from_wire(code, c.error, Vec::new());
+                let _ = self.mark_closed(cause);
+            }
+            Some(StreamBody::Open(_)) | None => {}
+        }
+    }
+
+    fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>> {
+        self.mark_closed(cause.clone()).ok()?;
+        let msg = self.close_message(&cause);
+        let (bus, out) = (self.bus.clone(), self.out.clone());
+        Some(Box::pin(async move { bus.publish(&out, msg).await }))
+    }
+}
+
+/// A handle that sends on a stream (and can close it) while another task
+/// receives: get one with `sender()` on either end. Cheap to clone; dropping
+/// it does not close the stream.
+pub struct StreamSender<S, R: Message + Default + Clone + 'static> {
+    shared: Arc<Shared<R>>,
+    chain: Option<StreamSendNext>,
+    _s: PhantomData<fn(S)>,
+}
+
+impl<S, R: Message + Default + Clone + 'static> Clone for StreamSender<S, R> {
+    fn clone(&self) -> Self {
+        StreamSender {
+            shared: self.shared.clone(),
+            chain: self.chain.clone(),
+            _s: PhantomData,
+        }
+    }
+}
+
+impl<S, R: Message + Default + Clone + 'static> std::fmt::Debug for StreamSender<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender")
+            .field("stream_id", &self.shared.stream_id)
+            .finish()
+    }
+}
+
+impl<S, R> StreamSender<S, R>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+{
+    fn new(shared: Arc<Shared<R>>) -> Self {
+        let chain = (!shared.interceptors.is_empty()).then(|| {
+            let s = shared.clone();
+            let terminal: StreamTerminal = Arc::new(move |msg: BoxMessage, t| {
+                let s = s.clone();
+                Box::pin(async move { s.send_raw(Bytes::from(msg.to_bytes()), t).await })
+            });
+            StreamSendNext::new(shared.interceptors.clone(), shared.info.clone(), terminal)
+        });
+        StreamSender {
+            shared,
+            chain,
+            _s: PhantomData,
+        }
+    }
+
+    async fn send_opt(&self, msg: S, timeout: Option<Duration>) -> Result<()> {
+        match &self.chain {
+            None => {
+                self.shared
+                    .send_raw(Bytes::from(msg.encode_to_vec()), timeout)
+                    .await
+            }
+            Some(next) => next.clone().run(Box::new(msg), timeout).await,
+        }
+    }
+
+    /// Sends `msg` and waits until the peer has accepted it, at most the
+    /// stream's timeout. Fails at once with the close cause on a closed
+    /// stream; `deadline_exceeded` "request timed out" when the peer does
+    /// not acknowledge in time (it is gone, or its buffer is full).
+    pub async fn send(&self, msg: S) -> Result<()> {
+        self.send_opt(msg, None).await
+    }
+
+    /// [`send`](Self::send) with its own timeout.
+    pub async fn send_timeout(&self, msg: S, timeout: Duration) -> Result<()> {
+        self.send_opt(msg, Some(timeout)).await
+    }
+
+    /// Closes the stream; the peer sees `cause` as its error (`None`:
+    /// `canceled` "stream closed"). On a stream closed already, returns
+    /// the earlier cause and sends nothing.
+    pub async fn close(&self, cause: Option<Error>) -> Result<()> {
+        self.shared.close(cause).await
+    }
+
+    /// Why the stream ended; `None` while it is open.
+    pub fn err(&self) -> Option<Error> {
+        self.shared.cause()
+    }
+
+    /// Whether the stream has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.cause().is_some()
+    }
+}
+
+/// One end of a stream, typed: sends `S`, receives `R`.
+struct Endpoint<S, R: Message + Default + Clone + 'static> {
+    tx: StreamSender<S, R>,
+    rx: mpsc::Receiver<R>,
+    ctx: Context,
+}
+
+impl<S, R> Endpoint<S, R>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+{
+    fn new(shared: Arc<Shared<R>>, rx: mpsc::Receiver<R>, ctx: Context) -> Self {
+        Endpoint {
+            tx: StreamSender::new(shared),
+            rx,
+            ctx,
+        }
+    }
+}
+
+impl<S, R: Message + Default + Clone + 'static> Endpoint<S, R> {
+    fn shared(&self) -> &Arc<Shared<R>> {
+        &self.tx.shared
+    }
+}
+
+macro_rules! stream_methods {
+    () => {
+        /// Sends `msg` and waits until the peer has accepted it, at most the
+        /// stream's timeout. Fails at once with the close cause on a closed
+        /// stream; `deadline_exceeded` "request timed out" when the peer does
+        /// not acknowledge in time (it is gone, or its buffer is full).
+        pub async fn send(&self, msg: S) -> Result<()> {
+            self.end.tx.send(msg).await
+        }
+
+        /// [`send`](Self::send) with its own timeout.
+        pub async fn send_timeout(&self, msg: S, timeout: Duration) -> Result<()> {
+            self.end.tx.send_timeout(msg, timeout).await
+        }
+
+        /// A handle to send on (and close) this stream from another task.
+        pub fn sender(&self) -> StreamSender<S, R> {
+            self.end.tx.clone()
+        }
+
+        /// The next message from the peer; `None` once the stream is closed
+        /// and every buffered message was read ([`err`](Self::err) says why).
+        pub async fn recv(&mut self) -> Option<R> {
+            self.end.rx.recv().await
+        }
+
+        /// Closes the stream; the peer sees `cause` as its error (`None`:
+        /// `canceled` "stream closed"). On a stream closed already, returns
+        /// the earlier cause and sends nothing.
+        pub async fn close(&self, cause: Option<Error>) -> Result<()> {
+            self.end.shared().close(cause).await
+        }
+
+        /// Why the stream ended; `None` while it is open.
+        pub fn err(&self) -> Option<Error> {
+            self.end.shared().cause()
+        }
+
+        /// Whether the stream has ended.
+        pub fn is_closed(&self) -> bool {
+            self.end.shared().cause().is_some()
+        }
+
+        /// Resolves when the stream ends.
+        pub async fn closed(&self) {
+            self.end.shared().done().cancelled().await
+        }
+
+        /// The stream's context: on the server, the incoming header and the
+        /// call info; canceled when the stream ends.
+        pub fn context(&self) -> &Context {
+            &self.end.ctx
+        }
+
+        /// The stream id (`STR_...`).
+        pub fn stream_id(&self) -> &str {
+            self.end.shared().stream_id()
+        }
+    };
+}
+
+/// The client end of a stream: sends `S`, receives `R`. Dropping it closes
+/// the stream.
+pub struct ClientStream<S, R: Message + Default + Clone + 'static> {
+    end: Endpoint<S, R>,
+}
+
+impl<S, R> ClientStream<S, R>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+{
+    pub(crate) fn new(shared: Arc<Shared<R>>, rx: mpsc::Receiver<R>, ctx: Context) -> Self {
+        ClientStream {
+            end: Endpoint::new(shared, rx, ctx),
+        }
+    }
+
+    stream_methods!();
+}
+
+impl<S, R: Message + Default + Clone + 'static> Drop for ClientStream<S, R> {
+    fn drop(&mut self) {
+        self.end.shared().close_detached(Error::stream_closed());
+    }
+}
+
+/// The server end of a stream: sends `S`, receives `R`. The handler owns it;
+/// see the [module docs](self) for what happens when the handler returns.
+pub struct ServerStream<S, R: Message + Default + Clone + 'static> {
+    end: Endpoint<S, R>,
+    hijacked: Arc<AtomicBool>,
+}
+
+impl<S, R> ServerStream<S, R>
+where
+    S: Message + Clone + 'static,
+    R: Message + Default + Clone + 'static,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared<R>>,
+        rx: mpsc::Receiver<R>,
+        ctx: Context,
+        hijacked: Arc<AtomicBool>,
+    ) -> Self {
+        ServerStream {
+            end: Endpoint::new(shared, rx, ctx),
+            hijacked,
+        }
+    }
+
+    stream_methods!();
+
+    /// Keeps the stream open after the handler returns: the application
+    /// owns it from now on and closes it (dropping it closes it too).
+    pub fn hijack(&self) {
+        self.hijacked.store(true, Ordering::Release);
+    }
+
+    /// Whether [`hijack`](Self::hijack) was called.
+    pub fn is_hijacked(&self) -> bool {
+        self.hijacked.load(Ordering::Acquire)
+    }
+}
+
+impl<S, R: Message + Default + Clone + 'static> Drop for ServerStream<S, R> {
+    fn drop(&mut self) {
+        // A handler's stream is closed by the runtime with the handler's
+        // result; a hijacked one has no one else to close it.
+        if self.hijacked.load(Ordering::Acquire) {
+            self.end.shared().close_detached(Error::stream_closed());
+        }
+    }
+}
+
+macro_rules! stream_impls {
+    ($t:ident) => {
+        impl<S, R> futures::Stream for $t<S, R>
+        where
+            S: Message + Clone + 'static,
+            R: Message + Default + Clone + 'static,
+        {
+            type Item = R;
+            fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<R>> {
+                // Only `rx` is touched; the endpoint is `Unpin`.
+                self.get_mut().end.rx.poll_recv(cx)
+            }
+        }
+
+        impl<S, R: Message + Default + Clone + 'static> std::fmt::Debug for $t<S, R> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("stream_id", &self.end.shared().stream_id)
+                    .field("info", &self.end.shared().info)
+                    .field("err", &self.end.shared().cause())
+                    .finish()
+            }
+        }
+    };
+}
+
+stream_impls!(ClientStream);
+stream_impls!(ServerStream);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalBus;
+
+    /// A stream end on a bus where nobody listens: publishes succeed and
+    /// nothing is ever acknowledged (the fake adapter of the Go unit tests).
+    fn lonely(buffer: usize) -> (Arc<Shared<wire::Response>>, mpsc::Receiver<wire::Response>) {
+        Shared::new(StreamParams {
+            stream_id: "STR_test".into(),
+            info: Arc::new(RpcInfo::default()),
+            bus: Arc::new(LocalBus::new()),
+            out: Arc::new(crate::channels::stream_channel("svc", "CLI_nobody")),
+            timeout: Duration::from_secs(3),
+            buffer,
+            table: Weak::new(),
+            interceptors: Arc::new([]),
+        })
+    }
+
+    fn incoming(body: StreamBody) -> wire::Stream {
+        wire::Stream {
+            stream_id: "STR_test".into(),
+            request_id: id::new_request_id(),
+            sent_at: wire::now_ns(),
+            expiry: wire::now_ns() + 3_000_000_000,
+            body: Some(body),
+        }
+    }
+
+    /// ST1: a remote close releases a pending send with the remote cause,
+    /// long before the send's own timeout.
+    #[tokio::test]
+    async fn close_releases_pending_send() {
+        let (s, _rx) = lonely(10);
+        let sending = {
+            let s = s.clone();
+            tokio::spawn(async move { s.send_raw(Bytes::new(), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.clone().on_stream(incoming(StreamBody::Close(StreamClose {
+            error: "stream closed".into(),
+            code: "canceled".into(),
+        })));
+        let started = std::time::Instant::now();
+        let err = sending.await.unwrap().expect_err("released by the close");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(err.code(), Error::stream_closed().code());
+        assert_eq!(err.message(), Error::stream_closed().message());
+    }
+
+    /// ST2: a local close racing an incoming message never panics; the
+    /// message is delivered or dropped, and the buffer ends either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_racing_a_message_never_panics() {
+        let payload = Bytes::from(
+            wire::Response {
+                request_id: "x".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        for _ in 0..1000 {
+            let (s, mut rx) = lonely(1);
+            let msg = incoming(StreamBody::Message(StreamMessage {
+                raw_message: payload.clone(),
+                ..Default::default()
+            }));
+            let feeder = {
+                let s = s.clone();
+                tokio::spawn(async move { s.on_stream(msg) })
+            };
+            let closer = {
+                let s = s.clone();
+                tokio::spawn(async move { s.close(None).await })
+            };
+            feeder.await.unwrap();
+            closer.await.unwrap().unwrap();
+            // Whatever was delivered is readable, then the buffer ends.
+            while let Some(r) = rx.recv().await {
+                assert_eq!(r.request_id, "x");
+            }
+            assert_eq!(s.cause().unwrap().message(), "stream closed");
+        }
+    }
+
+    /// A full buffer holds the next message unacknowledged and delivers it
+    /// when the reader makes room; past the holding area, messages are
+    /// dropped.
+    #[tokio::test]
+    async fn full_buffer_holds_then_delivers_in_order() {
+        let (s, mut rx) = lonely(1);
+        for n in 0..3 {
+            let m = wire::Response {
+                request_id: n.to_string(),
+                ..Default::default()
+            };
+            s.clone()
+                .on_stream(incoming(StreamBody::Message(StreamMessage {
+                    raw_message: Bytes::from(m.encode_to_vec()),
+                    ..Default::default()
+                })));
+        }
+        // One buffered, one held, one dropped (holding area = buffer size).
+        for want in ["0", "1"] {
+            let got = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.request_id, want);
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), rx.recv())
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,706 @@
+//! Stream behaviours (BEHAVIOURS.md 3.2, 6; WIRE.md 10.3), each a function
+//! over a [`BusFactory`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use psrpc::{
+    ClientOptions, Context, Error, ErrorCode, MethodInfo, RpcClient, RpcServer, ServerOptions,
+    ServerStream,
+};
+use tokio::sync::mpsc;
+
+use crate::{BusFactory, MyResponse, Num};
+
+const WAIT: Duration = Duration::from_secs(3);
+
+/// A queue-flagged stream method (the default kind: claimed by one server).
+pub static PING_PONG: MethodInfo = MethodInfo::queue("PingPong");
+/// An affinity stream method.
+pub static AFFINITY_STREAM: MethodInfo = MethodInfo::affinity("AffinityStream");
+
+async fn server(f: &dyn BusFactory, service: &str, opts: ServerOptions) -> RpcServer {
+    RpcServer::new(f.connect().await, service, opts)
+}
+
+async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
+    RpcClient::new(f.connect().await, service, ClientOptions::default())
+        .await
+        .expect("client")
+}
+
+async fn settle(f: &dyn BusFactory) {
+    let d = f.settle();
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn topic(t: &[&str]) -> Vec<String> {
+    t.iter().map(|s| s.to_string()).collect()
+}
+
+fn num(n: i64, text: &str) -> Num {
+    Num {
+        n,
+        text: text.into(),
+    }
+}
+
+/// Registers an echo handler: every `Num` comes back with `text` "PONG";
+/// reports on `done` when its stream ends, with the stream's error.
+async fn echo(
+    s: &RpcServer,
+    m: &MethodInfo,
+    t: &[String],
+    done: mpsc::UnboundedSender<Option<Error>>,
+) {
+    s.register_stream_handler(
+        m,
+        t,
+        move |mut st: ServerStream<Num, Num>| {
+            let done = done.clone();
+            async move {
+                let mut result = Ok(());
+                while let Some(msg) = st.recv().await {
+                    if let Err(e) = st.send(num(msg.n, "PONG")).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                let _ = done.send(st.err());
+                result
+            }
+        },
+        None,
+    )
+    .await
+    .expect("register stream handler");
+}
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("a value")
+}
+
+/// BEHAVIOURS 3.2: open, three ping-pongs, close; the server's receive
+/// channel closes and its handler returns.
+pub async fn stream_ping_pong(f: &dyn BusFactory) {
+    let s = server(f, "test_stream", ServerOptions::default()).await;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    echo(&s, &PING_PONG, &[], done_tx).await;
+    let c = client(f, "test_stream").await;
+    settle(f).await;
+    let mut st = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .await
+        .expect("open");
+    for i in 0..3 {
+        st.send(num(i, "PING")).await.expect("send acked");
+        let got = tokio::time::timeout(WAIT, st.recv())
+            .await
+            .expect("pong in time")
+            .expect("pong");
+        assert_eq!((got.n, got.text.as_str()), (i, "PONG"));
+    }
+    st.close(None).await.expect("close");
+    let server_err = recv(&mut done).await.expect("server sees a cause");
+    assert_eq!(server_err.code(), &ErrorCode::Canceled);
+    assert_eq!(server_err.message(), "stream closed");
+    // A second close returns the first cause and sends nothing.
+    let again = st.close(None).await.expect_err("closed already");
+    assert_eq!(again.message(), "stream closed");
+    s.shutdown().await;
+}
+
+/// G4: with two servers, exactly one accepts the stream and sees every message.
+pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
+    let counts: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut servers = Vec::new();
+    for count in &counts {
+        let s = server(f, "stream_two", ServerOptions::default()).await;
+        let count = count.clone();
+        s.register_stream_handler(
+            &PING_PONG,
+            &[],
+            move |mut st: ServerStream<MyResponse, Num>| {
+                let count = count.clone();
+                async move {
+                    while st.recv().await.is_some() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
+                }
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        servers.push(s);
+    }
+    let c = client(f, "stream_two").await;
+    settle(f).await;
+    let st = c
+        .stream::<Num, MyResponse>(&PING_PONG, vec![])
+        .await
+        .unwrap();
+    st.send(num(1, "")).await.unwrap();
+    st.send(num(2, "")).await.unwrap();
+    st.close(None).await.unwrap();
+    // Both were acknowledged: the handler reads them even after the close.
+    let total = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let started = Instant::now();
+    while total() < 2 && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    got.sort();
+    assert_eq!(got, vec![0, 2], "one server got both messages");
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
+/// A handler's error closes the stream with it; the client's `err()` and
+/// its sends report it. A client's close cause reaches the server.
+pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
+    let s = server(f, "stream_causes", ServerOptions::default()).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |mut st: ServerStream<Num, Num>| {
+            let seen = seen_tx.clone();
+            async move {
+                let first = st.recv().await;
+                match first {
+                    Some(m) if m.text == "fail" => {
+                        Err(Error::new(ErrorCode::FailedPrecondition, "handler refused"))
+                    }
+                    _ => {
+                        // Wait for the client's close and report its cause.
+                        while st.recv().await.is_some() {}
+                        let _ = seen.send(st.err());
+                        Ok(())
+                    }
+                }
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_causes").await;
+    settle(f).await;
+
+    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    st.send(num(0, "fail")).await.unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .is_none(),
+        "stream ends"
+    );
+    let err = st.err().expect("closed with the handler's error");
+    assert_eq!(err.code(), &ErrorCode::FailedPrecondition);
+    assert_eq!(err.message(), "handler refused");
+    let send_err = st.send(num(1, "")).await.expect_err("closed");
+    assert_eq!(send_err.message(), "handler refused");
+    assert!(st.is_closed());
+
+    let st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    st.send(num(0, "hello")).await.unwrap();
+    st.close(Some(Error::new(
+        ErrorCode::ResourceExhausted,
+        "client is done",
+    )))
+    .await
+    .unwrap();
+    let cause = recv(&mut seen).await.expect("server sees a cause");
+    assert_eq!(cause.code(), &ErrorCode::ResourceExhausted);
+    assert_eq!(cause.message(), "client is done");
+    s.shutdown().await;
+}
+
+/// A receiver that does not read: its buffer fills, then messages are not
+/// acknowledged and the sender's `send` fails with `deadline_exceeded`.
+pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
+    const BUFFER: usize = 4;
+    let s = server(
+        f,
+        "stream_slow",
+        ServerOptions::default().channel_size(BUFFER),
+    )
+    .await;
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |mut st: ServerStream<Num, Num>| {
+            let mut release = release.clone();
+            async move {
+                // Do not read until told.
+                let _ = release.wait_for(|r| *r).await;
+                let mut n = 0;
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(200), st.recv()).await
+                {
+                    n += 1;
+                }
+                st.send(num(n, "read")).await?;
+                Ok(())
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_slow").await;
+    settle(f).await;
+    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut acked = 0;
+    let mut failure = None;
+    for i in 0..(BUFFER as i64 + 3) {
+        match st
+            .send_timeout(num(i, ""), Duration::from_millis(300))
+            .await
+        {
+            Ok(()) => acked += 1,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(acked, BUFFER, "exactly the buffer is accepted");
+    let e = failure.expect("a send past the buffer fails");
+    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert!(!st.is_closed(), "a slow receiver does not close the stream");
+    release_tx.send(true).unwrap();
+    let read = tokio::time::timeout(WAIT, st.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.n, BUFFER as i64,
+        "the receiver got exactly what was acked"
+    );
+    s.shutdown().await;
+}
+
+/// 1,000 messages each way on one stream, in order, none lost: each side
+/// sends from one task while it receives in another.
+pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
+    const N: i64 = 1000;
+    let s = server(f, "stream_thousand", ServerOptions::default()).await;
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |mut st: ServerStream<Num, Num>| async move {
+            let tx = st.sender();
+            let sending = tokio::spawn(async move {
+                for i in 0..N {
+                    tx.send(num(i, "down")).await?;
+                }
+                Ok::<_, Error>(())
+            });
+            for expected in 0..N {
+                let m = st
+                    .recv()
+                    .await
+                    .ok_or_else(|| Error::new(ErrorCode::DataLoss, "closed early"))?;
+                if m.n != expected {
+                    return Err(Error::new(
+                        ErrorCode::DataLoss,
+                        format!("got {} expected {expected}", m.n),
+                    ));
+                }
+            }
+            sending
+                .await
+                .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))??;
+            st.send(num(-1, "server got all")).await?;
+            while st.recv().await.is_some() {}
+            Ok(())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_thousand").await;
+    settle(f).await;
+    let mut st = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let tx = st.sender();
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            tx.send(num(i, "up")).await.expect("send");
+        }
+    });
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut got = Vec::new();
+        while let Some(m) = st.recv().await {
+            if m.n == -1 {
+                return got;
+            }
+            got.push(m.n);
+        }
+        panic!("stream closed early: {:?}", st.err());
+    })
+    .await
+    .expect("1000 each way in time");
+    sending.await.unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "in order, none lost");
+    st.close(None).await.unwrap();
+    s.shutdown().await;
+}
+
+/// A hijacked server stream stays open after its handler returns; the
+/// application keeps using it.
+pub async fn stream_hijack_keeps_stream(f: &dyn BusFactory) {
+    let s = server(f, "stream_hijack", ServerOptions::default()).await;
+    let (keep_tx, mut keep) = mpsc::unbounded_channel();
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |st: ServerStream<Num, Num>| {
+            let keep = keep_tx.clone();
+            async move {
+                st.hijack();
+                let _ = keep.send(st);
+                Ok(())
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_hijack").await;
+    settle(f).await;
+    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut kept = recv(&mut keep).await;
+    // The handler has returned; the stream is still open both ways.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!st.is_closed());
+    st.send(num(7, "to hijacked"))
+        .await
+        .expect("acked by the kept stream");
+    let m = tokio::time::timeout(WAIT, kept.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.n, 7);
+    kept.send(num(8, "from hijacked")).await.unwrap();
+    assert_eq!(st.recv().await.unwrap().n, 8);
+    kept.close(None).await.unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(st.err().unwrap().message(), "stream closed");
+    s.shutdown().await;
+}
+
+/// Server shutdown, and kill, close open streams with `unavailable` "EOF"
+/// (and shutdown still returns: the handlers see their streams end).
+pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
+    for kill in [false, true] {
+        let s = server(f, "stream_shutdown", ServerOptions::default()).await;
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        echo(&s, &PING_PONG, &[], done_tx).await;
+        let c = client(f, "stream_shutdown").await;
+        settle(f).await;
+        let mut a = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+        let mut b = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+        a.send(num(1, "")).await.unwrap();
+        assert_eq!(a.recv().await.unwrap().n, 1);
+        let started = Instant::now();
+        if kill {
+            s.kill();
+        } else {
+            tokio::time::timeout(WAIT, s.shutdown())
+                .await
+                .expect("shutdown returns");
+        }
+        for st in [&mut a, &mut b] {
+            assert!(
+                tokio::time::timeout(WAIT, st.recv())
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "stream ends"
+            );
+            let e = st.err().unwrap();
+            assert_eq!((e.code(), e.message()), (&ErrorCode::Unavailable, "EOF"));
+        }
+        for _ in 0..2 {
+            let e = recv(&mut done).await.expect("handler stream ended");
+            assert_eq!(e.message(), "EOF");
+        }
+        assert!(started.elapsed() < WAIT);
+        let e = a.send(num(2, "")).await.unwrap_err();
+        assert_eq!(e.message(), "EOF");
+        // The server takes no new streams.
+        let e = c
+            .stream::<Num, Num>(&PING_PONG, vec![])
+            .await
+            .expect_err("no server");
+        assert_eq!(e.code(), &ErrorCode::Unavailable);
+    }
+}
+
+/// Opening with no server fails with `unavailable` after the selection
+/// timeout; topics isolate stream handlers.
+pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
+    let c = client(f, "stream_topics").await;
+    let started = Instant::now();
+    let e = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .await
+        .expect_err("no server");
+    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(2500));
+
+    let s = server(f, "stream_topics", ServerOptions::default()).await;
+    let (done_tx, _done) = mpsc::unbounded_channel();
+    echo(&s, &PING_PONG, &topic(&["region", "a"]), done_tx).await;
+    settle(f).await;
+    let mut st = c
+        .stream::<Num, Num>(&PING_PONG, topic(&["region", "a"]))
+        .await
+        .expect("topic a is served");
+    st.send(num(5, "")).await.unwrap();
+    assert_eq!(st.recv().await.unwrap().n, 5);
+    let e = c
+        .stream::<Num, Num>(&PING_PONG, topic(&["region", "b"]))
+        .timeout(Duration::from_millis(500))
+        .await
+        .expect_err("topic b is not served");
+    assert!(
+        matches!(
+            e.code(),
+            ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
+        ),
+        "{e}"
+    );
+    s.shutdown().await;
+}
+
+/// Affinity streams: the best-scoring server accepts; a negative score
+/// never claims.
+pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
+    let mut servers = Vec::new();
+    for (id, score) in [("low", 0.2f32), ("high", 0.9), ("never", -1.0)] {
+        let s = server(f, "stream_aff", ServerOptions::default().server_id(id)).await;
+        let me = id.to_string();
+        s.register_stream_handler(
+            &AFFINITY_STREAM,
+            &[],
+            move |st: ServerStream<Num, Num>| {
+                let me = me.clone();
+                async move {
+                    st.send(num(0, &me)).await?;
+                    st.closed().await;
+                    Ok(())
+                }
+            },
+            Some(Arc::new(move || score)),
+        )
+        .await
+        .unwrap();
+        servers.push(s);
+    }
+    let c = client(f, "stream_aff").await;
+    settle(f).await;
+    let mut st = c
+        .stream::<Num, Num>(&AFFINITY_STREAM, vec![])
+        .await
+        .unwrap();
+    let hello = tokio::time::timeout(WAIT, st.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hello.text, "high");
+    st.close(None).await.unwrap();
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
+/// Closing the client closes its streams ("stream closed"), and the server
+/// is told; a stream whose context is canceled closes with "context canceled".
+pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
+    let s = server(f, "stream_ctx", ServerOptions::default()).await;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    echo(&s, &PING_PONG, &[], done_tx).await;
+    let c = client(f, "stream_ctx").await;
+    settle(f).await;
+
+    let token = psrpc::CancellationToken::new();
+    let ctx = Context::new().with_cancel(token.clone());
+    let mut st = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .context(&ctx)
+        .await
+        .unwrap();
+    token.cancel();
+    assert!(
+        tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(st.err().unwrap().message(), "context canceled");
+    let server_side = recv(&mut done).await.unwrap();
+    assert_eq!(server_side.message(), "context canceled");
+
+    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    c.close();
+    assert!(
+        tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(st.err().unwrap().message(), "stream closed");
+    let server_side = recv(&mut done).await.unwrap();
+    assert_eq!(server_side.message(), "stream closed");
+    let e = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .await
+        .expect_err("closed client");
+    assert_eq!(e.message(), "client is closed");
+    s.shutdown().await;
+}
+
+/// Open metadata reaches the server's stream context with the client's id.
+pub async fn stream_metadata_and_header(f: &dyn BusFactory) {
+    let s = server(f, "stream_md", ServerOptions::default()).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |st: ServerStream<Num, Num>| {
+            let seen = seen_tx.clone();
+            async move {
+                let ctx = st.context();
+                let h = ctx.incoming().expect("incoming header");
+                let _ = seen.send((
+                    h.remote_id.clone(),
+                    ctx.metadata().get("k").cloned(),
+                    ctx.info().map(|i| i.method.clone()),
+                    ctx.deadline(),
+                ));
+                Ok(())
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_md").await;
+    settle(f).await;
+    let _st = c
+        .stream::<Num, Num>(&PING_PONG, vec![])
+        .metadata_entry("k", "v")
+        .await
+        .unwrap();
+    let (remote, value, method, deadline) = recv(&mut seen).await;
+    assert_eq!(remote, c.id());
+    assert_eq!(value.as_deref(), Some("v"));
+    assert_eq!(method.as_deref(), Some("PingPong"));
+    assert_eq!(deadline, None, "a server stream has no deadline");
+    s.shutdown().await;
+}
+
+/// A message that does not decode as the receiver's type closes the stream
+/// with `malformed_request` (and is not acknowledged).
+pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
+    /// Field 2 as a number: a `Num`'s text (a string) does not decode as it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Wrong {
+        #[prost(int64, tag = "2")]
+        x: i64,
+    }
+    let s = server(f, "stream_bad", ServerOptions::default()).await;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    s.register_stream_handler(
+        &PING_PONG,
+        &[],
+        move |mut st: ServerStream<Num, Wrong>| {
+            let done = done_tx.clone();
+            async move {
+                while st.recv().await.is_some() {}
+                let _ = done.send(st.err());
+                Ok(())
+            }
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(f, "stream_bad").await;
+    settle(f).await;
+    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let e = st
+        .send_timeout(num(1, "not a number"), Duration::from_secs(2))
+        .await
+        .expect_err("not acknowledged");
+    assert_eq!(e.code(), &ErrorCode::MalformedRequest, "{e}");
+    let server_side = recv(&mut done).await.unwrap();
+    assert_eq!(server_side.code(), &ErrorCode::MalformedRequest);
+    assert!(
+        tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.shutdown().await;
+}
+
+/// Many streams at once on one client and server, each with its own traffic.
+pub async fn stream_many_concurrent(f: &dyn BusFactory) {
+    let s = server(f, "stream_many", ServerOptions::default()).await;
+    let (done_tx, _done) = mpsc::unbounded_channel();
+    echo(&s, &PING_PONG, &[], done_tx).await;
+    let c = client(f, "stream_many").await;
+    settle(f).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await?;
+                for i in 0..20 {
+                    st.send(num(k * 100 + i, "")).await?;
+                    let m = st.next().await.ok_or_else(|| st.err().unwrap())?;
+                    assert_eq!(m.n, k * 100 + i);
+                }
+                st.close(None).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("in time")
+            .expect("task")
+            .expect("stream");
+    }
+    s.shutdown().await;
+}
