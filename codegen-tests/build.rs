@@ -13,7 +13,6 @@ fn main() -> std::io::Result<()> {
         .configure_prost(|c| {
             c.include_file("protos.rs");
         })
-        .generate_streams(false)
         .compile_protos(
             &[
                 "my_service.proto",
@@ -31,13 +30,11 @@ fn main() -> std::io::Result<()> {
             &[protos],
         )?;
 
-    psrpc_build::configure()
-        .generate_streams(false)
-        .compile_protos(
-            &[
-                fixtures.join("kinds.proto"),
-                protos.join("collisions.proto"),
-            ],
-            &[fixtures, protos],
-        )
+    psrpc_build::configure().compile_protos(
+        &[
+            fixtures.join("kinds.proto"),
+            protos.join("collisions.proto"),
+        ],
+        &[fixtures, protos],
+    )
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use psrpc::{ErrorCode, LocalBus};
+use psrpc::{ErrorCode, LocalBus, ServerStream};
 use psrpc_codegen_tests::kinds::*;
 
 /// Answers with its name; claims affinity calls with a fixed score.
@@ -40,6 +40,38 @@ impl KindsServerImpl for Server {
     }
     async fn direct(&self, _ctx: psrpc::Context, req: Request) -> psrpc::Result<Response> {
         self.answer(req)
+    }
+    async fn chat(
+        &self,
+        mut stream: ServerStream<ServerMessage, ClientMessage>,
+    ) -> psrpc::Result<()> {
+        while let Some(msg) = stream.recv().await {
+            if msg.text == "fail" {
+                return Err(psrpc::Error::new(ErrorCode::Aborted, "asked to fail"));
+            }
+            stream
+                .send(ServerMessage {
+                    text: msg.text.to_uppercase(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+    async fn picky_chat(
+        &self,
+        mut stream: ServerStream<ServerMessage, ClientMessage>,
+    ) -> psrpc::Result<()> {
+        while let Some(msg) = stream.recv().await {
+            stream
+                .send(ServerMessage {
+                    text: format!("{} from {}", msg.text, self.name),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+    fn picky_chat_affinity(&self) -> f32 {
+        self.affinity
     }
     async fn node_queue(&self, ctx: psrpc::Context, req: Request) -> psrpc::Result<Response> {
         // The handler sees the call's topic.
@@ -128,6 +160,60 @@ async fn unary_routing_kinds() {
     assert_eq!(all(each).await.len(), 2);
     assert_eq!(client.old_affinity(req("oa")).await.unwrap().server, "high");
     assert_eq!(client.old_queue(req("oq")).await.unwrap().text, "oq");
+
+    low.shutdown().await;
+    high.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams() {
+    let bus = LocalBus::new();
+    let low = server(&bus, "low", 0.2).await;
+    let high = server(&bus, "high", 0.9).await;
+    let client = KindsClient::new(bus.clone()).await.unwrap();
+
+    // Queue routing: one server accepts; messages flow both ways.
+    let mut chat = client.chat().await.unwrap();
+    chat.send(ClientMessage { text: "hi".into() })
+        .await
+        .unwrap();
+    assert_eq!(chat.recv().await.unwrap().text, "HI");
+    chat.close(None).await.unwrap();
+
+    // The handler's error closes the stream, and the client sees it.
+    let mut chat = client.chat().timeout(Duration::from_secs(1)).await.unwrap();
+    chat.send(ClientMessage {
+        text: "fail".into(),
+    })
+    .await
+    .unwrap();
+    assert!(chat.recv().await.is_none());
+    let e = chat.err().expect("a close cause");
+    assert_eq!(e.code(), &ErrorCode::Aborted);
+    assert_eq!(e.message(), "asked to fail");
+
+    // Affinity routing by topic: only registered servers compete, the best wins.
+    low.register_picky_chat_topic("t").await.unwrap();
+    high.register_picky_chat_topic("t").await.unwrap();
+    let mut picky = client.picky_chat("t").await.unwrap();
+    picky
+        .send(ClientMessage { text: "x".into() })
+        .await
+        .unwrap();
+    assert_eq!(picky.recv().await.unwrap().text, "x from high");
+    picky.close(None).await.unwrap();
+
+    // Deregistered: nobody accepts.
+    low.deregister_picky_chat_topic("t");
+    high.deregister_picky_chat_topic("t");
+    let Err(e) = client
+        .picky_chat("t")
+        .timeout(Duration::from_millis(300))
+        .await
+    else {
+        panic!("a deregistered server accepted the stream");
+    };
+    assert_eq!(e.code(), &ErrorCode::Unavailable);
 
     low.shutdown().await;
     high.shutdown().await;
@@ -273,6 +359,11 @@ async fn unimplemented_server() {
     let e = client.queue(req("x")).await.unwrap_err();
     assert_eq!(e.code(), &ErrorCode::Unimplemented);
     assert_eq!(e.message(), "method is not implemented");
+
+    // Streams are opened, then closed with `unimplemented`.
+    let mut chat = client.chat().await.unwrap();
+    assert!(chat.recv().await.is_none());
+    assert_eq!(chat.err().unwrap().code(), &ErrorCode::Unimplemented);
 
     // Its affinity is -1: it never claims, so nobody takes the call.
     let e = client

@@ -9,6 +9,7 @@
 //!   into a psrpc error. Rust handlers return `psrpc::Error`; the equivalent
 //!   is `Error::from_grpc_status`, and the client must see the same code,
 //!   message and detail as in Go.
+//! - G4 waits (up to Go's one second) for the count instead of sleeping.
 //! - Go sleeps after topic registration and subscription; here registration
 //!   and subscription return once they are in effect, so the test does not
 //!   sleep (a sleep would hide a broken promise).
@@ -19,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use psrpc::{ClientOptions, Context, Error, ErrorCode, GrpcCode, LocalBus, SelectionOptions};
+use psrpc::{
+    ClientOptions, Context, Error, ErrorCode, GrpcCode, LocalBus, SelectionOptions, ServerStream,
+};
 use psrpc_codegen_tests::proto::psrpc::internal::test::customservice::*;
 
 /// Counts calls per method name, as the Go test service does.
@@ -78,6 +81,16 @@ impl MyServiceServerImpl for MyService {
     async fn get_stats(&self, _ctx: Context, _req: MyRequest) -> psrpc::Result<MyResponse> {
         self.count("GetStats");
         Ok(MyResponse {})
+    }
+
+    async fn exchange_updates(
+        &self,
+        mut stream: ServerStream<MyServerMessage, MyClientMessage>,
+    ) -> psrpc::Result<()> {
+        while stream.recv().await.is_some() {
+            self.count("ExchangeUpdates");
+        }
+        Ok(())
     }
 
     async fn get_region_stats(&self, _ctx: Context, _req: MyRequest) -> psrpc::Result<MyResponse> {
@@ -155,7 +168,19 @@ async fn generated_service() {
     assert_eq!(requests.load(Ordering::SeqCst), 2);
     assert_eq!(responses.load(Ordering::SeqCst), 3);
 
-    // G4 (ExchangeUpdates, a stream) is in `generated_stream` below.
+    // G4: a stream: two sends (each acknowledged), then a close; the one
+    // server that accepted it counts both messages.
+    let stream = c_a.exchange_updates().await.unwrap();
+    stream.send(MyClientMessage {}).await.unwrap();
+    stream.send(MyClientMessage {}).await.unwrap();
+    stream.close(None).await.unwrap();
+    within("ExchangeUpdates count", Duration::from_secs(1), async {
+        while a.get("ExchangeUpdates") != 2 && b.get("ExchangeUpdates") != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(sum("ExchangeUpdates"), 2, "one server got both messages");
 
     // G5: topics isolate servers; deregistration works.
     s_a.register_get_region_stats_topic("regionA")

@@ -15,7 +15,6 @@ pub(crate) struct GenOptions {
     pub(crate) psrpc: syn::Path,
     pub(crate) client: bool,
     pub(crate) server: bool,
-    pub(crate) streams: bool,
 }
 
 /// A method with what prost-build resolved for it.
@@ -168,7 +167,6 @@ pub(crate) fn service(svc: &prost_build::Service, spec: &ServiceSpec, o: &GenOpt
     let methods: Vec<Method<'_>> = spec
         .methods
         .iter()
-        .filter(|m| o.streams || !m.opts.stream)
         .map(|m| {
             let pm = svc.methods.iter().find(|pm| pm.proto_name == m.proto_name);
             let ty = |s: Option<&String>| {
@@ -340,7 +338,7 @@ fn client(
                 #doc
                 #too_many
                 pub fn #name(&self, #(#params,)* req: #input)
-                    -> #psrpc::client::MultiCall<'_, #input, #output>
+                    -> #psrpc::MultiCall<'_, #input, #output>
                 {
                     self.client.multi(&#module::#stat, #topic, req)
                 }
@@ -724,12 +722,7 @@ fn server(
         } = &t;
         let reg_all = ident(&g.register_all_fn());
         let dereg_all = ident(&g.deregister_all_fn());
-        let members: Vec<&MethodSpec> = g
-            .members
-            .iter()
-            .map(|&i| &spec.methods[i])
-            .filter(|m| o.streams || !m.opts.stream)
-            .collect();
+        let members: Vec<&MethodSpec> = g.members.iter().map(|&i| &spec.methods[i]).collect();
         let mut steps = Vec::new();
         for (k, m) in members.iter().enumerate() {
             let reg = ident(&m.register_fn());

@@ -49,7 +49,6 @@ pub struct Builder {
     psrpc_path: String,
     build_client: bool,
     build_server: bool,
-    streams: bool,
     emit_rerun_if_changed: bool,
 }
 
@@ -68,7 +67,6 @@ impl Builder {
             psrpc_path: "::psrpc".into(),
             build_client: true,
             build_server: true,
-            streams: true,
             emit_rerun_if_changed: std::env::var_os("CARGO").is_some(),
         }
     }
@@ -160,13 +158,6 @@ impl Builder {
         self
     }
 
-    #[doc(hidden)]
-    /// Skips stream methods (while the runtime has no streams).
-    pub fn generate_streams(mut self, yes: bool) -> Self {
-        self.streams = yes;
-        self
-    }
-
     /// Compiles `protos` (found under `includes`); see [`compile_protos`].
     pub fn compile_protos(
         self,
@@ -231,7 +222,6 @@ impl Builder {
                 psrpc,
                 client: self.build_client,
                 server: self.build_server,
-                streams: self.streams,
             },
             typed_topics: BTreeMap::new(),
         };
