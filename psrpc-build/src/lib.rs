@@ -67,7 +67,7 @@ impl Builder {
             psrpc_path: "::psrpc".into(),
             build_client: true,
             build_server: true,
-            emit_rerun_if_changed: std::env::var_os("CARGO").is_some(),
+            emit_rerun_if_changed: std::env::var_os("OUT_DIR").is_some(),
         }
     }
 
@@ -80,8 +80,9 @@ impl Builder {
     /// Starts from this prost-build configuration (for `bytes`, `btree_map`,
     /// `extern_path`, `include_file`, ...). Set it before the other knobs
     /// that forward to prost-build ([`type_attribute`](Self::type_attribute)
-    /// and friends), which it replaces. Type names are always enabled: psrpc
-    /// needs `prost::Name` for subscriptions and error details.
+    /// and friends), which it replaces. Type names are always enabled (psrpc
+    /// needs `prost::Name` for subscriptions and error details), and the
+    /// service generator is always psrpc's.
     pub fn prost_config(mut self, config: prost_build::Config) -> Self {
         self.config = config;
         self
@@ -152,7 +153,7 @@ impl Builder {
     }
 
     /// Whether to print `cargo:rerun-if-changed` for every compiled proto
-    /// file (default: when run by Cargo).
+    /// file (default: when run as a build script, i.e. when `OUT_DIR` is set).
     pub fn emit_rerun_if_changed(mut self, yes: bool) -> Self {
         self.emit_rerun_if_changed = yes;
         self
