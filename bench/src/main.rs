@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use psrpc::bus::DynBus;
+use psrpc::middleware::metrics::MetricsFacade;
 use psrpc::{
     Channel, ClientOptions, Context, LocalBus, MessageBus, MethodInfo, RpcClient, RpcServer,
     SelectionOptions, ServerOptions, ServerStream,
@@ -70,7 +71,10 @@ usage: psrpc-bench [options]
   --burst N          events per subscription burst (default 2000)
   --server-id PREFIX server i gets id PREFIX<i> (default bench-server-)
   --client-id ID     (default bench-client)
-  --json FILE        machine-readable results beside the table";
+  --json FILE        machine-readable results beside the table
+  --middleware       install the shipped middleware on client and servers
+                     (tracing, metrics through the `metrics` facade, and
+                     recovery on servers), to compare with a run without";
 
 /// Which bus mode the process runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +100,8 @@ struct Args {
     server_id: String,
     client_id: String,
     json: Option<String>,
+    /// Install the shipped middleware everywhere.
+    middleware: bool,
 }
 
 /// Parses `5s`, `500ms`, `100us`, `2m`, `1.5s` (a bare number is seconds).
@@ -144,6 +150,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         server_id: "bench-server-".into(),
         client_id: "bench-client".into(),
         json: None,
+        middleware: false,
     };
     let mut expect = None;
     let mut it = argv.into_iter();
@@ -199,6 +206,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--server-id" => a.server_id = value()?,
             "--client-id" => a.client_id = value()?,
             "--json" => a.json = Some(value()?),
+            "--middleware" => a.middleware = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -698,14 +706,31 @@ struct BenchServer {
 }
 
 /// Starts server number `i` (0-based) on its own bus handle.
+/// The options of every bench server (with `--middleware`, the shipped
+/// middleware: tracing, metrics, recovery).
+fn server_options(id: &str, args: &Args) -> ServerOptions {
+    let o = ServerOptions::default().server_id(id);
+    if args.middleware {
+        o.traced().metrics(MetricsFacade::shared()).recovery()
+    } else {
+        o
+    }
+}
+
+/// The options of the bench clients (with `--middleware`: tracing, metrics).
+fn client_options(args: &Args) -> ClientOptions {
+    let o = ClientOptions::default().client_id(&args.client_id);
+    if args.middleware {
+        o.traced().metrics(MetricsFacade::shared())
+    } else {
+        o
+    }
+}
+
 async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::Result<BenchServer> {
     let id = format!("{}{i}", args.server_id);
-    let bench = RpcServer::new(
-        bus.clone(),
-        "Bench",
-        ServerOptions::default().server_id(&id),
-    );
-    let events = RpcServer::new(bus, "BenchEvents", ServerOptions::default().server_id(&id));
+    let bench = RpcServer::new(bus.clone(), "Bench", server_options(&id, args));
+    let events = RpcServer::new(bus, "BenchEvents", server_options(&id, args));
 
     let echo = |id: String| {
         move |_ctx: Context, req: Req| {
@@ -1110,8 +1135,17 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
         format!("{} servers", args.servers)
     };
     println!(
-        "bus {bus}: {servers}, expect {}, conc {}, payload {} B, {:?} per row (floor: {floor}, same hops and concurrency, up to {:?})",
-        args.expect, args.conc, args.payload, args.duration, MAX_FLOOR_DURATION
+        "bus {bus}: {servers}, expect {}, conc {}, payload {} B, {:?} per row, {} (floor: {floor}, same hops and concurrency, up to {:?})",
+        args.expect,
+        args.conc,
+        args.payload,
+        args.duration,
+        if args.middleware {
+            "middleware: tracing, metrics, recovery"
+        } else {
+            "no middleware"
+        },
+        MAX_FLOOR_DURATION
     );
     let header = [
         "row",
@@ -1431,20 +1465,12 @@ async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>,
     // The client gets its own connection, shared by its two service clients
     // as in one client process.
     let bus = connector.connect("client").await?;
-    let client = RpcClient::new(
-        bus.clone(),
-        "Bench",
-        ClientOptions::default().client_id(&args.client_id),
-    )
-    .await
-    .map_err(|e| format!("client: {e}"))?;
-    let events_client = RpcClient::new(
-        bus,
-        "BenchEvents",
-        ClientOptions::default().client_id(&args.client_id),
-    )
-    .await
-    .map_err(|e| format!("events client: {e}"))?;
+    let client = RpcClient::new(bus.clone(), "Bench", client_options(args))
+        .await
+        .map_err(|e| format!("client: {e}"))?;
+    let events_client = RpcClient::new(bus, "BenchEvents", client_options(args))
+        .await
+        .map_err(|e| format!("events client: {e}"))?;
     let bench = Arc::new(Bench {
         client: client.clone(),
         topic: vec![args.topic.clone()],

@@ -11,10 +11,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::bus::{DynBus, Handler, HandlerSubscription, MessageBus};
 use crate::channels::{self, Channel};
@@ -110,16 +109,22 @@ struct Core {
     /// Claim waiters by request id: the claim-response dispatcher completes them.
     claims: Mutex<ClaimTable>,
     /// Response and claim-request channels by client id.
-    client_channels: Mutex<HashMap<String, Arc<(Channel, Channel)>>>,
+    client_channels: Mutex<HashMap<String, Arc<ClientChannels>>>,
     interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
     stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+}
+
+/// The channels a server answers a client on.
+struct ClientChannels {
+    response: Channel,
+    claim: Arc<Channel>,
 }
 
 /// Bound of the per-client channel cache; past it the cache starts over.
 const CLIENT_CHANNEL_CACHE: usize = 4096;
 
 impl Core {
-    fn client_channels(&self, client_id: &str) -> Arc<(Channel, Channel)> {
+    fn client_channels(&self, client_id: &str) -> Arc<ClientChannels> {
         let mut cache = self
             .client_channels
             .lock()
@@ -130,10 +135,10 @@ impl Core {
         if cache.len() >= CLIENT_CHANNEL_CACHE {
             cache.clear();
         }
-        let c = Arc::new((
-            channels::response_channel(&self.service, client_id),
-            channels::claim_request_channel(&self.service, client_id),
-        ));
+        let c = Arc::new(ClientChannels {
+            response: channels::response_channel(&self.service, client_id),
+            claim: Arc::new(channels::claim_request_channel(&self.service, client_id)),
+        });
         cache.insert(client_id.to_owned(), c.clone());
         c
     }
@@ -152,12 +157,34 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 /// late server reads the decision instead of waiting.
 #[derive(Default)]
 struct ClaimTable {
-    waiters: HashMap<String, oneshot::Sender<String>>,
+    waiters: HashMap<String, ClaimWaiter>,
+    /// When each waiter gives up, in insertion order (stale ids are skipped).
+    expiries: std::collections::VecDeque<(Instant, String)>,
     decided: HashMap<String, String>,
     order: std::collections::VecDeque<(Instant, String)>,
 }
 
+/// A claim made and not yet decided: what to run if this server wins. No
+/// task waits for the decision: the claim-response handler runs `then`.
+struct ClaimWaiter {
+    then: Box<dyn FnOnce() + Send>,
+    /// Counts as in flight for `shutdown`, which drains claims too.
+    _token: TaskTrackerToken,
+}
+
 impl ClaimTable {
+    /// Gives up the claims whose requests expired.
+    fn sweep(&mut self, now: Instant) {
+        while let Some((t, _)) = self.expiries.front() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, id)) = self.expiries.pop_front() {
+                self.waiters.remove(&id);
+            }
+        }
+    }
+
     fn remember(&mut self, request_id: String, winner: String) {
         let now = Instant::now();
         while let Some((t, _)) = self.order.front() {
@@ -331,8 +358,7 @@ impl RpcServer {
             let (stop, tracker) = (stop.clone(), tracker.clone());
             Arc::new(move |bytes| {
                 if !stop.is_cancelled() {
-                    let h = h.clone();
-                    tracker.spawn(async move { h.serve(bytes).await });
+                    h.on_request(bytes, &tracker);
                 }
             })
         };
@@ -397,8 +423,7 @@ impl RpcServer {
                 if matches!(m.body, Some(StreamBody::Open(_))) {
                     // Opens are handled concurrently; none while draining.
                     if !stop.is_cancelled() {
-                        let h = h.clone();
-                        tracker.spawn(async move { h.open(m).await });
+                        h.on_open(m, &tracker);
                     }
                 } else {
                     // Everything else in arrival order.
@@ -526,6 +551,7 @@ impl RpcServer {
     /// registrations fail with "server is closed".
     pub async fn shutdown(&self) {
         let entries = self.close_all();
+        let core = &self.inner.core;
         futures::future::join_all(entries.into_iter().map(|e| async move {
             // Stop taking requests, close the open streams (the peers are
             // told before we leave), wait for the requests in flight (their
@@ -537,7 +563,10 @@ impl RpcServer {
             }
             drop(e.requests);
             e.tracker.close();
-            e.tracker.wait().await;
+            tokio::select! {
+                _ = e.tracker.wait() => {}
+                _ = core.sweep_claims() => {}
+            }
             drop(e.claims);
         }))
         .await;
@@ -646,67 +675,68 @@ fn on_claim_response(core: &Core, bytes: Bytes, remember: bool) {
     match table.waiters.remove(&claim.request_id) {
         Some(w) => {
             drop(table);
-            let _ = w.send(claim.server_id);
+            if claim.server_id == core.id {
+                (w.then)();
+            }
         }
         None if remember => table.remember(claim.request_id, claim.server_id),
         None => {}
     }
 }
 
-/// Removes a claim waiter when the request is done with it.
-struct ClaimGuard<'a> {
-    core: &'a Core,
-    request_id: &'a str,
-}
-
-impl Drop for ClaimGuard<'_> {
-    fn drop(&mut self) {
-        self.core
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiters
-            .remove(self.request_id);
-    }
-}
-
 impl Core {
-    /// The server's side of the claim handshake for `request_id` from
-    /// `client_id`: claims with `affinity` and waits for the decision until
-    /// `deadline`. `true` when this server won.
-    async fn claim(
+    /// The server's side of the claim handshake for `request_id`: claims
+    /// with `affinity` on `claim_channel` and, if this server is chosen
+    /// before `deadline`, runs `then` (where the request's work starts).
+    /// Nothing waits meanwhile; a lost or expired claim just goes away.
+    fn claim_then(
         &self,
-        request_id: &str,
-        claim_channel: &Channel,
+        request_id: String,
+        claim_channel: &Arc<Channel>,
         affinity: f32,
         deadline: Instant,
-    ) -> bool {
+        token: TaskTrackerToken,
+        then: impl FnOnce() + Send + 'static,
+    ) {
         // Negative (or NaN): this server does not want the request.
         if affinity.is_nan() || affinity < 0.0 {
-            return false;
+            return;
         }
-        let (tx, rx) = oneshot::channel();
         {
             let mut table = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(winner) = table.decided.remove(request_id) {
+            if let Some(winner) = table.decided.remove(&request_id) {
                 // Decided before we could claim: it was not us.
                 tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
-                return false;
+                return;
             }
-            table.waiters.insert(request_id.to_owned(), tx);
+            table.sweep(Instant::now());
+            table.expiries.push_back((deadline, request_id.clone()));
+            table.waiters.insert(
+                request_id.clone(),
+                ClaimWaiter {
+                    then: Box::new(then),
+                    _token: token,
+                },
+            );
         }
-        let _guard = ClaimGuard {
-            core: self,
-            request_id,
-        };
         let claim = ClaimRequest {
-            request_id: request_id.to_owned(),
+            request_id,
             server_id: self.id.clone(),
             affinity,
         };
-        self.publish(claim_channel, &claim).await;
-        // Another server won, the deadline passed or we were killed: false.
-        matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(winner)) if winner == self.id)
+        stream::publish_detached(&self.bus, claim_channel, wire::encode_msg(&claim));
+    }
+
+    /// Gives up expired claims until the future is dropped (shutdown runs it
+    /// while it waits, so a claim nobody answers cannot hold it up).
+    async fn sweep_claims(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sweep(Instant::now());
+        }
     }
 }
 
@@ -717,8 +747,11 @@ where
     H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Res>> + Send + 'static,
 {
-    async fn serve(&self, bytes: Bytes) {
-        let mut req = match wire::decode_envelope::<Request>(bytes) {
+    /// Takes one request off the bus (in the bus's handler: nothing here
+    /// waits): checks it, claims it if the method is claimed, and starts
+    /// its handler task once this server has it.
+    fn on_request(self: &Arc<Self>, bytes: Bytes, tracker: &TaskTracker) {
+        let req = match wire::decode_envelope::<Request>(bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(
@@ -735,30 +768,42 @@ where
             return;
         }
         let deadline = Instant::now() + Duration::from_nanos((req.expiry - now) as u64);
-        let core = &*self.core;
-        let client_chans = core.client_channels(&req.client_id);
-        let reply = &client_chans.0;
-
         let msg = match Req::decode(req.raw_request.clone()) {
             Ok(m) => m,
             Err(e) => {
                 // Answered before any claim, as Go does.
                 let err = Error::wrap(ErrorCode::MalformedRequest, e);
-                core.publish(reply, &self.response(&req, Err(err))).await;
+                let h = self.clone();
+                tracker.spawn(async move {
+                    let reply = h.core.client_channels(&req.client_id);
+                    let r = h.response(&req, Err(err));
+                    h.core.publish(&reply.response, &r).await;
+                });
                 return;
             }
         };
-
         if self.method.require_claim {
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f(&msg));
-            if !core
-                .claim(&req.request_id, &client_chans.1, affinity, deadline)
-                .await
-            {
-                return;
-            }
+            let chans = self.core.client_channels(&req.client_id);
+            let (h, t) = (self.clone(), tracker.clone());
+            self.core.claim_then(
+                req.request_id.clone(),
+                &chans.claim,
+                affinity,
+                deadline,
+                tracker.token(),
+                move || {
+                    t.spawn(h.run(req, msg, deadline));
+                },
+            );
+        } else {
+            tracker.spawn(self.clone().run(req, msg, deadline));
         }
+    }
 
+    /// Runs the handler for a request this server has, and answers.
+    async fn run(self: Arc<Self>, mut req: Request, msg: Req, deadline: Instant) {
+        let core = &*self.core;
         let header = IncomingHeader {
             remote_id: req.client_id.clone(),
             sent_at: UNIX_EPOCH + Duration::from_nanos(req.sent_at.max(0) as u64),
@@ -777,7 +822,9 @@ where
                 .await
                 .map(|r| Bytes::from(r.to_bytes())),
         };
-        core.publish(reply, &self.response(&req, result)).await;
+        let reply = core.client_channels(&req.client_id);
+        core.publish(&reply.response, &self.response(&req, result))
+            .await;
     }
 
     fn response(&self, req: &Request, result: Result<Bytes>) -> Response {
@@ -830,25 +877,43 @@ where
     H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    /// Handles one open (WIRE.md 10.3, server side).
-    async fn open(&self, m: wire::Stream) {
-        let Some(StreamBody::Open(open)) = m.body else {
-            return;
-        };
+    /// Takes one open off the bus (WIRE.md 10.3, server side): claims it
+    /// if the method is claimed, and accepts it once this server has it.
+    fn on_open(self: &Arc<Self>, m: wire::Stream, tracker: &TaskTracker) {
         let now = wire::now_ns();
         if m.expiry <= now {
             tracing::debug!(stream_id = %m.stream_id, "psrpc server: dropped expired stream open");
             return;
         }
-        let deadline = Instant::now() + Duration::from_nanos((m.expiry - now) as u64);
-        let core = &*self.core;
         if self.method.require_claim {
-            let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
-            let ch = &core.client_channels(&open.node_id).1;
-            if !core.claim(&m.request_id, ch, affinity, deadline).await {
+            let Some(StreamBody::Open(open)) = &m.body else {
                 return;
-            }
+            };
+            let deadline = Instant::now() + Duration::from_nanos((m.expiry - now) as u64);
+            let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
+            let chans = self.core.client_channels(&open.node_id);
+            let (h, t) = (self.clone(), tracker.clone());
+            self.core.claim_then(
+                m.request_id.clone(),
+                &chans.claim,
+                affinity,
+                deadline,
+                tracker.token(),
+                move || {
+                    t.spawn(h.accept(m));
+                },
+            );
+        } else {
+            tracker.spawn(self.clone().accept(m));
         }
+    }
+
+    /// Accepts a stream this server has: acks the open and runs the handler.
+    async fn accept(self: Arc<Self>, m: wire::Stream) {
+        let Some(StreamBody::Open(open)) = m.body else {
+            return;
+        };
+        let core = &*self.core;
         let out = Arc::new(channels::stream_channel(&core.service, &open.node_id));
         let (shared, rx) = stream::Shared::<R>::new(StreamParams {
             stream_id: m.stream_id.clone(),
