@@ -27,6 +27,8 @@
 //! ```
 
 pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 pub mod recovery;
 pub mod retry;
 pub mod trace;
