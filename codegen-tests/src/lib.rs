@@ -11,7 +11,7 @@ pub mod proto {
 
 /// Every method kind and psrpc option (`psrpc.codegen.kinds`).
 pub mod kinds {
-    include!(concat!(env!("OUT_DIR"), "/psrpc.codegen.kinds.rs"));
+    psrpc::include_proto!("psrpc.codegen.kinds");
 }
 
 /// Names that would collide without care (`psrpc.codegen.collisions`).

@@ -34,3 +34,19 @@ pub use stream::{ClientStream, ServerStream, StreamAffinityFn, StreamSender};
 pub use async_trait::async_trait;
 pub use prost;
 pub use tokio_util::sync::CancellationToken;
+
+/// Brings in the code `psrpc-build` generated for a proto package (its
+/// messages and its services, in `OUT_DIR/<package>.rs`), as
+/// `tonic::include_proto!` does:
+///
+/// ```ignore
+/// pub mod hello {
+///     psrpc::include_proto!("hello");
+/// }
+/// ```
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
