@@ -20,27 +20,14 @@ use psrpc::{
     RpcInfo, RpcServer, ServerOptions, ServerStream,
 };
 
-use crate::streams::PING_PONG;
+use crate::streams::{PING_PONG, num};
+use crate::suite::settle;
 use crate::{BusFactory, Num};
 
 const WAIT: Duration = Duration::from_secs(3);
 
 static UNARY: MethodInfo = MethodInfo::queue("Unary");
 static MULTI: MethodInfo = MethodInfo::multi("Multi");
-
-async fn settle(f: &dyn BusFactory) {
-    let d = f.settle();
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
-}
-
-fn num(n: i64, text: &str) -> Num {
-    Num {
-        n,
-        text: text.into(),
-    }
-}
 
 type Trace = Arc<Mutex<String>>;
 

@@ -6,12 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use psrpc::{
-    ClientOptions, Context, Error, ErrorCode, MethodInfo, RpcClient, RpcServer, ServerOptions,
-    ServerStream,
-};
+use psrpc::{Context, Error, ErrorCode, MethodInfo, RpcServer, ServerOptions, ServerStream};
 use tokio::sync::mpsc;
 
+use crate::suite::{client, settle, topic};
 use crate::{BusFactory, MyResponse, Num};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -25,24 +23,7 @@ async fn server(f: &dyn BusFactory, service: &str, opts: ServerOptions) -> RpcSe
     RpcServer::new(f.connect().await, service, opts)
 }
 
-async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
-    RpcClient::new(f.connect().await, service, ClientOptions::default())
-        .await
-        .expect("client")
-}
-
-async fn settle(f: &dyn BusFactory) {
-    let d = f.settle();
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
-}
-
-fn topic(t: &[&str]) -> Vec<String> {
-    t.iter().map(|s| s.to_string()).collect()
-}
-
-fn num(n: i64, text: &str) -> Num {
+pub(crate) fn num(n: i64, text: &str) -> Num {
     Num {
         n,
         text: text.into(),

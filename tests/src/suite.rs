@@ -42,7 +42,7 @@ async fn server(f: &dyn BusFactory, service: &str, id: &str) -> RpcServer {
     )
 }
 
-async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
+pub(crate) async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
     client_with(f, service, ClientOptions::default()).await
 }
 
@@ -52,14 +52,14 @@ async fn client_with(f: &dyn BusFactory, service: &str, opts: ClientOptions) -> 
         .expect("client")
 }
 
-async fn settle(f: &dyn BusFactory) {
+pub(crate) async fn settle(f: &dyn BusFactory) {
     let d = f.settle();
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
 }
 
-fn topic(t: &[&str]) -> Vec<String> {
+pub(crate) fn topic(t: &[&str]) -> Vec<String> {
     t.iter().map(|s| s.to_string()).collect()
 }
 

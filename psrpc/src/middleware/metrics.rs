@@ -309,6 +309,30 @@ mod facade {
         ]
     }
 
+    /// Counts one stream message and records its size.
+    fn stream_message(
+        role: Role,
+        info: &RpcInfo,
+        direction: &'static str,
+        outcome: String,
+        bytes: usize,
+    ) {
+        let [a, b, c] = labels(role, info);
+        let d = ("direction", direction.to_owned());
+        metrics::counter!(
+            "psrpc_stream_messages_total",
+            &[
+                a.clone(),
+                b.clone(),
+                c.clone(),
+                d.clone(),
+                ("outcome", outcome)
+            ]
+        )
+        .increment(1);
+        metrics::histogram!("psrpc_stream_message_bytes", &[a, b, c, d]).record(bytes as f64);
+    }
+
     fn outcome(error: Option<&Error>) -> String {
         error.map_or_else(|| "ok".to_owned(), |e| e.code().as_str().to_owned())
     }
@@ -374,46 +398,13 @@ mod facade {
             error: Option<&Error>,
             bytes: usize,
         ) {
-            let l = labels(role, info);
-            let [a, b, c] = l.clone();
-            metrics::counter!(
-                "psrpc_stream_messages_total",
-                &[
-                    a.clone(),
-                    b.clone(),
-                    c.clone(),
-                    ("direction", "send".to_owned()),
-                    ("outcome", outcome(error))
-                ]
-            )
-            .increment(1);
-            metrics::histogram!(
-                "psrpc_stream_message_bytes",
-                &[a, b, c, ("direction", "send".to_owned())]
-            )
-            .record(bytes as f64);
-            metrics::histogram!("psrpc_stream_send_duration_seconds", &l)
+            stream_message(role, info, "send", outcome(error), bytes);
+            metrics::histogram!("psrpc_stream_send_duration_seconds", &labels(role, info))
                 .record(duration.as_secs_f64());
         }
 
         fn on_stream_recv(&self, role: Role, info: &RpcInfo, bytes: usize) {
-            let [a, b, c] = labels(role, info);
-            metrics::counter!(
-                "psrpc_stream_messages_total",
-                &[
-                    a.clone(),
-                    b.clone(),
-                    c.clone(),
-                    ("direction", "recv".to_owned()),
-                    ("outcome", "ok".to_owned())
-                ]
-            )
-            .increment(1);
-            metrics::histogram!(
-                "psrpc_stream_message_bytes",
-                &[a, b, c, ("direction", "recv".to_owned())]
-            )
-            .record(bytes as f64);
+            stream_message(role, info, "recv", "ok".to_owned(), bytes);
         }
 
         fn on_stream_open(&self, role: Role, info: &RpcInfo) {
@@ -423,5 +414,90 @@ mod facade {
         fn on_stream_close(&self, role: Role, info: &RpcInfo) {
             metrics::counter!("psrpc_stream_closes_total", &labels(role, info)).increment(1);
         }
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+    use crate::error::ErrorCode;
+
+    /// Remembers every metric registered, with its labels.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Seen {
+        fn note(&self, key: &Key) {
+            let mut labels: Vec<_> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}{{{}}}", key.name(), labels.join(",")));
+        }
+    }
+
+    impl Recorder for Seen {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            self.note(key);
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            self.note(key);
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            self.note(key);
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn facade_reports_names_and_labels() {
+        let seen = Seen::default();
+        let info = RpcInfo {
+            service: "Svc".into(),
+            method: "Do".into(),
+            topic: vec!["per-entity".into()],
+            multi: false,
+        };
+        metrics::with_local_recorder(&seen, || {
+            let f = MetricsFacade;
+            f.on_unary_request(Role::Client, &info, Duration::from_millis(1), None, 3, 7);
+            let e = Error::new(ErrorCode::NotFound, "x");
+            f.on_unary_request(Role::Server, &info, Duration::ZERO, Some(&e), 3, 0);
+            f.on_stream_recv(Role::Server, &info, 5);
+        });
+        let seen = seen.0.into_inner().unwrap();
+        let base = "method=Do,role=client,service=Svc";
+        for want in [
+            "psrpc_requests_total{method=Do,outcome=ok,role=client,service=Svc}".to_owned(),
+            format!("psrpc_request_duration_seconds{{{base}}}"),
+            format!("psrpc_request_bytes{{{base}}}"),
+            format!("psrpc_response_bytes{{{base}}}"),
+            "psrpc_requests_total{method=Do,outcome=not_found,role=server,service=Svc}".to_owned(),
+            "psrpc_stream_messages_total{direction=recv,method=Do,outcome=ok,role=server,service=Svc}"
+                .to_owned(),
+            "psrpc_stream_message_bytes{direction=recv,method=Do,role=server,service=Svc}"
+                .to_owned(),
+        ] {
+            assert!(seen.contains(&want), "{want} not in {seen:#?}");
+        }
+        assert!(
+            seen.iter().all(|m| !m.contains("per-entity")),
+            "topics are not labels"
+        );
     }
 }

@@ -126,6 +126,26 @@ fn new_span_id() -> u64 {
     crate::id::next_u64().max(1)
 }
 
+/// The span of one call: `$name` (a literal, as `tracing` wants), with the
+/// OpenTelemetry-style fields both sides share.
+macro_rules! call_span {
+    ($name:literal, $verb:literal, $kind:literal, $info:expr, $tp:expr, $parent:expr) => {
+        tracing::info_span!(
+            $name,
+            otel.name = %format_args!("{}.{}.{}", $verb, $info.service, $info.method),
+            otel.kind = $kind,
+            rpc.system = "psrpc",
+            rpc.service = %$info.service,
+            rpc.method = %$info.method,
+            trace_id = %$tp.trace_hex(),
+            span_id = %$tp.span_hex(),
+            parent_span_id = $parent.map(|p| p.span_hex()),
+            otel.status_code = tracing::field::Empty,
+            rpc.psrpc.status_code = tracing::field::Empty,
+        )
+    };
+}
+
 /// The trace a call made with `ctx` belongs to: the context's own span, or
 /// the trace of the request a handler is serving.
 fn parent_of(ctx: &Context) -> Option<TraceParent> {
@@ -146,19 +166,7 @@ fn client_span(info: &RpcInfo, opts: &mut CallOptions) -> tracing::Span {
             .entry(TRACESTATE.to_owned())
             .or_insert_with(|| state.clone());
     }
-    tracing::info_span!(
-        "psrpc.client",
-        otel.name = %format_args!("Sent.{}.{}", info.service, info.method),
-        otel.kind = "client",
-        rpc.system = "psrpc",
-        rpc.service = %info.service,
-        rpc.method = %info.method,
-        trace_id = %tp.trace_hex(),
-        span_id = %tp.span_hex(),
-        parent_span_id = parent.map(|p| p.span_hex()),
-        otel.status_code = tracing::field::Empty,
-        rpc.psrpc.status_code = tracing::field::Empty,
-    )
+    call_span!("psrpc.client", "Sent", "client", info, tp, parent)
 }
 
 fn record<T>(span: &tracing::Span, res: &Result<T>) {
@@ -257,19 +265,7 @@ impl ServerInterceptor for Tracing {
             .get(TRACEPARENT)
             .and_then(|s| TraceParent::parse(s));
         let tp = parent.map_or_else(TraceParent::root, |p| p.child());
-        let span = tracing::info_span!(
-            "psrpc.server",
-            otel.name = %format_args!("Recv.{}.{}", info.service, info.method),
-            otel.kind = "server",
-            rpc.system = "psrpc",
-            rpc.service = %info.service,
-            rpc.method = %info.method,
-            trace_id = %tp.trace_hex(),
-            span_id = %tp.span_hex(),
-            parent_span_id = parent.map(|p| p.span_hex()),
-            otel.status_code = tracing::field::Empty,
-            rpc.psrpc.status_code = tracing::field::Empty,
-        );
+        let span = call_span!("psrpc.server", "Recv", "server", &info, tp, parent);
         let ctx = ctx.with_traceparent(tp.to_string());
         Box::pin(async move {
             let res = next.run(ctx, req).instrument(span.clone()).await;
