@@ -314,6 +314,41 @@ mod tests {
         assert_eq!(started.elapsed(), MS(1000));
     }
 
+    /// Stream sends: an unacknowledged send is retried with a growing
+    /// timeout up to the bound; a closed stream's cause is returned at once.
+    #[tokio::test]
+    async fn stream_sends_retry_only_timeouts() {
+        async fn run_stream(script: Vec<Option<Error>>) -> (Vec<Option<Duration>>, Result<()>) {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let script = Arc::new(Mutex::new(script.into_iter()));
+            let terminal: crate::interceptor::StreamTerminal = {
+                let seen = seen.clone();
+                Arc::new(move |_msg: BoxMessage, t: Option<Duration>| {
+                    seen.lock().unwrap().push(t);
+                    let next = script.lock().unwrap().next().flatten();
+                    Box::pin(async move { next.map_or(Ok(()), Err) })
+                })
+            };
+            let chain = to_chain::<dyn StreamInterceptor>(&[Arc::new(Retry(opts(true)))]);
+            let next = StreamSendNext::new(chain, Arc::new(RpcInfo::default()), terminal);
+            let res = next
+                .run(Box::new(crate::wire::ClaimResponse::default()), None)
+                .await;
+            let seen = seen.lock().unwrap().clone();
+            (seen, res)
+        }
+        let timeout = || Some(Error::request_timed_out());
+        let (seen, res) = run_stream(vec![timeout(), timeout(), None]).await;
+        assert!(res.is_ok());
+        assert_eq!(seen, vec![Some(MS(100)), Some(MS(300)), Some(MS(500))]);
+        let (seen, res) = run_stream(vec![timeout(), timeout(), timeout(), None]).await;
+        assert_eq!(res.unwrap_err().code(), &ErrorCode::DeadlineExceeded);
+        assert_eq!(seen.len(), 3, "bounded");
+        let (seen, res) = run_stream(vec![Some(Error::stream_eof()), None]).await;
+        assert_eq!(res.unwrap_err().message(), "EOF");
+        assert_eq!(seen.len(), 1, "a closed stream is not retried");
+    }
+
     #[test]
     fn default_predicate_matches_go() {
         for (code, retry) in [
