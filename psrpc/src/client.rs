@@ -196,6 +196,8 @@ struct Shared {
 struct MethodChannels {
     request: channels::Channel,
     claim_response: channels::Channel,
+    /// Computed at the first stream open of the method.
+    stream_server: std::sync::OnceLock<Arc<channels::Channel>>,
 }
 
 struct ClientInner {
@@ -486,6 +488,7 @@ impl RpcClient {
                     method.queue && !method.multi,
                 ),
                 claim_response: channels::claim_response_channel(service, &method.name, topic),
+                stream_server: std::sync::OnceLock::new(),
             })
         };
         if !topic.is_empty() {
@@ -769,11 +772,17 @@ impl RpcClient {
         let stream_id = id::new_id(id::STREAM_PREFIX);
         let request_id = id::new_request_id();
         let info = Arc::new(self.info(method, &topic));
-        let out = Arc::new(channels::stream_server_channel(
-            &inner.service,
-            &method.name,
-            &topic,
-        ));
+        let chans = self.method_channels(method, &topic);
+        let out = chans
+            .stream_server
+            .get_or_init(|| {
+                Arc::new(channels::stream_server_channel(
+                    &inner.service,
+                    &method.name,
+                    &topic,
+                ))
+            })
+            .clone();
         let (shared, rx) = stream::Shared::<R>::new(StreamParams {
             stream_id: stream_id.clone(),
             info,
@@ -831,8 +840,7 @@ impl RpcClient {
                     request_id: request_id.clone(),
                     server_id: selected.server_id,
                 };
-                let ch = channels::claim_response_channel(&inner.service, &method.name, &topic);
-                self.publish(&ch, &claim).await?;
+                self.publish(&chans.claim_response, &claim).await?;
             }
             tokio::select! {
                 biased;

@@ -118,6 +118,7 @@ struct Core {
 struct ClientChannels {
     response: Channel,
     claim: Arc<Channel>,
+    stream: Arc<Channel>,
 }
 
 /// Bound of the per-client channel cache; past it the cache starts over.
@@ -138,6 +139,7 @@ impl Core {
         let c = Arc::new(ClientChannels {
             response: channels::response_channel(&self.service, client_id),
             claim: Arc::new(channels::claim_request_channel(&self.service, client_id)),
+            stream: Arc::new(channels::stream_channel(&self.service, client_id)),
         });
         cache.insert(client_id.to_owned(), c.clone());
         c
@@ -914,7 +916,7 @@ where
             return;
         };
         let core = &*self.core;
-        let out = Arc::new(channels::stream_channel(&core.service, &open.node_id));
+        let out = core.client_channels(&open.node_id).stream.clone();
         let (shared, rx) = stream::Shared::<R>::new(StreamParams {
             stream_id: m.stream_id.clone(),
             info: self.info.clone(),
