@@ -109,10 +109,28 @@ pub(crate) fn expect_code<T: std::fmt::Debug>(
     }
 }
 
-/// Waits for Ctrl-C (how the servers of the binaries run until stopped).
+/// Waits for Ctrl-C or, on Unix, SIGTERM (how the servers of the binaries
+/// run until stopped, then shut down gracefully).
 pub async fn until_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling: serve forever.
-        std::future::pending::<()>().await;
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling: serve forever.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }

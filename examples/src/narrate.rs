@@ -1,7 +1,5 @@
 //! Printing what a scenario does.
 
-use std::io::Write;
-
 /// Prints what a scenario does, one line at a time, prefixed with the
 /// scenario's name; or nothing ([`Narrator::quiet`]).
 #[derive(Debug, Clone)]
@@ -22,13 +20,11 @@ impl Narrator {
         Narrator { prefix: None }
     }
 
-    /// Prints one line (flushed at once, so that a parent process reading
-    /// the output sees it).
+    /// Prints one line (standard output is line-buffered, so a parent
+    /// process reading it sees each line at once; in tests it is captured).
     pub fn say(&self, line: impl AsRef<str>) {
         if let Some(p) = &self.prefix {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{p} {}", line.as_ref());
-            let _ = out.flush();
+            println!("{p} {}", line.as_ref());
         }
     }
 }

@@ -213,17 +213,20 @@ pub async fn serve_node(bus: DynBus, narrator: Narrator) -> psrpc::Result<Runnin
     })
 }
 
-/// An event as the gateway sends it: proto3 JSON with the proto field names.
+/// An event as the gateway sends it: proto3 JSON with the proto field
+/// names, in field order.
 pub fn event_json(ev: &SubscribeResponse) -> String {
-    serde_json::json!({
-        "id": ev.id,
-        "reply_to_id": ev.reply_to_id,
-        "from_pubkey": ev.from_pubkey,
-        "data": base64::engine::general_purpose::STANDARD.encode(&ev.data),
-        "service_type": ev.service_type,
-        "amount": ev.amount.to_string(),
-    })
-    .to_string()
+    use serde_json::Value;
+    let s = |v: &str| Value::from(v).to_string();
+    format!(
+        "{{\"id\":{},\"reply_to_id\":{},\"from_pubkey\":{},\"data\":{},\"service_type\":{},\"amount\":{}}}",
+        s(&ev.id),
+        s(&ev.reply_to_id),
+        s(&ev.from_pubkey),
+        s(&base64::engine::general_purpose::STANDARD.encode(&ev.data)),
+        s(&ev.service_type),
+        s(&ev.amount.to_string()),
+    )
 }
 
 /// The HTTP/WebSocket gateway: a psrpc subscriber of the event feed that
