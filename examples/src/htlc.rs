@@ -372,7 +372,7 @@ impl Aggregator {
         match event {
             Event::ForwardEvent(f) => {
                 self.open
-                    .insert(key, Open::Forward(f.info.clone().unwrap_or_default()));
+                    .insert(key, Open::Forward(f.info.unwrap_or_default()));
             }
             Event::SettleEvent(_) => match self.open.get(&key).cloned() {
                 Some(Open::Forward(info)) => {

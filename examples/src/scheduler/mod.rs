@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use psrpc::bus::DynBus;
-use psrpc::{Error, ErrorCode, Metadata, StreamSender};
+use psrpc::{Error, ErrorCode, Metadata, SelectionOptions, StreamSender};
 use sha2::{Digest, Sha256};
 
 pub use instance::{Instance, InstanceConfig, RunningInstance, start_instance};
@@ -262,17 +262,33 @@ impl GlClient {
         })
     }
 
-    /// Schedules the node of `creds`.
+    /// Schedules the node of `creds`: the instance with the best claim
+    /// (the most free slots) after psrpc's default affinity selection.
     pub async fn schedule(&self, creds: &Credentials) -> psrpc::Result<NodeInfoResponse> {
-        self.scheduler
+        self.schedule_with(creds, None).await
+    }
+
+    /// [`schedule`](Self::schedule) with selection options, e.g. a
+    /// `maximum_affinity` that takes the first instance claiming that many
+    /// free slots at once instead of waiting for every claim.
+    pub async fn schedule_with(
+        &self,
+        creds: &Credentials,
+        selection: Option<SelectionOptions>,
+    ) -> psrpc::Result<NodeInfoResponse> {
+        let call = self
+            .scheduler
             .schedule(
                 self.network.as_str(),
                 ScheduleRequest {
                     node_id: creds.node_id.clone(),
                 },
             )
-            .metadata(creds.metadata())
-            .await
+            .metadata(creds.metadata());
+        match selection {
+            Some(s) => call.selection(s).await,
+            None => call.await,
+        }
     }
 
     /// Where the node of `creds` runs (waiting for it with `wait`, at most
@@ -520,9 +536,17 @@ async fn place(
     narrator: &Narrator,
 ) -> Result<(NodeInfoResponse, Placement), BoxError> {
     let free_before = free_map(&c.capacities(instances).await?);
-    let info = c.schedule(creds).await?;
-    let instance = instance_of(&info.grpc_uri).to_owned();
     let best = free_before.values().copied().max().unwrap_or_default();
+    // Every instance claims with its free slots; knowing the best count,
+    // the first claim that reaches it wins at once (no waiting for the
+    // slower claims, so the outcome does not depend on timing).
+    let selection = SelectionOptions {
+        maximum_affinity: best as f32,
+        affinity_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let info = c.schedule_with(creds, Some(selection)).await?;
+    let instance = instance_of(&info.grpc_uri).to_owned();
     ensure!(
         free_before.get(&instance) == Some(&best),
         "node placed on {instance}, but the free slots were {free_before:?}"
