@@ -83,10 +83,15 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
     println!("\nall four scenarios passed");
     if args.flag("hold") {
         println!(
-            "the websocket page is at {} (Ctrl-C to stop); send messages with\n  \
-             cargo run -p psrpc-examples --bin websocket -- --role client --bus <a shared bus>",
+            "the websocket page is at {} (Ctrl-C to stop)",
             gateway.url()
         );
+        if !bus::is_local(&url) {
+            println!(
+                "send messages from another process with\n  \
+                 cargo run -p psrpc-examples --bin websocket -- --bus {url} --role client"
+            );
+        }
         psrpc_examples::until_ctrl_c().await;
     }
     gateway.stop();
