@@ -12,9 +12,9 @@
 //! the stream. Each `send` waits for the client's acknowledgement, so a
 //! client that stops reading slows its server down instead of losing offers.
 //!
-//! Several servers can serve the stream: each open is taken by one of them
-//! (queue routing with the claim handshake), so clients spread over the
-//! servers.
+//! Several servers can serve the stream: each open is taken by exactly one
+//! of them, the first to claim it (queue routing with the claim handshake),
+//! so which server a client gets depends on who answers first.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -322,7 +322,7 @@ pub struct ClientReport {
 }
 
 /// The client side: `config.clients` clients take `config.offers` offers
-/// each (at once, so they spread over the servers) and close their streams;
+/// each (all at once) and close their streams;
 /// a client speaking no notification protocol and one speaking an unknown
 /// version are refused. Fails when any offer or error is not as expected.
 pub async fn run_clients(
