@@ -1,0 +1,286 @@
+//! Test helpers: real `redis-server` and `nats-server` processes on free
+//! loopback ports (adapted from the psrpc-redis and psrpc-nats test
+//! helpers), the example binaries as child processes, and headless Chromium
+//! driven over the DevTools protocol.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod chromium;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process run under a small shell that kills it when its stdin
+/// closes: killed on drop, and gone when the test process exits anyway.
+pub struct Server {
+    child: Option<(Child, ChildStdin)>,
+    /// The client port.
+    pub port: u16,
+    scheme: &'static str,
+}
+
+impl Server {
+    /// `redis://127.0.0.1:<port>` or `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((mut child, stdin)) = self.child.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn installed(bins: &[&'static str]) -> Option<&'static str> {
+    bins.iter().copied().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+}
+
+fn spawn_under_shell(bin: &str, args: &[String]) -> (Child, ChildStdin) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$@" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid; wait $pid"#)
+        .arg("sh")
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
+/// A `redis-server` on a free port.
+pub fn redis() -> Server {
+    let bin = installed(&["redis-server"]).unwrap_or_else(|| {
+        panic!("redis-server not found: install it with `apt-get install redis-server` or run scripts/test")
+    });
+    for _ in 0..5 {
+        let port = free_port();
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let server = Server {
+            child: Some(spawn_under_shell(bin, &args)),
+            port,
+            scheme: "redis",
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 64];
+                if c.write_all(b"PING\r\n").is_ok() && matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("could not start redis-server");
+}
+
+/// A `nats-server` on a free port.
+pub fn nats() -> Server {
+    let bin = installed(&["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"])
+        .unwrap_or_else(|| {
+            panic!("nats-server not found: install it with `apt-get install nats-server` or run scripts/test")
+        });
+    for _ in 0..5 {
+        let port = free_port();
+        let args: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let server = Server {
+            child: Some(spawn_under_shell(bin, &args)),
+            port,
+            scheme: "nats",
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 16];
+                // The server greets with INFO.
+                if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("could not start nats-server");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    done: bool,
+}
+
+/// One of the example binaries, run as a child process; its output
+/// (stdout and stderr) is collected line by line. Killed on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    out: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`.
+    pub fn spawn(bin: &str, args: &[&str]) -> Proc {
+        let name = format!(
+            "{} {}",
+            std::path::Path::new(bin)
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
+            args.join(" ")
+        );
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let out: Arc<(Mutex<Output>, Condvar)> = Arc::default();
+        let readers = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for r in readers {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    lock(&out.0).lines.push(line);
+                    out.1.notify_all();
+                }
+                lock(&out.0).done = true;
+                out.1.notify_all();
+            });
+        }
+        Proc { name, child, out }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        lock(&self.out.0).lines.join("\n")
+    }
+
+    /// Waits for a line containing `needle`; panics with the output after
+    /// `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.out.0);
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: no line with `{needle}` within {timeout:?}; output:\n{}",
+                self.name,
+                g.lines.join("\n")
+            );
+            g = self
+                .out
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits for the process to exit with success (panics with its output
+    /// otherwise) and returns its output.
+    pub fn success(mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the readers drain.
+                let (lock, cv) = &*self.out;
+                let mut g = self::lock(lock);
+                while !g.done {
+                    g = cv
+                        .wait_timeout(g, Duration::from_secs(1))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                drop(g);
+                let out = self.output();
+                assert!(status.success(), "{} failed ({status}):\n{out}", self.name);
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code and output.
+    pub fn exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return (status.code(), self.output());
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
