@@ -98,7 +98,9 @@ impl ServerOptions {
 
 /// Scores a request for an affinity method: higher is better; a negative
 /// score means "do not claim" (the server stays silent); zero is a valid
-/// claim that the default selector never picks.
+/// claim that the default selector never picks. It runs where the request
+/// arrives, before any task is started for it: keep it quick and never
+/// block in it.
 pub type AffinityFn<Req> = Arc<dyn Fn(&Req) -> f32 + Send + Sync>;
 
 /// What every handler task of a server shares.

@@ -63,7 +63,9 @@ use crate::interceptor::{StreamInterceptor, StreamSendNext, StreamTerminal};
 use crate::wire::{self, StreamAck, StreamBody, StreamClose, StreamMessage};
 
 /// Decides whether this server claims a stream of an affinity (or queue)
-/// method: higher is better; negative means "do not claim".
+/// method: higher is better; negative means "do not claim". Like
+/// [`AffinityFn`](crate::AffinityFn), it runs where the open arrives: keep
+/// it quick.
 pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
 
 /// The open streams of a client, or of one server stream handler, by id.
