@@ -81,6 +81,11 @@ async fn subjects_field3_and_queue_group() {
             "no headers or reply"
         );
         let subject = m.subject.to_string();
+        if subject.starts_with("_INBOX.") {
+            // The bus's subscribe barrier (its own inbox).
+            assert_eq!(m.payload.len(), 8);
+            continue;
+        }
         if subject == "SRV.MyService.Q" {
             assert_eq!(wire::read_channel(&m.payload).unwrap(), "NormalRPC.REQ");
             let r: Request = wire::decode_envelope(m.payload.clone()).unwrap();
@@ -191,7 +196,11 @@ async fn prefixes_isolate() {
     let mut seen = 0;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
         let subj = m.subject.to_string();
-        if subj.starts_with("topics.") || subj.starts_with("bad.") {
+        if subj.starts_with("topics.")
+            || subj.starts_with("bad.")
+            || subj.starts_with("churn.")
+            || subj.starts_with("_INBOX.")
+        {
             continue; // the other tests on the shared server
         }
         assert!(
@@ -340,4 +349,47 @@ async fn server_restart_reconnects() {
     eprintln!("recovered {:?} after restart", start.elapsed());
     assert!(start.elapsed() < Duration::from_secs(10));
     s.shutdown().await;
+}
+
+/// A subscription is in effect on the server when `subscribe` returns: a
+/// message another connection publishes right after is never lost, however
+/// quickly subscriptions come and go (direct and routed, fan-out and queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_then_publish_never_lost() {
+    use psrpc::{Channel, MessageBus};
+    let ns = common::shared();
+    let sub_bus = bus(&ns.url()).await.with_prefix("churn");
+    let pub_bus = bus(&ns.url()).await.with_prefix("churn");
+    let mut lost = Vec::new();
+    for (kind, local, queue) in [
+        ("direct", "", false),
+        ("direct_queue", "", true),
+        ("routed", "M.RES", false),
+        ("routed_queue", "M.REQ", true),
+    ] {
+        for i in 0..300u32 {
+            let ch = Channel {
+                legacy: String::new(),
+                server: format!("SRV.{kind}{}", i % 2),
+                local: local.into(),
+            };
+            let mut sub = if queue {
+                sub_bus.subscribe_queue(&ch, 10).await.unwrap()
+            } else {
+                sub_bus.subscribe(&ch, 10).await.unwrap()
+            };
+            let payload = wire::encode_msg_raw("t", format!("{kind} {i}").as_bytes());
+            pub_bus.publish(&ch, payload.clone()).await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {
+                Ok(Some(got)) => {
+                    if !local.is_empty() {
+                        assert_eq!(wire::read_channel(&got).unwrap(), local);
+                    }
+                }
+                _ => lost.push(format!("{kind} {i}")),
+            }
+            sub.close();
+        }
+    }
+    assert!(lost.is_empty(), "lost {} message(s): {lost:?}", lost.len());
 }
