@@ -54,6 +54,26 @@
 //! * Go refuses to open a queue and a fan-out router on one subject in one
 //!   bus instance ("subscription type mismatch"); this bus keeps them apart
 //!   and allows it.
+//! * **Subscriptions are in effect when `subscribe` returns**: after the
+//!   `SUB`, the bus publishes a sequence number to a private inbox of its
+//!   connection (`_INBOX.<id>`, subscribed once per bus) and waits for it to
+//!   come back; the server handles one connection's operations in order, so
+//!   by then it has the `SUB`, and a message published afterwards by any
+//!   connection to the same server is delivered (Go subscribes without
+//!   waiting, so its tests sleep). The wait is bounded by 5 s (then an
+//!   `unavailable` error). On the wire this adds one small `PUB` to that
+//!   inbox per subscription. In a cluster, other nodes learn of the
+//!   subscription over their routes a moment later (route propagation, well
+//!   under a millisecond on loopback).
+//! * **Closing a queue subscription** unsubscribes and hands the messages
+//!   async-nats had already received for it back to the group (the same
+//!   republish as for "no route"), instead of dropping them. Messages the
+//!   server routed to it in the last round trip before the `UNSUB` arrived
+//!   are lost, as with any NATS client.
+//! * **Handler subscriptions** ([`MessageBus::subscribe_handler`], what the
+//!   runtime uses): the handler is called by the task reading the NATS
+//!   subscription (or its router), one task hop less per message than a
+//!   [`Subscription`].
 //! * **Slow consumers**: as [`psrpc::LocalBus`], a message is offered to each
 //!   subscriber without waiting; a subscriber whose buffer is full gets up to
 //!   the slow-consumer timeout (default 100 ms,
@@ -65,11 +85,27 @@
 //! * **Malformed bytes** on a routed subject (field 3 unreadable) are dropped
 //!   with a warning. Direct subscriptions pass bytes on as they are; the
 //!   runtime rejects bad envelopes.
-//! * **Reconnection** is left to async-nats: it reconnects for ever, replays
-//!   every subscription (queue groups included) and buffers publishes made
-//!   meanwhile. Construction itself fails fast: [`NatsBus::connect`] returns
-//!   an `unavailable` error when the server is unreachable or refuses the
-//!   credentials.
+//!
+//! # Outages and topologies
+//!
+//! Reconnection is left to async-nats: it reconnects for ever (backing off
+//! up to 4 s between attempts), replays every subscription (queue groups
+//! included) and buffers publishes made meanwhile; a publish waits at most
+//! 1 s for room in that buffer, then fails with `unavailable`. Core NATS is
+//! at-most-once: messages published while a connection is down are lost, so
+//! calls in flight during an outage fail by their deadline (`unavailable` or
+//! `deadline_exceeded`); new calls work again once the server is back
+//! (tested: within 2 s of a restart), without rebuilding clients or servers.
+//! Construction itself fails fast: [`NatsBus::connect`] returns an
+//! `unavailable` error when the server is unreachable or refuses the
+//! credentials.
+//!
+//! Tested topologies: one server, and a 3-node cluster (routes) on loopback
+//! with the clients and servers of each test on different nodes (the whole
+//! conformance suite). Several server URLs (`nats://a:4222,nats://b:4222`)
+//! let async-nats fail over between nodes; TLS, tokens and credentials files
+//! go through [`NatsBus::connect_with_options`] or
+//! [`NatsBus::from_client`] (not tested here).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -79,9 +115,10 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use psrpc::bus::{Channel, Handler, HandlerSubscription, MessageBus, Subscription};
 use psrpc::{CancellationToken, Error, ErrorCode, Result};
+use std::future::Future;
 use tokio::sync::mpsc;
 
 pub use async_nats;
@@ -136,6 +173,9 @@ struct Barrier {
     seen: tokio::sync::watch::Receiver<u64>,
 }
 
+/// How long `publish` waits for room in async-nats' full command queue.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a subscription waits for the server to confirm it.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -159,6 +199,7 @@ struct Router {
     subject: String,
     queue: bool,
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    nats: Slot,
     stop: CancellationToken,
 }
 
@@ -428,11 +469,12 @@ impl NatsBus {
                 subject: subject.clone(),
                 queue,
                 routes: RwLock::new(HashMap::new()),
+                nats: Arc::new(Mutex::new(Some(nats))),
                 stop: CancellationToken::new(),
             });
             router.add(&local, id, sink);
             lock(&self.state.routers).insert(key.clone(), router.clone());
-            tokio::spawn(run_router(router, nats, self.state.clone()));
+            tokio::spawn(run_router(router, self.state.clone()));
         }
         drop(creating);
         let state = Arc::downgrade(&self.state);
@@ -444,7 +486,9 @@ impl NatsBus {
             };
             if router.remove(&local, id) {
                 routers.remove(&key);
+                drop(routers);
                 router.stop.cancel();
+                close_slot(&router.nats, &router.subject, router.queue, &state);
             }
         }))
     }
@@ -452,17 +496,25 @@ impl NatsBus {
     /// A subscription of the whole subject (no `Msg.channel` routing): one
     /// NATS subscription read by one task that feeds the sink.
     async fn add_direct(&self, subject: String, queue: bool, sink: Sink) -> Result<Remover> {
-        let nats = self.nats_subscribe(&subject, queue).await?;
+        let nats: Slot = Arc::new(Mutex::new(Some(
+            self.nats_subscribe(&subject, queue).await?,
+        )));
         let stop = CancellationToken::new();
         tokio::spawn(run_direct(
-            nats,
-            subject,
+            nats.clone(),
+            subject.clone(),
             queue,
             sink,
             self.state.clone(),
             stop.clone(),
         ));
-        Ok(Box::new(move || stop.cancel()))
+        let state = Arc::downgrade(&self.state);
+        Ok(Box::new(move || {
+            stop.cancel();
+            if let Some(state) = state.upgrade() {
+                close_slot(&nats, &subject, queue, &state);
+            }
+        }))
     }
 
     async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
@@ -522,9 +574,52 @@ enum Offer {
     Gone(Bytes),
 }
 
+/// A NATS subscription shared by the task reading it and the closer, which
+/// takes it out to unsubscribe at once (see [`close_slot`]).
+type Slot = Arc<Mutex<Option<async_nats::Subscriber>>>;
+
+/// The next message of the subscription in `slot`; `None` once it is closed.
+fn next_message(slot: &Slot) -> impl Future<Output = Option<async_nats::Message>> + '_ {
+    futures::future::poll_fn(move |cx| match lock(slot).as_mut() {
+        Some(s) => s.poll_next_unpin(cx),
+        None => std::task::Poll::Ready(None),
+    })
+}
+
+/// Unsubscribes the subscription in `slot` before returning (the `UNSUB`
+/// is queued on the connection ahead of anything sent afterwards, so a
+/// later subscription's barrier proves the server dropped this one). A
+/// queue subscription then hands what async-nats had already received for
+/// it back to the group (see [`State::hand_back`]) instead of dropping it.
+fn close_slot(slot: &Slot, subject: &str, queue: bool, state: &Arc<State>) {
+    let Some(mut nats) = lock(slot).take() else {
+        return;
+    };
+    // Queues the UNSUB without waiting when async-nats has room for it
+    // (almost always); otherwise dropping the subscriber queues it.
+    if async { nats.unsubscribe().await }.now_or_never().is_none() {
+        return;
+    }
+    if !queue {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (subject, state) = (subject.to_owned(), state.clone());
+    rt.spawn(async move {
+        // Only what async-nats buffered: the stream ends after it.
+        while let Some(m) = nats.next().await {
+            state
+                .hand_back(&subject, m.payload, "closed queue subscription")
+                .await;
+        }
+    });
+}
+
 /// Reads a direct (unrouted) NATS subscription until it is closed.
 async fn run_direct(
-    mut nats: async_nats::Subscriber,
+    nats: Slot,
     subject: String,
     queue: bool,
     sink: Sink,
@@ -536,11 +631,11 @@ async fn run_direct(
     loop {
         let msg = tokio::select! {
             biased;
-            m = nats.next() => match m {
+            m = next_message(&nats) => match m {
                 Some(m) => m,
                 None => return,
             },
-            _ = &mut cancelled => break,
+            _ = &mut cancelled => return,
         };
         match sink.offer(msg.payload) {
             Offer::Taken => {}
@@ -549,7 +644,7 @@ async fn run_direct(
                     unreachable!("handlers are never full")
                 };
                 if !deliver_slow(&state, &subject, tx, b).await {
-                    break;
+                    return;
                 }
             }
             Offer::Gone(b) => {
@@ -558,24 +653,8 @@ async fn run_direct(
                         .hand_back(&subject, b, "closed queue subscription")
                         .await;
                 }
-                break;
+                return;
             }
-        }
-    }
-    close_nats(nats, &subject, queue, &state).await;
-}
-
-/// Unsubscribes; a queue subscription hands what NATS already gave it back
-/// to the other members of the group (see [`State::hand_back`]).
-async fn close_nats(mut nats: async_nats::Subscriber, subject: &str, queue: bool, state: &State) {
-    let _ = nats.unsubscribe().await;
-    if queue {
-        // Only what async-nats buffered before the unsubscribe: the stream
-        // ends after it.
-        while let Some(m) = nats.next().await {
-            state
-                .hand_back(subject, m.payload, "closed queue subscription")
-                .await;
         }
     }
 }
@@ -812,21 +891,20 @@ async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, ms
     r != psrpc::bus::SlowDelivery::Closed
 }
 
-async fn run_router(router: Arc<Router>, mut nats: async_nats::Subscriber, state: Arc<State>) {
+async fn run_router(router: Arc<Router>, state: Arc<State>) {
     let cancelled = router.stop.cancelled();
     tokio::pin!(cancelled);
     loop {
         let msg = tokio::select! {
             biased;
-            m = nats.next() => match m {
+            m = next_message(&router.nats) => match m {
                 Some(m) => m,
                 None => return,
             },
-            _ = &mut cancelled => break,
+            _ = &mut cancelled => return,
         };
         router.dispatch(&state, msg.payload).await;
     }
-    close_nats(nats, &router.subject, router.queue, &state).await;
 }
 
 #[async_trait]
@@ -838,10 +916,24 @@ impl MessageBus for NatsBus {
         } else {
             psrpc::wire::append_channel(&msg, &channel.local)
         };
-        self.client
-            .publish(subject, payload)
-            .await
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish: {e}")))
+        let publish = self.client.publish(subject, payload);
+        tokio::pin!(publish);
+        // async-nats queues the publish for its connection task; that queue
+        // is bounded and not drained while reconnecting: wait for room at
+        // most PUBLISH_WAIT (a timer only when it is full).
+        let r = match futures::poll!(&mut publish) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "nats: publish queue full (is NATS reachable?)",
+                    ));
+                }
+            },
+        };
+        r.map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish: {e}")))
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
