@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run -p psrpc-examples [-- --bus local|redis://host:port|nats://host:port] [--hold]
 //! ```
+// The scenario futures nest deeply (bus connection, scenario, calls):
+// the default limit of the trait solver is too low for their Send check.
+#![recursion_limit = "256"]
 
 use std::process::ExitCode;
 

@@ -54,6 +54,26 @@
 //! * Go refuses to open a queue and a fan-out router on one subject in one
 //!   bus instance ("subscription type mismatch"); this bus keeps them apart
 //!   and allows it.
+//! * **Subscriptions are in effect when `subscribe` returns**: after the
+//!   `SUB`, the bus publishes a sequence number to a private inbox of its
+//!   connection (`_INBOX.<id>`, subscribed once per bus) and waits for it to
+//!   come back; the server handles one connection's operations in order, so
+//!   by then it has the `SUB`, and a message published afterwards by any
+//!   connection to the same server is delivered (Go subscribes without
+//!   waiting, so its tests sleep). The wait is bounded by 5 s (then an
+//!   `unavailable` error). On the wire this adds one small `PUB` to that
+//!   inbox per subscription. In a cluster, other nodes learn of the
+//!   subscription over their routes a moment later (route propagation, well
+//!   under a millisecond on loopback).
+//! * **Closing a queue subscription** unsubscribes and hands the messages
+//!   async-nats had already received for it back to the group (the same
+//!   republish as for "no route"), instead of dropping them. Messages the
+//!   server routed to it in the last round trip before the `UNSUB` arrived
+//!   are lost, as with any NATS client.
+//! * **Handler subscriptions** ([`MessageBus::subscribe_handler`], what the
+//!   runtime uses): the handler is called by the task reading the NATS
+//!   subscription (or its router), one task hop less per message than a
+//!   [`Subscription`].
 //! * **Slow consumers**: as [`psrpc::LocalBus`], a message is offered to each
 //!   subscriber without waiting; a subscriber whose buffer is full gets up to
 //!   the slow-consumer timeout (default 100 ms,
@@ -65,11 +85,27 @@
 //! * **Malformed bytes** on a routed subject (field 3 unreadable) are dropped
 //!   with a warning. Direct subscriptions pass bytes on as they are; the
 //!   runtime rejects bad envelopes.
-//! * **Reconnection** is left to async-nats: it reconnects for ever, replays
-//!   every subscription (queue groups included) and buffers publishes made
-//!   meanwhile. Construction itself fails fast: [`NatsBus::connect`] returns
-//!   an `unavailable` error when the server is unreachable or refuses the
-//!   credentials.
+//!
+//! # Outages and topologies
+//!
+//! Reconnection is left to async-nats: it reconnects for ever (backing off
+//! up to 4 s between attempts), replays every subscription (queue groups
+//! included) and buffers publishes made meanwhile; a publish waits at most
+//! 1 s for room in that buffer, then fails with `unavailable`. Core NATS is
+//! at-most-once: messages published while a connection is down are lost, so
+//! calls in flight during an outage fail by their deadline (`unavailable` or
+//! `deadline_exceeded`); new calls work again once the server is back
+//! (tested: within 2 s of a restart), without rebuilding clients or servers.
+//! Construction itself fails fast: [`NatsBus::connect`] returns an
+//! `unavailable` error when the server is unreachable or refuses the
+//! credentials.
+//!
+//! Tested topologies: one server, and a 3-node cluster (routes) on loopback
+//! with the clients and servers of each test on different nodes (the whole
+//! conformance suite). Several server URLs (`nats://a:4222,nats://b:4222`)
+//! let async-nats fail over between nodes; TLS, tokens and credentials files
+//! go through [`NatsBus::connect_with_options`] or
+//! [`NatsBus::from_client`] (not tested here).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -79,9 +115,10 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use psrpc::bus::{Channel, MessageBus, Subscription};
+use futures::{FutureExt, StreamExt};
+use psrpc::bus::{Channel, Handler, HandlerSubscription, MessageBus, Subscription};
 use psrpc::{CancellationToken, Error, ErrorCode, Result};
+use std::future::Future;
 use tokio::sync::mpsc;
 
 pub use async_nats;
@@ -120,7 +157,27 @@ struct State {
     slow_timeout: Duration,
     redeliveries: u32,
     bounces: Mutex<HashMap<u64, (u32, std::time::Instant)>>,
+    /// The round-trip barrier (made on first use, see [`Barrier`]).
+    barrier: tokio::sync::OnceCell<Barrier>,
 }
+
+/// Proves that the server has processed everything this connection sent so
+/// far: a message published to a private inbox this connection subscribes
+/// comes back only after the server went through every earlier operation of
+/// the connection (a NATS server handles one connection's operations in
+/// order). async-nats' `flush` only writes the socket and cannot tell.
+struct Barrier {
+    subject: String,
+    next: AtomicU64,
+    /// The highest sequence number that came back.
+    seen: tokio::sync::watch::Receiver<u64>,
+}
+
+/// How long `publish` waits for room in async-nats' full command queue.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a subscription waits for the server to confirm it.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Drop for State {
     /// async-nats closes a connection whose last handle is dropped without
@@ -136,18 +193,19 @@ impl Drop for State {
     }
 }
 
-type Senders = Vec<(u64, mpsc::Sender<Bytes>)>;
+type Sinks = Vec<(u64, Sink)>;
 
 struct Router {
     subject: String,
     queue: bool,
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    nats: Slot,
     stop: CancellationToken,
 }
 
 #[derive(Default)]
 struct Route {
-    subs: Senders,
+    subs: Sinks,
     rr: AtomicUsize,
 }
 
@@ -231,6 +289,7 @@ impl NatsBus {
                 slow_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
                 redeliveries: DEFAULT_QUEUE_REDELIVERIES,
                 bounces: Mutex::new(HashMap::new()),
+                barrier: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -275,6 +334,7 @@ impl NatsBus {
             slow_timeout,
             redeliveries,
             bounces: Mutex::new(HashMap::new()),
+            barrier: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -316,30 +376,92 @@ impl NatsBus {
                 format!("nats: subscribe {subject}: {e}"),
             )
         })?;
-        // The SUB has reached the server once the PONG of this flush is back.
-        self.client
-            .flush()
+        self.sync()
             .await
             .map_err(|e| unavailable(&format!("subscribe {subject}"), e))?;
         Ok(sub)
     }
 
-    async fn add(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+    /// Returns once the server has processed every operation this
+    /// connection sent before the call (see [`Barrier`]).
+    async fn sync(&self) -> std::result::Result<(), String> {
+        let client = &self.state.client;
+        let barrier = self
+            .state
+            .barrier
+            .get_or_try_init(|| async {
+                let subject = client.new_inbox();
+                let mut sub = client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (tx, seen) = tokio::sync::watch::channel(0u64);
+                // Ends when the bus state (holding the receiver) is gone.
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tx.closed() => break,
+                            m = sub.next() => match m {
+                                Some(m) => {
+                                    let Ok(n) = <[u8; 8]>::try_from(&m.payload[..]) else {
+                                        continue;
+                                    };
+                                    let n = u64::from_be_bytes(n);
+                                    tx.send_if_modified(|s| {
+                                        let newer = n > *s;
+                                        if newer {
+                                            *s = n;
+                                        }
+                                        newer
+                                    });
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                    let _ = sub.unsubscribe().await;
+                });
+                Ok::<_, String>(Barrier {
+                    subject,
+                    next: AtomicU64::new(1),
+                    seen,
+                })
+            })
+            .await?;
+        let n = barrier.next.fetch_add(1, Ordering::Relaxed);
+        client
+            .publish(
+                barrier.subject.clone(),
+                Bytes::copy_from_slice(&n.to_be_bytes()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = barrier.seen.clone();
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, seen.wait_for(|s| *s >= n)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("connection closed".into()),
+            Err(_) => Err(format!(
+                "not confirmed by the server within {SUBSCRIBE_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    /// Adds a sink to `channel`; returns what removes it.
+    async fn add(&self, channel: &Channel, queue: bool, sink: Sink) -> Result<Remover> {
         let subject = self.subject(channel);
-        let (tx, rx) = mpsc::channel(size.max(1));
         if channel.local.is_empty() {
-            return self.add_direct(subject, queue, tx, rx).await;
+            return self.add_direct(subject, queue, sink).await;
         }
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let key = (subject.clone(), queue);
         let local = channel.local.clone();
-        let _creating = self.state.create.lock().await;
+        let creating = self.state.create.lock().await;
         let existing = {
             let routers = lock(&self.state.routers);
             routers
                 .get(&key)
                 .cloned()
-                .inspect(|r| r.add(&local, id, tx.clone()))
+                .inspect(|r| r.add(&local, id, sink.clone()))
         };
         if existing.is_none() {
             let nats = self.nats_subscribe(&subject, queue).await?;
@@ -347,15 +469,16 @@ impl NatsBus {
                 subject: subject.clone(),
                 queue,
                 routes: RwLock::new(HashMap::new()),
+                nats: Arc::new(Mutex::new(Some(nats))),
                 stop: CancellationToken::new(),
             });
-            router.add(&local, id, tx);
+            router.add(&local, id, sink);
             lock(&self.state.routers).insert(key.clone(), router.clone());
-            tokio::spawn(run_router(router, nats, self.state.clone()));
+            tokio::spawn(run_router(router, self.state.clone()));
         }
-        drop(_creating);
+        drop(creating);
         let state = Arc::downgrade(&self.state);
-        Ok(Subscription::new(rx, move || {
+        Ok(Box::new(move || {
             let Some(state) = state.upgrade() else { return };
             let mut routers = lock(&state.routers);
             let Some(router) = routers.get(&key).cloned() else {
@@ -363,44 +486,176 @@ impl NatsBus {
             };
             if router.remove(&local, id) {
                 routers.remove(&key);
+                drop(routers);
                 router.stop.cancel();
+                close_slot(&router.nats, &router.subject, router.queue, &state);
             }
         }))
     }
 
-    async fn add_direct(
-        &self,
-        subject: String,
-        queue: bool,
-        tx: mpsc::Sender<Bytes>,
-        rx: mpsc::Receiver<Bytes>,
-    ) -> Result<Subscription> {
-        let mut nats = self.nats_subscribe(&subject, queue).await?;
+    /// A subscription of the whole subject (no `Msg.channel` routing): one
+    /// NATS subscription read by one task that feeds the sink.
+    async fn add_direct(&self, subject: String, queue: bool, sink: Sink) -> Result<Remover> {
+        let nats: Slot = Arc::new(Mutex::new(Some(
+            self.nats_subscribe(&subject, queue).await?,
+        )));
         let stop = CancellationToken::new();
-        let state = self.state.clone();
-        let task_stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = task_stop.cancelled() => break,
-                    m = nats.next() => match m {
-                        Some(m) => m,
-                        None => break,
-                    },
+        tokio::spawn(run_direct(
+            nats.clone(),
+            subject.clone(),
+            queue,
+            sink,
+            self.state.clone(),
+            stop.clone(),
+        ));
+        let state = Arc::downgrade(&self.state);
+        Ok(Box::new(move || {
+            stop.cancel();
+            if let Some(state) = state.upgrade() {
+                close_slot(&nats, &subject, queue, &state);
+            }
+        }))
+    }
+
+    async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+        let (tx, rx) = mpsc::channel(size.max(1));
+        let remove = self.add(channel, queue, Sink::Chan(tx)).await?;
+        Ok(Subscription::new(rx, remove))
+    }
+}
+
+/// What unsubscribes a sink.
+type Remover = Box<dyn FnOnce() + Send + Sync>;
+
+/// Runs [`Remover`] when dropped: the guard of a handler subscription.
+struct RemoveOnDrop(Option<Remover>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// Where a subscription's messages go.
+#[derive(Clone)]
+enum Sink {
+    /// A [`Subscription`]'s buffer.
+    Chan(mpsc::Sender<Bytes>),
+    /// A runtime handler, called in the task that reads the NATS
+    /// subscription: no further task hop, never full.
+    Handler(Handler),
+}
+
+impl Sink {
+    /// Offers `msg` without waiting.
+    fn offer(&self, msg: Bytes) -> Offer {
+        match self {
+            Sink::Handler(h) => {
+                h(msg);
+                Offer::Taken
+            }
+            Sink::Chan(tx) => match tx.try_send(msg) {
+                Ok(()) => Offer::Taken,
+                Err(mpsc::error::TrySendError::Full(b)) => Offer::Full(b),
+                Err(mpsc::error::TrySendError::Closed(b)) => Offer::Gone(b),
+            },
+        }
+    }
+}
+
+/// What became of an offer to a [`Sink`].
+enum Offer {
+    Taken,
+    /// The buffer is full: the message is given back.
+    Full(Bytes),
+    /// The subscriber is gone: the message is given back.
+    Gone(Bytes),
+}
+
+/// A NATS subscription shared by the task reading it and the closer, which
+/// takes it out to unsubscribe at once (see [`close_slot`]).
+type Slot = Arc<Mutex<Option<async_nats::Subscriber>>>;
+
+/// The next message of the subscription in `slot`; `None` once it is closed.
+fn next_message(slot: &Slot) -> impl Future<Output = Option<async_nats::Message>> + '_ {
+    futures::future::poll_fn(move |cx| match lock(slot).as_mut() {
+        Some(s) => s.poll_next_unpin(cx),
+        None => std::task::Poll::Ready(None),
+    })
+}
+
+/// Unsubscribes the subscription in `slot` before returning (the `UNSUB`
+/// is queued on the connection ahead of anything sent afterwards, so a
+/// later subscription's barrier proves the server dropped this one). A
+/// queue subscription then hands what async-nats had already received for
+/// it back to the group (see [`State::hand_back`]) instead of dropping it.
+fn close_slot(slot: &Slot, subject: &str, queue: bool, state: &Arc<State>) {
+    let Some(mut nats) = lock(slot).take() else {
+        return;
+    };
+    // Queues the UNSUB without waiting when async-nats has room for it
+    // (almost always); otherwise dropping the subscriber queues it.
+    if async { nats.unsubscribe().await }.now_or_never().is_none() {
+        return;
+    }
+    if !queue {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (subject, state) = (subject.to_owned(), state.clone());
+    rt.spawn(async move {
+        // Only what async-nats buffered: the stream ends after it.
+        while let Some(m) = nats.next().await {
+            state
+                .hand_back(&subject, m.payload, "closed queue subscription")
+                .await;
+        }
+    });
+}
+
+/// Reads a direct (unrouted) NATS subscription until it is closed.
+async fn run_direct(
+    nats: Slot,
+    subject: String,
+    queue: bool,
+    sink: Sink,
+    state: Arc<State>,
+    stop: CancellationToken,
+) {
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = next_message(&nats) => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = &mut cancelled => return,
+        };
+        match sink.offer(msg.payload) {
+            Offer::Taken => {}
+            Offer::Full(b) => {
+                let Sink::Chan(tx) = &sink else {
+                    unreachable!("handlers are never full")
                 };
-                match tx.try_send(msg.payload) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    Err(mpsc::error::TrySendError::Full(b)) => {
-                        if !deliver_slow(&state, &subject, &tx, b).await {
-                            break;
-                        }
-                    }
+                if !deliver_slow(&state, &subject, tx, b).await {
+                    return;
                 }
             }
-            let _ = nats.unsubscribe().await;
-        });
-        Ok(Subscription::new(rx, move || stop.cancel()))
+            Offer::Gone(b) => {
+                if queue {
+                    state
+                        .hand_back(&subject, b, "closed queue subscription")
+                        .await;
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -419,14 +674,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl State {
+    /// Hands a queue message this process will not handle back to NATS (the
+    /// same bytes on the same subject), so that the group picks a member
+    /// again; at most `redeliveries` times per message and process within
+    /// [`BOUNCE_MEMORY`], then drops it with a warning (quirk Q1).
+    async fn hand_back(&self, subject: &str, payload: Bytes, why: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        payload.hash(&mut h);
+        let key = h.finish();
+        let n = {
+            let mut b = lock(&self.bounces);
+            let now = std::time::Instant::now();
+            if b.len() > 4096 {
+                b.retain(|_, (_, t)| now.duration_since(*t) < BOUNCE_MEMORY);
+            }
+            let e = b.entry(key).or_insert((0, now));
+            if now.duration_since(e.1) >= BOUNCE_MEMORY {
+                *e = (0, now);
+            }
+            e.0 += 1;
+            e.0
+        };
+        if n > self.redeliveries {
+            tracing::warn!(
+                subject,
+                "nats bus: queue message dropped ({why}; handed back {} times already)",
+                self.redeliveries
+            );
+            return;
+        }
+        tracing::debug!(subject, "nats bus: queue message handed back ({why})");
+        if let Err(e) = self.client.publish(subject.to_owned(), payload).await {
+            tracing::warn!(subject, error = %e, "nats bus: hand-back failed");
+        }
+    }
+}
+
 impl Router {
-    fn add(&self, local: &str, id: u64, tx: mpsc::Sender<Bytes>) {
+    fn add(&self, local: &str, id: u64, sink: Sink) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         let mut subs = routes
             .get(local)
             .map(|r| r.subs.clone())
             .unwrap_or_default();
-        subs.push((id, tx));
+        subs.push((id, sink));
         routes.insert(
             local.to_owned(),
             Arc::new(Route {
@@ -440,7 +733,7 @@ impl Router {
     fn remove(&self, local: &str, id: u64) -> bool {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = routes.get(local) {
-            let subs: Senders = r.subs.iter().filter(|(i, _)| *i != id).cloned().collect();
+            let subs: Sinks = r.subs.iter().filter(|(i, _)| *i != id).cloned().collect();
             if subs.is_empty() {
                 routes.remove(local);
             } else {
@@ -464,86 +757,131 @@ impl Router {
             .cloned()
     }
 
-    /// Hands a queue message with no local route back to NATS (quirk Q1).
-    async fn bounce(&self, state: &State, payload: Bytes) {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        payload.hash(&mut h);
-        let key = h.finish();
-        let n = {
-            let mut b = lock(&state.bounces);
-            let now = std::time::Instant::now();
-            if b.len() > 4096 {
-                b.retain(|_, (_, t)| now.duration_since(*t) < BOUNCE_MEMORY);
-            }
-            let e = b.entry(key).or_insert((0, now));
-            if now.duration_since(e.1) >= BOUNCE_MEMORY {
-                *e = (0, now);
-            }
-            e.0 += 1;
-            e.0
-        };
-        if n > state.redeliveries {
-            tracing::warn!(
-                subject = %self.subject,
-                "nats bus: queue message for a method this process does not serve, dropped (Q1)"
-            );
-            return;
-        }
-        tracing::debug!(
-            subject = %self.subject,
-            "nats bus: queue message for a method this process does not serve, handed back (Q1)"
-        );
-        if let Err(e) = state.client.publish(self.subject.clone(), payload).await {
-            tracing::warn!(subject = %self.subject, error = %e, "nats bus: hand-back failed");
-        }
-    }
-
     async fn dispatch(&self, state: &State, payload: Bytes) {
-        let local = match psrpc::wire::read_channel(&payload) {
-            Ok(l) => l,
+        let route = match read_local(&payload) {
+            Ok(local) => self.route(&local),
             Err(e) => {
                 tracing::warn!(subject = %self.subject, error = %e, "nats bus: malformed message dropped");
                 return;
             }
         };
-        let Some(route) = self.route(&local) else {
+        let Some(route) = route else {
             if self.queue {
-                self.bounce(state, payload).await;
+                state
+                    .hand_back(
+                        &self.subject,
+                        payload,
+                        "no local subscriber of its method, Q1",
+                    )
+                    .await;
             } else {
-                tracing::trace!(subject = %self.subject, local = %local, "nats bus: no route, dropped");
+                tracing::trace!(subject = %self.subject, "nats bus: no route, dropped");
             }
             return;
         };
         if self.queue {
             let n = route.subs.len();
-            let start = route.rr.fetch_add(1, Ordering::Relaxed);
+            let start = if n > 1 {
+                route.rr.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
             let mut full = None;
+            let mut msg = payload;
             for k in 0..n {
-                let tx = &route.subs[(start + k) % n].1;
-                match tx.try_send(payload.clone()) {
-                    Ok(()) => return,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        full.get_or_insert(tx);
+                let sink = &route.subs[(start + k) % n].1;
+                msg = match sink.offer(msg) {
+                    Offer::Taken => return,
+                    Offer::Full(b) => {
+                        full.get_or_insert(sink);
+                        b
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                    Offer::Gone(b) => b,
+                };
             }
-            if let Some(tx) = full {
-                deliver_slow(state, &self.subject, tx, payload).await;
+            match full {
+                Some(Sink::Chan(tx)) => {
+                    deliver_slow(state, &self.subject, tx, msg).await;
+                }
+                _ => {
+                    state
+                        .hand_back(&self.subject, msg, "closed queue subscription")
+                        .await
+                }
             }
         } else {
             let mut slow = Vec::new();
-            for (_, tx) in &route.subs {
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(payload.clone()) {
-                    slow.push(tx);
+            for (_, sink) in &route.subs {
+                if let Offer::Full(b) = sink.offer(payload.clone()) {
+                    slow.push((sink, b));
                 }
             }
-            for tx in slow {
-                deliver_slow(state, &self.subject, tx, payload.clone()).await;
+            for (sink, b) in slow {
+                if let Sink::Chan(tx) = sink {
+                    deliver_slow(state, &self.subject, tx, b).await;
+                }
             }
         }
     }
+}
+
+/// `Msg.channel` (field 3) of an envelope without copying it, with the
+/// checks of a protobuf decoder: every field well-formed, field 3
+/// length-delimited UTF-8, the last occurrence winning. Messages with groups
+/// (never produced by psrpc) go through the full decoder.
+fn read_local(msg: &[u8]) -> std::result::Result<std::borrow::Cow<'_, str>, String> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let malformed = || "malformed envelope".to_owned();
+    let mut b = msg;
+    let mut found: &[u8] = b"";
+    while !b.is_empty() {
+        let key = varint(&mut b).ok_or_else(malformed)?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        if field == 0 || key > u64::from(u32::MAX) {
+            return Err(malformed());
+        }
+        match wire_type {
+            0 => {
+                varint(&mut b).ok_or_else(malformed)?;
+            }
+            1 | 5 => {
+                let n = if wire_type == 1 { 8 } else { 4 };
+                b = b.get(n..).ok_or_else(malformed)?;
+            }
+            2 => {
+                let len = varint(&mut b).ok_or_else(malformed)?;
+                let len = usize::try_from(len).map_err(|_| malformed())?;
+                let (value, rest) = b.split_at_checked(len).ok_or_else(malformed)?;
+                if field == 3 {
+                    found = value;
+                }
+                b = rest;
+            }
+            3 | 4 => {
+                return psrpc::wire::read_channel(msg)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| e.to_string());
+            }
+            _ => return Err(malformed()),
+        }
+        if field == 3 && wire_type != 2 {
+            return Err(malformed());
+        }
+    }
+    std::str::from_utf8(found)
+        .map(std::borrow::Cow::Borrowed)
+        .map_err(|_| "Msg.channel is not UTF-8".to_owned())
 }
 
 /// Waits up to the slow-consumer timeout for room; false when the receiver
@@ -553,43 +891,107 @@ async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, ms
     r != psrpc::bus::SlowDelivery::Closed
 }
 
-async fn run_router(router: Arc<Router>, mut nats: async_nats::Subscriber, state: Arc<State>) {
+async fn run_router(router: Arc<Router>, state: Arc<State>) {
+    let cancelled = router.stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let msg = tokio::select! {
-            _ = router.stop.cancelled() => break,
-            m = nats.next() => match m {
+            biased;
+            m = next_message(&router.nats) => match m {
                 Some(m) => m,
-                None => break,
+                None => return,
             },
+            _ = &mut cancelled => return,
         };
         router.dispatch(&state, msg.payload).await;
     }
-    let _ = nats.unsubscribe().await;
 }
 
 #[async_trait]
 impl MessageBus for NatsBus {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
         let subject = self.subject(channel);
-        let payload = psrpc::wire::append_channel(&msg, &channel.local);
-        self.client
-            .publish(subject.clone(), payload)
-            .await
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish {subject}: {e}")))
+        let payload = if channel.local.is_empty() {
+            msg
+        } else {
+            psrpc::wire::append_channel(&msg, &channel.local)
+        };
+        let publish = self.client.publish(subject, payload);
+        tokio::pin!(publish);
+        // async-nats queues the publish for its connection task; that queue
+        // is bounded and not drained while reconnecting: wait for room at
+        // most PUBLISH_WAIT (a timer only when it is full).
+        let r = match futures::poll!(&mut publish) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "nats: publish queue full (is NATS reachable?)",
+                    ));
+                }
+            },
+        };
+        r.map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish: {e}")))
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
-        self.add(channel, size, false).await
+        self.add_chan(channel, size, false).await
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
-        self.add(channel, size, true).await
+        self.add_chan(channel, size, true).await
+    }
+
+    /// Calls `handler` in the task that reads the NATS subscription (or its
+    /// router): one task hop less per message than a [`Subscription`].
+    async fn subscribe_handler(
+        &self,
+        channel: &Channel,
+        _size: usize,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        let remove = self.add(channel, queue, Sink::Handler(handler)).await?;
+        Ok(HandlerSubscription::new(RemoveOnDrop(Some(remove))))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{read_local, redact};
+
+    /// The scanner agrees with the full decoder on good and bad envelopes.
+    #[test]
+    fn read_local_matches_the_decoder() {
+        let good = psrpc::wire::append_channel(
+            &psrpc::wire::encode_msg_raw("type.googleapis.com/x", b"\x08\x01"),
+            "M.REQ",
+        );
+        let mut cases: Vec<Vec<u8>> = vec![
+            good.to_vec(),
+            Vec::new(),
+            b"\x1a\x00".to_vec(),
+            b"\x1a\x01a\x1a\x01b".to_vec(),
+            b"\xff\xff\xff".to_vec(),
+            b"\x1a\x80".to_vec(),
+            b"\x1a\x02\xff\xfe".to_vec(),
+            b"\x18\x01".to_vec(),
+            b"\x0b\x0c\x1a\x01z".to_vec(),
+            b"\x09\x01\x02".to_vec(),
+            b"\x00\x01".to_vec(),
+            vec![0x1a; 300],
+        ];
+        for cut in 0..good.len() {
+            cases.push(good[..cut].to_vec());
+        }
+        for c in cases {
+            let want = psrpc::wire::read_channel(&c).ok();
+            let got = read_local(&c).ok().map(|s| s.into_owned());
+            assert_eq!(got, want, "{c:02x?}");
+        }
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -81,6 +81,11 @@ async fn subjects_field3_and_queue_group() {
             "no headers or reply"
         );
         let subject = m.subject.to_string();
+        if subject.starts_with("_INBOX.") {
+            // The bus's subscribe barrier (its own inbox).
+            assert_eq!(m.payload.len(), 8);
+            continue;
+        }
         if subject == "SRV.MyService.Q" {
             assert_eq!(wire::read_channel(&m.payload).unwrap(), "NormalRPC.REQ");
             let r: Request = wire::decode_envelope(m.payload.clone()).unwrap();
@@ -191,7 +196,11 @@ async fn prefixes_isolate() {
     let mut seen = 0;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
         let subj = m.subject.to_string();
-        if subj.starts_with("topics.") || subj.starts_with("bad.") {
+        if subj.starts_with("topics.")
+            || subj.starts_with("bad.")
+            || subj.starts_with("churn.")
+            || subj.starts_with("_INBOX.")
+        {
             continue; // the other tests on the shared server
         }
         assert!(
@@ -340,4 +349,139 @@ async fn server_restart_reconnects() {
     eprintln!("recovered {:?} after restart", start.elapsed());
     assert!(start.elapsed() < Duration::from_secs(10));
     s.shutdown().await;
+}
+
+/// A subscription is in effect on the server when `subscribe` returns: a
+/// message another connection publishes right after is never lost, however
+/// quickly subscriptions come and go (direct and routed, fan-out and queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_then_publish_never_lost() {
+    use psrpc::{Channel, MessageBus};
+    let ns = common::shared();
+    let sub_bus = bus(&ns.url()).await.with_prefix("churn");
+    let pub_bus = bus(&ns.url()).await.with_prefix("churn");
+    let mut lost = Vec::new();
+    for (kind, local, queue) in [
+        ("direct", "", false),
+        ("direct_queue", "", true),
+        ("routed", "M.RES", false),
+        ("routed_queue", "M.REQ", true),
+    ] {
+        for i in 0..300u32 {
+            let ch = Channel {
+                legacy: String::new(),
+                server: format!("SRV.{kind}{}", i % 2),
+                local: local.into(),
+            };
+            let mut sub = if queue {
+                sub_bus.subscribe_queue(&ch, 10).await.unwrap()
+            } else {
+                sub_bus.subscribe(&ch, 10).await.unwrap()
+            };
+            let payload = wire::encode_msg_raw("t", format!("{kind} {i}").as_bytes());
+            pub_bus.publish(&ch, payload.clone()).await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {
+                Ok(Some(got)) => {
+                    if !local.is_empty() {
+                        assert_eq!(wire::read_channel(&got).unwrap(), local);
+                    }
+                }
+                _ => lost.push(format!("{kind} {i}")),
+            }
+            sub.close();
+        }
+    }
+    assert!(lost.is_empty(), "lost {} message(s): {lost:?}", lost.len());
+}
+
+/// One call of a load worker: when it started, how long it took, and its
+/// outcome.
+type Outcome = (Instant, Duration, Result<(), ErrorCode>);
+
+/// nats-server is killed and started again while 16 callers keep calling
+/// with a 1 s timeout: every call resolves by its deadline (with
+/// `unavailable` or `deadline_exceeded` when it fails), and once the server
+/// is back a new call succeeds within 2 s, without rebuilding anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_load() {
+    use std::sync::atomic::AtomicBool;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let mut ns = NatsServer::start(&[]);
+    let s = echo_server(bus(&ns.url()).await, "r").await;
+    let c = Arc::new(client(bus(&ns.url()).await).await);
+    assert_eq!(call(&c, 0).await.unwrap().n, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..16i64 {
+        let (c, stop) = (c.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c
+                    .unary::<Num, Num>(
+                        &NORMAL_RPC,
+                        vec![],
+                        Num {
+                            n: w * 1_000_000 + n,
+                            text: String::new(),
+                        },
+                    )
+                    .timeout(TIMEOUT)
+                    .await;
+                n += 1;
+                let failed = r.is_err();
+                outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code().clone())));
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ns.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ns.restart();
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<Outcome> = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    check_load_outcomes(&all, TIMEOUT, up);
+    s.shutdown().await;
+}
+
+/// Every call ended by its deadline (plus scheduling slack) with success,
+/// `unavailable` or `deadline_exceeded`; some call failed during the outage;
+/// a call started after `up` succeeded within 2 s of it.
+fn check_load_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
+    let slack = Duration::from_millis(300);
+    let mut codes = std::collections::BTreeMap::new();
+    for (_, took, r) in all {
+        assert!(*took <= timeout + slack, "a call took {took:?}");
+        if let Err(code) = r {
+            assert!(
+                matches!(code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded),
+                "unexpected error {code:?}"
+            );
+        }
+        *codes.entry(format!("{:?}", r.as_ref().err())).or_insert(0) += 1;
+    }
+    eprintln!("outcomes: {codes:?}");
+    assert!(all.iter().any(|(_, _, r)| r.is_err()), "no call failed");
+    let recovered = all
+        .iter()
+        .filter(|(t, took, r)| *t >= up && r.is_ok() && *t + *took <= up + Duration::from_secs(2))
+        .count();
+    assert!(recovered > 0, "no call succeeded within 2 s of the restart");
+    let first = all
+        .iter()
+        .filter(|(t, _, r)| *t >= up && r.is_ok())
+        .map(|(t, took, _)| (*t + *took).duration_since(up))
+        .min();
+    eprintln!("first success {first:?} after the restart");
 }

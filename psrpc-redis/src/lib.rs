@@ -21,6 +21,27 @@
 //!
 //! Give the bus to `psrpc::RpcClient` / `psrpc::RpcServer` as any other bus.
 //!
+//! # Topologies
+//!
+//! | topology | constructor | tested here |
+//! |---|---|---|
+//! | one server (password, ACL user, database, TLS through the URL or a configured [`redis::Client`]) | [`RedisBus::connect`], [`RedisBus::from_client`] | yes (TLS: not tested) |
+//! | Redis Cluster | [`RedisBus::connect_cluster`], [`RedisBus::from_cluster`] | yes, 3 masters on loopback, clients and servers on different nodes |
+//! | Sentinel-managed master | [`RedisBus::connect_sentinel`], [`RedisBus::from_sentinel`] | yes, master failover on loopback |
+//!
+//! * **Cluster**: psrpc uses classic pub/sub (`PUBLISH`/`SUBSCRIBE`, as Go
+//!   psrpc does), which Redis Cluster broadcasts to every node: the bus
+//!   publishes and subscribes on one node of the cluster (moving to the next
+//!   one it knows when that node fails), and takes the queue locks through a
+//!   cluster client that sends each `SET` to the master of its key's slot.
+//!   Sharded pub/sub (`SPUBLISH`) is not used: Go peers would not hear it.
+//!   The broadcast makes every node carry every message, so pub/sub does not
+//!   scale out with the number of shards.
+//! * **Sentinel**: every (re)connection asks the sentinels for the current
+//!   master, so after a failover the bus follows the new master.
+//! * TLS needs this crate's `tls` feature (redis' rustls support) and a
+//!   `rediss://` URL or a client configured with certificates.
+//!
 //! # Wire format
 //!
 //! * The Redis channel is [`Channel::legacy`](psrpc::Channel::legacy)
@@ -29,42 +50,52 @@
 //!   `Msg.channel`).
 //! * Fan-out subscriptions (`subscribe`) get every message of the channel.
 //! * Queue subscriptions (`subscribe_queue`) are emulated as Go psrpc does:
-//!   in each bus, one queue subscriber of the channel is picked (round-robin)
-//!   and it takes the message only if it wins
-//!   `SET <base64(sha256(payload))> <random> EX 5 NX`, so among all Go and
-//!   Rust processes queue-subscribed to the channel exactly one delivers it.
-//!   Side effect (as in Go): byte-identical payloads published within 5 s on
-//!   a queue channel are delivered once in total.
+//!   a message is taken by this bus only if it wins
+//!   `SET <base64(sha256(payload))> <random> EX 5 NX` (the key unprefixed,
+//!   [`queue_lock_key`]), so among all Go and Rust processes
+//!   queue-subscribed to the channel exactly one delivers it; within the bus
+//!   it goes to one queue subscriber (round-robin). Side effect (as in Go,
+//!   quirk Q4): byte-identical payloads published within 5 s on a queue
+//!   channel are delivered once in total.
 //!
 //! # Connections
 //!
-//! A bus holds two connections:
+//! A bus holds three connections (clones share them):
 //!
-//! * a multiplexed command connection (a [`redis::aio::ConnectionManager`],
-//!   which reconnects by itself) for `PUBLISH` and the queue locks. Publishes
-//!   are queued in order and a writer sends everything queued as one
-//!   pipeline, so order is preserved per bus and a burst costs few round
-//!   trips. Like Go, `publish` does not wait for Redis: it fails only if the
-//!   bus is gone; errors while sending are logged with `tracing`;
-//! * one pub/sub connection shared by every subscription of the bus, owned
-//!   by a background task. `subscribe` returns once Redis has acknowledged
-//!   the `SUBSCRIBE` (within 5 s, else an `unavailable` error), so a message
-//!   published afterwards is received; no settle delay is needed. Concurrent
-//!   subscribes are pipelined, one `SUBSCRIBE` per channel whatever the
-//!   number of local subscribers. The channel is unsubscribed when its last
-//!   subscription in the bus is closed.
+//! * one for `PUBLISH`: publishes are queued in order and a writer sends
+//!   everything queued as one pipeline, so order is preserved per bus and a
+//!   burst costs few round trips. Like Go, `publish` does not wait for
+//!   Redis: it fails only when the bus is gone or its queue stays full for a
+//!   second (Redis unreachable); errors while sending are logged with
+//!   `tracing`;
+//! * one for the queue locks (in a cluster: the cluster client's
+//!   connections). Locks are pipelined: a message waiting for its lock does
+//!   not hold up the others, and queue deliveries keep their order;
+//! * one pub/sub connection shared by every subscription of the bus, read by
+//!   one task that calls runtime handlers directly. `subscribe` returns once
+//!   Redis has acknowledged the `SUBSCRIBE` (within 5 s, else an
+//!   `unavailable` error), so a message published afterwards is received; no
+//!   settle delay is needed. Concurrent subscribes are pipelined, one
+//!   `SUBSCRIBE` per channel whatever the number of local subscribers. The
+//!   channel is unsubscribed when its last subscription in the bus is
+//!   closed.
 //!
 //! # Outages
 //!
-//! If the pub/sub connection is lost the bus reconnects (at once, then
-//! backing off from 100 ms doubling to 1 s) and re-subscribes every channel
-//! that still has subscribers; subscriptions stay open throughout. Redis
-//! pub/sub is at-most-once: **messages published while a connection is down
-//! are lost** — publishes that fail are dropped (and logged), and messages
-//! published by others while this bus's pub/sub connection is down are never
-//! seen by it. RPCs in flight during an outage therefore time out; new RPCs
-//! work again once Redis is back, without rebuilding clients or servers.
-//! `subscribe` during an outage fails after 5 s with `unavailable`.
+//! If a connection is lost the bus reconnects (the pub/sub connection at
+//! once, then backing off from 100 ms doubling to 1 s) and re-subscribes
+//! every channel that still has subscribers; subscriptions stay open
+//! throughout. Redis pub/sub is at-most-once: **messages published while a
+//! connection is down are lost** — publishes that fail are dropped (and
+//! logged), and messages published by others while this bus's pub/sub
+//! connection is down are never seen by it. RPCs in flight during an outage
+//! therefore fail by their deadline (`unavailable` or `deadline_exceeded`);
+//! new RPCs work again once Redis is back (tested: within 2 s of a restart),
+//! without rebuilding clients or servers. `subscribe` during an outage fails
+//! after 5 s with `unavailable`. Queue locks live 5 s in Redis: a failover
+//! that loses them (a restart, an unreplicated write) can let a message
+//! published just before it be handled twice if it is also delivered twice,
+//! which pub/sub does not do.
 //!
 //! # Slow consumers
 //!
@@ -73,7 +104,9 @@
 //! ([`RedisBus::with_slow_consumer_timeout`]) to make room, then the message
 //! is dropped for it alone, logged at warn level and counted in
 //! [`RedisBus::dropped`] — the same policy as `psrpc::LocalBus`. (Go's reader
-//! blocks the whole bus on a full subscriber.)
+//! blocks the whole bus on a full subscriber.) Runtime handlers
+//! ([`MessageBus::subscribe_handler`]) are called by the reader and never
+//! fill up.
 //!
 //! # Sharing one Redis between deployments
 //!
@@ -82,48 +115,268 @@
 //! Queue lock keys are not prefixed (they are hashes of the payload, as in
 //! Go). A prefixed bus only talks to peers using the same prefix; use no
 //! prefix to interoperate with Go psrpc.
-//!
-//! Not supported: Redis Cluster and Sentinel.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
-use psrpc::bus::{Channel, MessageBus, Subscription};
+use futures::stream::FuturesOrdered;
+use psrpc::bus::{Channel, Handler, HandlerSubscription, MessageBus, Subscription};
 use psrpc::{Error, ErrorCode, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink, PubSubStream};
+use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub use redis;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `publish` waits for room in a full publish queue.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 4_096;
-const LOCK_PIPELINE: usize = 64;
+/// Queue locks in flight per bus; the reader stops reading beyond.
+const LOCKS_IN_FLIGHT: usize = 1_024;
 const LOCK_RETRIES: u32 = 3;
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        )
 }
 
-/// Makes sure the command connection works again after an outage (the
-/// connection manager only notices a dead connection when a command fails).
-async fn heal(conn: &mut ConnectionManager) {
-    for _ in 0..10 {
-        match redis::cmd("PING").query_async::<()>(conn).await {
-            Ok(()) => return,
-            Err(_) => tokio::time::sleep(BACKOFF_MIN).await,
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::Unavailable, format!("redis: {what}: {e}"))
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorCode::Unavailable, "redis: bus stopped")
+}
+
+// ---------------------------------------------------------------------------
+// Topology: which server a connection goes to.
+
+/// Where the bus connects.
+enum Topology {
+    /// One server.
+    Single(redis::Client),
+    /// Nodes of a Redis Cluster: pub/sub and publishes go to any one of them
+    /// (classic pub/sub is cluster-wide), the next one after a failure.
+    Cluster {
+        nodes: Vec<redis::Client>,
+        next: AtomicUsize,
+    },
+    /// The master a set of sentinels names, asked again at every connection.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Topology {
+    /// The client of the server to connect to now.
+    async fn node(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Topology::Single(c) => Ok(c.clone()),
+            Topology::Cluster { nodes, next } => {
+                Ok(nodes[next.load(Ordering::Relaxed) % nodes.len()].clone())
+            }
+            Topology::Sentinel(s) => {
+                let mut s = s.lock().await;
+                within(CONNECT_TIMEOUT, s.async_get_client()).await
+            }
+        }
+    }
+
+    /// A connection to the current node failed: prefer another one next.
+    fn failed(&self) {
+        if let Topology::Cluster { next, .. } = self {
+            next.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A multiplexed connection to the current node.
+    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let client = self.node().await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let r = within(
+            CONNECT_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        if r.is_err() {
+            self.failed();
+        }
+        r
+    }
+
+    /// A pub/sub connection to the current node.
+    async fn pubsub(&self) -> redis::RedisResult<PubSub> {
+        let client = self.node().await?;
+        let r = within(CONNECT_TIMEOUT, client.get_async_pubsub()).await;
+        if r.is_err() {
+            self.failed();
+        }
+        r
+    }
+}
+
+/// `f`, or a timeout error after `t`.
+async fn within<T>(
+    t: Duration,
+    f: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(t, f).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))),
+    }
+}
+
+/// A multiplexed connection that reconnects (through the topology, so to
+/// the current master or another cluster node) after a connection error.
+struct Managed {
+    topology: Arc<Topology>,
+    /// The connection and its generation.
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// One connection attempt at a time; the time of the last failed one.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+    generation: AtomicU64,
+}
+
+impl Managed {
+    fn new(topology: Arc<Topology>) -> Self {
+        Managed {
+            topology,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        lock(&self.current).clone()
+    }
+
+    /// The connection, connecting if there is none (at most once per
+    /// [`BACKOFF_MIN`] after a failure: in between, fails at once).
+    async fn get(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let mut last_failure = self.connecting.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if let Some(t) = *last_failure
+            && t.elapsed() < BACKOFF_MIN
+        {
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "reconnecting",
+            )));
+        }
+        match self.topology.connect().await {
+            Ok(c) => {
+                *last_failure = None;
+                let g = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                *lock(&self.current) = Some((g, c.clone()));
+                Ok((g, c))
+            }
+            Err(e) => {
+                *last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets connection `generation` after a connection error on it.
+    fn failed(&self, generation: u64) {
+        let mut cur = lock(&self.current);
+        if matches!(&*cur, Some((g, _)) if *g == generation) {
+            *cur = None;
+            self.topology.failed();
+        }
+    }
+
+    /// Runs `cmd`, reconnecting once if the connection turns out dead.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut retried = false;
+        loop {
+            let (g, mut c) = self.get().await?;
+            match cmd.query_async(&mut c).await {
+                Err(e) if is_connection_error(&e) => {
+                    self.failed(g);
+                    if retried {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+                r => return r,
+            }
         }
     }
 }
+
+/// The connection the queue locks are taken on.
+#[derive(Clone)]
+enum Locks {
+    Managed(Arc<Managed>),
+    Cluster(ClusterConnection),
+}
+
+impl Locks {
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Locks::Managed(m) => m.query(cmd).await,
+            Locks::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    /// Takes the Go queue lock of `payload`: true if this bus won it.
+    async fn take(&self, payload: &[u8]) -> bool {
+        let key = queue_lock_key(payload);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(random_int()).arg("EX").arg(5).arg("NX");
+        let mut attempt = 0;
+        loop {
+            match self.query::<Option<String>>(&cmd).await {
+                Ok(won) => return won.is_some(),
+                // A lock is safe to ask again after a connection error.
+                Err(e) if attempt < LOCK_RETRIES && is_connection_error(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(BACKOFF_MIN).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis bus: queue lock failed, message skipped");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The bus.
 
 /// The psrpc bus over Redis pub/sub. Clones share the connections.
 ///
@@ -136,31 +389,72 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    conn: ConnectionManager,
     publish_tx: mpsc::Sender<(String, Bytes)>,
     cmd_tx: mpsc::UnboundedSender<Command>,
-    subs: Arc<SubMap>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
 }
 
-/// Subscribers by full Redis channel name, shared with the reader.
-struct SubMap {
+/// What the reader needs: the subscribers by full Redis channel name, the
+/// lock connection and the drop count.
+struct Shared {
     channels: Mutex<HashMap<String, Arc<Subscribers>>>,
     dropped: AtomicU64,
+    locks: Locks,
 }
 
 #[derive(Default, Clone)]
 struct Subscribers {
     fanout: Vec<(u64, Target)>,
-    /// Queue members: senders to each member's lock task.
     queue: Vec<(u64, Target)>,
     rr: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
 struct Target {
-    tx: mpsc::Sender<Bytes>,
+    sink: Sink,
     slow_timeout: Duration,
+}
+
+/// Where a subscription's messages go.
+#[derive(Clone)]
+enum Sink {
+    /// A [`Subscription`]'s buffer.
+    Chan(mpsc::Sender<Bytes>),
+    /// A runtime handler, called by the reader: no task hop, never full.
+    Handler(Handler),
+}
+
+/// What became of an offer to a [`Target`].
+enum Offer {
+    Taken,
+    /// The buffer is full: the message is given back.
+    Full(Bytes),
+    /// The subscriber is gone: the message is given back.
+    Gone(Bytes),
+}
+
+impl Target {
+    fn offer(&self, msg: Bytes) -> Offer {
+        match &self.sink {
+            Sink::Handler(h) => {
+                h(msg);
+                Offer::Taken
+            }
+            Sink::Chan(tx) => match tx.try_send(msg) {
+                Ok(()) => Offer::Taken,
+                Err(mpsc::error::TrySendError::Full(b)) => Offer::Full(b),
+                Err(mpsc::error::TrySendError::Closed(b)) => Offer::Gone(b),
+            },
+        }
+    }
+
+    /// Waits up to the slow-consumer timeout for room (channels only).
+    async fn deliver_slow(&self, shared: &Shared, channel: &str, msg: Bytes) {
+        if let Sink::Chan(tx) = &self.sink {
+            psrpc::bus::deliver_within(tx, msg, self.slow_timeout, &shared.dropped, channel).await;
+        }
+    }
 }
 
 enum Command {
@@ -182,12 +476,21 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorCode::Unavailable, format!("redis: {what}: {e}"))
+/// Runs the remover when dropped: the guard of a handler subscription.
+struct RemoveOnDrop(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 impl RedisBus {
-    /// Connects to the Redis at `url` (`redis://[:password@]host:port[/db]`).
+    /// Connects to the Redis at `url`
+    /// (`redis://[[user]:password@]host:port[/db]`, `rediss://` with the
+    /// `tls` feature).
     ///
     /// Fails with an `unavailable` error if the URL is invalid, the server is
     /// unreachable or authentication fails.
@@ -196,24 +499,91 @@ impl RedisBus {
         Self::from_client(client).await
     }
 
-    /// A bus over an existing client. Opens the connections and checks them
-    /// with `PING`: fails with an `unavailable` error if the server is
-    /// unreachable or authentication fails.
+    /// A bus over a client the caller configured (credentials, database,
+    /// TLS, ...). Opens the connections and checks them with `PING`: fails
+    /// with an `unavailable` error if the server is unreachable or
+    /// authentication fails.
     pub async fn from_client(client: redis::Client) -> Result<RedisBus> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MAX);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+        let topology = Arc::new(Topology::Single(client));
+        let locks = Locks::Managed(Arc::new(Managed::new(topology.clone())));
+        Self::build(topology, locks).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes' URLs (see the
+    /// [crate documentation](crate#topologies)). Credentials go in the URLs.
+    pub async fn connect_cluster<S: AsRef<str>>(urls: &[S]) -> Result<RedisBus> {
+        let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
+        let nodes = urls
+            .iter()
+            .map(|u| redis::Client::open(*u))
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| unavailable("invalid url", e))?;
+        let cluster =
+            redis::cluster::ClusterClient::new(urls).map_err(|e| unavailable("invalid url", e))?;
+        Self::from_cluster(nodes, cluster).await
+    }
+
+    /// A bus over a Redis Cluster: `nodes` are clients of cluster nodes for
+    /// pub/sub and publishing (any node will do, the next after a failure),
+    /// `cluster` the cluster client the queue locks go through. Both
+    /// configured by the caller (credentials, TLS, ...).
+    pub async fn from_cluster(
+        nodes: Vec<redis::Client>,
+        cluster: redis::cluster::ClusterClient,
+    ) -> Result<RedisBus> {
+        if nodes.is_empty() {
+            return Err(unavailable("cluster", "no node given"));
+        }
+        let locks = within(CONNECT_TIMEOUT, cluster.get_async_connection())
+            .await
+            .map_err(|e| unavailable("cannot connect to the cluster", e))?;
+        let topology = Arc::new(Topology::Cluster {
+            nodes,
+            next: AtomicUsize::new(0),
+        });
+        Self::build(topology, Locks::Cluster(locks)).await
+    }
+
+    /// Connects to the master named `service` by the sentinels at
+    /// `sentinel_urls`, following it through failovers (see the
+    /// [crate documentation](crate#topologies)). The master is reached
+    /// without credentials; use [`from_sentinel`](Self::from_sentinel) to
+    /// give some.
+    pub async fn connect_sentinel<S: AsRef<str>>(
+        sentinel_urls: &[S],
+        service: &str,
+    ) -> Result<RedisBus> {
+        let urls: Vec<&str> = sentinel_urls.iter().map(AsRef::as_ref).collect();
+        let client = redis::sentinel::SentinelClient::build(
+            urls,
+            service.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| unavailable("invalid sentinel url", e))?;
+        Self::from_sentinel(client).await
+    }
+
+    /// A bus over a sentinel client the caller configured (master
+    /// credentials, TLS, ...); it must ask for the master.
+    pub async fn from_sentinel(client: redis::sentinel::SentinelClient) -> Result<RedisBus> {
+        let topology = Arc::new(Topology::Sentinel(tokio::sync::Mutex::new(client)));
+        let locks = Locks::Managed(Arc::new(Managed::new(topology.clone())));
+        Self::build(topology, locks).await
+    }
+
+    async fn build(topology: Arc<Topology>, locks: Locks) -> Result<RedisBus> {
+        let publisher = Arc::new(Managed::new(topology.clone()));
+        publisher
+            .query::<()>(&redis::cmd("PING"))
             .await
             .map_err(|e| unavailable("cannot connect", e))?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
+        locks
+            .query::<()>(&redis::cmd("PING"))
             .await
-            .map_err(|e| unavailable("PING failed", e))?;
-        let mut pubsub = open_pubsub(&client)
+            .map_err(|e| unavailable("cannot connect", e))?;
+        let mut pubsub = topology
+            .pubsub()
             .await
             .map_err(|e| unavailable("cannot open the pub/sub connection", e))?;
         pubsub
@@ -221,20 +591,20 @@ impl RedisBus {
             .await
             .map_err(|e| unavailable("pub/sub PING failed", e))?;
 
-        let subs = Arc::new(SubMap {
+        let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
+            locks,
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(writer(publish_rx, conn.clone()));
+        tokio::spawn(writer(publish_rx, publisher.clone()));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        tokio::spawn(manager(client, conn.clone(), pubsub, cmd_rx, subs.clone()));
+        tokio::spawn(manager(topology, publisher, pubsub, cmd_rx, shared.clone()));
         Ok(RedisBus {
             inner: Arc::new(Inner {
-                conn,
                 publish_tx,
                 cmd_tx,
-                subs,
+                shared,
                 next_id: AtomicU64::new(1),
             }),
             prefix: Arc::from(""),
@@ -265,31 +635,33 @@ impl RedisBus {
 
     /// How many deliveries were dropped because a subscriber stayed full.
     pub fn dropped(&self) -> u64 {
-        self.inner.subs.dropped.load(Ordering::Relaxed)
+        self.inner.shared.dropped.load(Ordering::Relaxed)
     }
 
     fn name(&self, channel: &Channel) -> String {
-        format!("{}{}", self.prefix, channel.legacy)
+        if self.prefix.is_empty() {
+            channel.legacy.clone()
+        } else {
+            format!("{}{}", self.prefix, channel.legacy)
+        }
     }
 
-    async fn add(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+    /// Adds `sink` to `channel`; returns what removes it, once Redis
+    /// acknowledged the subscription.
+    async fn add(
+        &self,
+        channel: &Channel,
+        queue: bool,
+        sink: Sink,
+    ) -> Result<Box<dyn FnOnce() + Send + Sync>> {
         let key = self.name(channel);
-        let size = size.max(1);
-        let (tx, rx) = mpsc::channel(size);
-        let target = if queue {
-            let (ptx, prx) = mpsc::channel(size);
-            tokio::spawn(queue_member(prx, tx, self.inner.conn.clone()));
-            ptx
-        } else {
-            tx
-        };
         let target = Target {
-            tx: target,
+            sink,
             slow_timeout: self.slow_timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
-            let mut map = self.inner.subs.lock();
+            let mut map = self.inner.shared.lock();
             let mut subs = map.get(&key).map(|s| (**s).clone()).unwrap_or_default();
             if queue {
                 subs.queue.push((id, target));
@@ -298,13 +670,15 @@ impl RedisBus {
             }
             map.insert(key.clone(), Arc::new(subs));
         }
-        let subs = Arc::downgrade(&self.inner.subs);
+        let shared = Arc::downgrade(&self.inner.shared);
         let cmd_tx = self.inner.cmd_tx.clone();
         let closing_key = key.clone();
         // Made before subscribing so that failing below cleans up.
-        let sub = Subscription::new(rx, move || {
-            let Some(subs) = subs.upgrade() else { return };
-            let mut map = subs.lock();
+        let mut remove = RemoveOnDrop(Some(Box::new(move || {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut map = shared.lock();
             let Some(cur) = map.get(&closing_key) else {
                 return;
             };
@@ -319,7 +693,7 @@ impl RedisBus {
             } else {
                 map.insert(closing_key, Arc::new(s));
             }
-        });
+        })));
         let (reply, ack) = oneshot::channel();
         self.inner
             .cmd_tx
@@ -327,22 +701,32 @@ impl RedisBus {
                 channel: key,
                 reply,
             })
-            .map_err(|_| Error::new(ErrorCode::Unavailable, "redis: bus stopped"))?;
+            .map_err(|_| stopped())?;
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, ack).await {
-            Ok(Ok(Ok(()))) => Ok(sub),
+            Ok(Ok(Ok(()))) => Ok(remove.0.take().expect("set above")),
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::new(ErrorCode::Unavailable, "redis: bus stopped")),
+            Ok(Err(_)) => Err(stopped()),
             Err(_) => Err(Error::new(
                 ErrorCode::Unavailable,
                 "redis: SUBSCRIBE not acknowledged in time",
             )),
         }
     }
+
+    async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
+        let (tx, rx) = mpsc::channel(size.max(1));
+        let remove = self.add(channel, queue, Sink::Chan(tx)).await?;
+        Ok(Subscription::new(rx, remove))
+    }
 }
 
-impl SubMap {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Subscribers>>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.channels)
     }
 
     fn get(&self, channel: &str) -> Option<Arc<Subscribers>> {
@@ -361,19 +745,42 @@ impl SubMap {
 #[async_trait]
 impl MessageBus for RedisBus {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
-        self.inner
-            .publish_tx
-            .send((self.name(channel), msg))
-            .await
-            .map_err(|_| Error::new(ErrorCode::Unavailable, "redis: bus stopped"))
+        let item = (self.name(channel), msg);
+        match self.inner.publish_tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(stopped()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                match tokio::time::timeout(PUBLISH_WAIT, self.inner.publish_tx.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(stopped()),
+                    Err(_) => Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "redis: publish queue full (is Redis reachable?)",
+                    )),
+                }
+            }
+        }
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
-        self.add(channel, size, false).await
+        self.add_chan(channel, size, false).await
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
-        self.add(channel, size, true).await
+        self.add_chan(channel, size, true).await
+    }
+
+    /// Calls `handler` from the task that reads the pub/sub connection: one
+    /// task hop less per message than a [`Subscription`].
+    async fn subscribe_handler(
+        &self,
+        channel: &Channel,
+        _size: usize,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        let remove = self.add(channel, queue, Sink::Handler(handler)).await?;
+        Ok(HandlerSubscription::new(RemoveOnDrop(Some(remove))))
     }
 }
 
@@ -388,25 +795,27 @@ fn random_int() -> i64 {
     (std::collections::hash_map::RandomState::new().hash_one(n) >> 1) as i64
 }
 
-async fn open_pubsub(client: &redis::Client) -> redis::RedisResult<PubSub> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connection timed out",
-        ))),
-    }
-}
-
 /// Sends queued publishes, everything queued at once as one pipeline.
-async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, mut conn: ConnectionManager) {
+async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, conn: Arc<Managed>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for (channel, msg) in &batch {
             pipe.cmd("PUBLISH").arg(channel).arg(&msg[..]).ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let sent = match conn.get().await {
+            Ok((g, mut c)) => {
+                let r = pipe.query_async::<()>(&mut c).await;
+                if let Err(e) = &r
+                    && is_connection_error(e)
+                {
+                    conn.failed(g);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             tracing::warn!(
                 error = %e,
                 "redis bus: {} publish(es) lost",
@@ -417,64 +826,14 @@ async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, mut conn: ConnectionMan
     }
 }
 
-/// A queue member: takes the Go lock of each message offered to it and
-/// delivers the ones it wins, in order.
-async fn queue_member(
-    mut pending: mpsc::Receiver<Bytes>,
-    tx: mpsc::Sender<Bytes>,
-    conn: ConnectionManager,
-) {
-    let stream = futures::stream::poll_fn(move |cx| pending.poll_recv(cx));
-    let mut won = stream
-        .map(|msg| {
-            let mut conn = conn.clone();
-            async move {
-                let key = queue_lock_key(&msg);
-                let mut attempt = 0;
-                loop {
-                    let acquired: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                        .arg(&key)
-                        .arg(random_int())
-                        .arg("EX")
-                        .arg(5)
-                        .arg("NX")
-                        .query_async(&mut conn)
-                        .await;
-                    match acquired {
-                        Ok(Some(_)) => return Some(msg),
-                        Ok(None) => return None,
-                        // The connection manager reconnects after a failure:
-                        // a lock is safe to ask again.
-                        Err(e) if attempt < LOCK_RETRIES && is_connection_error(&e) => {
-                            attempt += 1;
-                            tokio::time::sleep(BACKOFF_MIN).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "redis bus: queue lock failed, message skipped");
-                            return None;
-                        }
-                    }
-                }
-            }
-        })
-        .buffered(LOCK_PIPELINE);
-    while let Some(msg) = won.next().await {
-        if let Some(msg) = msg
-            && tx.send(msg).await.is_err()
-        {
-            return;
-        }
-    }
-}
-
 /// Owns the pub/sub connection: applies subscribe commands, reconnects and
 /// re-subscribes after a loss.
 async fn manager(
-    client: redis::Client,
-    mut conn: ConnectionManager,
+    topology: Arc<Topology>,
+    publisher: Arc<Managed>,
     initial: PubSub,
     mut cmds: mpsc::UnboundedReceiver<Command>,
-    subs: Arc<SubMap>,
+    shared: Arc<Shared>,
 ) {
     let mut next = Some(initial);
     let mut backoff = Duration::ZERO;
@@ -489,9 +848,12 @@ async fn manager(
                     tokio::time::sleep(backoff).await;
                 }
                 backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                match open_pubsub(&client).await {
+                match topology.pubsub().await {
                     Ok(p) => {
-                        heal(&mut conn).await;
+                        // Make the other connections notice the outage now
+                        // rather than with the next publish or lock.
+                        let _ = publisher.query::<()>(&redis::cmd("PING")).await;
+                        let _ = shared.locks.query::<()>(&redis::cmd("PING")).await;
                         p
                     }
                     Err(e) => {
@@ -502,7 +864,7 @@ async fn manager(
             }
         };
         let (sink, stream) = pubsub.split();
-        let channels = subs.keys();
+        let channels = shared.keys();
         if !channels.is_empty() {
             // One channel per command: the client pairs one ack per request.
             let all = futures::future::join_all(channels.iter().map(|c| {
@@ -515,17 +877,19 @@ async fn manager(
                 }
                 _ => {
                     tracing::warn!("redis bus: re-subscribing failed, reconnecting");
+                    topology.failed();
                     continue;
                 }
             }
         }
         backoff = Duration::ZERO;
-        let mut reader = tokio::spawn(read(stream, subs.clone()));
-        if !serve(&mut cmds, sink, &mut reader, &subs).await {
+        let mut reader = tokio::spawn(read(stream, shared.clone()));
+        if !serve(&mut cmds, sink, &mut reader, &shared).await {
             reader.abort();
             return;
         }
         reader.abort();
+        topology.failed();
         tracing::warn!("redis bus: pub/sub connection lost, reconnecting");
     }
 }
@@ -542,7 +906,7 @@ async fn serve(
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     sink: PubSubSink,
     reader: &mut tokio::task::JoinHandle<()>,
-    subs: &SubMap,
+    shared: &Shared,
 ) -> bool {
     loop {
         let first = tokio::select! {
@@ -572,7 +936,7 @@ async fn serve(
         }
         let results = futures::future::join_all(touched.iter().map(|channel| {
             let mut sink = sink.clone();
-            let want = subs.contains(channel);
+            let want = shared.contains(channel);
             async move {
                 let r = if want {
                     sink.subscribe(channel).await
@@ -608,48 +972,96 @@ async fn serve(
     }
 }
 
+/// A queue message waiting for its lock: resolves to the channel and the
+/// message if this bus won it.
+type LockFuture = Pin<Box<dyn Future<Output = Option<(Arc<str>, Bytes)>> + Send>>;
+
 /// Reads the pub/sub connection and dispatches, until it is lost.
-async fn read(mut stream: PubSubStream, subs: Arc<SubMap>) {
-    while let Some(msg) = stream.next().await {
-        let Some(targets) = subs.get(msg.get_channel_name()) else {
-            continue;
-        };
-        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-        dispatch(&subs, msg.get_channel_name(), &targets, payload).await;
+///
+/// Fan-out subscribers get each message at once. A queue message first
+/// takes its lock; locks are in flight together (up to
+/// [`LOCKS_IN_FLIGHT`]) and their messages delivered in arrival order.
+async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
+    let mut locks: FuturesOrdered<LockFuture> = FuturesOrdered::new();
+    let mut open = true;
+    while open || !locks.is_empty() {
+        tokio::select! {
+            biased;
+            Some(won) = locks.next(), if !locks.is_empty() => {
+                if let Some((channel, msg)) = won {
+                    deliver_queue(&shared, &channel, msg).await;
+                }
+            }
+            msg = stream.next(), if open && locks.len() < LOCKS_IN_FLIGHT => {
+                let Some(msg) = msg else {
+                    // Lost: deliver what is won already, then end.
+                    open = false;
+                    continue;
+                };
+                let channel = msg.get_channel_name();
+                let Some(targets) = shared.get(channel) else {
+                    continue;
+                };
+                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                deliver_fanout(&shared, channel, &targets, &payload).await;
+                if !targets.queue.is_empty() {
+                    let locks_conn = shared.locks.clone();
+                    let channel: Arc<str> = Arc::from(channel);
+                    locks.push_back(Box::pin(async move {
+                        locks_conn.take(&payload).await.then_some((channel, payload))
+                    }));
+                }
+            }
+        }
     }
 }
 
-async fn dispatch(subs: &SubMap, channel: &str, targets: &Subscribers, msg: Bytes) {
-    let mut slow: Vec<&Target> = Vec::new();
+async fn deliver_fanout(shared: &Shared, channel: &str, targets: &Subscribers, msg: &Bytes) {
+    let mut slow: Vec<(&Target, Bytes)> = Vec::new();
     for (_, t) in &targets.fanout {
-        if let Err(mpsc::error::TrySendError::Full(_)) = t.tx.try_send(msg.clone()) {
-            slow.push(t);
+        if let Offer::Full(b) = t.offer(msg.clone()) {
+            slow.push((t, b));
         }
     }
+    for (t, b) in slow {
+        t.deliver_slow(shared, channel, b).await;
+    }
+}
+
+/// Delivers a won queue message to one of the channel's queue subscribers
+/// (round-robin, skipping full ones before waiting for one).
+async fn deliver_queue(shared: &Shared, channel: &str, msg: Bytes) {
+    let Some(targets) = shared.get(channel) else {
+        tracing::debug!(
+            channel,
+            "redis bus: queue subscribers gone, message dropped"
+        );
+        return;
+    };
     let n = targets.queue.len();
-    if n > 0 {
-        let start = targets.rr.fetch_add(1, Ordering::Relaxed);
-        let mut full = None;
-        let mut delivered = false;
-        for k in 0..n {
-            let t = &targets.queue[(start + k) % n].1;
-            match t.tx.try_send(msg.clone()) {
-                Ok(()) => {
-                    delivered = true;
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    full.get_or_insert(t);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+    let start = if n > 1 {
+        targets.rr.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    };
+    let mut full = None;
+    let mut msg = msg;
+    for k in 0..n {
+        let t = &targets.queue[(start + k) % n].1;
+        msg = match t.offer(msg) {
+            Offer::Taken => return,
+            Offer::Full(b) => {
+                full.get_or_insert(t);
+                b
             }
-        }
-        if let (false, Some(t)) = (delivered, full) {
-            slow.push(t);
-        }
+            Offer::Gone(b) => b,
+        };
     }
-    for t in slow {
-        psrpc::bus::deliver_within(&t.tx, msg.clone(), t.slow_timeout, &subs.dropped, channel)
-            .await;
+    match full {
+        Some(t) => t.deliver_slow(shared, channel, msg).await,
+        None => tracing::debug!(
+            channel,
+            "redis bus: queue subscribers gone, message dropped"
+        ),
     }
 }

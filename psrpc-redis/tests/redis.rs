@@ -512,35 +512,51 @@ async fn subscription_resubscribed_after_restart() {
     );
 }
 
-/// 100,000 publishes on one channel arrive complete and in order.
+/// 100,000 publishes on one channel arrive complete and in order at every
+/// subscriber: two sharing one bus, one on another bus, one on the
+/// publishing bus itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_arrives_complete_and_in_order() {
     const N: u32 = 100_000;
     let server = RedisServer::start();
     let sub_bus = RedisBus::connect(&server.url()).await.unwrap();
+    let other_bus = RedisBus::connect(&server.url()).await.unwrap();
     let pub_bus = RedisBus::connect(&server.url()).await.unwrap();
-    let mut sub = sub_bus.subscribe(&ch("burst"), 4096).await.unwrap();
+    let mut subs = Vec::new();
+    for b in [&sub_bus, &sub_bus, &other_bus, &pub_bus] {
+        subs.push(b.subscribe(&ch("burst"), 4096).await.unwrap());
+    }
     let start = Instant::now();
-    let reader = tokio::spawn(async move {
-        for i in 0..N {
-            let b = recv(&mut sub, Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("message {i} missing"));
-            assert_eq!(b, i.to_be_bytes().as_slice(), "in order");
-        }
-    });
+    let readers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut sub)| {
+            tokio::spawn(async move {
+                for i in 0..N {
+                    let b = recv(&mut sub, Duration::from_secs(10))
+                        .await
+                        .unwrap_or_else(|| panic!("subscriber {k}: message {i} missing"));
+                    assert_eq!(b, i.to_be_bytes().as_slice(), "subscriber {k}: in order");
+                }
+            })
+        })
+        .collect();
     for i in 0..N {
         pub_bus
             .publish(&ch("burst"), Bytes::copy_from_slice(&i.to_be_bytes()))
             .await
             .unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .expect("burst within 30 s")
-        .unwrap();
-    assert_eq!(sub_bus.dropped(), 0);
-    eprintln!("100k burst took {:?}", start.elapsed());
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("burst within 60 s")
+            .unwrap();
+    }
+    for b in [&sub_bus, &other_bus, &pub_bus] {
+        assert_eq!(b.dropped(), 0);
+    }
+    eprintln!("100k burst to 4 subscribers took {:?}", start.elapsed());
 }
 
 /// A subscriber that never reads loses what does not fit after the
@@ -571,4 +587,187 @@ async fn slow_consumer_does_not_stall_others() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(bus.dropped(), 9);
+}
+
+/// One call of a load worker: when it started, how long it took, and its
+/// outcome.
+type Outcome = (Instant, Duration, Result<(), ErrorCode>);
+
+/// redis-server is killed and started again while 16 callers keep calling
+/// with a 1 s timeout: every call resolves by its deadline (with
+/// `unavailable` or `deadline_exceeded` when it fails), and once the server
+/// is back a new call succeeds within 2 s, without rebuilding anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_load() {
+    use std::sync::atomic::AtomicBool;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let mut server = RedisServer::start();
+    let sb = RedisBus::connect(&server.url()).await.unwrap();
+    let cb = RedisBus::connect(&server.url()).await.unwrap();
+    let (srv, client) = rpc_pair(&sb, &cb, "load_svc").await;
+    let client = Arc::new(client);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..16i64 {
+        let (c, stop) = (client.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c
+                    .unary::<Num, Num>(
+                        &ECHO,
+                        vec![],
+                        Num {
+                            n: w * 1_000_000 + n,
+                            text: String::new(),
+                        },
+                    )
+                    .timeout(TIMEOUT)
+                    .await;
+                n += 1;
+                let failed = r.is_err();
+                outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code().clone())));
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<Outcome> = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    check_load_outcomes(&all, TIMEOUT, up);
+    drop(srv);
+}
+
+/// Every call ended by its deadline (plus scheduling slack) with success,
+/// `unavailable` or `deadline_exceeded`; some call failed during the outage;
+/// a call started after `up` succeeded within 2 s of it.
+fn check_load_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
+    let slack = Duration::from_millis(300);
+    let mut codes = std::collections::BTreeMap::new();
+    for (_, took, r) in all {
+        assert!(*took <= timeout + slack, "a call took {took:?}");
+        if let Err(code) = r {
+            assert!(
+                matches!(code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded),
+                "unexpected error {code:?}"
+            );
+        }
+        *codes.entry(format!("{:?}", r.as_ref().err())).or_insert(0) += 1;
+    }
+    eprintln!("outcomes: {codes:?}");
+    assert!(all.iter().any(|(_, _, r)| r.is_err()), "no call failed");
+    let recovered = all
+        .iter()
+        .filter(|(t, took, r)| *t >= up && r.is_ok() && *t + *took <= up + Duration::from_secs(2))
+        .count();
+    assert!(recovered > 0, "no call succeeded within 2 s of the restart");
+    let first = all
+        .iter()
+        .filter(|(t, _, r)| *t >= up && r.is_ok())
+        .map(|(t, took, _)| (*t + *took).duration_since(up))
+        .min();
+    eprintln!("first success {first:?} after the restart");
+}
+
+/// A raw `PSUBSCRIBE *` sees the exact Go channel names of a queue call and
+/// an affinity call on a topic (WIRE.md 4.4), payloads without `Msg.channel`,
+/// and the request's Go queue lock key set on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_channel_names_and_lock_key_observed() {
+    use psrpc_tests::my_service::{INTENSIVE_RPC, NORMAL_RPC, SERVICE};
+    let server = RedisServer::start();
+    let mut spy = redis::Client::open(server.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    spy.psubscribe("*").await.unwrap();
+    let sb = RedisBus::connect(&server.url()).await.unwrap();
+    let cb = RedisBus::connect(&server.url()).await.unwrap();
+    let topic = vec!["us-east".to_string(), "room/1".to_string()];
+    let srv = RpcServer::new(sb, SERVICE, ServerOptions::default().server_id("s1"));
+    for m in [&NORMAL_RPC, &INTENSIVE_RPC] {
+        srv.register_handler(
+            m,
+            &topic,
+            |_ctx: Context, req: Num| async move { Ok(req) },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let client = RpcClient::new(cb, SERVICE, ClientOptions::default().client_id("CLI_abc"))
+        .await
+        .unwrap();
+    for m in [&NORMAL_RPC, &INTENSIVE_RPC] {
+        let r: Num = client
+            .unary(
+                m,
+                topic.clone(),
+                Num {
+                    n: 4,
+                    text: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.n, 4);
+    }
+    let mut seen: Vec<(String, Bytes)> = Vec::new();
+    let mut stream = spy.on_message();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+        seen.push((
+            m.get_channel_name().to_owned(),
+            Bytes::copy_from_slice(m.get_payload_bytes()),
+        ));
+    }
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    let t = "usu+002deast|roomu+002f1";
+    let want = [
+        format!("MyService|NormalRPC|{t}|REQ"),
+        "MyService|CLI_abc|CLAIM".to_string(),
+        format!("MyService|NormalRPC|{t}|RCLAIM"),
+        "MyService|CLI_abc|RES".to_string(),
+        format!("MyService|IntensiveRPC|{t}|REQ"),
+        "MyService|CLI_abc|CLAIM".to_string(),
+        format!("MyService|IntensiveRPC|{t}|RCLAIM"),
+        "MyService|CLI_abc|RES".to_string(),
+    ];
+    assert_eq!(names, want);
+    for (name, payload) in &seen {
+        assert_eq!(
+            wire::read_channel(payload).unwrap(),
+            "",
+            "{name}: no field 3"
+        );
+        wire::decode_msg(payload.clone()).expect("a Msg envelope");
+    }
+    // The queue request was locked under the Go key; the affinity request
+    // (fan-out, no queue) was not.
+    let mut conn = raw(&server).await;
+    for (i, (_, payload)) in [&seen[0], &seen[4]].into_iter().enumerate() {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(queue_lock_key(payload))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if i == 0 {
+            assert!((1..=5).contains(&ttl), "queue lock ttl {ttl}");
+        } else {
+            assert_eq!(ttl, -2, "no lock for a fan-out request");
+        }
+    }
 }

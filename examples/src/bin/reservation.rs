@@ -1,5 +1,8 @@
 //! The reservation example (Loop's reservation notification stream) as
 //! server, client or both.
+// The scenario futures nest deeply (bus connection, scenario, calls):
+// the default limit of the trait solver is too low for their Send check.
+#![recursion_limit = "256"]
 
 use std::process::ExitCode;
 use std::time::Duration;

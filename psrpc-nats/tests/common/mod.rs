@@ -192,3 +192,60 @@ impl BusFactory for NatsFactory {
         )
     }
 }
+
+/// A cluster of `n` nats-servers on loopback, every node routed to every
+/// other; returns once every node has its `n - 1` routes.
+pub fn cluster(n: usize) -> Vec<NatsServer> {
+    let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let name = format!("psrpc{}", std::process::id());
+    let nodes: Vec<NatsServer> = (0..n)
+        .map(|i| {
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let mut s = NatsServer {
+                child: None,
+                port: free_port(),
+                monitor: free_port(),
+                extra: vec![
+                    "--server_name".into(),
+                    format!("{name}-{i}"),
+                    "--cluster_name".into(),
+                    name.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                    // Clients stay on the node they were given.
+                    "--no_advertise=true".into(),
+                ],
+            };
+            s.spawn();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    for node in &nodes {
+        loop {
+            let routez = node.monitor_get("/routez");
+            let routes = routez
+                .split("\"num_routes\":")
+                .nth(1)
+                .and_then(|r| r.trim().split([',', '\n']).next())
+                .and_then(|r| r.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if routes >= n - 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the nats cluster did not form: {routez}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    nodes
+}
