@@ -11,6 +11,7 @@
 //! them, together or as separate processes.
 //!
 //! ```
+//! # #![recursion_limit = "256"]
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), psrpc_examples::BoxError> {
 //! use psrpc_examples::{bus, htlc, Narrator};
