@@ -148,6 +148,9 @@ impl Core {
     }
 }
 
+/// Fewest waiters before an insert sweeps the expired ones.
+const MIN_SWEEP: usize = 1024;
+
 /// How long a claim response that found no waiter is remembered.
 const DECIDED_TTL: Duration = Duration::from_secs(1);
 
@@ -162,8 +165,10 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct ClaimTable {
     waiters: HashMap<String, ClaimWaiter>,
-    /// When each waiter gives up, in insertion order (stale ids are skipped).
-    expiries: std::collections::VecDeque<(Instant, String)>,
+    /// The number of waiters at which the next insert first gives up the
+    /// expired ones (twice what was left after the last sweep): amortised
+    /// constant time, and memory bounded by the claims really pending.
+    sweep_at: usize,
     decided: HashMap<String, String>,
     order: std::collections::VecDeque<(Instant, String)>,
 }
@@ -172,6 +177,8 @@ struct ClaimTable {
 /// task waits for the decision: the claim-response handler runs `then`.
 struct ClaimWaiter {
     then: Box<dyn FnOnce() + Send>,
+    /// When the request expires: the claim is given up then.
+    deadline: Instant,
     /// Counts as in flight for `shutdown`, which drains claims too.
     _token: TaskTrackerToken,
 }
@@ -179,14 +186,15 @@ struct ClaimWaiter {
 impl ClaimTable {
     /// Gives up the claims whose requests expired.
     fn sweep(&mut self, now: Instant) {
-        while let Some((t, _)) = self.expiries.front() {
-            if *t > now {
-                break;
-            }
-            if let Some((_, id)) = self.expiries.pop_front() {
-                self.waiters.remove(&id);
-            }
+        self.waiters.retain(|_, w| w.deadline > now);
+        self.sweep_at = (self.waiters.len() * 2).max(MIN_SWEEP);
+    }
+
+    fn insert(&mut self, request_id: String, waiter: ClaimWaiter) {
+        if self.waiters.len() >= self.sweep_at {
+            self.sweep(Instant::now());
         }
+        self.waiters.insert(request_id, waiter);
     }
 
     fn remember(&mut self, request_id: String, winner: String) {
@@ -713,12 +721,11 @@ impl Core {
                 tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
                 return;
             }
-            table.sweep(Instant::now());
-            table.expiries.push_back((deadline, request_id.clone()));
-            table.waiters.insert(
+            table.insert(
                 request_id.clone(),
                 ClaimWaiter {
                     then: Box::new(then),
+                    deadline,
                     _token: token,
                 },
             );
