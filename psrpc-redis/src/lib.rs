@@ -133,8 +133,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use psrpc::bus::{Channel, MessageBus, Subscription};
 use psrpc::{Error, ErrorCode, Result};
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
@@ -153,8 +153,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 4_096;
-/// Queue locks in flight per bus; the reader stops reading beyond.
-const LOCKS_IN_FLIGHT: usize = 1_024;
+/// Queue-lock pipelines in flight per bus; the reader stops reading beyond.
+const LOCK_BATCHES_IN_FLIGHT: usize = 64;
+/// Most queue locks in one pipeline.
+const LOCK_BATCH: usize = 256;
 const LOCK_RETRIES: u32 = 3;
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
@@ -343,6 +345,29 @@ impl Managed {
     }
 }
 
+impl Managed {
+    /// Runs `pipe`, reconnecting once if the connection turns out dead.
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        let mut retried = false;
+        loop {
+            let (g, mut c) = self.get().await?;
+            match pipe.query_async(&mut c).await {
+                Err(e) if is_connection_error(&e) => {
+                    self.failed(g);
+                    if retried {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 /// The connection the queue locks are taken on.
 #[derive(Clone)]
 enum Locks {
@@ -358,23 +383,54 @@ impl Locks {
         }
     }
 
-    /// Takes the Go queue lock of `payload`: true if this bus won it.
-    async fn take(&self, payload: &[u8]) -> bool {
-        let key = queue_lock_key(payload);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&key).arg(random_int()).arg("EX").arg(5).arg("NX");
+    /// Takes the Go queue locks of `payloads`: for each, true if this bus
+    /// won it. One pipeline on a single connection; in a cluster, where the
+    /// keys live on different masters, one command each, all at once.
+    async fn take(&self, payloads: &[Bytes]) -> Vec<bool> {
+        let cmds: Vec<redis::Cmd> = payloads
+            .iter()
+            .map(|p| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(queue_lock_key(p))
+                    .arg(random_int())
+                    .arg("EX")
+                    .arg(5)
+                    .arg("NX");
+                cmd
+            })
+            .collect();
         let mut attempt = 0;
         loop {
-            match self.query::<Option<String>>(&cmd).await {
-                Ok(won) => return won.is_some(),
-                // A lock is safe to ask again after a connection error.
+            let r: redis::RedisResult<Vec<Option<String>>> = match self {
+                Locks::Managed(m) => {
+                    let mut pipe = redis::pipe();
+                    for c in &cmds {
+                        pipe.add_command(c.clone());
+                    }
+                    m.query_pipe(&pipe).await
+                }
+                Locks::Cluster(c) => futures::future::join_all(cmds.iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Option<String>>(&mut c).await }
+                }))
+                .await
+                .into_iter()
+                .collect(),
+            };
+            match r {
+                Ok(won) => return won.iter().map(Option::is_some).collect(),
+                // Locks are safe to ask again after a connection error.
                 Err(e) if attempt < LOCK_RETRIES && is_connection_error(&e) => {
                     attempt += 1;
                     tokio::time::sleep(BACKOFF_MIN).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis bus: queue lock failed, message skipped");
-                    return false;
+                    tracing::warn!(
+                        error = %e,
+                        "redis bus: queue lock failed, {} message(s) skipped",
+                        payloads.len()
+                    );
+                    return vec![false; payloads.len()];
                 }
             }
         }
@@ -962,43 +1018,65 @@ async fn serve(
     }
 }
 
-/// A queue message waiting for its lock: resolves to the channel and the
-/// message if this bus won it.
-type LockFuture = Pin<Box<dyn Future<Output = Option<(Arc<str>, Bytes)>> + Send>>;
+/// Queue messages waiting for their locks: resolves to those this bus won,
+/// with their channels, in order.
+type LockFuture = Pin<Box<dyn Future<Output = Vec<(Arc<str>, Bytes)>> + Send>>;
 
 /// Reads the pub/sub connection and dispatches, until it is lost.
 ///
-/// Fan-out subscribers get each message at once. A queue message first
-/// takes its lock; locks are in flight together (up to
-/// [`LOCKS_IN_FLIGHT`]) and their messages delivered in arrival order.
+/// Fan-out subscribers get each message at once. Queue messages first take
+/// their locks: the locks of the messages read together go as one
+/// pipeline, several pipelines are in flight at once (up to
+/// [`LOCK_BATCHES_IN_FLIGHT`]), and won messages are delivered in arrival
+/// order.
 async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
     let mut locks: FuturesOrdered<LockFuture> = FuturesOrdered::new();
     let mut open = true;
+    let mut waiting: Vec<(Arc<str>, Bytes)> = Vec::new();
     while open || !locks.is_empty() {
         tokio::select! {
             biased;
             Some(won) = locks.next(), if !locks.is_empty() => {
-                if let Some((channel, msg)) = won {
+                for (channel, msg) in won {
                     deliver_queue(&shared, &channel, msg).await;
                 }
             }
-            msg = stream.next(), if open && locks.len() < LOCKS_IN_FLIGHT => {
-                let Some(msg) = msg else {
-                    // Lost: deliver what is won already, then end.
-                    open = false;
-                    continue;
-                };
-                let channel = msg.get_channel_name();
-                let Some(targets) = shared.get(channel) else {
-                    continue;
-                };
-                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                deliver_fanout(&shared, channel, &targets, &payload).await;
-                if !targets.queue.is_empty() {
-                    let locks_conn = shared.locks.clone();
-                    let channel: Arc<str> = Arc::from(channel);
+            msg = stream.next(), if open && locks.len() < LOCK_BATCHES_IN_FLIGHT => {
+                let mut next = msg;
+                loop {
+                    let Some(msg) = next else {
+                        // Lost: deliver what is won already, then end.
+                        open = false;
+                        break;
+                    };
+                    let channel = msg.get_channel_name();
+                    if let Some(targets) = shared.get(channel) {
+                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                        deliver_fanout(&shared, channel, &targets, &payload).await;
+                        if !targets.queue.is_empty() {
+                            waiting.push((Arc::from(channel), payload));
+                        }
+                    }
+                    if waiting.len() >= LOCK_BATCH {
+                        break;
+                    }
+                    // More already read? Then their locks join this batch.
+                    match stream.next().now_or_never() {
+                        Some(m) => next = m,
+                        None => break,
+                    }
+                }
+                if !waiting.is_empty() {
+                    let batch = std::mem::take(&mut waiting);
+                    let conn = shared.locks.clone();
                     locks.push_back(Box::pin(async move {
-                        locks_conn.take(&payload).await.then_some((channel, payload))
+                        let payloads: Vec<Bytes> = batch.iter().map(|(_, p)| p.clone()).collect();
+                        let won = conn.take(&payloads).await;
+                        batch
+                            .into_iter()
+                            .zip(won)
+                            .filter_map(|(m, won)| won.then_some(m))
+                            .collect()
                     }));
                 }
             }
