@@ -14,6 +14,9 @@ pub struct RedisServer {
     pub port: u16,
     extra: Vec<String>,
     child: Option<(Child, ChildStdin)>,
+    /// A scratch directory the wrapping shell removes once the server is
+    /// gone (servers kept in statics are never dropped).
+    scratch: Option<std::path::PathBuf>,
 }
 
 fn check_installed() {
@@ -42,6 +45,12 @@ impl RedisServer {
 
     /// A server with extra command-line options (e.g. `--requirepass pw`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in(extra, None)
+    }
+
+    /// A server with extra options whose scratch directory `scratch` is
+    /// removed once it is gone.
+    pub fn start_in(extra: &[&str], scratch: Option<std::path::PathBuf>) -> Self {
         check_installed();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
@@ -49,6 +58,7 @@ impl RedisServer {
                 port: free_port(),
                 extra: extra.clone(),
                 child: None,
+                scratch: scratch.clone(),
             };
             if s.spawn() {
                 return s;
@@ -77,9 +87,10 @@ impl RedisServer {
         args.extend(self.extra.iter().map(String::as_str));
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(r#"redis-server "$@" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid; wait $pid"#)
+            .arg(r#"redis-server "$@" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid; wait $pid; [ -z "$PSRPC_SCRATCH" ] || rm -rf "$PSRPC_SCRATCH""#)
             .arg("sh")
             .args(&args)
+            .env("PSRPC_SCRATCH", self.scratch.as_deref().unwrap_or("".as_ref()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,16 +154,22 @@ impl RedisCluster {
             ));
             std::fs::create_dir_all(&dir).expect("scratch directory");
             let bus_port = free_port().to_string();
-            nodes.push(RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus_port,
-                "--cluster-node-timeout",
-                "2000",
-                "--dir",
-                dir.to_str().unwrap(),
-            ]));
+            let node = RedisServer::start_in(
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_port,
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ],
+                // Removed by the shell once the node is gone (also when the
+                // cluster, kept in a static, is never dropped).
+                Some(dir.clone()),
+            );
+            nodes.push(node);
             dirs.push(dir);
         }
         let addrs: Vec<String> = nodes
