@@ -527,12 +527,22 @@ impl RpcClient {
         ))
     }
 
-    async fn publish<M: wire::Envelope>(&self, ch: &channels::Channel, m: &M) -> Result<()> {
-        self.inner
-            .bus
-            .publish(ch, wire::encode_msg(m))
+    /// Publishes `m`, giving up at `deadline`: a bus whose publish waits
+    /// (a full buffer, a reconnect) cannot make a call overrun it.
+    async fn publish<M: wire::Envelope>(
+        &self,
+        ch: &channels::Channel,
+        m: &M,
+        deadline: Instant,
+    ) -> Result<()> {
+        match tokio::time::timeout_at(deadline, self.inner.bus.publish(ch, wire::encode_msg(m)))
             .await
-            .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))
+        {
+            Ok(r) => r.map_err(|e| {
+                Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e)
+            }),
+            Err(_) => Err(Error::request_timed_out()),
+        }
     }
 
     /// One unary call on raw request bytes; returns the raw response bytes.
@@ -566,9 +576,9 @@ impl RpcClient {
         };
         let (mut rx, _guard) = self.register(&request_id)?;
         let chans = self.method_channels(method, topic);
-        self.publish(&chans.request, &req).await?;
-
         let deadline = call_deadline(t, opts);
+        self.publish(&chans.request, &req, deadline).await?;
+
         let cancel = opts.context.cancel_token();
 
         if method.require_claim {
@@ -589,7 +599,8 @@ impl RpcClient {
                 request_id: request_id.clone(),
                 server_id: selected.server_id,
             };
-            self.publish(&chans.claim_response, &claim).await?;
+            self.publish(&chans.claim_response, &claim, deadline)
+                .await?;
         }
 
         loop {
@@ -640,11 +651,11 @@ impl RpcClient {
             ..Default::default()
         };
         let (rx, guard) = self.register(&request_id)?;
-        self.publish(&self.method_channels(method, topic).request, &req)
-            .await?;
         // Quirk Q16: the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
         let deadline = call_deadline(t, opts);
+        self.publish(&self.method_channels(method, topic).request, &req, deadline)
+            .await?;
         let cancel = opts.context.cancel_token().cloned();
         Ok(RawMultiResponses {
             rx,
@@ -821,7 +832,7 @@ impl RpcClient {
         let deadline = call_deadline(t, &opts);
         let cancel = opts.context.cancel_token();
         let opened = async {
-            self.publish(&out, &open).await?;
+            self.publish(&out, &open, deadline).await?;
             if let Some((mut rx, _guard)) = claims {
                 let defaults;
                 let sel = match &opts.selection {
@@ -840,7 +851,8 @@ impl RpcClient {
                     request_id: request_id.clone(),
                     server_id: selected.server_id,
                 };
-                self.publish(&chans.claim_response, &claim).await?;
+                self.publish(&chans.claim_response, &claim, deadline)
+                    .await?;
             }
             tokio::select! {
                 biased;
@@ -856,7 +868,8 @@ impl RpcClient {
         .await;
         if let Err(e) = opened {
             shared.forget_ack(&request_id);
-            let _ = shared.close(Some(e.clone())).await;
+            // Tells the servers in the background: the caller has waited enough.
+            shared.close_detached(e.clone());
             return Err(e);
         }
         shared.open_interceptors();

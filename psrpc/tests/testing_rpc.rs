@@ -171,3 +171,44 @@ async fn channel_filter_loses_only_responses() {
     assert_eq!(call(&client, &ECHO, "y").await.unwrap(), "echo y");
     server.shutdown().await;
 }
+
+/// A bus whose publish hangs (a full buffer, a reconnect) cannot make a call
+/// overrun its deadline: the call ends with `deadline_exceeded` at its
+/// timeout, for the request publish of a unary call and for a stream open.
+#[tokio::test]
+async fn a_hanging_publish_ends_at_the_call_deadline() {
+    use psrpc::testing::TestBus;
+    let local = LocalBus::new();
+    let _server = serve(local.clone()).await;
+    let hanging = TestBus::new(local).publish_interceptor(|_ch, _msg, _next| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    });
+    let client = RpcClient::new(hanging, "echo", ClientOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = client
+        .unary::<Echo, Echo>(&ECHO, vec![], Echo { text: "x".into() })
+        .timeout(Duration::from_millis(200))
+        .await
+        .expect_err("the publish never ends");
+    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let e = client
+        .stream::<Echo, Echo>(&ECHO, vec![])
+        .timeout(Duration::from_millis(200))
+        .await
+        .expect_err("the open's publish never ends");
+    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
