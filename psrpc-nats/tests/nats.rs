@@ -485,3 +485,74 @@ fn check_load_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
         .min();
     eprintln!("first success {first:?} after the restart");
 }
+
+/// Quirk Q1, and this bus's answer to it: two servers of one service that
+/// serve different queue methods share the queue subject `SRV.<S>.Q` and
+/// the group `bus`, so NATS hands each of them requests for the other's
+/// method. By default a bus hands such a request back to the group (up to
+/// 16 times) and every call is served; with `with_queue_redeliveries(0)` it
+/// drops it as Go does, and the caller sees `unavailable` for some calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_foreign_queue_requests_are_handed_back() {
+    let ns = NatsServer::start(&[]);
+    for redeliveries in [None, Some(0)] {
+        let with = |b: NatsBus| match redeliveries {
+            Some(n) => b.with_queue_redeliveries(n),
+            None => b,
+        };
+        // Server A serves only another queue method of the service; B only
+        // NormalRPC.
+        static OTHER: psrpc::MethodInfo = psrpc::MethodInfo::queue("OtherQueueRPC");
+        let a = RpcServer::new(
+            Arc::new(with(bus(&ns.url()).await)),
+            SERVICE,
+            ServerOptions::default().server_id("A"),
+        );
+        a.register_handler(
+            &OTHER,
+            &[],
+            |_c: Context, r: Num| async move { Ok(r) },
+            None,
+        )
+        .await
+        .unwrap();
+        let b = echo_server(with(bus(&ns.url()).await), "B").await;
+        let c = client(bus(&ns.url()).await).await;
+        let mut served = 0;
+        let mut unavailable = 0;
+        for n in 0..24 {
+            let r = c
+                .unary::<Num, Num>(
+                    &NORMAL_RPC,
+                    vec![],
+                    Num {
+                        n,
+                        text: String::new(),
+                    },
+                )
+                .timeout(Duration::from_millis(1500))
+                .await;
+            match r {
+                Ok(res) => {
+                    assert_eq!(res.text, "B", "only B serves NormalRPC");
+                    served += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), &ErrorCode::Unavailable, "{e}");
+                    unavailable += 1;
+                }
+            }
+        }
+        match redeliveries {
+            None => assert_eq!((served, unavailable), (24, 0), "handed back, all served"),
+            // NATS picks a member at random: with 24 calls, A gets some.
+            Some(_) => assert!(
+                unavailable > 0 && served > 0,
+                "{served} served, {unavailable} lost"
+            ),
+        }
+        a.kill();
+        b.kill();
+        c.close();
+    }
+}
