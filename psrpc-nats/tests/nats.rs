@@ -396,94 +396,18 @@ async fn subscribe_then_publish_never_lost() {
 
 /// One call of a load worker: when it started, how long it took, and its
 /// outcome.
-type Outcome = (Instant, Duration, Result<(), ErrorCode>);
-
 /// nats-server is killed and started again while 16 callers keep calling
 /// with a 1 s timeout: every call resolves by its deadline (with
 /// `unavailable` or `deadline_exceeded` when it fails), and once the server
 /// is back a new call succeeds within 2 s, without rebuilding anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_load() {
-    use std::sync::atomic::AtomicBool;
-    const TIMEOUT: Duration = Duration::from_secs(1);
     let mut ns = NatsServer::start(&[]);
     let s = echo_server(bus(&ns.url()).await, "r").await;
     let c = Arc::new(client(bus(&ns.url()).await).await);
     assert_eq!(call(&c, 0).await.unwrap().n, 0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..16i64 {
-        let (c, stop) = (c.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let mut outcomes: Vec<Outcome> = Vec::new();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = c
-                    .unary::<Num, Num>(
-                        &NORMAL_RPC,
-                        vec![],
-                        Num {
-                            n: w * 1_000_000 + n,
-                            text: String::new(),
-                        },
-                    )
-                    .timeout(TIMEOUT)
-                    .await;
-                n += 1;
-                let failed = r.is_err();
-                outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code().clone())));
-                if failed {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            outcomes
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ns.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ns.restart();
-    let up = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all: Vec<Outcome> = Vec::new();
-    for w in workers {
-        all.extend(w.await.unwrap());
-    }
-    check_load_outcomes(&all, TIMEOUT, up);
+    psrpc_tests::outage::calls_through_restart(c, &NORMAL_RPC, &mut ns).await;
     s.shutdown().await;
-}
-
-/// Every call ended by its deadline (plus scheduling slack) with success,
-/// `unavailable` or `deadline_exceeded`; some call failed during the outage;
-/// a call started after `up` succeeded within 2 s of it.
-fn check_load_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
-    let slack = Duration::from_millis(300);
-    let mut codes = std::collections::BTreeMap::new();
-    for (_, took, r) in all {
-        assert!(*took <= timeout + slack, "a call took {took:?}");
-        if let Err(code) = r {
-            assert!(
-                matches!(code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded),
-                "unexpected error {code:?}"
-            );
-        }
-        *codes.entry(format!("{:?}", r.as_ref().err())).or_insert(0) += 1;
-    }
-    eprintln!("outcomes: {codes:?}");
-    assert!(all.iter().any(|(_, _, r)| r.is_err()), "no call failed");
-    let recovered = all
-        .iter()
-        .filter(|(t, took, r)| *t >= up && r.is_ok() && *t + *took <= up + Duration::from_secs(2))
-        .count();
-    assert!(recovered > 0, "no call succeeded within 2 s of the restart");
-    let first = all
-        .iter()
-        .filter(|(t, _, r)| *t >= up && r.is_ok())
-        .map(|(t, took, _)| (*t + *took).duration_since(up))
-        .min();
-    eprintln!("first success {first:?} after the restart");
 }
 
 /// Quirk Q1, and this bus's answer to it: two servers of one service that

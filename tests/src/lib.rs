@@ -13,6 +13,8 @@ use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo};
 
 pub mod middleware;
+pub mod outage;
+pub mod servers;
 pub mod streams;
 pub mod suite;
 

@@ -1,150 +1,26 @@
 //! Test helpers: real `redis-server` and `nats-server` processes on free
-//! loopback ports (adapted from the psrpc-redis and psrpc-nats test
-//! helpers), the example binaries as child processes, and headless Chromium
+//! loopback ports (psrpc-tests' launchers), the example binaries as child processes, and headless Chromium
 //! driven over the DevTools protocol.
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod chromium;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process run under a small shell that kills it when its stdin
-/// closes: killed on drop, and gone when the test process exits anyway.
-pub struct Server {
-    child: Option<(Child, ChildStdin)>,
-    /// The client port.
-    pub port: u16,
-    scheme: &'static str,
-}
-
-impl Server {
-    /// `redis://127.0.0.1:<port>` or `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some((mut child, stdin)) = self.child.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
-    }
-}
-
-fn installed(bins: &[&'static str]) -> Option<&'static str> {
-    bins.iter().copied().find(|b| {
-        Command::new(b)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    })
-}
-
-fn spawn_under_shell(bin: &str, args: &[String]) -> (Child, ChildStdin) {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#""$@" >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid; wait $pid"#)
-        .arg("sh")
-        .arg(bin)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sh");
-    let stdin = child.stdin.take().unwrap();
-    (child, stdin)
-}
+pub use psrpc_tests::servers::{NatsServer, RedisServer, free_port};
 
 /// A `redis-server` on a free port.
-pub fn redis() -> Server {
-    let bin = installed(&["redis-server"]).unwrap_or_else(|| {
-        panic!("redis-server not found: install it with `apt-get install redis-server` or run scripts/test")
-    });
-    for _ in 0..5 {
-        let port = free_port();
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let server = Server {
-            child: Some(spawn_under_shell(bin, &args)),
-            port,
-            scheme: "redis",
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut buf = [0u8; 64];
-                if c.write_all(b"PING\r\n").is_ok() && matches!(c.read(&mut buf), Ok(n) if n > 0) {
-                    return server;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    panic!("could not start redis-server");
+pub fn redis() -> RedisServer {
+    RedisServer::start()
 }
 
 /// A `nats-server` on a free port.
-pub fn nats() -> Server {
-    let bin = installed(&["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"])
-        .unwrap_or_else(|| {
-            panic!("nats-server not found: install it with `apt-get install nats-server` or run scripts/test")
-        });
-    for _ in 0..5 {
-        let port = free_port();
-        let args: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let server = Server {
-            child: Some(spawn_under_shell(bin, &args)),
-            port,
-            scheme: "nats",
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut buf = [0u8; 16];
-                // The server greets with INFO.
-                if matches!(c.read(&mut buf), Ok(n) if n > 0) {
-                    return server;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    panic!("could not start nats-server");
+pub fn nats() -> NatsServer {
+    NatsServer::start(&[])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
