@@ -224,12 +224,33 @@ struct Chains {
     stream: Arc<[Arc<dyn StreamInterceptor>]>,
 }
 
-impl Drop for ClientInner {
-    fn drop(&mut self) {
+impl ClientInner {
+    /// Closes the client: see [`RpcClient::close`].
+    fn close(&self) {
         self.closed.cancel();
+        drop(std::mem::take(
+            &mut *self.subs.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        // Dropping the senders wakes every waiting call with "closed".
+        let drained: Vec<_> = {
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.drain().collect()
+        };
+        drop(drained);
+        // Open streams end with "stream closed"; the peers are told.
         for f in stream::close_all(&self.streams, &Error::stream_closed()) {
             spawn_publish(f);
         }
+    }
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -336,25 +357,7 @@ impl RpcClient {
     /// same way. (Go lets pending calls run into their deadline; failing them
     /// at once is what a caller waiting on a closed client wants.)
     pub fn close(&self) {
-        self.inner.closed.cancel();
-        drop(std::mem::take(
-            &mut *self.inner.subs.lock().unwrap_or_else(|e| e.into_inner()),
-        ));
-        // Dropping the senders wakes every waiting call with "closed".
-        let drained: Vec<_> = {
-            let mut p = self
-                .inner
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            p.drain().collect()
-        };
-        drop(drained);
-        // Open streams end with "stream closed"; the peers are told.
-        for f in stream::close_all(&self.inner.streams, &Error::stream_closed()) {
-            spawn_publish(f);
-        }
+        self.inner.close();
     }
 
     /// Starts a unary call of `method` with `req`; set options on the

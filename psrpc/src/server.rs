@@ -779,6 +779,7 @@ where
             return;
         }
         let deadline = Instant::now() + Duration::from_nanos((req.expiry - now) as u64);
+        let chans = self.core.client_channels(&req.client_id);
         let msg = match Req::decode(req.raw_request.clone()) {
             Ok(m) => m,
             Err(e) => {
@@ -786,34 +787,39 @@ where
                 let err = Error::wrap(ErrorCode::MalformedRequest, e);
                 let h = self.clone();
                 tracker.spawn(async move {
-                    let reply = h.core.client_channels(&req.client_id);
                     let r = h.response(&req, Err(err));
-                    h.core.publish(&reply.response, &r).await;
+                    h.core.publish(&chans.response, &r).await;
                 });
                 return;
             }
         };
         if self.method.require_claim {
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f(&msg));
-            let chans = self.core.client_channels(&req.client_id);
+            let claim = chans.claim.clone();
             let (h, t) = (self.clone(), tracker.clone());
             self.core.claim_then(
                 req.request_id.clone(),
-                &chans.claim,
+                &claim,
                 affinity,
                 deadline,
                 tracker.token(),
                 move || {
-                    t.spawn(h.run(req, msg, deadline));
+                    t.spawn(h.run(req, msg, deadline, chans));
                 },
             );
         } else {
-            tracker.spawn(self.clone().run(req, msg, deadline));
+            tracker.spawn(self.clone().run(req, msg, deadline, chans));
         }
     }
 
     /// Runs the handler for a request this server has, and answers.
-    async fn run(self: Arc<Self>, mut req: Request, msg: Req, deadline: Instant) {
+    async fn run(
+        self: Arc<Self>,
+        mut req: Request,
+        msg: Req,
+        deadline: Instant,
+        chans: Arc<ClientChannels>,
+    ) {
         let core = &*self.core;
         let header = IncomingHeader {
             remote_id: req.client_id.clone(),
@@ -833,8 +839,7 @@ where
                 .await
                 .map(|r| Bytes::from(r.to_bytes())),
         };
-        let reply = core.client_channels(&req.client_id);
-        core.publish(&reply.response, &self.response(&req, result))
+        core.publish(&chans.response, &self.response(&req, result))
             .await;
     }
 
@@ -896,36 +901,37 @@ where
             tracing::debug!(stream_id = %m.stream_id, "psrpc server: dropped expired stream open");
             return;
         }
+        let Some(StreamBody::Open(open)) = &m.body else {
+            return;
+        };
+        let chans = self.core.client_channels(&open.node_id);
         if self.method.require_claim {
-            let Some(StreamBody::Open(open)) = &m.body else {
-                return;
-            };
             let deadline = Instant::now() + Duration::from_nanos((m.expiry - now) as u64);
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
-            let chans = self.core.client_channels(&open.node_id);
+            let claim = chans.claim.clone();
             let (h, t) = (self.clone(), tracker.clone());
             self.core.claim_then(
                 m.request_id.clone(),
-                &chans.claim,
+                &claim,
                 affinity,
                 deadline,
                 tracker.token(),
                 move || {
-                    t.spawn(h.accept(m));
+                    t.spawn(h.accept(m, chans));
                 },
             );
         } else {
-            tracker.spawn(self.clone().accept(m));
+            tracker.spawn(self.clone().accept(m, chans));
         }
     }
 
     /// Accepts a stream this server has: acks the open and runs the handler.
-    async fn accept(self: Arc<Self>, m: wire::Stream) {
+    async fn accept(self: Arc<Self>, m: wire::Stream, chans: Arc<ClientChannels>) {
         let Some(StreamBody::Open(open)) = m.body else {
             return;
         };
         let core = &*self.core;
-        let out = core.client_channels(&open.node_id).stream.clone();
+        let out = chans.stream.clone();
         let (shared, rx) = stream::Shared::<R>::new(StreamParams {
             stream_id: m.stream_id.clone(),
             info: self.info.clone(),

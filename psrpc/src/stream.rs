@@ -291,17 +291,23 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 i.close(&self.info, cause.as_ref());
             }
         }
-        let cause = cause.unwrap_or_else(Error::stream_closed);
-        self.mark_closed(cause.clone())?;
-        let msg = self.close_message(&cause);
+        let msg = self.end(cause.unwrap_or_else(Error::stream_closed))?;
         self.bus.publish(&self.out, msg).await
     }
 
     /// [`close`](Self::close) without waiting for the publish.
     pub(crate) fn close_detached(&self, cause: Error) {
-        if self.mark_closed(cause.clone()).is_ok() {
-            publish_detached(&self.bus, &self.out, self.close_message(&cause));
+        if let Ok(msg) = self.end(cause) {
+            publish_detached(&self.bus, &self.out, msg);
         }
+    }
+
+    /// Marks the stream closed with `cause` and returns the close message
+    /// to tell the peer; `Err(earlier cause)` when it was closed already.
+    fn end(&self, cause: Error) -> std::result::Result<Bytes, Error> {
+        let msg = self.close_message(&cause);
+        self.mark_closed(cause)?;
+        Ok(msg)
     }
 
     /// Sends one encoded message and waits for its ack.
@@ -496,8 +502,7 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
     }
 
     fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>> {
-        self.mark_closed(cause.clone()).ok()?;
-        let msg = self.close_message(&cause);
+        let msg = self.end(cause).ok()?;
         let (bus, out) = (self.bus.clone(), self.out.clone());
         Some(Box::pin(async move { bus.publish(&out, msg).await }))
     }

@@ -32,7 +32,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue, global};
 
-use super::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+use super::trace::{TRACEPARENT, TRACESTATE, TraceParent, incoming_parent, parent_of};
 use crate::client::CallOptions;
 use crate::error::Result;
 use crate::info::{BoxMessage, Context, RpcInfo};
@@ -109,12 +109,7 @@ fn parent_context(ctx: &Context) -> opentelemetry::Context {
     if current.has_active_span() {
         return current;
     }
-    let tp = ctx.traceparent().and_then(TraceParent::parse).or_else(|| {
-        ctx.metadata()
-            .get(TRACEPARENT)
-            .and_then(|s| TraceParent::parse(s))
-    });
-    match tp {
+    match parent_of(ctx) {
         Some(tp) => {
             let state = ctx.metadata().get(TRACESTATE).map(String::as_str);
             current.with_remote_span_context(to_span_context(&tp, state))
@@ -192,10 +187,7 @@ impl ServerInterceptor for OtelTracing {
     ) -> BoxFuture<'a, Result<BoxMessage>> {
         Box::pin(async move {
             let info = ctx.info().cloned().unwrap_or_default();
-            let remote = ctx
-                .metadata()
-                .get(TRACEPARENT)
-                .and_then(|s| TraceParent::parse(s))
+            let remote = incoming_parent(&ctx)
                 .map(|tp| to_span_context(&tp, ctx.metadata().get(TRACESTATE).map(String::as_str)));
             let parent = match remote {
                 Some(sc) => opentelemetry::Context::new().with_remote_span_context(sc),

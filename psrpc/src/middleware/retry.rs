@@ -185,9 +185,7 @@ impl StreamInterceptor for Retry {
                 };
                 // Only an unacknowledged send is worth repeating; any other
                 // error is the cause of a closed stream, which stays closed.
-                let timed_out = e.code() == &ErrorCode::DeadlineExceeded
-                    && e.message() == Error::request_timed_out().message();
-                if !timed_out {
+                if e != Error::request_timed_out() {
                     return Err(e);
                 }
                 let Some(step) = self.0.next_step(&e, attempt, t.unwrap_or_default()) else {

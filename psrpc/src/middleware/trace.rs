@@ -148,12 +148,17 @@ macro_rules! call_span {
 
 /// The trace a call made with `ctx` belongs to: the context's own span, or
 /// the trace of the request a handler is serving.
-fn parent_of(ctx: &Context) -> Option<TraceParent> {
-    ctx.traceparent().and_then(TraceParent::parse).or_else(|| {
-        ctx.metadata()
-            .get(TRACEPARENT)
-            .and_then(|s| TraceParent::parse(s))
-    })
+pub(crate) fn parent_of(ctx: &Context) -> Option<TraceParent> {
+    ctx.traceparent()
+        .and_then(TraceParent::parse)
+        .or_else(|| incoming_parent(ctx))
+}
+
+/// The trace parent a request arrived with (its `traceparent` metadata).
+pub(crate) fn incoming_parent(ctx: &Context) -> Option<TraceParent> {
+    ctx.metadata()
+        .get(TRACEPARENT)
+        .and_then(|s| TraceParent::parse(s))
 }
 
 /// Starts the client span of a call and puts its context in the metadata.
@@ -260,10 +265,7 @@ impl ServerInterceptor for Tracing {
         next: ServerNext,
     ) -> BoxFuture<'a, Result<BoxMessage>> {
         let info = ctx.info().cloned().unwrap_or_default();
-        let parent = ctx
-            .metadata()
-            .get(TRACEPARENT)
-            .and_then(|s| TraceParent::parse(s));
+        let parent = incoming_parent(&ctx);
         let tp = parent.map_or_else(TraceParent::root, |p| p.child());
         let span = call_span!("psrpc.server", "Recv", "server", &info, tp, parent);
         let ctx = ctx.with_traceparent(tp.to_string());
