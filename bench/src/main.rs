@@ -915,12 +915,12 @@ impl Bench {
 
 /// Runs `conc` workers, each doing `op` one at a time until `duration` ends.
 async fn run_op(bench: &Arc<Bench>, op: Op, conc: usize, duration: Duration) -> Stats {
-    let start = Instant::now();
-    let end = start + duration;
-    let mut tasks = Vec::new();
-    for w in 0..conc {
-        let bench = bench.clone();
-        tasks.push(tokio::spawn(async move {
+    run_workers(
+        bench,
+        conc,
+        duration,
+        "row",
+        move |bench, w, end| async move {
             let mut stats = Stats::default();
             let mut seq = (w as i64) << 32;
             while Instant::now() < end {
@@ -928,20 +928,40 @@ async fn run_op(bench: &Arc<Bench>, op: Op, conc: usize, duration: Duration) -> 
                 stats.record(bench.op(op, seq).await);
             }
             stats
-        }));
-    }
-    join_workers(tasks, start, "row").await
+        },
+    )
+    .await
+}
+
+/// Runs `worker(bench, w, end)` for `w` in `0..conc` as tasks and joins their stats.
+async fn run_workers<F, Fut>(
+    bench: &Arc<Bench>,
+    conc: usize,
+    duration: Duration,
+    what: &str,
+    worker: F,
+) -> Stats
+where
+    F: Fn(Arc<Bench>, usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = Stats> + Send + 'static,
+{
+    let start = Instant::now();
+    let end = start + duration;
+    let tasks = (0..conc)
+        .map(|w| tokio::spawn(worker(bench.clone(), w, end)))
+        .collect();
+    join_workers(tasks, start, what).await
 }
 
 /// `stream msg round-trip`: `conc` workers, each on its own `Echo` stream,
 /// send one `Msg` and wait for its echo, one at a time.
 async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> Stats {
-    let start = Instant::now();
-    let end = start + duration;
-    let mut tasks = Vec::new();
-    for w in 0..conc {
-        let bench = bench.clone();
-        tasks.push(tokio::spawn(async move {
+    run_workers(
+        bench,
+        conc,
+        duration,
+        "stream row",
+        |bench, w, end| async move {
             let mut stats = Stats::default();
             let mut st = match bench
                 .client
@@ -982,9 +1002,9 @@ async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> S
             }
             let _ = st.close(None).await;
             stats
-        }));
-    }
-    join_workers(tasks, start, "stream row").await
+        },
+    )
+    .await
 }
 
 /// Reads nothing that is already buffered: drops stale updates.
