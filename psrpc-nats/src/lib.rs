@@ -154,7 +154,7 @@ struct State {
     create: tokio::sync::Mutex<()>,
     routers: Mutex<HashMap<(String, bool), Arc<Router>>>,
     next_id: AtomicU64,
-    dropped: AtomicU64,
+    drops: psrpc::drops::Drops,
     slow_timeout: Duration,
     redeliveries: u32,
     bounces: Mutex<HashMap<u64, (u32, std::time::Instant)>>,
@@ -286,7 +286,7 @@ impl NatsBus {
                 create: tokio::sync::Mutex::new(()),
                 routers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                dropped: AtomicU64::new(0),
+                drops: psrpc::drops::Drops::default(),
                 slow_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
                 redeliveries: DEFAULT_QUEUE_REDELIVERIES,
                 bounces: Mutex::new(HashMap::new()),
@@ -331,7 +331,7 @@ impl NatsBus {
             create: tokio::sync::Mutex::new(()),
             routers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            dropped: AtomicU64::new(self.dropped()),
+            drops: psrpc::drops::Drops::default(),
             slow_timeout,
             redeliveries,
             bounces: Mutex::new(HashMap::new()),
@@ -351,7 +351,7 @@ impl NatsBus {
 
     /// How many deliveries were dropped because a subscriber stayed full.
     pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
+        self.state.drops.total()
     }
 
     /// The NATS subject of `channel` on this bus.
@@ -860,7 +860,7 @@ fn read_local(msg: &[u8]) -> std::result::Result<std::borrow::Cow<'_, str>, Stri
 /// Waits up to the slow-consumer timeout for room; false when the receiver
 /// is gone.
 async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> bool {
-    let r = psrpc::bus::deliver_within(tx, msg, state.slow_timeout, &state.dropped, subject).await;
+    let r = psrpc::bus::deliver_within(tx, msg, state.slow_timeout, &state.drops, subject).await;
     r != psrpc::bus::SlowDelivery::Closed
 }
 
@@ -907,6 +907,10 @@ impl MessageBus for NatsBus {
             },
         };
         r.map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish: {e}")))
+    }
+
+    fn drops(&self) -> &psrpc::drops::Drops {
+        &self.state.drops
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {

@@ -461,7 +461,7 @@ struct Inner {
 /// lock connection and the drop count.
 struct Shared {
     channels: Mutex<HashMap<String, Arc<Subscribers>>>,
-    dropped: AtomicU64,
+    drops: psrpc::drops::Drops,
     locks: Locks,
 }
 
@@ -503,7 +503,7 @@ impl Target {
     /// Waits up to the slow-consumer timeout for room.
     async fn deliver_slow(&self, shared: &Shared, channel: &str, msg: Bytes) {
         let tx = &self.sink.0;
-        psrpc::bus::deliver_within(tx, msg, self.slow_timeout, &shared.dropped, channel).await;
+        psrpc::bus::deliver_within(tx, msg, self.slow_timeout, &shared.drops, channel).await;
     }
 }
 
@@ -652,7 +652,7 @@ impl RedisBus {
 
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
-            dropped: AtomicU64::new(0),
+            drops: psrpc::drops::Drops::default(),
             locks,
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -694,7 +694,7 @@ impl RedisBus {
 
     /// How many deliveries were dropped because a subscriber stayed full.
     pub fn dropped(&self) -> u64 {
-        self.inner.shared.dropped.load(Ordering::Relaxed)
+        self.inner.shared.drops.total()
     }
 
     fn name(&self, channel: &Channel) -> String {
@@ -823,6 +823,10 @@ impl MessageBus for RedisBus {
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         self.add_chan(channel, size, false).await
+    }
+
+    fn drops(&self) -> &psrpc::drops::Drops {
+        &self.inner.shared.drops
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {

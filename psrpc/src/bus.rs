@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use crate::channels::Channel;
+use crate::drops::{DropReason, Drops};
 use crate::error::Result;
 
 /// A publish/subscribe transport.
@@ -65,6 +66,12 @@ pub trait MessageBus: Send + Sync + 'static {
         });
         Ok(HandlerSubscription::new(AbortOnDrop(task)))
     }
+
+    /// What this bus, and the runtime above it, dropped (see
+    /// [`crate::drops`]). The default is the process-wide tally.
+    fn drops(&self) -> &Drops {
+        Drops::global()
+    }
 }
 
 /// What became of a delivery into a full subscriber buffer.
@@ -81,22 +88,22 @@ pub enum SlowDelivery {
 /// The second half of every psrpc bus's slow-consumer policy (see
 /// [`LocalBus`]): after `try_send` found `tx` full, wait up to `timeout` for
 /// room; if there is still none, drop the message for this subscriber alone,
-/// count it in `dropped` and log it at warn level with `channel`.
+/// count it in `drops` (which logs it, rate-limited, with `channel`).
 pub async fn deliver_within(
     tx: &mpsc::Sender<Bytes>,
     msg: Bytes,
     timeout: Duration,
-    dropped: &AtomicU64,
+    drops: &Drops,
     channel: &str,
 ) -> SlowDelivery {
     match tokio::time::timeout(timeout, tx.send(msg)).await {
         Ok(Ok(())) => SlowDelivery::Delivered,
         Ok(Err(_)) => SlowDelivery::Closed,
         Err(_) => {
-            dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
+            drops.record(
+                DropReason::SlowConsumer,
                 channel,
-                "psrpc bus: subscriber full for {timeout:?}, message dropped for it"
+                &format_args!("subscriber full for {timeout:?}"),
             );
             SlowDelivery::Dropped
         }
@@ -155,6 +162,9 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
         (**self)
             .subscribe_handler(channel, size, queue, handler)
             .await
+    }
+    fn drops(&self) -> &Drops {
+        (**self).drops()
     }
 }
 
@@ -270,7 +280,7 @@ pub struct LocalBus {
 struct LocalInner {
     channels: RwLock<HashMap<String, Arc<Subscribers>>>,
     next_id: AtomicU64,
-    dropped: AtomicU64,
+    drops: Drops,
     slow_timeout: Duration,
 }
 
@@ -315,15 +325,16 @@ impl LocalBus {
             inner: Arc::new(LocalInner {
                 channels: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                dropped: AtomicU64::new(0),
+                drops: Drops::default(),
                 slow_timeout: timeout,
             }),
         }
     }
 
-    /// How many deliveries were dropped because a subscriber stayed full.
+    /// How many messages this bus dropped, for any reason (see
+    /// [`MessageBus::drops`] for the counts by reason).
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.drops.total()
     }
 
     fn add(&self, channel: &Channel, size: usize, queue: bool) -> Subscription {
@@ -374,7 +385,7 @@ impl LocalBus {
 
     async fn deliver_slow(&self, channel: &Channel, tx: &mpsc::Sender<Bytes>, msg: Bytes) {
         let i = &self.inner;
-        deliver_within(tx, msg, i.slow_timeout, &i.dropped, &channel.legacy).await;
+        deliver_within(tx, msg, i.slow_timeout, &i.drops, &channel.legacy).await;
     }
 }
 
@@ -440,6 +451,10 @@ impl MessageBus for LocalBus {
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         Ok(self.add(channel, size, false))
+    }
+
+    fn drops(&self) -> &Drops {
+        &self.inner.drops
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {

@@ -206,6 +206,7 @@ mod tests {
             request_id: "1".into(),
             server_id: id.into(),
             affinity,
+            handling: false,
         }))
     }
 

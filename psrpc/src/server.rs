@@ -734,6 +734,7 @@ impl Core {
             request_id,
             server_id: self.id.clone(),
             affinity,
+            handling: false,
         };
         stream::publish_detached(&self.bus, claim_channel, wire::encode_msg(&claim));
     }

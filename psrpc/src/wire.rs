@@ -18,7 +18,7 @@ mod pb {
 
 pub use pb::stream::Body as StreamBody;
 pub use pb::{
-    Channel as ChannelField, ClaimRequest, ClaimResponse, Msg, Request, Response, Stream,
+    Channel as ChannelField, Compression, ClaimRequest, ClaimResponse, Msg, Request, Response, Stream,
     StreamAck, StreamClose, StreamMessage, StreamOpen,
 };
 
@@ -211,6 +211,9 @@ impl Request {
         if !self.raw_request.is_empty() {
             n += bytes::encoded_len(8, &self.raw_request);
         }
+        if self.skip_claim {
+            n += bool::encoded_len(10, &self.skip_claim);
+        }
         n
     }
 }
@@ -239,6 +242,9 @@ fn encode_request(r: &Request, buf: &mut impl BufMut) {
     encode_map(7, &r.metadata, buf);
     if !r.raw_request.is_empty() {
         bytes::encode(8, &r.raw_request, buf);
+    }
+    if r.skip_claim {
+        bool::encode(10, &r.skip_claim, buf);
     }
 }
 

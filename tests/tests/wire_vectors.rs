@@ -422,6 +422,7 @@ fn v4_claim_request() {
         request_id: REQ_ID.into(),
         server_id: SRV_ID.into(),
         affinity: 0.5,
+        handling: false,
     };
     let back = check_envelope(
         &claim,
