@@ -8,7 +8,9 @@ fn main() {
     let root = manifest.join("../proto");
     let file = root.join("bench.proto");
     println!("cargo:rerun-if-changed={}", file.display());
-    let fds = protox::compile([&file], [&root, &root.join("psrpc")]).expect("parse bench.proto");
+    // psrpc's options.proto, imported as Go protos do ("options.proto").
+    let options = manifest.join("../psrpc-build/proto/psrpc");
+    let fds = protox::compile([&file], [&root, &options]).expect("parse bench.proto");
     prost_build::Config::new()
         .bytes(["."])
         .enable_type_names()

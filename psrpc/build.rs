@@ -6,11 +6,8 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    // The protos live at the workspace root; a packaged crate carries its own copy.
-    let root = [manifest.join("../proto"), manifest.join("proto")]
-        .into_iter()
-        .find(|p| p.join("psrpc/internal.proto").exists())
-        .expect("proto/psrpc/internal.proto not found");
+    // The crate carries its protos, so a packaged crate builds on its own.
+    let root = manifest.join("proto");
     let files = [
         root.join("psrpc/internal.proto"),
         root.join("psrpc/testutils.proto"),

@@ -463,15 +463,3 @@ fn unknown_imports_fail_with_protox_errors() {
     )]);
     assert!(e.contains("missing.proto"), "{e}");
 }
-
-/// The options.proto shipped inside psrpc-build (a crate must carry its own
-/// files) is the one the runtime is built from, byte for byte.
-#[test]
-fn shipped_options_proto_matches_the_runtime_copy() {
-    let shipped = include_str!("../proto/psrpc/options.proto");
-    let runtime = include_str!("../../proto/psrpc/options.proto");
-    assert_eq!(
-        shipped, runtime,
-        "update psrpc-build/proto/psrpc/options.proto"
-    );
-}
