@@ -130,12 +130,12 @@ async fn subjects_field3_and_queue_group() {
     assert_eq!(n, 1, "one router subscription for two local routes");
     drop(s1);
     drop(s2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let n = count(
-        &ns.monitor_get("/subsz?subs=1"),
-        r#""subject": "SRV.Other""#,
-    );
-    assert_eq!(n, 0, "unsubscribed with the last local route");
+    psrpc_tests::eventually(
+        "unsubscribed with the last local route",
+        Duration::from_secs(20),
+        || count(&ns.monitor_get("/subsz?subs=1"), r#""subject": "SRV.Other""#) == 0,
+    )
+    .await;
     s.shutdown().await;
 }
 

@@ -124,6 +124,20 @@ pub mod my_service {
     pub static UPDATE_REGION_STATE: MethodInfo = MethodInfo::multi("UpdateRegionState");
 }
 
+/// Waits until `cond` holds, checking every 10 ms; panics with `what` if it
+/// still does not after `within` (give it seconds: this is a deadline for a
+/// failure, not a measurement).
+pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Installs a `tracing` subscriber for test output (once).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -615,7 +615,10 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     assert!(client_side[1..3].contains(&Seen::StreamRecv(Role::Client, pong)));
     // The server's handler ends after the client's close (a remote close,
     // not reported), then closes its side locally.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::eventually("the server saw open, recv and send", Duration::from_secs(20), || {
+        server_rec.0.lock().unwrap().len() >= 3
+    })
+    .await;
     let server_side = server_rec.take();
     assert_eq!(
         &server_side[..3],

@@ -2,7 +2,7 @@
 //! and comes back while calls keep coming.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use psrpc::{ErrorCode, MethodInfo, RpcClient};
@@ -14,26 +14,35 @@ use crate::servers::Restart;
 type Outcome = (Instant, Duration, Result<(), ErrorCode>);
 
 /// Calls `method` (an echo of [`Num`]) from 16 tasks with a 1 s timeout,
-/// stops `server` 300 ms in and restarts it 300 ms later, and keeps calling
-/// for 3 s. Asserts that every call ended by its deadline (plus scheduling
-/// slack) with success, `unavailable` or `deadline_exceeded`; that some
-/// call failed during the outage; and that a call started after the restart
-/// succeeded within 2 s of it, without rebuilding anything.
+/// stops `server` once calls are flowing, restarts it once a call has failed,
+/// and keeps calling until 20 calls started after the restart succeeded.
+/// Asserts that every call ended by its deadline (plus seconds of scheduling
+/// slack) with success, `unavailable` or `deadline_exceeded`; that some call
+/// failed during the outage; and that calls started after the restart
+/// succeeded, without rebuilding anything.
 pub async fn calls_through_restart(
     client: Arc<RpcClient>,
     method: &MethodInfo,
     server: &mut impl Restart,
 ) {
     const TIMEOUT: Duration = Duration::from_secs(1);
+    const PATIENCE: Duration = Duration::from_secs(30);
     let halt = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
     let method = Arc::new(method.clone());
     let mut workers = Vec::new();
     for w in 0..16i64 {
-        let (c, halt, method) = (client.clone(), halt.clone(), method.clone());
+        let (c, halt, method, counts) = (
+            client.clone(),
+            halt.clone(),
+            method.clone(),
+            counts.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut outcomes: Vec<Outcome> = Vec::new();
             let mut n = 0;
             while !halt.load(Ordering::Relaxed) {
+                let after_restart = counts.restarted.load(Ordering::SeqCst);
                 let t = Instant::now();
                 let r = c
                     .unary::<Num, Num>(
@@ -48,6 +57,14 @@ pub async fn calls_through_restart(
                     .await;
                 n += 1;
                 let failed = r.is_err();
+                if failed {
+                    counts.failed.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    counts.succeeded.fetch_add(1, Ordering::SeqCst);
+                    if after_restart {
+                        counts.recovered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code().clone())));
                 if failed {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -56,12 +73,22 @@ pub async fn calls_through_restart(
             outcomes
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::eventually("calls succeed before the outage", PATIENCE, || {
+        counts.succeeded.load(Ordering::SeqCst) >= 16
+    })
+    .await;
     server.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::eventually("a call fails during the outage", PATIENCE, || {
+        counts.failed.load(Ordering::SeqCst) > 0
+    })
+    .await;
     server.restart();
     let up = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    counts.restarted.store(true, Ordering::SeqCst);
+    crate::eventually("calls succeed after the restart", PATIENCE, || {
+        counts.recovered.load(Ordering::SeqCst) >= 20
+    })
+    .await;
     halt.store(true, Ordering::Relaxed);
     let mut all: Vec<Outcome> = Vec::new();
     for w in workers {
@@ -70,8 +97,20 @@ pub async fn calls_through_restart(
     check_outcomes(&all, TIMEOUT, up);
 }
 
+/// What the callers of [`calls_through_restart`] saw so far.
+#[derive(Default)]
+struct Counts {
+    succeeded: AtomicUsize,
+    failed: AtomicUsize,
+    restarted: AtomicBool,
+    /// Successes of calls started after the restart.
+    recovered: AtomicUsize,
+}
+
 fn check_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
-    let slack = Duration::from_millis(300);
+    // Scheduling slack on a loaded machine: a bound in seconds, which still
+    // tells a call that ended at its deadline from one that hung.
+    let slack = Duration::from_secs(2);
     let mut codes = std::collections::BTreeMap::new();
     for (_, took, r) in all {
         assert!(*took <= timeout + slack, "a call took {took:?}");
@@ -85,11 +124,8 @@ fn check_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
     }
     eprintln!("outcomes: {codes:?}");
     assert!(all.iter().any(|(_, _, r)| r.is_err()), "no call failed");
-    let recovered = all
-        .iter()
-        .filter(|(t, took, r)| *t >= up && r.is_ok() && *t + *took <= up + Duration::from_secs(2))
-        .count();
-    assert!(recovered > 0, "no call succeeded within 2 s of the restart");
+    let recovered = all.iter().filter(|(t, _, r)| *t >= up && r.is_ok()).count();
+    assert!(recovered > 0, "no call succeeded after the restart");
     let first = all
         .iter()
         .filter(|(t, _, r)| *t >= up && r.is_ok())

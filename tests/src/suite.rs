@@ -403,14 +403,37 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
     )
     .await
     .unwrap();
-    let slow = server(f, SERVICE, "late").await;
+    // The late server hears requests only once the client has chosen: its
+    // request channel is held back until then (its claim responses are
+    // not), so its claim comes after the decision.
+    let chosen = Arc::new(tokio::sync::Notify::new());
+    let gate = chosen.clone();
+    let late_bus = psrpc::testing::TestBus::new(f.connect().await).subscribe_interceptor(
+        move |info, raw| {
+            if !info.channel.legacy.ends_with("|REQ") {
+                return raw;
+            }
+            let gate = gate.clone();
+            raw.then(move |m| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    gate.notify_one();
+                    m
+                }
+            })
+            .boxed()
+        },
+    );
+    let slow = RpcServer::new(late_bus, SERVICE, ServerOptions::default().server_id("late"));
+    let scored = Arc::new(AtomicUsize::new(0));
+    let scored_in = scored.clone();
     slow.register_handler(
         &INTENSIVE_RPC,
         &[],
         |_c: Context, r: Num| async move { Ok(r) },
-        Some(Arc::new(|_: &Num| {
-            // Scores slowly: the client has chosen before this claim exists.
-            std::thread::sleep(Duration::from_millis(150));
+        Some(Arc::new(move |_: &Num| {
+            scored_in.fetch_add(1, Ordering::SeqCst);
             0.5
         })),
     )
@@ -428,11 +451,15 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    chosen.notify_one();
+    crate::eventually("the late server scored the request", Duration::from_secs(20), || {
+        scored.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let start = Instant::now();
     slow.shutdown().await;
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(5),
         "the late server waited for a decision that had passed: {:?}",
         start.elapsed()
     );
@@ -976,20 +1003,34 @@ pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
     s.shutdown().await;
 }
 
-async fn slow_server(f: &dyn BusFactory, id: &str) -> RpcServer {
+/// How many handlers of a [`slow_server`] started and finished.
+#[derive(Default)]
+struct Progress {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+async fn slow_server(f: &dyn BusFactory, id: &str) -> (RpcServer, Arc<Progress>) {
     let s = server(f, SERVICE, id).await;
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
     s.register_handler(
         &NORMAL_RPC,
         &[],
-        |_c: Context, r: Num| async move {
-            tokio::time::sleep(Duration::from_millis(r.n as u64)).await;
-            Ok(r)
+        move |_c: Context, r: Num| {
+            let p = p.clone();
+            async move {
+                p.started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(r.n as u64)).await;
+                p.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(r)
+            }
         },
         None,
     )
     .await
     .unwrap();
-    s
+    (s, progress)
 }
 
 /// Shutdown drains in-flight handlers; kill returns at once (and the running
@@ -997,7 +1038,7 @@ async fn slow_server(f: &dyn BusFactory, id: &str) -> RpcServer {
 pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
     let c = client(f, SERVICE).await;
     for kill in [false, true] {
-        let s = slow_server(f, if kill { "killme" } else { "drainme" }).await;
+        let (s, progress) = slow_server(f, if kill { "killme" } else { "drainme" }).await;
         settle(f).await;
         let call = {
             let c = c.clone();
@@ -1006,28 +1047,33 @@ pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
                     &NORMAL_RPC,
                     vec![],
                     Num {
-                        n: 600,
+                        n: 1500,
                         text: String::new(),
                     },
                 )
+                .timeout(Duration::from_secs(20))
                 .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let start = Instant::now();
+        crate::eventually("the handler started", Duration::from_secs(20), || {
+            progress.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
         if kill {
+            // Returns without waiting for the running handler.
             s.kill();
-            assert!(start.elapsed() < Duration::from_millis(100));
+            assert_eq!(progress.finished.load(Ordering::SeqCst), 0, "kill waited");
         } else {
             tokio::time::timeout(WAIT, s.shutdown())
                 .await
                 .expect("shutdown ends");
-            assert!(
-                start.elapsed() >= Duration::from_millis(300),
-                "shutdown waits"
+            assert_eq!(
+                progress.finished.load(Ordering::SeqCst),
+                1,
+                "shutdown returned before the handler ended"
             );
         }
-        assert_eq!(call.await.unwrap().unwrap().n, 600);
+        assert_eq!(call.await.unwrap().unwrap().n, 1500);
         // No longer serving.
         let e = c
             .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
@@ -1040,7 +1086,7 @@ pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
 
 /// Closing the client fails every pending call at once; new calls fail too.
 pub async fn client_close_fails_pending(f: &dyn BusFactory) {
-    let s = slow_server(f, "closing").await;
+    let (s, progress) = slow_server(f, "closing").await;
     let c = client(f, SERVICE).await;
     settle(f).await;
     let calls: Vec<_> = (0..3)
@@ -1063,16 +1109,19 @@ pub async fn client_close_fails_pending(f: &dyn BusFactory) {
         .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let start = Instant::now();
+    crate::eventually("the three calls reached the handler", Duration::from_secs(20), || {
+        progress.started.load(Ordering::SeqCst) == 3
+    })
+    .await;
     c.close();
+    // Failed by the close, not by an answer (the handlers take 2 s) nor a
+    // timeout (which would be another error).
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap_err(), Error::client_closed());
     }
     let items: Vec<_> = multi.collect().await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].as_ref().unwrap_err(), &Error::client_closed());
-    assert!(start.elapsed() < Duration::from_millis(500));
     let e = c
         .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
         .await
