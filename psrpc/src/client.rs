@@ -30,8 +30,8 @@ use crate::interceptor::{
     MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
 };
 use crate::select::{
-    DEFAULT_SELECTION_TIMEOUT, Incoming, SelectionOptions, cancelled_opt, select_server,
-    sleep_until_opt,
+    DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt,
+    select_server, sleep_until_opt,
 };
 use crate::stream::{self, ClientStream, StreamParams, StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamBody, StreamOpen};
@@ -559,6 +559,20 @@ impl RpcClient {
         if self.is_closed() {
             return Err(Error::client_closed());
         }
+        if method.queue
+            && opts.selection.as_ref().is_some_and(|s| {
+                s.selection_fn.is_some() || s.minimum_affinity > 0.0 || s.maximum_affinity > 0.0
+            })
+        {
+            // One server hears a queue request: there is nothing to choose.
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{}: affinity selection is not valid on a queue rpc",
+                    method.name
+                ),
+            ));
+        }
         let t = self.timeout(opts);
         let now_ns = wire::now_ns();
         let mut expiry = now_ns.saturating_add(t.as_nanos() as i64);
@@ -575,6 +589,9 @@ impl RpcClient {
             multi: false,
             metadata: opts.metadata.clone(),
             raw_request,
+            // Advertises that this client understands announcements (claim
+            // skip), on every unary request of a queue method, as Go does.
+            skip_claim: method.queue,
             ..Default::default()
         };
         let (mut rx, _guard) = self.register(&request_id)?;
@@ -597,13 +614,33 @@ impl RpcClient {
                     &defaults
                 }
             };
-            let selected = select_server(&mut rx, sel, Some(deadline), cancel).await?;
-            let claim = ClaimResponse {
-                request_id: request_id.clone(),
-                server_id: selected.server_id,
+            let flags = SelectFlags {
+                announcements: method.queue,
+                responses: true,
+                errors_final: method.queue,
             };
-            self.publish(&chans.claim_response, &claim, deadline)
-                .await?;
+            match select_server(&mut rx, sel, Some(deadline), cancel, flags).await? {
+                Selected::Server(server_id) => {
+                    let claim = ClaimResponse {
+                        request_id: request_id.clone(),
+                        server_id,
+                    };
+                    self.publish(&chans.claim_response, &claim, deadline)
+                        .await?;
+                }
+                // The server is handling it: wait for its response, under
+                // the request timeout (no grant is sent).
+                Selected::Announced(server_id) => {
+                    tracing::trace!(%request_id, %server_id, "psrpc client: server announced");
+                }
+                Selected::Response(r) => {
+                    return if r.error.is_empty() {
+                        Ok(r.raw_response)
+                    } else {
+                        Err(response_error(*r))
+                    };
+                }
+            }
         }
 
         loop {
@@ -849,10 +886,15 @@ impl RpcClient {
                         &defaults
                     }
                 };
-                let selected = select_server(&mut rx, sel, Some(deadline), cancel).await?;
+                let selected =
+                    select_server(&mut rx, sel, Some(deadline), cancel, SelectFlags::default())
+                        .await?;
+                let Some(server_id) = selected.server_id() else {
+                    return Err(Error::no_response());
+                };
                 let claim = ClaimResponse {
                     request_id: request_id.clone(),
-                    server_id: selected.server_id,
+                    server_id,
                 };
                 self.publish(&chans.claim_response, &claim, deadline)
                     .await?;

@@ -90,9 +90,39 @@ pub(crate) enum Incoming {
     Response(Box<Response>),
 }
 
-/// The outcome of selection, with the responses that arrived meanwhile.
-pub(crate) struct Selected {
-    pub(crate) server_id: String,
+/// The outcome of selection.
+#[derive(Debug)]
+pub(crate) enum Selected {
+    /// This server won: the caller grants it with a claim response.
+    Server(String),
+    /// A server announced that it handles the request (claim skip): no
+    /// claim response is sent; its response follows.
+    Announced(String),
+    /// The response itself arrived while selecting: it is the call's result.
+    Response(Box<Response>),
+}
+
+impl Selected {
+    /// The chosen server, for callers that only grant (stream opens).
+    pub(crate) fn server_id(self) -> Option<String> {
+        match self {
+            Selected::Server(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What a call accepts during selection besides bids.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SelectFlags {
+    /// Announcements (`handling`) end selection (unary calls of queue
+    /// methods; elsewhere an announcement counts as an ordinary bid).
+    pub(crate) announcements: bool,
+    /// A successful response ends selection as the call's result (unary calls).
+    pub(crate) responses: bool,
+    /// An error response ends selection at once too (unary queue calls:
+    /// the one server that heard the request has answered).
+    pub(crate) errors_final: bool,
 }
 
 /// Runs selection over the claims arriving on `rx` (WIRE.md 8.3), ending at
@@ -103,6 +133,7 @@ pub(crate) async fn select_server(
     opts: &SelectionOptions,
     deadline: Option<Instant>,
     cancel: Option<&tokio_util::sync::CancellationToken>,
+    flags: SelectFlags,
 ) -> Result<Selected> {
     let start = Instant::now();
     let mut end = deadline;
@@ -127,14 +158,26 @@ pub(crate) async fn select_server(
         let claim = match ev {
             None => return Err(Error::client_closed()),
             Some(Incoming::Response(r)) => {
-                // Only error responses (malformed_request) are expected here.
-                if !r.error.is_empty() {
+                // An announcement and the response travel on different
+                // channels: the response may come first.
+                if r.error.is_empty() {
+                    if flags.responses {
+                        return Ok(Selected::Response(r));
+                    }
+                } else if flags.errors_final {
+                    return Ok(Selected::Response(r));
+                } else {
+                    // Expected here: malformed_request, sent before any claim.
                     remembered = Some(crate::client::response_error(*r));
                 }
                 continue;
             }
             Some(Incoming::Claim(c)) => *c,
         };
+        if claim.handling && flags.announcements {
+            // Not counted, and no option is consulted: the server has begun.
+            return Ok(Selected::Announced(claim.server_id));
+        }
         count += 1;
         let acceptable = opts.minimum_affinity <= 0.0 || claim.affinity >= opts.minimum_affinity;
         if !acceptable {
@@ -143,9 +186,7 @@ pub(crate) async fn select_server(
         if opts.accept_first_available
             || (opts.maximum_affinity > 0.0 && claim.affinity >= opts.maximum_affinity)
         {
-            return Ok(Selected {
-                server_id: claim.server_id,
-            });
+            return Ok(Selected::Server(claim.server_id));
         }
         if opts.selection_fn.is_some() {
             collected.push(Claim {
@@ -167,10 +208,10 @@ pub(crate) async fn select_server(
     }
 
     if let Some(f) = &opts.selection_fn {
-        return f(&collected).map(|server_id| Selected { server_id });
+        return f(&collected).map(Selected::Server);
     }
     if let Some(server_id) = best {
-        return Ok(Selected { server_id });
+        return Ok(Selected::Server(server_id));
     }
     if let Some(e) = remembered {
         return Err(e);
@@ -225,9 +266,9 @@ mod tests {
             // keep the channel open past every selection window
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let r = select_server(&mut rx, &opts, None, None)
+        let r = select_server(&mut rx, &opts, None, None, SelectFlags::default())
             .await
-            .map(|s| s.server_id);
+            .map(|s| s.server_id().expect("a server"));
         feeder.abort();
         r
     }
@@ -326,7 +367,7 @@ mod tests {
         // no claims at all
         let (_tx, mut rx) = mpsc::channel(1);
         let opts = SelectionOptions::queue_defaults(DEFAULT_SELECTION_TIMEOUT);
-        let e = select_server(&mut rx, &opts, None, None)
+        let e = select_server(&mut rx, &opts, None, None, SelectFlags::default())
             .await
             .err()
             .unwrap();
@@ -336,7 +377,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         tx.send(claim("z", 0.0)).await.unwrap();
         let opts = SelectionOptions::affinity_defaults(DEFAULT_SELECTION_TIMEOUT);
-        let e = select_server(&mut rx, &opts, None, None)
+        let e = select_server(&mut rx, &opts, None, None, SelectFlags::default())
             .await
             .err()
             .unwrap();

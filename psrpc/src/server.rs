@@ -2,10 +2,11 @@
 //! the server side of the claim handshake, deadlines, drain on shutdown, kill,
 //! and publishing for subscription methods.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::bus::{DynBus, Handler, HandlerSubscription, MessageBus};
 use crate::channels::{self, Channel};
+use crate::drops::{DropReason, Truncated};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
@@ -40,7 +42,17 @@ pub struct ServerOptions {
     pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
     /// See every stream the server accepts, first outermost.
     pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
+    /// Asked once per request that advertises it: whether this server
+    /// announces a queue request instead of bidding for it (claim skip).
+    /// `None` (the default): never.
+    pub skip_claim: Option<SkipClaimFn>,
+    /// Told of every request received, expired and claimed.
+    pub observers: Vec<Arc<dyn RequestObserver>>,
 }
+
+/// The operator's run-time switch for claim skip (see
+/// [`ServerOptions::skip_claim`]).
+pub type SkipClaimFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl std::fmt::Debug for ServerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,6 +62,8 @@ impl std::fmt::Debug for ServerOptions {
             .field("channel_size", &self.channel_size)
             .field("interceptors", &self.interceptors.len())
             .field("stream_interceptors", &self.stream_interceptors.len())
+            .field("skip_claim", &self.skip_claim.is_some())
+            .field("observers", &self.observers.len())
             .finish()
     }
 }
@@ -62,6 +76,8 @@ impl Default for ServerOptions {
             channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
             stream_interceptors: Vec::new(),
+            skip_claim: None,
+            observers: Vec::new(),
         }
     }
 }
@@ -94,6 +110,72 @@ impl ServerOptions {
         self.stream_interceptors.push(Arc::new(i));
         self
     }
+    /// Opts in to claim skip on queue methods, per request: when a request
+    /// advertises that its caller understands announcements (every unary
+    /// request of a queue method from this port or Go psrpc v0.7.5+) and
+    /// `f` returns true, the server announces that it is handling the
+    /// request and runs the handler at once, instead of bidding and waiting
+    /// for the caller's grant: one bus round trip less per call.
+    ///
+    /// `f` is called once per such request, so it can be flipped at run
+    /// time. Only sound where a queue request reaches exactly one server
+    /// of the method: true for every bus of this crate family.
+    pub fn skip_claim(mut self, f: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.skip_claim = Some(Arc::new(f));
+        self
+    }
+    /// Adds a [`RequestObserver`].
+    pub fn observer(mut self, o: Arc<dyn RequestObserver>) -> Self {
+        self.observers.push(o);
+        self
+    }
+}
+
+/// How a server's claim for a request settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClaimOutcome {
+    /// The caller chose this server.
+    Granted,
+    /// The caller chose another server.
+    LostToPeer,
+    /// No decision arrived before the request expired (or the server was
+    /// killed while waiting).
+    TimedOut,
+    /// The server announced and ran the request without a grant (claim skip).
+    Skipped,
+}
+
+impl ClaimOutcome {
+    /// A short stable name: `granted`, `lost_to_peer`, `timed_out`, `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimOutcome::Granted => "granted",
+            ClaimOutcome::LostToPeer => "lost_to_peer",
+            ClaimOutcome::TimedOut => "timed_out",
+            ClaimOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for ClaimOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sees the requests (and stream opens) a server reads off the bus. Every
+/// method is called on the bus's delivery path or a request's task: it must
+/// return quickly and never block. A server without observers pays one
+/// emptiness check per event.
+pub trait RequestObserver: Send + Sync + 'static {
+    /// A request was read off the bus (before the expiry check).
+    fn on_request_received(&self, _info: &RpcInfo) {}
+    /// A request arrived after its expiry, `late_by` late; it is dropped.
+    fn on_request_expired(&self, _info: &RpcInfo, _late_by: Duration) {}
+    /// This server's claim for a request settled, `wait` after the bid was
+    /// sent (zero for [`ClaimOutcome::Skipped`]). Not called when the
+    /// server did not bid (negative affinity) or the bid was not sent.
+    fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
 }
 
 /// Scores a request for an affinity method: higher is better; a negative
@@ -114,6 +196,44 @@ struct Core {
     client_channels: Mutex<HashMap<String, Arc<ClientChannels>>>,
     interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
     stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+    /// The claim-skip opt-in.
+    skip_claim: Option<SkipClaimFn>,
+    observers: Arc<[Arc<dyn RequestObserver>]>,
+    clock: ClockCheck,
+}
+
+/// How far a request may look off (arrived this long after its expiry, or
+/// sent this long in the future) before the clocks are suspected rather
+/// than the bus: no bus delivers a message this late and still works.
+pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Requests whose times only a skewed clock explains: counted, and warned
+/// about at most once per [`crate::drops::LOG_INTERVAL`].
+#[derive(Default)]
+struct ClockCheck {
+    suspected: AtomicU64,
+    last_warning: Mutex<Option<(Instant, u64)>>,
+}
+
+impl ClockCheck {
+    fn suspect(&self, channel: &str, what: std::fmt::Arguments<'_>) {
+        let total = self.suspected.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|(t, _)| now.duration_since(t) < crate::drops::LOG_INTERVAL) {
+            return;
+        }
+        let since = total - last.map_or(0, |(_, n)| n);
+        *last = Some((now, total));
+        drop(last);
+        tracing::warn!(
+            channel = %Truncated(channel),
+            suspected_since_last_warning = since,
+            suspected_total = total,
+            "psrpc server: {what}: this server's clock or the caller's is off; \
+             psrpc needs the clocks of all peers synchronised (NTP)"
+        );
+    }
 }
 
 /// The channels a server answers a client on.
@@ -148,8 +268,10 @@ impl Core {
     }
 }
 
-/// Fewest waiters before an insert sweeps the expired ones.
-const MIN_SWEEP: usize = 1024;
+/// How often expired claims and old decisions are given up while any
+/// are held: what a request holds is released at most this long after its
+/// expiry, whether or not anything else arrives.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a claim response that found no waiter is remembered.
 const DECIDED_TTL: Duration = Duration::from_secs(1);
@@ -162,15 +284,21 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 /// expires, holding the request the whole time. Here the claim-response loop
 /// remembers, for a short while, the decisions nobody here waited for, and a
 /// late server reads the decision instead of waiting.
+///
+/// Everything here is released on time: a sweeper task runs while the table
+/// holds anything and gives up each waiter at its request's expiry and each
+/// remembered decision after [`DECIDED_TTL`].
 #[derive(Default)]
 struct ClaimTable {
     waiters: HashMap<String, ClaimWaiter>,
-    /// The number of waiters at which the next insert first gives up the
-    /// expired ones (twice what was left after the last sweep): amortised
-    /// constant time, and memory bounded by the claims really pending.
-    sweep_at: usize,
+    /// The waiters' expiries, earliest first. An entry whose waiter was
+    /// decided already stays until its expiry (memory bounded by the
+    /// requests not yet expired).
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
     decided: HashMap<String, String>,
-    order: std::collections::VecDeque<(Instant, String)>,
+    order: VecDeque<(Instant, String)>,
+    /// Whether the sweeper task is running.
+    sweeping: bool,
 }
 
 /// A claim made and not yet decided: what to run if this server wins. No
@@ -179,35 +307,62 @@ struct ClaimWaiter {
     then: Box<dyn FnOnce() + Send>,
     /// When the request expires: the claim is given up then.
     deadline: Instant,
+    /// When the bid was made, for the observer's wait.
+    bid_at: Instant,
+    info: Arc<RpcInfo>,
     /// Counts as in flight for `shutdown`, which drains claims too.
     _token: TaskTrackerToken,
 }
 
 impl ClaimTable {
-    /// Gives up the claims whose requests expired.
-    fn sweep(&mut self, now: Instant) {
-        self.waiters.retain(|_, w| w.deadline > now);
-        self.sweep_at = (self.waiters.len() * 2).max(MIN_SWEEP);
-    }
-
-    fn insert(&mut self, request_id: String, waiter: ClaimWaiter) {
-        if self.waiters.len() >= self.sweep_at {
-            self.sweep(Instant::now());
-        }
-        self.waiters.insert(request_id, waiter);
-    }
-
-    fn remember(&mut self, request_id: String, winner: String) {
-        let now = Instant::now();
-        while let Some((t, _)) = self.order.front() {
-            if now.duration_since(*t) < DECIDED_TTL {
+    /// Gives up the claims whose requests expired (returned, to be dropped
+    /// and reported outside the lock) and forgets old decisions.
+    fn sweep(&mut self, now: Instant) -> Vec<ClaimWaiter> {
+        let mut expired = Vec::new();
+        while self
+            .expiries
+            .peek()
+            .is_some_and(|Reverse((t, _))| *t <= now)
+        {
+            let Some(Reverse((t, id))) = self.expiries.pop() else {
                 break;
+            };
+            if self.waiters.get(&id).is_some_and(|w| w.deadline == t) {
+                expired.extend(self.waiters.remove(&id));
             }
+        }
+        while self
+            .order
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= DECIDED_TTL)
+        {
             if let Some((_, id)) = self.order.pop_front() {
                 self.decided.remove(&id);
             }
         }
-        self.order.push_back((now, request_id.clone()));
+        expired
+    }
+
+    /// Whether nothing is held (the sweeper may stop).
+    fn is_idle(&self) -> bool {
+        self.waiters.is_empty() && self.expiries.is_empty() && self.order.is_empty()
+    }
+
+    /// Every entry held, in every structure.
+    fn entries(&self) -> usize {
+        self.waiters.len() + self.expiries.len() + self.decided.len() + self.order.len()
+    }
+
+    fn insert(&mut self, request_id: String, waiter: ClaimWaiter) -> Vec<ClaimWaiter> {
+        let expired = self.sweep(Instant::now());
+        self.expiries
+            .push(Reverse((waiter.deadline, request_id.clone())));
+        self.waiters.insert(request_id, waiter);
+        expired
+    }
+
+    fn remember(&mut self, request_id: String, winner: String) {
+        self.order.push_back((Instant::now(), request_id.clone()));
         self.decided.insert(request_id, winner);
     }
 }
@@ -291,6 +446,9 @@ impl RpcServer {
                     client_channels: Mutex::new(HashMap::new()),
                     interceptors: to_chain(&opts.interceptors),
                     stream_interceptors: to_chain(&opts.stream_interceptors),
+                    skip_claim: opts.skip_claim.clone(),
+                    observers: opts.observers.iter().cloned().collect(),
+                    clock: ClockCheck::default(),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -319,6 +477,28 @@ impl RpcServer {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    /// The claims this server made that wait for the caller's decision.
+    /// Each is given up by its request's expiry.
+    pub fn pending_claims(&self) -> usize {
+        self.inner.core.lock_claims().waiters.len()
+    }
+
+    /// Every entry the claim handshake holds (waiters, their expiry index,
+    /// remembered decisions): zero once every request seen has expired and
+    /// the remembered decisions have aged out. For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn claim_table_entries(&self) -> usize {
+        self.inner.core.lock_claims().entries()
+    }
+
+    /// How many requests arrived with times only a skewed clock explains:
+    /// expired more than [`CLOCK_SKEW_TOLERANCE`] before they arrived, or
+    /// sent more than that in the future. Each such request is also warned
+    /// about (at most once per interval).
+    pub fn clock_skew_suspected(&self) -> u64 {
+        self.inner.core.clock.suspected.load(Ordering::Relaxed)
+    }
+
     /// Registers `handler` for `method` on `topic` (empty: no topic) and
     /// returns once its subscriptions are in effect. `affinity` scores
     /// requests of affinity methods; without it a server claims with 1.0.
@@ -339,6 +519,16 @@ impl RpcServer {
         H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Res>> + Send + 'static,
     {
+        if method.queue && affinity.is_some() {
+            // Only one server hears a queue request: a score means nothing.
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{}: affinity function is not valid on a queue rpc",
+                    method.name
+                ),
+            ));
+        }
         let key = self.reserve(&method.name, topic)?;
         let core = &self.inner.core;
         let handler = Arc::new(handler);
@@ -355,10 +545,12 @@ impl RpcServer {
                 });
             ServerNext::new(core.interceptors.clone(), terminal)
         });
+        let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
         let h = Arc::new(UnaryHandler {
             core: core.clone(),
             method: method.clone(),
             info: self.rpc_info(method, topic),
+            channel: req_ch.legacy.clone(),
             handler,
             chain,
             affinity,
@@ -374,7 +566,6 @@ impl RpcServer {
                 }
             })
         };
-        let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
         let parts = HandlerParts {
             key,
             stop,
@@ -410,10 +601,12 @@ impl RpcServer {
         let streams: Arc<StreamTable> = Arc::new(Mutex::new(HashMap::new()));
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let ch = channels::stream_server_channel(&core.service, &method.name, topic);
         let h = Arc::new(StreamHandler {
             core: core.clone(),
             method: method.clone(),
             info: self.rpc_info(method, topic),
+            channel: ch.legacy.clone(),
             handler,
             affinity,
             streams: streams.clone(),
@@ -443,7 +636,6 @@ impl RpcServer {
                 }
             })
         };
-        let ch = channels::stream_server_channel(&core.service, &method.name, topic);
         let parts = HandlerParts {
             key,
             stop,
@@ -488,7 +680,7 @@ impl RpcServer {
                 let remember = !queue;
                 let core = core.clone();
                 let on_claim: Handler =
-                    Arc::new(move |bytes| on_claim_response(&core, bytes, remember));
+                    Arc::new(move |bytes| core.on_claim_response(bytes, remember));
                 Some(
                     self.inner
                         .core
@@ -596,13 +788,13 @@ impl RpcServer {
             }
         }
         // Requests still waiting for their claim give up now.
-        self.inner
-            .core
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiters
-            .clear();
+        let core = &self.inner.core;
+        let given_up: Vec<ClaimWaiter> = {
+            let mut t = core.lock_claims();
+            t.expiries.clear();
+            t.waiters.drain().map(|(_, w)| w).collect()
+        };
+        core.timed_out(given_up);
     }
 
     fn close_all(&self) -> Vec<HandlerEntry> {
@@ -668,6 +860,8 @@ struct UnaryHandler<Req, Res, H> {
     core: Arc<Core>,
     method: MethodInfo,
     info: Arc<RpcInfo>,
+    /// The request channel (legacy name), for drop reports.
+    channel: String,
     handler: Arc<H>,
     /// The interceptor chain ending in `handler`, when there are interceptors.
     chain: Option<ServerNext>,
@@ -675,34 +869,152 @@ struct UnaryHandler<Req, Res, H> {
     _p: PhantomData<fn() -> Res>,
 }
 
-fn on_claim_response(core: &Core, bytes: Bytes, remember: bool) {
-    let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
+impl Core {
+    fn lock_claims(&self) -> std::sync::MutexGuard<'_, ClaimTable> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, f: impl Fn(&dyn RequestObserver)) {
+        for o in self.observers.iter() {
+            f(&**o);
+        }
+    }
+
+    /// Reports and drops claims given up (outside the table lock: they own
+    /// the request and its handler).
+    fn timed_out(&self, given_up: Vec<ClaimWaiter>) {
+        if given_up.is_empty() {
             return;
         }
-    };
-    let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
-    match table.waiters.remove(&claim.request_id) {
-        Some(w) => {
-            drop(table);
-            if claim.server_id == core.id {
-                (w.then)();
+        if !self.observers.is_empty() {
+            let now = Instant::now();
+            for w in &given_up {
+                let wait = now.saturating_duration_since(w.bid_at);
+                self.observe(|o| o.on_claim(&w.info, ClaimOutcome::TimedOut, wait));
             }
         }
-        None if remember => table.remember(claim.request_id, claim.server_id),
-        None => {}
+        drop(given_up);
     }
-}
 
-impl Core {
+    /// Starts the sweeper if the table holds anything and none runs. It
+    /// stops once the table is empty, and with the server.
+    fn ensure_sweeper(self: &Arc<Self>, table: &mut ClaimTable) {
+        if table.sweeping || table.is_idle() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime here: inserts still sweep what expired.
+            return;
+        };
+        table.sweeping = true;
+        let core = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                let Some(core) = core.upgrade() else {
+                    return;
+                };
+                let (expired, idle) = {
+                    let mut t = core.lock_claims();
+                    let expired = t.sweep(Instant::now());
+                    let idle = t.is_idle();
+                    if idle {
+                        t.sweeping = false;
+                    }
+                    (expired, idle)
+                };
+                core.timed_out(expired);
+                if idle {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_claim_response(self: &Arc<Self>, bytes: Bytes, remember: bool) {
+        let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
+                return;
+            }
+        };
+        let mut table = self.lock_claims();
+        match table.waiters.remove(&claim.request_id) {
+            Some(w) => {
+                drop(table);
+                let wait = w.bid_at.elapsed();
+                if claim.server_id == self.id {
+                    self.observe(|o| o.on_claim(&w.info, ClaimOutcome::Granted, wait));
+                    (w.then)();
+                } else {
+                    self.observe(|o| o.on_claim(&w.info, ClaimOutcome::LostToPeer, wait));
+                }
+            }
+            None if remember => {
+                table.remember(claim.request_id, claim.server_id);
+                self.ensure_sweeper(&mut table);
+            }
+            None => {}
+        }
+    }
+
+    /// Checks a request's times on arrival (after reporting it received):
+    /// `None` when it expired (dropped, counted, reported), else how long
+    /// its handler may take: until the expiry, and never longer than the
+    /// caller asked for (`expiry - sent_at`), whatever our clock says.
+    fn arrived(
+        &self,
+        info: &RpcInfo,
+        channel: &str,
+        id: &str,
+        sent_at: i64,
+        expiry: i64,
+    ) -> Option<Duration> {
+        self.observe(|o| o.on_request_received(info));
+        let now = wire::now_ns();
+        let tolerance = CLOCK_SKEW_TOLERANCE.as_nanos() as i64;
+        if expiry <= now {
+            let late = Duration::from_nanos(now.saturating_sub(expiry) as u64);
+            self.observe(|o| o.on_request_expired(info, late));
+            self.bus.drops().record(
+                DropReason::Expired,
+                channel,
+                &format_args!(
+                    "request {} arrived {late:?} after its expiry",
+                    Truncated(id)
+                ),
+            );
+            if late.as_nanos() as i64 > tolerance {
+                self.clock.suspect(
+                    channel,
+                    format_args!("a request arrived {late:?} after its expiry"),
+                );
+            }
+            return None;
+        }
+        if sent_at.saturating_sub(now) > tolerance {
+            let ahead = Duration::from_nanos((sent_at - now) as u64);
+            self.clock.suspect(
+                channel,
+                format_args!("a request was sent {ahead:?} in the future"),
+            );
+        }
+        let mut budget = expiry - now;
+        if sent_at > 0 && expiry > sent_at {
+            budget = budget.min(expiry - sent_at);
+        }
+        Some(Duration::from_nanos(budget as u64))
+    }
+
     /// The server's side of the claim handshake for `request_id`: claims
     /// with `affinity` on `claim_channel` and, if this server is chosen
     /// before `deadline`, runs `then` (where the request's work starts).
     /// Nothing waits meanwhile; a lost or expired claim just goes away.
+    #[allow(clippy::too_many_arguments)]
     fn claim_then(
-        &self,
+        self: &Arc<Self>,
+        info: &Arc<RpcInfo>,
         request_id: String,
         claim_channel: &Arc<Channel>,
         affinity: f32,
@@ -714,22 +1026,29 @@ impl Core {
         if affinity.is_nan() || affinity < 0.0 {
             return;
         }
-        {
-            let mut table = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = {
+            let mut table = self.lock_claims();
             if let Some(winner) = table.decided.remove(&request_id) {
                 // Decided before we could claim: it was not us.
+                drop(table);
                 tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
+                self.observe(|o| o.on_claim(info, ClaimOutcome::LostToPeer, Duration::ZERO));
                 return;
             }
-            table.insert(
+            let expired = table.insert(
                 request_id.clone(),
                 ClaimWaiter {
                     then: Box::new(then),
                     deadline,
+                    bid_at: Instant::now(),
+                    info: info.clone(),
                     _token: token,
                 },
             );
-        }
+            self.ensure_sweeper(&mut table);
+            expired
+        };
+        self.timed_out(expired);
         let claim = ClaimRequest {
             request_id,
             server_id: self.id.clone(),
@@ -744,10 +1063,8 @@ impl Core {
     async fn sweep_claims(&self) {
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            self.claims
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sweep(Instant::now());
+            let expired = self.lock_claims().sweep(Instant::now());
+            self.timed_out(expired);
         }
     }
 }
@@ -774,12 +1091,16 @@ where
                 return;
             }
         };
-        let now = wire::now_ns();
-        if req.expiry <= now {
-            tracing::debug!(request_id = %req.request_id, "psrpc server: dropped expired request");
+        let Some(budget) = self.core.arrived(
+            &self.info,
+            &self.channel,
+            &req.request_id,
+            req.sent_at,
+            req.expiry,
+        ) else {
             return;
-        }
-        let deadline = Instant::now() + Duration::from_nanos((req.expiry - now) as u64);
+        };
+        let deadline = Instant::now() + budget;
         let chans = self.core.client_channels(&req.client_id);
         let msg = match Req::decode(req.raw_request.clone()) {
             Ok(m) => m,
@@ -795,10 +1116,21 @@ where
             }
         };
         if self.method.require_claim {
+            // Claim skip: only a caller that advertises it gets an
+            // announcement, only on a queue method (one server hears the
+            // request), and only while the operator's switch says so.
+            if req.skip_claim
+                && self.method.queue
+                && self.core.skip_claim.as_ref().is_some_and(|f| f())
+            {
+                tracker.spawn(self.clone().announce_and_run(req, msg, deadline, chans));
+                return;
+            }
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f(&msg));
             let claim = chans.claim.clone();
             let (h, t) = (self.clone(), tracker.clone());
             self.core.claim_then(
+                &self.info,
                 req.request_id.clone(),
                 &claim,
                 affinity,
@@ -811,6 +1143,46 @@ where
         } else {
             tracker.spawn(self.clone().run(req, msg, deadline, chans));
         }
+    }
+
+    /// Claim skip: tells the caller this server is handling the request
+    /// (no grant awaited), then runs it. If the announcement cannot be
+    /// published the handler does not run: the caller will time out and
+    /// may retry, and must not find the request already run here.
+    async fn announce_and_run(
+        self: Arc<Self>,
+        req: Request,
+        msg: Req,
+        deadline: Instant,
+        chans: Arc<ClientChannels>,
+    ) {
+        let announcement = ClaimRequest {
+            request_id: req.request_id.clone(),
+            server_id: self.core.id.clone(),
+            affinity: 1.0,
+            handling: true,
+        };
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.core
+                .bus
+                .publish(&chans.claim, wire::encode_msg(&announcement)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(channel = %chans.claim.legacy, error = %e, "psrpc server: announcement not sent, request not handled");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(channel = %chans.claim.legacy, "psrpc server: announcement not sent before the request expired, request not handled");
+                return;
+            }
+        }
+        self.core
+            .observe(|o| o.on_claim(&self.info, ClaimOutcome::Skipped, Duration::ZERO));
+        self.run(req, msg, deadline, chans).await;
     }
 
     /// Runs the handler for a request this server has, and answers.
@@ -878,6 +1250,8 @@ struct StreamHandler<S, R, H> {
     core: Arc<Core>,
     method: MethodInfo,
     info: Arc<RpcInfo>,
+    /// The stream channel (legacy name), for drop reports.
+    channel: String,
     handler: H,
     affinity: Option<StreamAffinityFn>,
     streams: Arc<StreamTable>,
@@ -897,21 +1271,23 @@ where
     /// Takes one open off the bus (WIRE.md 10.3, server side): claims it
     /// if the method is claimed, and accepts it once this server has it.
     fn on_open(self: &Arc<Self>, m: wire::Stream, tracker: &TaskTracker) {
-        let now = wire::now_ns();
-        if m.expiry <= now {
-            tracing::debug!(stream_id = %m.stream_id, "psrpc server: dropped expired stream open");
+        let Some(budget) =
+            self.core
+                .arrived(&self.info, &self.channel, &m.stream_id, m.sent_at, m.expiry)
+        else {
             return;
-        }
+        };
         let Some(StreamBody::Open(open)) = &m.body else {
             return;
         };
         let chans = self.core.client_channels(&open.node_id);
         if self.method.require_claim {
-            let deadline = Instant::now() + Duration::from_nanos((m.expiry - now) as u64);
+            let deadline = Instant::now() + budget;
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
             let claim = chans.claim.clone();
             let (h, t) = (self.clone(), tracker.clone());
             self.core.claim_then(
+                &self.info,
                 m.request_id.clone(),
                 &claim,
                 affinity,

@@ -19,6 +19,13 @@
 //! | `psrpc_stream_messages_total` | counter | role, service, method, direction (`send`/`recv`), outcome |
 //! | `psrpc_stream_message_bytes` | histogram | role, service, method, direction |
 //! | `psrpc_stream_send_duration_seconds` | histogram | role, service, method |
+//! | `psrpc_server_requests_received_total` | counter | service, method |
+//! | `psrpc_server_requests_expired_total` | counter | service, method |
+//! | `psrpc_server_request_expired_late_seconds` | histogram | service, method |
+//! | `psrpc_server_claim_wait_seconds` | histogram | service, method, outcome (`granted`, `lost_to_peer`, `timed_out`, `skipped`) |
+//!
+//! The last four come from the server's [`RequestObserver`] events, which
+//! [`ServerOptions::metrics`] installs along with the interceptors.
 //!
 //! Topics are not labels: they are often per-entity and would make the
 //! series unbounded.
@@ -35,7 +42,7 @@ use crate::interceptor::{
     ClientInterceptor, ClientNext, MultiCallInterceptor, MultiInterceptor, MultiSendNext, Role,
     ServerInterceptor, ServerNext, StreamInterceptor, StreamSendNext,
 };
-use crate::server::ServerOptions;
+use crate::server::{ClaimOutcome, RequestObserver, ServerOptions};
 
 /// Receives the measurements of calls (all calls are synchronous, made on
 /// the call's task: keep them quick).
@@ -78,6 +85,27 @@ pub trait MetricsObserver: Send + Sync + 'static {
     fn on_stream_open(&self, role: Role, info: &RpcInfo);
     /// A stream was closed locally (once; remote closes are not reported).
     fn on_stream_close(&self, role: Role, info: &RpcInfo);
+    /// Server: a request (or stream open) was read off the bus.
+    fn on_request_received(&self, _info: &RpcInfo) {}
+    /// Server: a request arrived `late_by` after its expiry and was dropped.
+    fn on_request_expired(&self, _info: &RpcInfo, _late_by: Duration) {}
+    /// Server: its claim for a request settled with `outcome` after `wait`.
+    fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
+}
+
+/// Forwards a server's request events to a [`MetricsObserver`].
+struct ObserverEvents(Arc<dyn MetricsObserver>);
+
+impl RequestObserver for ObserverEvents {
+    fn on_request_received(&self, info: &RpcInfo) {
+        self.0.on_request_received(info);
+    }
+    fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
+        self.0.on_request_expired(info, late_by);
+    }
+    fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+        self.0.on_claim(info, outcome, wait);
+    }
 }
 
 /// The metrics interceptor of one side, for every call kind.
@@ -274,10 +302,15 @@ impl ClientOptions {
 }
 
 impl ServerOptions {
-    /// Reports every request served and every stream to `observer`.
+    /// Reports every request served and every stream to `observer`, and
+    /// every request received, expired and claimed (as a
+    /// [`RequestObserver`]).
     pub fn metrics(self, observer: Arc<dyn MetricsObserver>) -> Self {
+        let events: Arc<dyn RequestObserver> = Arc::new(ObserverEvents(observer.clone()));
         let m = Metrics::new(Role::Server, observer);
-        self.interceptor(m.clone()).stream_interceptor(m)
+        self.interceptor(m.clone())
+            .stream_interceptor(m)
+            .observer(events)
     }
 }
 
@@ -414,6 +447,34 @@ mod facade {
         fn on_stream_close(&self, role: Role, info: &RpcInfo) {
             metrics::counter!("psrpc_stream_closes_total", &labels(role, info)).increment(1);
         }
+
+        fn on_request_received(&self, info: &RpcInfo) {
+            metrics::counter!("psrpc_server_requests_received_total", &server_labels(info))
+                .increment(1);
+        }
+
+        fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
+            let l = server_labels(info);
+            metrics::counter!("psrpc_server_requests_expired_total", &l).increment(1);
+            metrics::histogram!("psrpc_server_request_expired_late_seconds", &l)
+                .record(late_by.as_secs_f64());
+        }
+
+        fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+            let [a, b] = server_labels(info);
+            metrics::histogram!(
+                "psrpc_server_claim_wait_seconds",
+                &[a, b, ("outcome", outcome.as_str().to_owned())]
+            )
+            .record(wait.as_secs_f64());
+        }
+    }
+
+    fn server_labels(info: &RpcInfo) -> [(&'static str, String); 2] {
+        [
+            ("service", info.service.clone()),
+            ("method", info.method.clone()),
+        ]
     }
 }
 
@@ -479,6 +540,16 @@ mod tests {
             let e = Error::new(ErrorCode::NotFound, "x");
             f.on_unary_request(Role::Server, &info, Duration::ZERO, Some(&e), 3, 0);
             f.on_stream_recv(Role::Server, &info, 5);
+            f.on_request_received(&info);
+            f.on_request_expired(&info, Duration::from_secs(2));
+            for o in [
+                ClaimOutcome::Granted,
+                ClaimOutcome::LostToPeer,
+                ClaimOutcome::TimedOut,
+                ClaimOutcome::Skipped,
+            ] {
+                f.on_claim(&info, o, Duration::from_millis(3));
+            }
         });
         let seen = seen.0.into_inner().unwrap();
         let base = "method=Do,role=client,service=Svc";
@@ -492,6 +563,14 @@ mod tests {
                 .to_owned(),
             "psrpc_stream_message_bytes{direction=recv,method=Do,role=server,service=Svc}"
                 .to_owned(),
+            "psrpc_server_requests_received_total{method=Do,service=Svc}".to_owned(),
+            "psrpc_server_requests_expired_total{method=Do,service=Svc}".to_owned(),
+            "psrpc_server_request_expired_late_seconds{method=Do,service=Svc}".to_owned(),
+            "psrpc_server_claim_wait_seconds{method=Do,outcome=granted,service=Svc}".to_owned(),
+            "psrpc_server_claim_wait_seconds{method=Do,outcome=lost_to_peer,service=Svc}"
+                .to_owned(),
+            "psrpc_server_claim_wait_seconds{method=Do,outcome=timed_out,service=Svc}".to_owned(),
+            "psrpc_server_claim_wait_seconds{method=Do,outcome=skipped,service=Svc}".to_owned(),
         ] {
             assert!(seen.contains(&want), "{want} not in {seen:#?}");
         }
