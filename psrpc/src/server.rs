@@ -214,7 +214,7 @@ impl ClaimTable {
 
 impl Core {
     async fn publish<M: wire::Envelope>(&self, ch: &Channel, m: &M) {
-        if let Err(e) = self.bus.publish(ch, wire::encode_msg(m)).await {
+        if let Err(e) = self.bus.publish(ch, self.bus.compression().encode(m)).await {
             tracing::warn!(channel = %ch.legacy, error = %e, "psrpc server: publish failed");
         }
     }
@@ -425,12 +425,14 @@ impl RpcServer {
         let on_message: Handler = {
             let (stop, tracker) = (stop.clone(), tracker.clone());
             Arc::new(move |bytes| {
-                let m = match wire::decode_envelope::<wire::Stream>(bytes) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "psrpc server: dropped malformed stream message");
-                        return;
-                    }
+                let name = || {
+                    let (c, i) = (&h.core, &h.info);
+                    channels::stream_server_channel(&c.service, &h.method.name, &i.topic).legacy
+                };
+                let Some(m) =
+                    crate::codec::receive_envelope::<wire::Stream>(&*h.core.bus, name, bytes)
+                else {
+                    return;
                 };
                 if matches!(m.body, Some(StreamBody::Open(_))) {
                     // Opens are handled concurrently; none while draining.
@@ -486,9 +488,10 @@ impl RpcServer {
                 // Only servers that hear every request can be too late for
                 // the decision; a queue member hears only its own requests.
                 let remember = !queue;
-                let core = core.clone();
-                let on_claim: Handler =
-                    Arc::new(move |bytes| on_claim_response(&core, bytes, remember));
+                let (core, name) = (core.clone(), ch.legacy.clone());
+                let on_claim: Handler = Arc::new(move |bytes| {
+                    on_claim_response(&core, || name.clone(), bytes, remember)
+                });
                 Some(
                     self.inner
                         .core
@@ -553,7 +556,10 @@ impl RpcServer {
     ) -> Result<()> {
         let core = &self.inner.core;
         let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
-        let bytes = wire::encode_msg_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
+        let bytes = core
+            .bus
+            .compression()
+            .encode_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
         core.bus.publish(&ch, bytes).await
     }
 
@@ -675,13 +681,10 @@ struct UnaryHandler<Req, Res, H> {
     _p: PhantomData<fn() -> Res>,
 }
 
-fn on_claim_response(core: &Core, bytes: Bytes, remember: bool) {
-    let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
-            return;
-        }
+fn on_claim_response(core: &Core, channel: impl FnOnce() -> String, bytes: Bytes, remember: bool) {
+    let Some(claim) = crate::codec::receive_envelope::<ClaimResponse>(&*core.bus, channel, bytes)
+    else {
+        return;
     };
     let mut table = core.claims.lock().unwrap_or_else(|e| e.into_inner());
     match table.waiters.remove(&claim.request_id) {
@@ -736,7 +739,11 @@ impl Core {
             affinity,
             handling: false,
         };
-        stream::publish_detached(&self.bus, claim_channel, wire::encode_msg(&claim));
+        stream::publish_detached(
+            &self.bus,
+            claim_channel,
+            self.bus.compression().encode(&claim),
+        );
     }
 
     /// Gives up expired claims until the future is dropped (shutdown runs it
@@ -763,16 +770,13 @@ where
     /// waits): checks it, claims it if the method is claimed, and starts
     /// its handler task once this server has it.
     fn on_request(self: &Arc<Self>, bytes: Bytes, tracker: &TaskTracker) {
-        let req = match wire::decode_envelope::<Request>(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(
-                    method = %self.method.name,
-                    error = %e,
-                    "psrpc server: dropped malformed request"
-                );
-                return;
-            }
+        let name = || {
+            let i = &self.info;
+            channels::rpc_channel(&i.service, &self.method.name, &i.topic, self.method.queue).legacy
+        };
+        let Some(req) = crate::codec::receive_envelope::<Request>(&*self.core.bus, name, bytes)
+        else {
+            return;
         };
         let now = wire::now_ns();
         if req.expiry <= now {
