@@ -145,6 +145,7 @@ pub struct NatsBus {
     client: Client,
     prefix: Arc<str>,
     state: Arc<State>,
+    compression: psrpc::CompressionOptions,
 }
 
 struct State {
@@ -292,7 +293,18 @@ impl NatsBus {
                 bounces: Mutex::new(HashMap::new()),
                 barrier: tokio::sync::OnceCell::new(),
             }),
+            compression: psrpc::CompressionOptions::DEFAULT,
         }
+    }
+
+    /// This bus with its clients and servers publishing and reading with
+    /// `compression`: gzip of large payloads when publishing (off by
+    /// default), and the cap on decompressed payloads when reading. Keeps
+    /// the routers and everything else. See the
+    /// [crate documentation](crate#compression).
+    pub fn with_compression(mut self, compression: psrpc::CompressionOptions) -> NatsBus {
+        self.compression = compression;
+        self
     }
 
     /// This bus with every subject prefixed: `<prefix>.SRV.<S>...` and
@@ -911,6 +923,10 @@ impl MessageBus for NatsBus {
 
     fn drops(&self) -> &psrpc::drops::Drops {
         &self.state.drops
+    }
+
+    fn compression(&self) -> &psrpc::CompressionOptions {
+        &self.compression
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {

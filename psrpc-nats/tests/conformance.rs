@@ -5,3 +5,10 @@ mod common;
 use common::NatsFactory;
 
 psrpc_tests::conformance!(NatsFactory::new());
+
+/// The whole suite again with every message compressed.
+mod compressed {
+    psrpc_tests::conformance!(psrpc_tests::compression::Compressed::every_message(
+        super::NatsFactory::new()
+    ));
+}

@@ -448,6 +448,7 @@ pub struct RedisBus {
     inner: Arc<Inner>,
     prefix: Arc<str>,
     slow_timeout: Duration,
+    compression: psrpc::CompressionOptions,
 }
 
 struct Inner {
@@ -668,6 +669,7 @@ impl RedisBus {
             }),
             prefix: Arc::from(""),
             slow_timeout: Duration::from_millis(100),
+            compression: psrpc::CompressionOptions::DEFAULT,
         })
     }
 
@@ -684,6 +686,15 @@ impl RedisBus {
     /// subscriptions made through the returned handle.
     pub fn with_slow_consumer_timeout(mut self, timeout: Duration) -> Self {
         self.slow_timeout = timeout;
+        self
+    }
+
+    /// A handle on the same connections whose clients and servers publish
+    /// and read with `compression`: gzip of large payloads when publishing
+    /// (off by default), and the cap on decompressed payloads when reading.
+    /// See the [crate documentation](crate#compression).
+    pub fn with_compression(mut self, compression: psrpc::CompressionOptions) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -827,6 +838,10 @@ impl MessageBus for RedisBus {
 
     fn drops(&self) -> &psrpc::drops::Drops {
         &self.inner.shared.drops
+    }
+
+    fn compression(&self) -> &psrpc::CompressionOptions {
+        &self.compression
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {

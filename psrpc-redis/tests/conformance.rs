@@ -45,3 +45,10 @@ impl BusFactory for RedisFactory {
 }
 
 psrpc_tests::conformance!(RedisFactory::new());
+
+/// The whole suite again with every message compressed.
+mod compressed {
+    psrpc_tests::conformance!(psrpc_tests::compression::Compressed::every_message(
+        super::RedisFactory::new()
+    ));
+}

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use crate::channels::Channel;
+pub use crate::codec::CompressionOptions;
 use crate::drops::{DropReason, Drops};
 use crate::error::Result;
 
@@ -71,6 +72,14 @@ pub trait MessageBus: Send + Sync + 'static {
     /// [`crate::drops`]). The default is the process-wide tally.
     fn drops(&self) -> &Drops {
         Drops::global()
+    }
+
+    /// How the runtime encodes what it publishes on this bus (compression)
+    /// and decodes what it reads (the decompression cap); see
+    /// [`crate::codec`]. The default is [`CompressionOptions::DEFAULT`]:
+    /// nothing compressed, gzip read, decompressed payloads capped.
+    fn compression(&self) -> &CompressionOptions {
+        &CompressionOptions::DEFAULT
     }
 }
 
@@ -165,6 +174,9 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     }
     fn drops(&self) -> &Drops {
         (**self).drops()
+    }
+    fn compression(&self) -> &CompressionOptions {
+        (**self).compression()
     }
 }
 
@@ -275,6 +287,7 @@ impl std::fmt::Debug for Subscription {
 #[derive(Clone)]
 pub struct LocalBus {
     inner: Arc<LocalInner>,
+    compression: CompressionOptions,
 }
 
 struct LocalInner {
@@ -328,7 +341,16 @@ impl LocalBus {
                 drops: Drops::default(),
                 slow_timeout: timeout,
             }),
+            compression: CompressionOptions::DEFAULT,
         }
+    }
+
+    /// A handle on the same bus whose peers publish and read with
+    /// `compression` (see [`crate::codec`]). Other handles keep their own
+    /// options, so peers of one local bus can differ, as on a network.
+    pub fn with_compression(mut self, compression: CompressionOptions) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// How many messages this bus dropped, for any reason (see
@@ -455,6 +477,10 @@ impl MessageBus for LocalBus {
 
     fn drops(&self) -> &Drops {
         &self.inner.drops
+    }
+
+    fn compression(&self) -> &CompressionOptions {
+        &self.compression
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {

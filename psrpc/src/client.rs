@@ -289,27 +289,19 @@ impl RpcClient {
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
-        let on_response = router::<Response>(&shared, |r| {
+        let response_ch = channels::response_channel(&service, &id);
+        let claim_ch = channels::claim_request_channel(&service, &id);
+        let on_response = router::<Response>(&shared, &bus, &response_ch, |r| {
             (r.request_id.clone(), Incoming::Response(Box::new(r)))
         });
-        let on_claim = router::<ClaimRequest>(&shared, |c| {
+        let on_claim = router::<ClaimRequest>(&shared, &bus, &claim_ch, |c| {
             (c.request_id.clone(), Incoming::Claim(Box::new(c)))
         });
         let subs = vec![
-            bus.subscribe_handler(
-                &channels::response_channel(&service, &id),
-                size,
-                false,
-                on_response,
-            )
-            .await?,
-            bus.subscribe_handler(
-                &channels::claim_request_channel(&service, &id),
-                size,
-                false,
-                on_claim,
-            )
-            .await?,
+            bus.subscribe_handler(&response_ch, size, false, on_response)
+                .await?,
+            bus.subscribe_handler(&claim_ch, size, false, on_claim)
+                .await?,
         ];
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
@@ -453,6 +445,7 @@ impl RpcClient {
             raw: sub,
             type_url: wire::type_url_of::<T>(),
             channel: ch.legacy,
+            bus: self.inner.bus.clone(),
             _t: PhantomData,
         })
     }
@@ -538,8 +531,13 @@ impl RpcClient {
         m: &M,
         deadline: Instant,
     ) -> Result<()> {
-        match tokio::time::timeout_at(deadline, self.inner.bus.publish(ch, wire::encode_msg(m)))
-            .await
+        match tokio::time::timeout_at(
+            deadline,
+            self.inner
+                .bus
+                .publish(ch, self.inner.bus.compression().encode(m)),
+        )
+        .await
         {
             Ok(r) => r.map_err(|e| {
                 Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e)
@@ -780,13 +778,15 @@ impl RpcClient {
             .stream_sub
             .get_or_try_init(|| async {
                 let table = self.inner.streams.clone();
+                let ch = channels::stream_channel(&self.inner.service, &self.inner.id);
+                let (bus, name) = (self.inner.bus.clone(), ch.legacy.clone());
                 let on_stream: crate::bus::Handler = Arc::new(move |b| {
-                    match wire::decode_envelope::<wire::Stream>(b) {
-                        Ok(m) => stream::dispatch(&table, m),
-                        Err(e) => tracing::warn!(error = %e, "psrpc client: dropped malformed stream message"),
+                    let m =
+                        crate::codec::receive_envelope::<wire::Stream>(&*bus, || name.clone(), b);
+                    if let Some(m) = m {
+                        stream::dispatch(&table, m);
                     }
                 });
-                let ch = channels::stream_channel(&self.inner.service, &self.inner.id);
                 let sub = self
                     .inner
                     .bus
@@ -992,21 +992,20 @@ pub(crate) fn response_error(r: Response) -> Error {
 /// A handler that routes every message of a client channel to its pending call.
 fn router<M: wire::Envelope + 'static>(
     shared: &Arc<Shared>,
+    bus: &DynBus,
+    channel: &channels::Channel,
     to_event: fn(M) -> (String, Incoming),
 ) -> crate::bus::Handler {
-    let shared = shared.clone();
-    Arc::new(move |b| route::<M>(&shared, b, to_event))
+    let (shared, bus, name) = (shared.clone(), bus.clone(), channel.legacy.clone());
+    Arc::new(move |b| {
+        if let Some(m) = crate::codec::receive_envelope::<M>(&*bus, || name.clone(), b) {
+            route::<M>(&shared, m, to_event)
+        }
+    })
 }
 
 /// Routes one message of a client channel to its pending call.
-fn route<M: wire::Envelope>(shared: &Shared, bytes: Bytes, route: fn(M) -> (String, Incoming)) {
-    let msg = match wire::decode_envelope::<M>(bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, type_url = M::TYPE_URL, "psrpc client: dropped malformed message");
-            return;
-        }
-    };
+fn route<M: wire::Envelope>(shared: &Shared, msg: M, route: fn(M) -> (String, Incoming)) {
     let (request_id, ev) = route(msg);
     let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(tx) = p.get(&request_id) {
@@ -1402,6 +1401,8 @@ pub struct Subscription<T> {
     raw: crate::bus::Subscription,
     type_url: String,
     channel: String,
+    /// Decodes the updates (compression) and counts those dropped.
+    bus: DynBus,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -1431,17 +1432,7 @@ impl<T: Message + Default> Subscription<T> {
     }
 
     fn decode(&self, b: Bytes) -> Option<T> {
-        let r = wire::decode_msg(b).and_then(|m| {
-            wire::check_type(&m.type_url, &self.type_url)?;
-            Ok(T::decode(m.value)?)
-        });
-        match r {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(channel = %self.channel, error = %e, "psrpc subscription: dropped malformed update");
-                None
-            }
-        }
+        crate::codec::receive(&*self.bus, || self.channel.clone(), &self.type_url, b)
     }
 }
 

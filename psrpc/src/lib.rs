@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod channels;
 pub mod client;
+pub mod codec;
 pub mod drops;
 pub mod error;
 pub mod id;
@@ -22,6 +23,7 @@ pub use client::{
     CallOptions, ClientOptions, MultiCall, MultiResponses, RpcClient, StreamCall, Subscription,
     UnaryCall,
 };
+pub use codec::CompressionOptions;
 pub use error::{Error, ErrorCode, GrpcCode, Result};
 pub use info::{
     BoxMessage, Context, DynMessage, IncomingHeader, Metadata, MethodInfo, RpcInfo,

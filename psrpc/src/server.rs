@@ -369,7 +369,7 @@ impl ClaimTable {
 
 impl Core {
     async fn publish<M: wire::Envelope>(&self, ch: &Channel, m: &M) {
-        if let Err(e) = self.bus.publish(ch, wire::encode_msg(m)).await {
+        if let Err(e) = self.bus.publish(ch, self.bus.compression().encode(m)).await {
             tracing::warn!(channel = %ch.legacy, error = %e, "psrpc server: publish failed");
         }
     }
@@ -618,12 +618,14 @@ impl RpcServer {
         let on_message: Handler = {
             let (stop, tracker) = (stop.clone(), tracker.clone());
             Arc::new(move |bytes| {
-                let m = match wire::decode_envelope::<wire::Stream>(bytes) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "psrpc server: dropped malformed stream message");
-                        return;
-                    }
+                let name = || {
+                    let (c, i) = (&h.core, &h.info);
+                    channels::stream_server_channel(&c.service, &h.method.name, &i.topic).legacy
+                };
+                let Some(m) =
+                    crate::codec::receive_envelope::<wire::Stream>(&*h.core.bus, name, bytes)
+                else {
+                    return;
                 };
                 if matches!(m.body, Some(StreamBody::Open(_))) {
                     // Opens are handled concurrently; none while draining.
@@ -678,9 +680,10 @@ impl RpcServer {
                 // Only servers that hear every request can be too late for
                 // the decision; a queue member hears only its own requests.
                 let remember = !queue;
-                let core = core.clone();
-                let on_claim: Handler =
-                    Arc::new(move |bytes| core.on_claim_response(bytes, remember));
+                let (core, name) = (core.clone(), ch.legacy.clone());
+                let on_claim: Handler = Arc::new(move |bytes| {
+                    core.on_claim_response(|| name.clone(), bytes, remember)
+                });
                 Some(
                     self.inner
                         .core
@@ -745,7 +748,10 @@ impl RpcServer {
     ) -> Result<()> {
         let core = &self.inner.core;
         let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
-        let bytes = wire::encode_msg_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
+        let bytes = core
+            .bus
+            .compression()
+            .encode_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
         core.bus.publish(&ch, bytes).await
     }
 
@@ -931,13 +937,16 @@ impl Core {
         });
     }
 
-    fn on_claim_response(self: &Arc<Self>, bytes: Bytes, remember: bool) {
-        let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
-                return;
-            }
+    fn on_claim_response(
+        self: &Arc<Self>,
+        channel: impl FnOnce() -> String,
+        bytes: Bytes,
+        remember: bool,
+    ) {
+        let Some(claim) =
+            crate::codec::receive_envelope::<ClaimResponse>(&*self.bus, channel, bytes)
+        else {
+            return;
         };
         let mut table = self.lock_claims();
         match table.waiters.remove(&claim.request_id) {
@@ -1055,7 +1064,11 @@ impl Core {
             affinity,
             handling: false,
         };
-        stream::publish_detached(&self.bus, claim_channel, wire::encode_msg(&claim));
+        stream::publish_detached(
+            &self.bus,
+            claim_channel,
+            self.bus.compression().encode(&claim),
+        );
     }
 
     /// Gives up expired claims until the future is dropped (shutdown runs it
@@ -1080,16 +1093,13 @@ where
     /// waits): checks it, claims it if the method is claimed, and starts
     /// its handler task once this server has it.
     fn on_request(self: &Arc<Self>, bytes: Bytes, tracker: &TaskTracker) {
-        let req = match wire::decode_envelope::<Request>(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(
-                    method = %self.method.name,
-                    error = %e,
-                    "psrpc server: dropped malformed request"
-                );
-                return;
-            }
+        let name = || {
+            let i = &self.info;
+            channels::rpc_channel(&i.service, &self.method.name, &i.topic, self.method.queue).legacy
+        };
+        let Some(req) = crate::codec::receive_envelope::<Request>(&*self.core.bus, name, bytes)
+        else {
+            return;
         };
         let Some(budget) = self.core.arrived(
             &self.info,
@@ -1166,7 +1176,7 @@ where
             deadline,
             self.core
                 .bus
-                .publish(&chans.claim, wire::encode_msg(&announcement)),
+                .publish(&chans.claim, self.core.bus.compression().encode(&announcement)),
         )
         .await;
         match sent {

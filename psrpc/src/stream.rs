@@ -270,7 +270,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             ErrorCode::Ok => ErrorCode::Unknown.as_str().to_owned(),
             c => c.as_str().to_owned(),
         };
-        wire::encode_msg(&wire::Stream {
+        self.bus.compression().encode(&wire::Stream {
             stream_id: self.stream_id.clone(),
             request_id: id::new_request_id(),
             sent_at: now,
@@ -324,7 +324,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             request_id: &request_id,
         };
         let now = wire::now_ns();
-        let msg = wire::encode_msg(&wire::Stream {
+        let msg = self.bus.compression().encode(&wire::Stream {
             stream_id: self.stream_id.clone(),
             request_id: request_id.clone(),
             sent_at: now,
@@ -349,7 +349,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
     }
 
     fn ack(&self, a: AckOf) {
-        let ack = wire::encode_msg(&wire::Stream {
+        let ack = self.bus.compression().encode(&wire::Stream {
             stream_id: self.stream_id.clone(),
             request_id: a.request_id,
             sent_at: a.sent_at,

@@ -336,6 +336,14 @@ impl MessageBus for TestBus {
         });
         Ok(HandlerSubscription::new(AbortOnDrop(task.abort_handle())))
     }
+
+    fn drops(&self) -> &crate::drops::Drops {
+        self.chain.bus.drops()
+    }
+
+    fn compression(&self) -> &crate::codec::CompressionOptions {
+        self.chain.bus.compression()
+    }
 }
 
 /// Implements [`MessageBus`] for a newtype around [`TestBus`].
@@ -374,6 +382,12 @@ macro_rules! delegate_bus {
                 self.0
                     .subscribe_handler(channel, size, queue, handler)
                     .await
+            }
+            fn drops(&self) -> &$crate::drops::Drops {
+                self.0.drops()
+            }
+            fn compression(&self) -> &$crate::codec::CompressionOptions {
+                self.0.compression()
             }
         }
     };

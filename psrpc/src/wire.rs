@@ -39,6 +39,16 @@ pub enum WireError {
         /// The type URL the channel carries.
         expected: String,
     },
+    /// `Msg.compression` is neither none (0) nor gzip (1).
+    #[error("unrecognized message compression {0}")]
+    UnknownCompression(i32),
+    /// The payload is flagged gzip but does not inflate: bad header, CRC or
+    /// length, or trailing bytes that are not a gzip member.
+    #[error("bad gzip payload: {0}")]
+    BadCompression(std::io::Error),
+    /// The payload inflates past the bus's cap.
+    #[error("decompressed message exceeds {0} bytes")]
+    DecompressedTooLarge(usize),
 }
 
 /// A psrpc envelope message with its fixed type URL.
@@ -255,23 +265,38 @@ pub fn encode<M: Envelope>(m: &M) -> Bytes {
     buf.freeze()
 }
 
-/// Wraps an envelope message in `Msg` (no channel field): what Redis and the
-/// local bus publish, and what NATS publishes before appending field 3.
+/// Wraps an envelope message in `Msg` (no channel field, uncompressed): what
+/// Redis and the local bus publish, and what NATS publishes before appending
+/// field 3. The runtime encodes through
+/// [`CompressionOptions::encode`](crate::codec::CompressionOptions::encode),
+/// which comes here when it does not compress.
 pub fn encode_msg<M: Envelope>(m: &M) -> Bytes {
     let len = m.go_encoded_len();
-    write_msg(M::TYPE_URL, len, |buf| m.go_encode(buf))
+    write_msg(M::TYPE_URL, len, false, |buf| m.go_encode(buf))
 }
 
 /// Wraps already encoded user message bytes in `Msg` with `type_url`
 /// (subscription updates: the user message is the payload itself).
 pub fn encode_msg_raw(type_url: &str, value: &[u8]) -> Bytes {
-    write_msg(type_url, value.len(), |buf| buf.put_slice(value))
+    write_msg(type_url, value.len(), false, |buf| buf.put_slice(value))
 }
 
-fn write_msg(type_url: &str, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+/// Wraps a gzipped payload in `Msg` with `type_url` and
+/// `compression = COMPRESSION_GZIP` (field 4, written last as Go does).
+pub fn encode_msg_gzip(type_url: &str, gz: &[u8]) -> Bytes {
+    write_msg(type_url, gz.len(), true, |buf| buf.put_slice(gz))
+}
+
+/// `Msg.compression = COMPRESSION_GZIP`: key of field 4 (varint), value 1.
+const GZIP_FIELD: [u8; 2] = [0x20, 0x01];
+
+fn write_msg(type_url: &str, len: usize, gzip: bool, write: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut cap = key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len();
     if len > 0 {
         cap += key_len(2) + encoded_len_varint(len as u64) + len;
+    }
+    if gzip {
+        cap += GZIP_FIELD.len();
     }
     let mut buf = BytesMut::with_capacity(cap);
     encode_key(1, WireType::LengthDelimited, &mut buf);
@@ -283,25 +308,46 @@ fn write_msg(type_url: &str, len: usize, write: impl FnOnce(&mut BytesMut)) -> B
         encode_varint(len as u64, &mut buf);
         write(&mut buf);
     }
+    if gzip {
+        buf.put_slice(&GZIP_FIELD);
+    }
     debug_assert_eq!(buf.len(), cap);
     buf.freeze()
 }
 
-/// Appends `Msg.channel` (field 3) to an encoded `Msg`: the NATS form of a
-/// server-side message. Field 3 is the last field, so this gives exactly the
-/// bytes Go writes. An empty `local` appends nothing.
+/// Adds `Msg.channel` (field 3) to an encoded `Msg`: the NATS form of a
+/// server-side message. It goes after fields 1 and 2 and before
+/// `compression` (field 4) if the message has one, which is where Go writes
+/// it, so the bytes are exactly Go's. An empty `local` adds nothing.
 pub fn append_channel(msg: &[u8], local: &str) -> Bytes {
     if local.is_empty() {
         return Bytes::copy_from_slice(msg);
     }
+    let at = fields_1_2_len(msg).unwrap_or(msg.len());
     let mut buf = BytesMut::with_capacity(
         msg.len() + key_len(3) + encoded_len_varint(local.len() as u64) + local.len(),
     );
-    buf.put_slice(msg);
+    buf.put_slice(&msg[..at]);
     encode_key(3, WireType::LengthDelimited, &mut buf);
     encode_varint(local.len() as u64, &mut buf);
     buf.put_slice(local.as_bytes());
+    buf.put_slice(&msg[at..]);
     buf.freeze()
+}
+
+/// The length of the leading fields 1 and 2 (both length-delimited) of an
+/// encoded `Msg`; `None` if it does not start that way.
+fn fields_1_2_len(msg: &[u8]) -> Option<usize> {
+    let mut rest = msg;
+    for key in [0x0a, 0x12] {
+        if rest.first() != Some(&key) {
+            continue;
+        }
+        let mut after_key = &rest[1..];
+        let n = encoding::decode_varint(&mut after_key).ok()? as usize;
+        rest = after_key.get(n..)?;
+    }
+    Some(msg.len() - rest.len())
 }
 
 /// Reads only `Msg.channel` (field 3), as the NATS router does.
@@ -309,16 +355,19 @@ pub fn read_channel(msg: &[u8]) -> Result<String, WireError> {
     Ok(ChannelField::decode(msg)?.channel)
 }
 
-/// Decodes a `Msg` envelope. The payload is a zero-copy slice of `bytes`.
+/// Decodes a `Msg` envelope as it is on the wire: the payload is a zero-copy
+/// slice of `bytes`, compressed if `compression` says so (see
+/// [`CompressionOptions::payload`](crate::codec::CompressionOptions::payload)).
 pub fn decode_msg(bytes: Bytes) -> Result<Msg, WireError> {
     Ok(Msg::decode(bytes)?)
 }
 
-/// Decodes a `Msg` carrying envelope type `M`, checking the type URL.
+/// Decodes a `Msg` carrying envelope type `M`, checking the type URL and
+/// inflating a compressed payload with the default cap (see
+/// [`CompressionOptions`](crate::codec::CompressionOptions)).
 pub fn decode_envelope<M: Envelope>(bytes: Bytes) -> Result<M, WireError> {
-    let msg = decode_msg(bytes)?;
-    check_type(&msg.type_url, M::TYPE_URL)?;
-    Ok(M::decode(msg.value)?)
+    let value = crate::codec::CompressionOptions::DEFAULT.decode_value(bytes, M::TYPE_URL)?;
+    Ok(M::decode(value)?)
 }
 
 /// Checks a received type URL against the expected one the way Go resolves

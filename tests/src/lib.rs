@@ -12,6 +12,7 @@ use std::time::Duration;
 use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo};
 
+pub mod compression;
 pub mod middleware;
 pub mod outage;
 pub mod servers;
@@ -205,6 +206,9 @@ macro_rules! conformance {
             middleware_trace_crosses_call,
             stream_over_laggy_bus,
             stream_over_unreliable_bus,
+            compression_mixed_peers,
+            compression_raw_gzip_request_answered,
+            compression_bomb_dropped_everywhere,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -18,6 +18,10 @@ use psrpc::{
     RpcClient, RpcServer, SelectionOptions, ServerOptions,
 };
 
+pub use crate::compression::{
+    compression_bomb_dropped_everywhere, compression_mixed_peers,
+    compression_raw_gzip_request_answered,
+};
 pub use crate::middleware::*;
 use crate::my_service::*;
 pub use crate::streams::*;

@@ -116,3 +116,10 @@ async fn queue_round_robin_skips_full_member() {
         assert!(a.recv().await.is_some());
     }
 }
+
+/// The whole suite again with every message compressed.
+mod compressed {
+    psrpc_tests::conformance!(psrpc_tests::compression::Compressed::every_message(
+        psrpc_tests::LocalFactory::new()
+    ));
+}

@@ -1241,3 +1241,272 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Compression (Go psrpc v0.7.6+): gzip of `Msg.value`, flagged by `Msg.compression` (field 4),
+// and `Msg.channel` on every bus (v0.8). Compressed envelopes are compared by round trip, not
+// bytes: Go's deflate output differs from zlib's.
+
+use psrpc::codec::CompressionOptions;
+use psrpc::drops::DropReason;
+
+/// The compact vectors of the compressed and must-drop envelopes (name, length, hex).
+const COMPRESSION_VECTORS: &str = "\
+V12 Msg nats / redis+local v0.8       116 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374123d0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b1201764202080150011a0d4e6f726d616c5250432e524551
+V14 gzip member (python zlib L6)       78 1f8b0800000000000003e31208720d8c4f4c4a4e494d4bcfc8cccace116277f6f10489483434acd8f878fef3d3e20a0d7b5e1e7f0762399de1481c05a360148c022a8000460053bf799880040000
+V14 Msg gzip nats / v0.8              135 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374124e1f8b0800000000000003e31208720d8c4f4c4a4e494d4bcfc8cccace116277f6f10489483434acd8f878fef3d3e20a0d7b5e1e7f0762399de1481c05a360148c022a8000460053bf7998800400001a0d4e6f726d616c5250432e5245512001
+V14 Msg gzip redis/local v0.7.6       120 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374124e1f8b0800000000000003e31208720d8c4f4c4a4e494d4bcfc8cccace116277f6f10489483434acd8f878fef3d3e20a0d7b5e1e7f0762399de1481c05a360148c022a8000460053bf7998800400002001
+V15 Msg compression=2 (drop)          103 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374123d0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b1201764202080150012002
+V16 Msg gzip flag, not gzip (drop)     57 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374120f6e6f7420677a697020617420616c6c2001
+";
+
+fn compressed_vector(name: &str) -> Bytes {
+    for line in COMPRESSION_VECTORS.lines() {
+        if let Some(rest) = line.strip_prefix(name) {
+            let mut parts = rest.split_whitespace();
+            let len: usize = parts.next().unwrap().parse().unwrap();
+            let b = hex::decode(parts.next().unwrap()).unwrap();
+            assert_eq!(b.len(), len, "{name}");
+            return Bytes::from(b);
+        }
+    }
+    panic!("no vector {name}")
+}
+
+/// The V14 request with `n` bytes of `a` as its payload.
+fn v14_request(n: usize) -> Request {
+    Request {
+        request_id: REQ_ID.into(),
+        client_id: CLI_ID.into(),
+        sent_at: T0,
+        expiry: T0 + 3 * SEC,
+        raw_request: Bytes::from(vec![0x61; n]),
+        skip_claim: true,
+        ..Default::default()
+    }
+}
+
+const REQUEST_URL: &str = "type.googleapis.com/internal.Request";
+
+fn decode(opts: &CompressionOptions, b: Bytes) -> Result<Bytes, wire::WireError> {
+    opts.decode_value(b, REQUEST_URL)
+}
+
+/// A `Msg` around `value` flagged gzip, as any publisher could write it.
+fn gzip_msg(value: &[u8]) -> Bytes {
+    wire::encode_msg_gzip(REQUEST_URL, value)
+}
+
+#[test]
+fn v14_compressed_request_decodes_on_every_form() {
+    let value = wire::encode(&v14_request(1100));
+    assert_eq!(value.len(), 1152);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&value)),
+        "eab95c7bb6cbd7a6152973337c8464295b1d967c062e41e6d05a7a740675c60f"
+    );
+    let default = CompressionOptions::default();
+    for form in [
+        "V14 Msg gzip nats / v0.8",
+        "V14 Msg gzip redis/local v0.7.6",
+    ] {
+        let b = compressed_vector(form);
+        let msg = wire::decode_msg(b.clone()).unwrap();
+        assert_eq!(msg.compression, 1, "{form}");
+        assert_eq!(decode(&default, b.clone()).unwrap(), value, "{form}");
+        let req: Request = default
+            .decode_value(b.clone(), REQUEST_URL)
+            .map(|v| Request::decode(v).unwrap())
+            .unwrap();
+        assert_eq!(req, v14_request(1100));
+        // The cap's boundary: exactly the size is accepted, one byte less is not.
+        let cap = |n| default.with_max_decompressed_size(n);
+        assert_eq!(decode(&cap(1152), b.clone()).unwrap(), value);
+        let e = decode(&cap(1151), b.clone()).unwrap_err();
+        assert_eq!(e.drop_reason(), DropReason::DecompressedTooLarge, "{e}");
+        assert_eq!(decode(&cap(0), b).unwrap(), value);
+    }
+    let nats = compressed_vector("V14 Msg gzip nats / v0.8");
+    assert_eq!(wire::read_channel(&nats).unwrap(), "NormalRPC.REQ");
+    // The NATS bus adds field 3 before field 4, where Go writes it.
+    assert_eq!(
+        wire::append_channel(
+            &compressed_vector("V14 Msg gzip redis/local v0.7.6"),
+            "NormalRPC.REQ"
+        ),
+        nats
+    );
+}
+
+#[test]
+fn v14_member_twice_is_one_payload_and_trailing_bytes_are_rejected() {
+    let member = compressed_vector("V14 gzip member (python zlib L6)");
+    let value = wire::encode(&v14_request(1100));
+    let twice = [&member[..], &member[..]].concat();
+    let default = CompressionOptions::default();
+    let out = decode(&default, gzip_msg(&twice)).unwrap();
+    assert_eq!(out.len(), 2304);
+    assert_eq!(&out[..1152], &value[..]);
+    assert_eq!(&out[1152..], &value[..]);
+    let cap = |n| default.with_max_decompressed_size(n);
+    assert_eq!(decode(&cap(2304), gzip_msg(&twice)).unwrap().len(), 2304);
+    let e = decode(&cap(2303), gzip_msg(&twice)).unwrap_err();
+    assert_eq!(e.drop_reason(), DropReason::DecompressedTooLarge);
+
+    let trailing = [&member[..], &[0u8][..]].concat();
+    let e = decode(&default, gzip_msg(&trailing)).unwrap_err();
+    assert_eq!(e.drop_reason(), DropReason::BadCompression, "{e}");
+    // A corrupt CRC and a wrong ISIZE are rejected too.
+    for at in [member.len() - 8, member.len() - 1] {
+        let mut bad = member.to_vec();
+        bad[at] ^= 0x01;
+        let e = decode(&default, gzip_msg(&bad)).unwrap_err();
+        assert_eq!(
+            e.drop_reason(),
+            DropReason::BadCompression,
+            "byte {at}: {e}"
+        );
+    }
+    // A truncated member too.
+    let e = decode(&default, gzip_msg(&member[..member.len() - 4])).unwrap_err();
+    assert_eq!(e.drop_reason(), DropReason::BadCompression, "{e}");
+}
+
+#[test]
+fn v15_unknown_compression_and_v16_not_gzip_are_dropped() {
+    let default = CompressionOptions::default();
+    let v15 = compressed_vector("V15 Msg compression=2 (drop)");
+    let e = decode(&default, v15).unwrap_err();
+    assert!(matches!(e, wire::WireError::UnknownCompression(2)), "{e}");
+    assert_eq!(e.drop_reason(), DropReason::UnknownCompression);
+    let v16 = compressed_vector("V16 Msg gzip flag, not gzip (drop)");
+    let e = decode(&default, v16).unwrap_err();
+    assert_eq!(e.drop_reason(), DropReason::BadCompression, "{e}");
+}
+
+#[test]
+fn v12_channel_field_is_accepted_on_every_bus() {
+    // The v0.8 Redis/local form carries Msg.channel: it decodes like the v0.7 one.
+    let b = compressed_vector("V12 Msg nats / redis+local v0.8");
+    let v = decode(&CompressionOptions::default(), b).unwrap();
+    let req = Request::decode(v).unwrap();
+    assert_eq!(req.request_id, REQ_ID);
+    assert!(req.skip_claim);
+    // And the runtime does not stamp it on Redis and local: the plain encoding stays v0.7's.
+    let plain = CompressionOptions::default().encode(&req);
+    assert_eq!(plain, wire::encode_msg(&req));
+    assert!(wire::read_channel(&plain).unwrap().is_empty());
+}
+
+#[test]
+fn threshold_is_compared_on_the_encoded_value() {
+    let on = CompressionOptions::default().with_quality(6);
+    // 972 bytes of payload: a 1024-byte value, compressed with the default threshold.
+    let req = v14_request(972);
+    assert_eq!(wire::encode(&req).len(), 1024);
+    let b = on.encode(&req);
+    let msg = wire::decode_msg(b.clone()).unwrap();
+    assert_eq!(msg.compression, 1);
+    assert!(b.len() < wire::encode_msg(&req).len());
+    // Go's gzip header (level 6: XFL 0, OS unknown).
+    assert_eq!(&msg.value[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    assert_eq!(
+        Request::decode(decode(&CompressionOptions::default(), b).unwrap()).unwrap(),
+        req
+    );
+    // 971 bytes: a 1023-byte value, sent plain, byte for byte as without compression.
+    let req = v14_request(971);
+    assert_eq!(wire::encode(&req).len(), 1023);
+    assert_eq!(on.encode(&req), wire::encode_msg(&req));
+    // A raised threshold is compared the same way.
+    let high = on.with_threshold(1025);
+    assert_eq!(
+        high.encode(&v14_request(972)),
+        wire::encode_msg(&v14_request(972))
+    );
+    assert_eq!(
+        wire::decode_msg(high.encode(&v14_request(973)))
+            .unwrap()
+            .compression,
+        1
+    );
+    // Off (the default) never compresses.
+    let big = v14_request(100_000);
+    assert_eq!(
+        CompressionOptions::default().encode(&big),
+        wire::encode_msg(&big)
+    );
+}
+
+#[test]
+fn compressed_envelopes_round_trip_at_every_level() {
+    let value: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| format!("line {} of some text\n", i % 97).into_bytes())
+        .collect();
+    for level in 1..=12 {
+        let on = CompressionOptions::default().with_quality(level);
+        let b = on.encode_raw(REQUEST_URL, &value);
+        let msg = wire::decode_msg(b.clone()).unwrap();
+        assert_eq!(msg.compression, 1, "level {level}");
+        assert_eq!(msg.type_url, REQUEST_URL);
+        assert!(msg.channel.is_empty());
+        // Exactly one gzip member, nothing after it.
+        let mut one = flate2::bufread::GzDecoder::new(&msg.value[..]);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut one, &mut out).unwrap();
+        assert_eq!(out, value, "level {level}");
+        assert!(
+            one.into_inner().is_empty(),
+            "level {level}: bytes after the member"
+        );
+        assert_eq!(decode(&on, b).unwrap(), value);
+    }
+    // Envelope messages too, and the NATS form.
+    let on = CompressionOptions::default()
+        .with_quality(1)
+        .with_threshold(1);
+    let res = Response {
+        request_id: REQ_ID.into(),
+        server_id: SRV_ID.into(),
+        sent_at: T1,
+        raw_response: Bytes::from(vec![7; 300]),
+        ..Default::default()
+    };
+    let b = on.encode(&res);
+    assert_eq!(wire::decode_msg(b.clone()).unwrap().compression, 1);
+    let nats = wire::append_channel(&b, "Some.RES");
+    let m = wire::decode_msg(nats.clone()).unwrap();
+    assert_eq!((m.channel.as_str(), m.compression), ("Some.RES", 1));
+    assert_eq!(&nats[nats.len() - 2..], &[0x20, 0x01]);
+    let back = on
+        .decode_value(nats, Response::TYPE_URL)
+        .map(|v| Response::decode(v).unwrap())
+        .unwrap();
+    assert_eq!(back, res);
+}
+
+#[test]
+fn incompressible_values_are_sent_plain() {
+    // Not strictly smaller once gzipped: sent as it is.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let on = CompressionOptions::default()
+        .with_quality(9)
+        .with_threshold(1);
+    assert_eq!(
+        on.encode_raw(REQUEST_URL, &noise),
+        wire::encode_msg_raw(REQUEST_URL, &noise)
+    );
+    // A tiny value above a threshold of 1 does not shrink either (a gzip member is 20+ bytes).
+    assert_eq!(
+        on.encode_raw(REQUEST_URL, b"ab"),
+        wire::encode_msg_raw(REQUEST_URL, b"ab")
+    );
+}

@@ -1,0 +1,312 @@
+//! The envelope codec: how the runtime turns its messages into the bytes a
+//! bus carries and back, including gzip compression of the payload.
+//!
+//! Every message the runtime publishes goes through [`CompressionOptions::encode`]
+//! (or [`encode_raw`](CompressionOptions::encode_raw) for subscription
+//! updates, whose payload is already encoded), and every message it reads
+//! goes through [`receive`]. The options are a bus's: each bus stores one
+//! [`CompressionOptions`] and hands it out through
+//! [`MessageBus::compression`](crate::MessageBus::compression).
+//!
+//! # Reading: always on
+//!
+//! `Msg.compression` (field 4) says how `Msg.value` is encoded: `0` plain,
+//! `1` gzip. Gzip payloads are inflated whatever the bus's write options, so
+//! a reader needs no configuration to accept compressed traffic. Several gzip
+//! members written back to back are accepted and concatenated, as Go's
+//! reader does. A message is dropped, counted in the bus's
+//! [`Drops`](crate::drops::Drops) and logged with its channel when:
+//!
+//! - the compression value is neither 0 nor 1 ([`DropReason::UnknownCompression`]);
+//! - the gzip data is invalid: bad header, CRC or length mismatch, or bytes
+//!   after the last member that are not a member ([`DropReason::BadCompression`]);
+//! - it inflates to more than the bus's cap ([`DropReason::DecompressedTooLarge`]):
+//!   exactly the cap is accepted, one byte more is not, and at most the cap
+//!   plus one byte is ever inflated, so a small "bomb" costs no more memory
+//!   than one legitimate message of the cap's size.
+//!
+//! # Writing: off by default
+//!
+//! With a [`quality`](CompressionOptions::with_quality) of 1 to 9, a payload
+//! whose encoded size is at least the [threshold](CompressionOptions::with_threshold)
+//! (1024 bytes by default) is gzipped as one member at that level, and sent
+//! compressed only if that made it strictly smaller. Only `Msg.value` is
+//! compressed: the type URL and `Msg.channel` stay plain, so the NATS bus can
+//! still route on the channel without inflating anything, and the Redis
+//! queue lock (a hash of the bytes received) works as before, since all
+//! competing servers hash the same bytes.
+//!
+//! Peers of Go psrpc older than v0.7.6 (and any reader that ignores field 4)
+//! cannot read compressed messages and drop them. Roll out readers first:
+//! every peer built on this crate reads compressed messages, so turn
+//! compression on at publishers only once every peer on the bus reads it.
+//!
+//! # `Msg.channel` on Redis and the local bus
+//!
+//! Go psrpc v0.8 writes `Msg.channel` (field 3) on every bus; v0.7 writes it
+//! only on NATS, where it routes messages. This port reads it on every bus
+//! (and ignores it outside NATS routing), but writes it only on NATS, as
+//! v0.7 does. Both are compatible with every Go reader, which ignore the
+//! field outside NATS routing; leaving it out keeps the Redis and local bytes
+//! identical to v0.7's, so the Redis queue lock key of a request (a hash of
+//! the payload) stays the same as a v0.7 server's, and messages are a few
+//! bytes shorter.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+
+use crate::bus::MessageBus;
+use crate::drops::DropReason;
+use crate::wire::{self, Envelope, Msg, WireError};
+
+/// Below this many payload bytes nothing is compressed, unless configured
+/// otherwise (the value Go psrpc uses).
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
+
+/// The default cap on the size of a payload after decompression: 64 MiB.
+///
+/// Go psrpc has no cap by default; this port has one so that a few kilobytes
+/// of gzip cannot make a reader allocate gigabytes. 64 MiB is the largest
+/// payload a NATS server can be configured to carry at all, and far above
+/// what an RPC message normally is; a bus whose peers send larger messages
+/// compressed can raise it (or lift it with 0).
+pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 64 << 20;
+
+/// The highest gzip level.
+const BEST: u32 = 9;
+
+/// How a bus encodes and decodes envelopes: compression when publishing,
+/// and the decompression cap when reading.
+///
+/// The default writes plain messages, reads plain and gzip messages, and
+/// caps decompressed payloads at [`DEFAULT_MAX_DECOMPRESSED_SIZE`]. See the
+/// [module documentation](self) for the rules.
+///
+/// ```
+/// use psrpc::codec::CompressionOptions;
+/// let c = CompressionOptions::default().with_quality(6).with_threshold(2048);
+/// assert_eq!(c.quality(), 6);
+/// assert_eq!(c.threshold(), 2048);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompressionOptions {
+    quality: u32,
+    threshold: usize,
+    max_decompressed_size: usize,
+}
+
+impl Default for CompressionOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl CompressionOptions {
+    /// Compression off, threshold 1024 bytes, cap 64 MiB.
+    pub const DEFAULT: CompressionOptions = CompressionOptions {
+        quality: 0,
+        threshold: DEFAULT_COMPRESSION_THRESHOLD,
+        max_decompressed_size: DEFAULT_MAX_DECOMPRESSED_SIZE,
+    };
+
+    /// Publishes payloads gzipped at level `quality`: 0 turns compression
+    /// off (the default), 1 is fastest, 9 smallest; above 9 means 9.
+    pub fn with_quality(mut self, quality: u32) -> Self {
+        self.quality = quality.min(BEST);
+        self
+    }
+
+    /// Compresses only payloads of at least `bytes` bytes (encoded size of
+    /// the message, not of the envelope); 0 means the default, 1024.
+    pub fn with_threshold(mut self, bytes: usize) -> Self {
+        self.threshold = if bytes == 0 {
+            DEFAULT_COMPRESSION_THRESHOLD
+        } else {
+            bytes
+        };
+        self
+    }
+
+    /// Drops received messages whose payload inflates to more than `bytes`
+    /// bytes; 0 means no cap.
+    pub fn with_max_decompressed_size(mut self, bytes: usize) -> Self {
+        self.max_decompressed_size = bytes;
+        self
+    }
+
+    /// The gzip level used when publishing; 0 when compression is off.
+    pub fn quality(&self) -> u32 {
+        self.quality
+    }
+
+    /// The smallest payload that is compressed.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// The cap on a decompressed payload; 0 when there is none.
+    pub fn max_decompressed_size(&self) -> usize {
+        self.max_decompressed_size
+    }
+
+    fn compresses(&self, len: usize) -> bool {
+        self.quality > 0 && len >= self.threshold
+    }
+
+    /// Encodes an envelope message in `Msg`, compressing it if these options
+    /// say so. With compression off this is exactly
+    /// [`wire::encode_msg`].
+    pub fn encode<M: Envelope>(&self, m: &M) -> Bytes {
+        let len = m.go_encoded_len();
+        if !self.compresses(len) {
+            return wire::encode_msg(m);
+        }
+        let mut value = BytesMut::with_capacity(len);
+        m.go_encode(&mut value);
+        self.encode_raw(M::TYPE_URL, &value)
+    }
+
+    /// Wraps an already encoded payload (a subscription update) in `Msg`
+    /// with `type_url`, compressing it if these options say so. With
+    /// compression off this is exactly [`wire::encode_msg_raw`].
+    pub fn encode_raw(&self, type_url: &str, value: &[u8]) -> Bytes {
+        if self.compresses(value.len()) {
+            if let Some(gz) = gzip(value, self.quality) {
+                return wire::encode_msg_gzip(type_url, &gz);
+            }
+        }
+        wire::encode_msg_raw(type_url, value)
+    }
+
+    /// Decodes a `Msg` envelope and returns its payload, inflated if it was
+    /// compressed, after checking that its type is `type_url` (compared as
+    /// Go does, by the part after the last `/`).
+    pub fn decode_value(&self, bytes: Bytes, type_url: &str) -> Result<Bytes, WireError> {
+        let msg = wire::decode_msg(bytes)?;
+        wire::check_type(&msg.type_url, type_url)?;
+        self.payload(msg)
+    }
+
+    /// The payload of a decoded `Msg`, inflated if it was compressed.
+    pub fn payload(&self, msg: Msg) -> Result<Bytes, WireError> {
+        match msg.compression {
+            0 => Ok(msg.value),
+            1 => gunzip(&msg.value, self.max_decompressed_size),
+            n => Err(WireError::UnknownCompression(n)),
+        }
+    }
+}
+
+/// gzip of `value` as one member at `level`, if that is strictly smaller.
+fn gzip(value: &[u8], level: u32) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(value.len() / 2),
+        flate2::Compression::new(level),
+    );
+    enc.write_all(value).ok()?;
+    let gz = enc.finish().ok()?;
+    (gz.len() < value.len()).then_some(gz)
+}
+
+/// Inflates every gzip member of `data`; at most `cap` bytes (0: no cap).
+fn gunzip(data: &[u8], cap: usize) -> Result<Bytes, WireError> {
+    // Reading one byte past the cap tells "exactly the cap" from "more".
+    let limit = if cap == 0 { u64::MAX } else { cap as u64 + 1 };
+    // Room for a typical ratio, never more than the cap: a bomb does not
+    // get to choose the allocation.
+    let guess = data.len().saturating_mul(4);
+    let mut out = Vec::with_capacity(if cap == 0 { guess } else { guess.min(cap + 1) });
+    MultiGzDecoder::new(data)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(WireError::BadCompression)?;
+    if cap != 0 && out.len() > cap {
+        return Err(WireError::DecompressedTooLarge(cap));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes one message received on a channel of `bus` as a `M` of type
+/// `type_url`, with the bus's [`CompressionOptions`]. A message that does
+/// not decode is dropped: counted and logged in
+/// [`bus.drops()`](MessageBus::drops) with its reason and the channel's name
+/// (which `channel` gives, called only then), and `None` is returned.
+///
+/// This is the one place where the runtime reads a message off a bus.
+pub fn receive<M: prost::Message + Default>(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    type_url: &str,
+    bytes: Bytes,
+) -> Option<M> {
+    let r = bus
+        .compression()
+        .decode_value(bytes, type_url)
+        .and_then(|v| Ok(M::decode(v)?));
+    match r {
+        Ok(m) => Some(m),
+        Err(e) => {
+            bus.drops().record(e.drop_reason(), &channel(), &e);
+            None
+        }
+    }
+}
+
+/// [`receive`] for an envelope message, whose type URL is known.
+pub fn receive_envelope<M: Envelope>(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    bytes: Bytes,
+) -> Option<M> {
+    receive(bus, channel, M::TYPE_URL, bytes)
+}
+
+impl WireError {
+    /// The drop reason this error is counted under.
+    pub fn drop_reason(&self) -> DropReason {
+        match self {
+            WireError::UnknownCompression(_) => DropReason::UnknownCompression,
+            WireError::BadCompression(_) => DropReason::BadCompression,
+            WireError::DecompressedTooLarge(_) => DropReason::DecompressedTooLarge,
+            _ => DropReason::Malformed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_clamps_and_defaults() {
+        let c = CompressionOptions::default();
+        assert_eq!(
+            (c.quality(), c.threshold(), c.max_decompressed_size()),
+            (0, 1024, 64 << 20)
+        );
+        let c = c
+            .with_quality(12)
+            .with_threshold(0)
+            .with_max_decompressed_size(0);
+        assert_eq!(
+            (c.quality(), c.threshold(), c.max_decompressed_size()),
+            (9, 1024, 0)
+        );
+    }
+
+    #[test]
+    fn gzip_header_is_gos() {
+        let gz = gzip(&[b'a'; 4096], 6).unwrap();
+        assert_eq!(&gz[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        assert_eq!(gunzip(&gz, 4096).unwrap().len(), 4096);
+        assert!(matches!(
+            gunzip(&gz, 4095),
+            Err(WireError::DecompressedTooLarge(4095))
+        ));
+    }
+}
