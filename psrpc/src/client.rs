@@ -284,6 +284,7 @@ impl RpcClient {
             .client_id
             .clone()
             .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
+        channels::check_client_id(&id)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
         });
@@ -447,8 +448,9 @@ impl RpcClient {
         } else {
             self.inner.bus.subscribe_queue(&ch, size).await
         };
-        let sub = sub
-            .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
+        // The bus's error as it is: it says what happened (bus down, name or
+        // message over the bus's limits).
+        let sub = sub?;
         Ok(Subscription {
             raw: sub,
             type_url: wire::type_url_of::<T>(),
@@ -541,9 +543,9 @@ impl RpcClient {
         match tokio::time::timeout_at(deadline, self.inner.bus.publish(ch, wire::encode_msg(m)))
             .await
         {
-            Ok(r) => r.map_err(|e| {
-                Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e)
-            }),
+            // The bus's error as it is: `unavailable` when the bus is down,
+            // `invalid_argument` or `resource_exhausted` over its limits.
+            Ok(r) => r,
             Err(_) => Err(Error::request_timed_out()),
         }
     }

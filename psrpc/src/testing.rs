@@ -336,6 +336,10 @@ impl MessageBus for TestBus {
         });
         Ok(HandlerSubscription::new(AbortOnDrop(task.abort_handle())))
     }
+
+    fn check_channel(&self, channel: &Channel) -> Result<()> {
+        self.chain.bus.check_channel(channel)
+    }
 }
 
 /// Implements [`MessageBus`] for a newtype around [`TestBus`].
@@ -374,6 +378,9 @@ macro_rules! delegate_bus {
                 self.0
                     .subscribe_handler(channel, size, queue, handler)
                     .await
+            }
+            fn check_channel(&self, channel: &$crate::bus::Channel) -> $crate::Result<()> {
+                self.0.check_channel(channel)
             }
         }
     };
