@@ -395,7 +395,10 @@ impl NatsBus {
             connected: tokio::sync::watch::Sender::new(up),
             connects_at_start: client.statistics().connects.load(Ordering::Relaxed),
         });
-        tokio::spawn(Conn::watch(Arc::downgrade(&conn)));
+        // Outside a runtime only the warn log and the watch go without.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(Conn::watch(Arc::downgrade(&conn)));
+        }
         NatsBus {
             client: client.clone(),
             prefix: Arc::from(""),
@@ -469,8 +472,8 @@ impl NatsBus {
         self
     }
 
-    /// This bus refusing messages larger than `n` bytes (never more than the
-    /// server's `max_payload`).
+    /// This bus refusing to send messages larger than `n` bytes (never more
+    /// than the server's `max_payload`, which also bounds what it receives).
     pub fn with_max_message_size(mut self, n: usize) -> NatsBus {
         self.max_message = Some(n);
         self

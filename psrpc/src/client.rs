@@ -97,7 +97,9 @@ impl std::fmt::Debug for ClientOptions {
 }
 
 impl ClientOptions {
-    /// Sets the client id.
+    /// Sets the client id. [`RpcClient::new`] refuses an empty id and one
+    /// with `.`, `*`, `>`, whitespace or control characters (see
+    /// [`channels::check_client_id`]).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
         self
