@@ -101,23 +101,57 @@
 //! `unavailable` error when the server is unreachable or refuses the
 //! credentials.
 //!
+//! While the connection is down, [`NatsBus::is_connected`] is false and
+//! `publish` fails at once with `unavailable` ("nats: bus disconnected"), so
+//! a call made during an outage says so instead of waiting for an answer
+//! that cannot come. Losing and regaining the connection is logged at warn
+//! level; [`NatsBus::watch_connected`] follows the state and
+//! [`NatsBus::reconnects`] counts the reconnections.
+//!
 //! Tested topologies: one server, and a 3-node cluster (routes) on loopback
 //! with the clients and servers of each test on different nodes (the whole
-//! conformance suite). Several server URLs (`nats://a:4222,nats://b:4222`)
-//! let async-nats fail over between nodes; TLS, tokens and credentials files
-//! go through [`NatsBus::connect_with_options`] or
-//! [`NatsBus::from_client`] (not tested here).
+//! conformance suite). Several server URLs, comma-separated
+//! (`nats://a:4222,nats://b:4222`) or as a list
+//! ([`NatsBus::connect_urls`]), let async-nats fail over between nodes
+//! (tested: the node a server and a client were on is killed, calls go on
+//! through the other). TLS, tokens and credentials files go through
+//! [`NatsBus::connect_with_options`] or [`NatsBus::from_client`] (not tested
+//! here).
+//!
+//! # Limits
+//!
+//! * **Subject length.** nats-server closes a connection that sends a
+//!   protocol line longer than its `max_control_line` (4096 bytes by
+//!   default), and async-nats then reconnects and sends the same line again.
+//!   Subjects contain topics and client ids, and sanitising turns every
+//!   character outside `[0-9A-Za-z_]` into 6 or 10 bytes, so a few hundred
+//!   characters of a room name are enough. Every subject is therefore
+//!   checked before it reaches the connection
+//!   ([`MessageBus::check_channel`]): at most [`DEFAULT_MAX_SUBJECT_LEN`]
+//!   bytes (the control line less room for the rest of a `PUB` or `SUB`
+//!   line, see [`NatsBus::with_max_control_line`]), no empty token, no
+//!   wildcard token, no whitespace. A call or registration on a subject
+//!   that fails the check fails at once with `invalid_argument`; a server
+//!   drops a request it could only answer on such a subject (a crafted
+//!   client id), counting it as [`DropReason::InvalidChannel`](psrpc::drops::DropReason::InvalidChannel).
+//! * **Message size.** A message larger than the server's `max_payload`
+//!   (from its `INFO`, 1 MiB by default; [`NatsBus::max_message_size`]) is
+//!   refused before it is sent, with `resource_exhausted`, which the
+//!   default retry policy does not retry. The server never delivers larger
+//!   messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use async_nats::ServerAddr;
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use psrpc::bus::{Channel, MessageBus, Subscription};
+use psrpc::drops::Truncated;
 use psrpc::{CancellationToken, Error, ErrorCode, Result};
 use std::future::Future;
 use tokio::sync::mpsc;
@@ -135,6 +169,22 @@ pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_millis(100);
 /// no route for (quirk Q1, see the crate docs).
 pub const DEFAULT_QUEUE_REDELIVERIES: u32 = 16;
 
+/// nats-server's default `max_control_line`: the longest protocol line
+/// (`PUB <subject> <size>`, `SUB <subject> <queue> <sid>`) it accepts before
+/// closing the connection.
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+
+/// What a `PUB` or `SUB` line needs besides its subject (operation, queue
+/// group, sizes, ids, separators), rounded up.
+const CONTROL_LINE_OVERHEAD: usize = 64;
+
+/// The longest subject (prefix included) the bus uses by default.
+pub const DEFAULT_MAX_SUBJECT_LEN: usize = DEFAULT_MAX_CONTROL_LINE - CONTROL_LINE_OVERHEAD;
+
+/// How often the connection state is looked at for the warn log and
+/// [`NatsBus::watch_connected`].
+const STATE_POLL: Duration = Duration::from_millis(100);
+
 /// How long a handed-back message is remembered for counting.
 const BOUNCE_MEMORY: Duration = Duration::from_secs(5);
 
@@ -146,6 +196,53 @@ pub struct NatsBus {
     prefix: Arc<str>,
     state: Arc<State>,
     compression: psrpc::CompressionOptions,
+    conn: Arc<Conn>,
+    max_subject: usize,
+    max_message: Option<usize>,
+}
+
+/// What is known of the connection (shared by clones; the task that
+/// watches it ends when the last clone goes).
+struct Conn {
+    client: Client,
+    connected: tokio::sync::watch::Sender<bool>,
+    /// `Statistics::connects` when the bus was made.
+    connects_at_start: u64,
+}
+
+impl Conn {
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
+    /// Follows the connection state: logs losing and regaining it at warn
+    /// level and publishes it to the watchers.
+    async fn watch(conn: std::sync::Weak<Conn>) {
+        let mut seen_connects = match conn.upgrade() {
+            Some(c) => c.connects(),
+            None => return,
+        };
+        loop {
+            tokio::time::sleep(STATE_POLL).await;
+            let Some(c) = conn.upgrade() else { return };
+            let up = c.client.connection_state() == async_nats::connection::State::Connected;
+            let connects = c.connects();
+            let was_up = *c.connected.borrow();
+            if was_up && !up {
+                tracing::warn!("nats bus: connection lost, reconnecting");
+            } else if up && (!was_up || connects != seen_connects) {
+                let info = c.client.server_info();
+                tracing::warn!(
+                    server = %format_args!("{}:{}", info.host, info.port),
+                    reconnects = connects.saturating_sub(c.connects_at_start),
+                    "nats bus: reconnected"
+                );
+            }
+            seen_connects = connects;
+            c.connected
+                .send_if_modified(|v| std::mem::replace(v, up) != up);
+        }
+    }
 }
 
 struct State {
@@ -233,55 +330,82 @@ impl NatsBus {
         Self::connect_with_options(url, ConnectOptions::new()).await
     }
 
-    /// Moves `user:password@` (or `token@`) out of the URLs into the options:
-    /// async-nats does not send the credentials of a URL when the server asks
-    /// for them.
-    fn credentials(url: &str, mut options: ConnectOptions) -> (String, ConnectOptions) {
-        let mut creds = None;
-        let urls: Vec<String> = url
-            .split(',')
-            .map(|u| {
-                let u = u.trim();
-                let Some(s) = u.find("://") else {
-                    return u.to_owned();
-                };
-                let rest = &u[s + 3..];
-                let host_end = rest.find('/').unwrap_or(rest.len());
-                match rest[..host_end].rfind('@') {
-                    Some(at) => {
-                        creds.get_or_insert_with(|| rest[..at].to_owned());
-                        format!("{}{}", &u[..s + 3], &rest[at + 1..])
-                    }
-                    None => u.to_owned(),
-                }
-            })
-            .collect();
-        if let Some(c) = creds {
-            options = match c.split_once(':') {
-                Some((user, pass)) => options.user_and_password(user.into(), pass.into()),
-                None => options.token(c),
-            };
-        }
-        (urls.join(","), options)
+    /// Connects to any of the NATS servers at `urls` (each as accepted by
+    /// [`connect`](Self::connect)); async-nats fails over between them.
+    pub async fn connect_urls<S: AsRef<str>>(urls: &[S]) -> Result<NatsBus> {
+        Self::connect_addrs(
+            parse_urls(urls.iter().map(AsRef::as_ref))?,
+            ConnectOptions::new(),
+        )
+        .await
     }
 
     /// As [`connect`](Self::connect), with async-nats options (credentials,
-    /// TLS, name, ...). Setting `retry_on_initial_connect` makes construction
-    /// wait for the server instead of failing.
+    /// TLS, name, ...). `url` may hold several comma-separated URLs. Setting
+    /// `retry_on_initial_connect` makes construction wait for the server
+    /// instead of failing.
     pub async fn connect_with_options(url: &str, options: ConnectOptions) -> Result<NatsBus> {
-        let (addrs, options) = Self::credentials(url, options);
+        Self::connect_addrs(parse_urls(url.split(','))?, options).await
+    }
+
+    /// Connects to any of `addrs` with `options`. Credentials in the
+    /// addresses (`user:password@` or `token@`) are moved into the options:
+    /// async-nats does not send the credentials of a URL when the server
+    /// asks for them.
+    pub async fn connect_addrs(addrs: Vec<ServerAddr>, options: ConnectOptions) -> Result<NatsBus> {
+        let mut options = options;
+        let mut creds: Option<(String, Option<String>)> = None;
+        let mut plain = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            let mut url = a.into_inner();
+            if !url.username().is_empty() {
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                creds.get_or_insert_with(|| (decode(url.username()), url.password().map(decode)));
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+            }
+            plain.push(ServerAddr::from_url(url).map_err(|e| unavailable("invalid url", e))?);
+        }
+        let shown = plain
+            .iter()
+            .map(ServerAddr::as_url_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some((user, pass)) = creds {
+            options = match pass {
+                Some(pass) => options.user_and_password(user, pass),
+                None => options.token(user),
+            };
+        }
         let client = options
-            .connect(addrs)
+            .connect(plain)
             .await
-            .map_err(|e| unavailable(&format!("cannot connect to {}", redact(url)), e))?;
+            .map_err(|e| unavailable(&format!("cannot connect to {shown}"), e))?;
         Ok(Self::from_client(client))
     }
 
     /// A bus over an existing async-nats client.
     pub fn from_client(client: Client) -> NatsBus {
+        let up = client.connection_state() == async_nats::connection::State::Connected;
+        let conn = Arc::new(Conn {
+            client: client.clone(),
+            connected: tokio::sync::watch::Sender::new(up),
+            connects_at_start: client.statistics().connects.load(Ordering::Relaxed),
+        });
+        // Outside a runtime only the warn log and the watch go without.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(Conn::watch(Arc::downgrade(&conn)));
+        }
         NatsBus {
             client: client.clone(),
             prefix: Arc::from(""),
+            conn,
+            max_subject: DEFAULT_MAX_SUBJECT_LEN,
+            max_message: None,
             state: Arc::new(State {
                 client: client.clone(),
                 create: tokio::sync::Mutex::new(()),
@@ -349,6 +473,53 @@ impl NatsBus {
             bounces: Mutex::new(HashMap::new()),
             barrier: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// This bus for a nats-server whose `max_control_line` is `n` bytes
+    /// (default [`DEFAULT_MAX_CONTROL_LINE`]): subjects longer than `n` less
+    /// room for the rest of a protocol line are refused (see the
+    /// [crate docs](crate#limits)).
+    pub fn with_max_control_line(mut self, n: usize) -> NatsBus {
+        self.max_subject = n.saturating_sub(CONTROL_LINE_OVERHEAD);
+        self
+    }
+
+    /// This bus refusing to send messages larger than `n` bytes (never more
+    /// than the server's `max_payload`, which also bounds what it receives).
+    pub fn with_max_message_size(mut self, n: usize) -> NatsBus {
+        self.max_message = Some(n);
+        self
+    }
+
+    /// The largest message this bus sends: the server's `max_payload` (as
+    /// announced in its `INFO`, updated at every reconnection), or less if
+    /// set with [`with_max_message_size`](Self::with_max_message_size).
+    pub fn max_message_size(&self) -> usize {
+        let server = self.client.max_payload();
+        self.max_message.map_or(server, |m| m.min(server))
+    }
+
+    /// The longest subject (prefix included) this bus uses.
+    pub fn max_subject_len(&self) -> usize {
+        self.max_subject
+    }
+
+    /// Whether the connection to NATS is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Follows [`is_connected`](Self::is_connected) (looked at every 100 ms).
+    pub fn watch_connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.conn.connected.subscribe()
+    }
+
+    /// How many times the connection was re-established since the bus was
+    /// made.
+    pub fn reconnects(&self) -> u64 {
+        self.conn
+            .connects()
+            .saturating_sub(self.conn.connects_at_start)
     }
 
     /// The subject prefix (empty for none).
@@ -461,6 +632,7 @@ impl NatsBus {
 
     /// Adds a sink to `channel`; returns what removes it.
     async fn add(&self, channel: &Channel, queue: bool, sink: Sink) -> Result<Remover> {
+        self.check_channel(channel)?;
         let subject = self.subject(channel);
         if channel.local.is_empty() {
             return self.add_direct(subject, queue, sink).await;
@@ -644,6 +816,57 @@ async fn run_direct(
             }
         }
     }
+}
+
+/// Parses server URLs with async-nats' own parser (`host:port` alone means
+/// `nats://host:port`).
+fn parse_urls<'a>(urls: impl Iterator<Item = &'a str>) -> Result<Vec<ServerAddr>> {
+    let addrs = urls
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<ServerAddr>()
+                .map_err(|e| unavailable(&format!("invalid url {}", redact(u)), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(unavailable("invalid url", "no server given"));
+    }
+    Ok(addrs)
+}
+
+/// Checks that `subject` is one nats-server takes from this bus: at most
+/// `max` bytes, non-empty dot-separated tokens, none of them a wildcard
+/// (`*`, `>`), no whitespace or control characters.
+fn check_subject(subject: &str, max: usize) -> Result<()> {
+    let invalid = |why: String| {
+        Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("nats: subject {why}: {}", Truncated(subject)),
+        ))
+    };
+    if subject.len() > max {
+        return invalid(format!(
+            "of {} bytes is longer than the bus's limit of {max} bytes \
+             (nats-server's max_control_line, {DEFAULT_MAX_CONTROL_LINE} by default, \
+             less protocol overhead)",
+            subject.len()
+        ));
+    }
+    if let Some(c) = subject
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return invalid(format!("contains {c:?}"));
+    }
+    for token in subject.split('.') {
+        match token {
+            "" => return invalid("has an empty token".into()),
+            "*" | ">" => return invalid(format!("has the wildcard token {token:?}")),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Hides a password in a URL for error messages.
@@ -895,12 +1118,29 @@ async fn run_router(router: Arc<Router>, state: Arc<State>) {
 #[async_trait]
 impl MessageBus for NatsBus {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+        self.check_channel(channel)?;
         let subject = self.subject(channel);
         let payload = if channel.local.is_empty() {
             msg
         } else {
             psrpc::wire::append_channel(&msg, &channel.local)
         };
+        let max = self.max_message_size();
+        if payload.len() > max {
+            return Err(Error::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "nats: message of {} bytes is larger than the bus's maximum of {max} bytes (max_payload)",
+                    payload.len()
+                ),
+            ));
+        }
+        if !self.is_connected() {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "nats: bus disconnected (the connection to NATS is down, reconnecting): message not sent",
+            ));
+        }
         let publish = self.client.publish(subject, payload);
         tokio::pin!(publish);
         // async-nats queues the publish for its connection task; that queue
@@ -918,7 +1158,15 @@ impl MessageBus for NatsBus {
                 }
             },
         };
-        r.map_err(|e| Error::new(ErrorCode::Internal, format!("nats: publish: {e}")))
+        r.map_err(|e| {
+            use async_nats::client::PublishErrorKind as K;
+            let code = match e.kind() {
+                K::MaxPayloadExceeded => ErrorCode::ResourceExhausted,
+                K::InvalidSubject => ErrorCode::InvalidArgument,
+                K::Send => ErrorCode::Unavailable,
+            };
+            Error::new(code, format!("nats: publish: {e}"))
+        })
     }
 
     fn drops(&self) -> &psrpc::drops::Drops {
@@ -927,6 +1175,11 @@ impl MessageBus for NatsBus {
 
     fn compression(&self) -> &psrpc::CompressionOptions {
         &self.compression
+    }
+
+    fn check_channel(&self, channel: &Channel) -> Result<()> {
+        let subject = self.subject(channel);
+        check_subject(&subject, self.max_subject)
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {

@@ -101,6 +101,37 @@
 //! next node it was given (not tested here); the cluster client follows
 //! slot moves and failovers for the locks.
 //!
+//! While the pub/sub connection is down, [`RedisBus::is_connected`] is
+//! false and `publish` fails at once with `unavailable` ("redis: bus
+//! disconnected", with the last connection error), so a call made during an
+//! outage says so instead of waiting for an answer that cannot come.
+//! Losing and regaining the connection is logged at warn level;
+//! [`RedisBus::watch_connected`] follows the state and
+//! [`RedisBus::reconnects`] counts the reconnections.
+//!
+//! # Limits
+//!
+//! * **Message size.** Redis disconnects a pub/sub client whose output
+//!   buffer passes `client-output-buffer-limit pubsub` (32 MB hard limit by
+//!   default): one message that large would disconnect *every* subscriber
+//!   of its channel. The bus therefore refuses to publish a message larger
+//!   than [`DEFAULT_MAX_MESSAGE_SIZE`] (8 MiB;
+//!   [`RedisBus::with_max_message_size`]) with `resource_exhausted`, before
+//!   anything is sent (the default retry policy does not retry it), and its
+//!   reader drops larger messages published by others, counted as
+//!   [`DropReason::TooLarge`](psrpc::drops::DropReason::TooLarge). Raise the
+//!   Redis limit before raising this one.
+//! * **Channel names** longer than [`DEFAULT_MAX_CHANNEL_LEN`] bytes (prefix
+//!   included; [`RedisBus::with_max_channel_len`]) are refused with
+//!   `invalid_argument` before they reach Redis
+//!   ([`MessageBus::check_channel`]); a server drops a request it could only
+//!   answer on such a channel (a crafted client id), counted as
+//!   [`DropReason::InvalidChannel`](psrpc::drops::DropReason::InvalidChannel).
+//!   Redis itself takes much longer names; the limit keeps one peer from
+//!   making every server build and send huge names, and is far above what
+//!   the NATS bus allows (about 4 KB), so anything that works there works
+//!   here.
+//!
 //! # Slow consumers
 //!
 //! Every subscription has a bounded buffer. The reader offers each message
@@ -158,6 +189,13 @@ const LOCK_BATCHES_IN_FLIGHT: usize = 64;
 /// Most queue locks in one pipeline.
 const LOCK_BATCH: usize = 256;
 const LOCK_RETRIES: u32 = 3;
+
+/// The largest message the bus publishes or delivers by default: well below
+/// Redis' default 32 MB hard limit on a pub/sub client's output buffer.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 8 << 20;
+
+/// The longest channel name (prefix included) the bus uses by default.
+pub const DEFAULT_MAX_CHANNEL_LEN: usize = 64 << 10;
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error()
@@ -449,6 +487,7 @@ pub struct RedisBus {
     prefix: Arc<str>,
     slow_timeout: Duration,
     compression: psrpc::CompressionOptions,
+    max_channel: usize,
 }
 
 struct Inner {
@@ -464,6 +503,37 @@ struct Shared {
     channels: Mutex<HashMap<String, Arc<Subscribers>>>,
     drops: psrpc::drops::Drops,
     locks: Locks,
+    /// The largest message published or delivered.
+    max_message: AtomicUsize,
+    /// Whether the pub/sub connection is up.
+    connected: tokio::sync::watch::Sender<bool>,
+    reconnects: AtomicU64,
+    /// Why the connection is down (the last error seen).
+    last_error: Mutex<String>,
+}
+
+impl Shared {
+    /// The pub/sub connection is down: logs it and tells the watchers.
+    fn lost(&self, why: &str) {
+        *lock(&self.last_error) = why.to_owned();
+        if self
+            .connected
+            .send_if_modified(|v| std::mem::replace(v, false))
+        {
+            tracing::warn!(error = why, "redis bus: connection lost, reconnecting");
+        }
+    }
+
+    /// The pub/sub connection is back, its channels subscribed again.
+    fn restored(&self) {
+        if self
+            .connected
+            .send_if_modified(|v| !std::mem::replace(v, true))
+        {
+            let n = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(reconnects = n, "redis bus: reconnected");
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -655,6 +725,10 @@ impl RedisBus {
             channels: Mutex::new(HashMap::new()),
             drops: psrpc::drops::Drops::default(),
             locks,
+            max_message: AtomicUsize::new(DEFAULT_MAX_MESSAGE_SIZE),
+            connected: tokio::sync::watch::Sender::new(true),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(writer(publish_rx, publisher.clone()));
@@ -670,7 +744,46 @@ impl RedisBus {
             prefix: Arc::from(""),
             slow_timeout: Duration::from_millis(100),
             compression: psrpc::CompressionOptions::DEFAULT,
+            max_channel: DEFAULT_MAX_CHANNEL_LEN,
         })
+    }
+
+    /// Sets the largest message this bus (every handle on its connections)
+    /// publishes or delivers; default [`DEFAULT_MAX_MESSAGE_SIZE`]. Keep it
+    /// well below Redis' `client-output-buffer-limit pubsub` (see the
+    /// [crate docs](crate#limits)).
+    pub fn with_max_message_size(self, n: usize) -> Self {
+        self.inner.shared.max_message.store(n, Ordering::Relaxed);
+        self
+    }
+
+    /// The largest message this bus publishes or delivers.
+    pub fn max_message_size(&self) -> usize {
+        self.inner.shared.max_message.load(Ordering::Relaxed)
+    }
+
+    /// A handle refusing channel names (prefix included) longer than `n`
+    /// bytes; default [`DEFAULT_MAX_CHANNEL_LEN`].
+    pub fn with_max_channel_len(mut self, n: usize) -> Self {
+        self.max_channel = n;
+        self
+    }
+
+    /// Whether the pub/sub connection to Redis is up (and its channels
+    /// subscribed).
+    pub fn is_connected(&self) -> bool {
+        *self.inner.shared.connected.borrow()
+    }
+
+    /// Follows [`is_connected`](Self::is_connected).
+    pub fn watch_connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shared.connected.subscribe()
+    }
+
+    /// How many times the pub/sub connection was re-established since the
+    /// bus was made.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// A handle on the same connections that prepends `prefix` to every
@@ -724,6 +837,7 @@ impl RedisBus {
         queue: bool,
         sink: Sink,
     ) -> Result<Box<dyn FnOnce() + Send + Sync>> {
+        self.check_channel(channel)?;
         let key = self.name(channel);
         let target = Target {
             sink,
@@ -815,6 +929,25 @@ impl Shared {
 #[async_trait]
 impl MessageBus for RedisBus {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+        self.check_channel(channel)?;
+        let shared = &self.inner.shared;
+        let max = shared.max_message.load(Ordering::Relaxed);
+        if msg.len() > max {
+            return Err(Error::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "redis: message of {} bytes is larger than the bus's maximum of {max} bytes",
+                    msg.len()
+                ),
+            ));
+        }
+        if !*shared.connected.borrow() {
+            let why = lock(&shared.last_error).clone();
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                format!("redis: bus disconnected (reconnecting): message not sent: {why}"),
+            ));
+        }
         let item = (self.name(channel), msg);
         match self.inner.publish_tx.try_send(item) {
             Ok(()) => Ok(()),
@@ -842,6 +975,21 @@ impl MessageBus for RedisBus {
 
     fn compression(&self) -> &psrpc::CompressionOptions {
         &self.compression
+    }
+
+    fn check_channel(&self, channel: &Channel) -> Result<()> {
+        let len = self.prefix.len() + channel.legacy.len();
+        if len > self.max_channel {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "redis: channel name of {len} bytes is longer than the bus's limit of {} bytes: {}",
+                    self.max_channel,
+                    psrpc::drops::Truncated(&channel.legacy)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
@@ -922,7 +1070,8 @@ async fn manager(
                         p
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "redis bus: pub/sub reconnect failed");
+                        shared.lost(&e.to_string());
+                        tracing::debug!(error = %e, "redis bus: pub/sub reconnect failed");
                         continue;
                     }
                 }
@@ -941,12 +1090,13 @@ async fn manager(
                     tracing::info!("redis bus: re-subscribed {} channel(s)", channels.len());
                 }
                 _ => {
-                    tracing::warn!("redis bus: re-subscribing failed, reconnecting");
+                    shared.lost("re-subscribing failed");
                     topology.failed();
                     continue;
                 }
             }
         }
+        shared.restored();
         backoff = Duration::ZERO;
         let mut reader = tokio::spawn(read(stream, shared.clone()));
         if !serve(&mut cmds, sink, &mut reader, &shared).await {
@@ -955,7 +1105,7 @@ async fn manager(
         }
         reader.abort();
         topology.failed();
-        tracing::warn!("redis bus: pub/sub connection lost, reconnecting");
+        shared.lost("pub/sub connection lost");
     }
 }
 
@@ -1069,7 +1219,11 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
                         break;
                     };
                     let channel = msg.get_channel_name();
-                    if let Some(targets) = shared.get(channel) {
+                    let (len, max) = (msg.get_payload_bytes().len(), shared.max_message.load(Ordering::Relaxed));
+                    if len > max {
+                        let detail = format_args!("{len} bytes, over the bus's maximum of {max}");
+                        shared.drops.record(psrpc::drops::DropReason::TooLarge, channel, &detail);
+                    } else if let Some(targets) = shared.get(channel) {
                         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                         deliver_fanout(&shared, channel, &targets, &payload).await;
                         if !targets.queue.is_empty() {

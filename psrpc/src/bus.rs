@@ -81,6 +81,17 @@ pub trait MessageBus: Send + Sync + 'static {
     fn compression(&self) -> &CompressionOptions {
         &CompressionOptions::DEFAULT
     }
+
+    /// Checks, without touching the broker, that `channel` can be published
+    /// to and subscribed on this bus: its name fits the broker's limits and
+    /// contains nothing the broker reads as syntax. Fails with
+    /// `invalid_argument` naming the limit. The runtime checks the channels
+    /// it would answer a peer on before doing any work for it; a bus also
+    /// checks in its own `publish` and `subscribe`. The default accepts
+    /// every channel (the local bus has no limits).
+    fn check_channel(&self, _channel: &Channel) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What became of a delivery into a full subscriber buffer.
@@ -177,6 +188,10 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     }
     fn compression(&self) -> &CompressionOptions {
         (**self).compression()
+    }
+
+    fn check_channel(&self, channel: &Channel) -> Result<()> {
+        (**self).check_channel(channel)
     }
 }
 

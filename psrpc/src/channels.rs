@@ -151,6 +151,37 @@ pub fn stream_channel(service: &str, client_id: &str) -> Channel {
     client_channel(service, client_id, "STR")
 }
 
+/// Checks that `id` can be a client id (also the node id of its streams).
+///
+/// The client id goes into the NATS subjects of the client's channels as it
+/// is (`CLI.<service>.<id>.RES`; only Redis names are sanitised), so an id
+/// that NATS would read as syntax would break them: `*` or `>` make the
+/// subscription a wildcard that receives other clients' answers, a `.` adds
+/// tokens, whitespace or control characters end the protocol line. Such ids
+/// are refused with `invalid_argument` on every bus, so that a client works
+/// the same whichever bus carries it. Empty ids are refused too.
+pub fn check_client_id(id: &str) -> crate::Result<()> {
+    let bad = id
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control());
+    if id.is_empty() {
+        return Err(crate::Error::new(
+            crate::ErrorCode::InvalidArgument,
+            "client id must not be empty",
+        ));
+    }
+    match bad {
+        Some(c) => Err(crate::Error::new(
+            crate::ErrorCode::InvalidArgument,
+            format!(
+                "client id \"{}\" contains {c:?}: '.', '*', '>', whitespace and control characters are not allowed",
+                crate::drops::Truncated(id)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The server-side identity of a handler: method and topic joined with `.`.
 pub fn handler_key(method: &str, topic: &[String]) -> String {
     join('.', &[Part::One(method), Part::Many(topic)])
@@ -277,6 +308,17 @@ mod tests {
             names(&response_channel("MyService", "CLI_abc")),
             ("MyService|CLI_abc|RES", "CLI.MyService.CLI_abc.RES", "")
         );
+    }
+
+    #[test]
+    fn client_ids() {
+        for ok in ["CLI_abc", "a-b", "a|b", "É", "x/y"] {
+            assert!(check_client_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "*", ">", "a.b", "a b", "a\tb", "a\rb", "x*", "\u{0}"] {
+            let e = check_client_id(bad).unwrap_err();
+            assert_eq!(e.code(), &crate::ErrorCode::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl std::fmt::Debug for ClientOptions {
 }
 
 impl ClientOptions {
-    /// Sets the client id.
+    /// Sets the client id. [`RpcClient::new`] refuses an empty id and one
+    /// with `.`, `*`, `>`, whitespace or control characters (see
+    /// [`channels::check_client_id`]).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
         self
@@ -284,6 +286,7 @@ impl RpcClient {
             .client_id
             .clone()
             .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
+        channels::check_client_id(&id)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
         });
@@ -439,8 +442,9 @@ impl RpcClient {
         } else {
             self.inner.bus.subscribe_queue(&ch, size).await
         };
-        let sub = sub
-            .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
+        // The bus's error as it is: it says what happened (bus down, name or
+        // message over the bus's limits).
+        let sub = sub?;
         Ok(Subscription {
             raw: sub,
             type_url: wire::type_url_of::<T>(),
@@ -539,9 +543,9 @@ impl RpcClient {
         )
         .await
         {
-            Ok(r) => r.map_err(|e| {
-                Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e)
-            }),
+            // The bus's error as it is: `unavailable` when the bus is down,
+            // `invalid_argument` or `resource_exhausted` over its limits.
+            Ok(r) => r,
             Err(_) => Err(Error::request_timed_out()),
         }
     }

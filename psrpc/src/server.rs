@@ -247,13 +247,16 @@ struct ClientChannels {
 const CLIENT_CHANNEL_CACHE: usize = 4096;
 
 impl Core {
-    fn client_channels(&self, client_id: &str) -> Arc<ClientChannels> {
+    /// The channels to answer `client_id` on; `None` (the request dropped,
+    /// counted and logged) when the bus could not carry them: a client id
+    /// too long for the broker's names or one it reads as syntax.
+    fn client_channels(&self, client_id: &str) -> Option<Arc<ClientChannels>> {
         let mut cache = self
             .client_channels
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(client_id) {
-            return c.clone();
+            return Some(c.clone());
         }
         if cache.len() >= CLIENT_CHANNEL_CACHE {
             cache.clear();
@@ -263,8 +266,15 @@ impl Core {
             claim: Arc::new(channels::claim_request_channel(&self.service, client_id)),
             stream: Arc::new(channels::stream_channel(&self.service, client_id)),
         });
+        for ch in [&c.response, &c.claim, &c.stream] {
+            if let Err(e) = self.bus.check_channel(ch) {
+                let reason = crate::drops::DropReason::InvalidChannel;
+                self.bus.drops().record(reason, &ch.legacy, &e);
+                return None;
+            }
+        }
         cache.insert(client_id.to_owned(), c.clone());
-        c
+        Some(c)
     }
 }
 
@@ -1111,7 +1121,9 @@ where
             return;
         };
         let deadline = Instant::now() + budget;
-        let chans = self.core.client_channels(&req.client_id);
+        let Some(chans) = self.core.client_channels(&req.client_id) else {
+            return;
+        };
         let msg = match Req::decode(req.raw_request.clone()) {
             Ok(m) => m,
             Err(e) => {
@@ -1290,7 +1302,9 @@ where
         let Some(StreamBody::Open(open)) = &m.body else {
             return;
         };
-        let chans = self.core.client_channels(&open.node_id);
+        let Some(chans) = self.core.client_channels(&open.node_id) else {
+            return;
+        };
         if self.method.require_claim {
             let deadline = Instant::now() + budget;
             let affinity = self.affinity.as_ref().map_or(1.0, |f| f());

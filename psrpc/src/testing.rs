@@ -344,6 +344,10 @@ impl MessageBus for TestBus {
     fn compression(&self) -> &crate::codec::CompressionOptions {
         self.chain.bus.compression()
     }
+
+    fn check_channel(&self, channel: &Channel) -> Result<()> {
+        self.chain.bus.check_channel(channel)
+    }
 }
 
 /// Implements [`MessageBus`] for a newtype around [`TestBus`].
@@ -388,6 +392,10 @@ macro_rules! delegate_bus {
             }
             fn compression(&self) -> &$crate::codec::CompressionOptions {
                 self.0.compression()
+            }
+
+            fn check_channel(&self, channel: &$crate::bus::Channel) -> $crate::Result<()> {
+                self.0.check_channel(channel)
             }
         }
     };

@@ -85,7 +85,9 @@ impl std::fmt::Debug for RetryOptions {
 
 /// The default retry predicate: `deadline_exceeded` and `unavailable` (the
 /// codes gRPC's DeadlineExceeded and Unavailable map to) are retried;
-/// every other code is an answer, not a transport failure.
+/// every other code is an answer, not a transport failure. In particular a
+/// message over the bus's size limit (`resource_exhausted`) or a name over
+/// its limits (`invalid_argument`) is not retried: it would fail again.
 pub fn is_retryable(e: &Error) -> bool {
     matches!(
         e.code(),
@@ -354,6 +356,8 @@ mod tests {
             (ErrorCode::Unavailable, true),
             (ErrorCode::Internal, false),
             (ErrorCode::Unknown, false),
+            (ErrorCode::ResourceExhausted, false),
+            (ErrorCode::InvalidArgument, false),
         ] {
             assert_eq!(
                 is_retryable(&Error::new(code.clone(), "x")),
