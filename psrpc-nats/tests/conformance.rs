@@ -5,3 +5,11 @@ mod common;
 use common::NatsFactory;
 
 psrpc_tests::conformance!(NatsFactory::new());
+
+/// The same suite with every server opted in to claim skip.
+mod skip_claim {
+    #[allow(unused_imports)]
+    use super::*;
+
+    psrpc_tests::conformance!(psrpc_tests::SkipClaim(NatsFactory::new()));
+}

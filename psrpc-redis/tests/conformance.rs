@@ -45,3 +45,11 @@ impl BusFactory for RedisFactory {
 }
 
 psrpc_tests::conformance!(RedisFactory::new());
+
+/// The same suite with every server opted in to claim skip.
+mod skip_claim {
+    #[allow(unused_imports)]
+    use super::*;
+
+    psrpc_tests::conformance!(psrpc_tests::SkipClaim(RedisFactory::new()));
+}
