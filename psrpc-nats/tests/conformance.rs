@@ -12,3 +12,11 @@ mod compressed {
         super::NatsFactory::new()
     ));
 }
+
+/// The same suite with every server opted in to claim skip.
+mod skip_claim {
+    #[allow(unused_imports)]
+    use super::*;
+
+    psrpc_tests::conformance!(psrpc_tests::SkipClaim(NatsFactory::new()));
+}

@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -131,21 +131,8 @@ impl<F: BusFactory> BusFactory for Compressed<F> {
     fn settle(&self) -> Duration {
         self.inner.settle()
     }
-}
-
-async fn settle(f: &dyn BusFactory) {
-    let d = f.settle();
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
-}
-
-/// Polls `cond` until it holds; fails after [`DEADLINE`].
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    fn server_options(&self) -> psrpc::ServerOptions {
+        self.inner.server_options()
     }
 }
 
@@ -225,7 +212,7 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
             .await
             .unwrap();
         let mut sub = c.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
-        settle(f).await;
+        crate::suite::settle(f).await;
         let big = text(5000);
         let r: Num = c
             .unary(
@@ -293,7 +280,7 @@ pub async fn compression_raw_gzip_request_answered(f: &dyn BusFactory) {
         .subscribe(&channels::response_channel(SERVICE, &client_id), 10)
         .await
         .unwrap();
-    settle(f).await;
+    crate::suite::settle(f).await;
     let payload = Num {
         n: 42,
         text: text(3000),
@@ -362,7 +349,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
             let _ = tx.send(n);
         }
     });
-    settle(f).await;
+    crate::suite::settle(f).await;
 
     let num_url = wire::type_url_of::<Num>();
     let targets = [
@@ -403,7 +390,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
     let shared = std::ptr::eq(server_bus.drops(), client_bus.drops());
     let want_server = targets.iter().filter(|t| t.2).count() as u64;
     let want_client = targets.len() as u64 - want_server;
-    wait_for("the bombs to be dropped", || {
+    crate::eventually("the bombs to be dropped", DEADLINE, || {
         if shared {
             too_large(&server_bus) - server_before == want_server + want_client
         } else {

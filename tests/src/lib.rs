@@ -10,9 +10,10 @@
 use std::time::Duration;
 
 use psrpc::bus::DynBus;
-use psrpc::{LocalBus, MethodInfo};
+use psrpc::{LocalBus, MethodInfo, ServerOptions};
 
 pub mod compression;
+pub mod claim_skip;
 pub mod middleware;
 pub mod outage;
 pub mod servers;
@@ -38,6 +39,31 @@ pub trait BusFactory: Send + Sync {
     /// connection is sure to be heard (zero when subscribe awaits readiness).
     fn settle(&self) -> Duration {
         Duration::ZERO
+    }
+    /// The options the suite's servers start from.
+    fn server_options(&self) -> ServerOptions {
+        ServerOptions::default()
+    }
+}
+
+/// Another factory whose servers opt in to claim skip on every request:
+/// the suite run through it checks that announcing instead of bidding
+/// changes nothing a caller can see.
+pub struct SkipClaim<F>(pub F);
+
+#[psrpc::async_trait]
+impl<F: BusFactory> BusFactory for SkipClaim<F> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    async fn connect(&self) -> DynBus {
+        self.0.connect().await
+    }
+    fn settle(&self) -> Duration {
+        self.0.settle()
+    }
+    fn server_options(&self) -> ServerOptions {
+        self.0.server_options().skip_claim(|| true)
     }
 }
 
@@ -209,6 +235,12 @@ macro_rules! conformance {
             compression_mixed_peers,
             compression_raw_gzip_request_answered,
             compression_bomb_dropped_everywhere,
+            claim_skip_mixed_peers,
+            claim_skip_response_first_and_timeout,
+            observer_claim_outcomes,
+            queue_rejects_affinity,
+            claims_released_at_expiry,
+            clock_skew_counted_and_deadline_bounded,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -17,7 +17,7 @@ use psrpc::middleware::trace::{TRACEPARENT, TraceParent};
 use psrpc::testing::{FailureRate, LaggyBus, UnreliableBus};
 use psrpc::{
     BoxMessage, CallOptions, ClientOptions, Context, Error, ErrorCode, MethodInfo, RpcClient,
-    RpcInfo, RpcServer, ServerOptions, ServerStream,
+    RpcInfo, RpcServer, ServerStream,
 };
 
 use crate::streams::{PING_PONG, num};
@@ -82,7 +82,8 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
             }
         }
     };
-    let opts = ServerOptions::default()
+    let opts = f
+        .server_options()
         .interceptor(logger)
         .interceptor(server_tracer(&trace, "1"))
         .interceptor(server_tracer(&trace, "2"))
@@ -134,7 +135,7 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
 /// unchanged through the chain.
 pub async fn interceptors_client_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
-    let s = RpcServer::new(f.connect().await, "icpt_client", ServerOptions::default());
+    let s = RpcServer::new(f.connect().await, "icpt_client", f.server_options());
     let t = trace.clone();
     s.register_handler(
         &UNARY,
@@ -210,7 +211,7 @@ impl MultiCallInterceptor for MultiTracerCall {
 /// innermost-first; they can change a result.
 pub async fn interceptors_multi_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
-    let s = RpcServer::new(f.connect().await, "icpt_multi", ServerOptions::default());
+    let s = RpcServer::new(f.connect().await, "icpt_multi", f.server_options());
     let t = trace.clone();
     s.register_handler(
         &MULTI,
@@ -278,7 +279,7 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     let s = RpcServer::new(
         f.connect().await,
         "icpt_modify",
-        ServerOptions::default().interceptor(
+        f.server_options().interceptor(
             |ctx: Context, req: BoxMessage, next: ServerNext| async move {
                 let mut res = next.run(ctx, req).await?;
                 if let Some(n) = res.as_any_mut().downcast_mut::<Num>() {
@@ -345,7 +346,7 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
 /// error returned; a call that succeeds on the second attempt succeeds;
 /// a non-retryable error is not retried.
 pub async fn middleware_retry_bound(f: &dyn BusFactory) {
-    let s = RpcServer::new(f.connect().await, "mw_retry", ServerOptions::default());
+    let s = RpcServer::new(f.connect().await, "mw_retry", f.server_options());
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
     s.register_handler(
@@ -498,7 +499,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     let s = RpcServer::new(
         f.connect().await,
         "mw_metrics",
-        ServerOptions::default().metrics(server_rec.clone()),
+        f.server_options().metrics(server_rec.clone()),
     );
     s.register_handler(
         &UNARY,
@@ -638,11 +639,7 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
     /// The handler's span name, incoming traceparent and context traceparent.
     type Seen = Option<(String, Option<String>, Option<String>)>;
     let seen: Arc<Mutex<Seen>> = Default::default();
-    let s = RpcServer::new(
-        f.connect().await,
-        "mw_trace",
-        ServerOptions::default().traced(),
-    );
+    let s = RpcServer::new(f.connect().await, "mw_trace", f.server_options().traced());
     let seen2 = seen.clone();
     s.register_handler(
         &UNARY,
@@ -721,7 +718,7 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
     let s = RpcServer::new(
         LaggyBus::new(f.connect().await, "server", latency),
         "laggy_stream",
-        ServerOptions::default(),
+        f.server_options(),
     );
     s.register_stream_handler(
         &PING_PONG,
@@ -768,7 +765,7 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
     let s = RpcServer::new(
         UnreliableBus::new(f.connect().await, rate.clone()),
         "lossy_stream",
-        ServerOptions::default(),
+        f.server_options(),
     );
     s.register_stream_handler(
         &PING_PONG,

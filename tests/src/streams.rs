@@ -71,7 +71,7 @@ async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
 /// BEHAVIOURS 3.2: open, three ping-pongs, close; the server's receive
 /// channel closes and its handler returns.
 pub async fn stream_ping_pong(f: &dyn BusFactory) {
-    let s = server(f, "test_stream", ServerOptions::default()).await;
+    let s = server(f, "test_stream", f.server_options()).await;
     let (done_tx, mut done) = mpsc::unbounded_channel();
     echo(&s, &PING_PONG, &[], done_tx).await;
     let c = client(f, "test_stream").await;
@@ -103,7 +103,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
     let counts: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let mut servers = Vec::new();
     for count in &counts {
-        let s = server(f, "stream_two", ServerOptions::default()).await;
+        let s = server(f, "stream_two", f.server_options()).await;
         let count = count.clone();
         s.register_stream_handler(
             &PING_PONG,
@@ -155,7 +155,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
 /// A handler's error closes the stream with it; the client's `err()` and
 /// its sends report it. A client's close cause reaches the server.
 pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
-    let s = server(f, "stream_causes", ServerOptions::default()).await;
+    let s = server(f, "stream_causes", f.server_options()).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     s.register_stream_handler(
         &PING_PONG,
@@ -218,12 +218,7 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
 /// acknowledged and the sender's `send` fails with `deadline_exceeded`.
 pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
     const BUFFER: usize = 4;
-    let s = server(
-        f,
-        "stream_slow",
-        ServerOptions::default().channel_size(BUFFER),
-    )
-    .await;
+    let s = server(f, "stream_slow", f.server_options().channel_size(BUFFER)).await;
     let (release_tx, release) = tokio::sync::watch::channel(false);
     s.register_stream_handler(
         &PING_PONG,
@@ -284,7 +279,7 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
 /// sends from one task while it receives in another.
 pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
     const N: i64 = 1000;
-    let s = server(f, "stream_thousand", ServerOptions::default()).await;
+    let s = server(f, "stream_thousand", f.server_options()).await;
     s.register_stream_handler(
         &PING_PONG,
         &[],
@@ -353,7 +348,7 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
 /// A hijacked server stream stays open after its handler returns; the
 /// application keeps using it.
 pub async fn stream_hijack_keeps_stream(f: &dyn BusFactory) {
-    let s = server(f, "stream_hijack", ServerOptions::default()).await;
+    let s = server(f, "stream_hijack", f.server_options()).await;
     let (keep_tx, mut keep) = mpsc::unbounded_channel();
     s.register_stream_handler(
         &PING_PONG,
@@ -402,7 +397,7 @@ pub async fn stream_hijack_keeps_stream(f: &dyn BusFactory) {
 /// (and shutdown still returns: the handlers see their streams end).
 pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
     for kill in [false, true] {
-        let s = server(f, "stream_shutdown", ServerOptions::default()).await;
+        let s = server(f, "stream_shutdown", f.server_options()).await;
         let (done_tx, mut done) = mpsc::unbounded_channel();
         echo(&s, &PING_PONG, &[], done_tx).await;
         let c = client(f, "stream_shutdown").await;
@@ -458,7 +453,7 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
     assert_eq!(e.code(), &ErrorCode::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(2500));
 
-    let s = server(f, "stream_topics", ServerOptions::default()).await;
+    let s = server(f, "stream_topics", f.server_options()).await;
     let (done_tx, _done) = mpsc::unbounded_channel();
     echo(&s, &PING_PONG, &topic(&["region", "a"]), done_tx).await;
     settle(f).await;
@@ -488,7 +483,7 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
 pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
     let mut servers = Vec::new();
     for (id, score) in [("low", 0.2f32), ("high", 0.9), ("never", -1.0)] {
-        let s = server(f, "stream_aff", ServerOptions::default().server_id(id)).await;
+        let s = server(f, "stream_aff", f.server_options().server_id(id)).await;
         let me = id.to_string();
         s.register_stream_handler(
             &AFFINITY_STREAM,
@@ -527,7 +522,7 @@ pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
 /// Closing the client closes its streams ("stream closed"), and the server
 /// is told; a stream whose context is canceled closes with "context canceled".
 pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
-    let s = server(f, "stream_ctx", ServerOptions::default()).await;
+    let s = server(f, "stream_ctx", f.server_options()).await;
     let (done_tx, mut done) = mpsc::unbounded_channel();
     echo(&s, &PING_PONG, &[], done_tx).await;
     let c = client(f, "stream_ctx").await;
@@ -572,7 +567,7 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
 
 /// Open metadata reaches the server's stream context with the client's id.
 pub async fn stream_metadata_and_header(f: &dyn BusFactory) {
-    let s = server(f, "stream_md", ServerOptions::default()).await;
+    let s = server(f, "stream_md", f.server_options()).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     s.register_stream_handler(
         &PING_PONG,
@@ -619,7 +614,7 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
         #[prost(int64, tag = "2")]
         x: i64,
     }
-    let s = server(f, "stream_bad", ServerOptions::default()).await;
+    let s = server(f, "stream_bad", f.server_options()).await;
     let (done_tx, mut done) = mpsc::unbounded_channel();
     s.register_stream_handler(
         &PING_PONG,
@@ -657,7 +652,7 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
 
 /// Many streams at once on one client and server, each with its own traffic.
 pub async fn stream_many_concurrent(f: &dyn BusFactory) {
-    let s = server(f, "stream_many", ServerOptions::default()).await;
+    let s = server(f, "stream_many", f.server_options()).await;
     let (done_tx, _done) = mpsc::unbounded_channel();
     echo(&s, &PING_PONG, &[], done_tx).await;
     let c = client(f, "stream_many").await;

@@ -15,13 +15,14 @@ use psrpc::channels::{self, Channel};
 use psrpc::wire::{self, Request, Response};
 use psrpc::{
     CallOptions, CancellationToken, ClientOptions, Context, Error, ErrorCode, GrpcCode, MethodInfo,
-    RpcClient, RpcServer, SelectionOptions, ServerOptions,
+    RpcClient, RpcServer, SelectionOptions,
 };
 
 pub use crate::compression::{
     compression_bomb_dropped_everywhere, compression_mixed_peers,
     compression_raw_gzip_request_answered,
 };
+pub use crate::claim_skip::*;
 pub use crate::middleware::*;
 use crate::my_service::*;
 pub use crate::streams::*;
@@ -39,11 +40,7 @@ fn raw_channel() -> Channel {
 }
 
 async fn server(f: &dyn BusFactory, service: &str, id: &str) -> RpcServer {
-    RpcServer::new(
-        f.connect().await,
-        service,
-        ServerOptions::default().server_id(id),
-    )
+    RpcServer::new(f.connect().await, service, f.server_options().server_id(id))
 }
 
 pub(crate) async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
@@ -429,7 +426,7 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
             .boxed()
         },
     );
-    let slow = RpcServer::new(late_bus, SERVICE, ServerOptions::default().server_id("late"));
+    let slow = RpcServer::new(late_bus, SERVICE, f.server_options().server_id("late"));
     let scored = Arc::new(AtomicUsize::new(0));
     let scored_in = scored.clone();
     slow.register_handler(
@@ -1199,14 +1196,16 @@ pub async fn subscription_queue_one_subscriber(f: &dyn BusFactory) {
     let mut b = cb.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
     let s = server(f, SERVICE, "qpub").await;
     settle(f).await;
+    // Distinct payloads, also from another run of this test on the same
+    // Redis (it dedups identical ones within 5 s, whatever the channel).
+    let run = psrpc::id::new_id("");
     for n in 0..20 {
-        // distinct payloads (Redis dedups identical ones within 5 s, Q4)
         s.publish(
             &PROCESS_UPDATE,
             &[],
             &Num {
                 n,
-                text: String::new(),
+                text: run.clone(),
             },
         )
         .await

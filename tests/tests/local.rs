@@ -9,6 +9,14 @@ use psrpc::{Channel, LocalBus};
 
 psrpc_tests::conformance!(psrpc_tests::LocalFactory::new());
 
+/// The same suite with every server opted in to claim skip.
+mod skip_claim {
+    #[allow(unused_imports)]
+    use super::*;
+
+    psrpc_tests::conformance!(psrpc_tests::SkipClaim(psrpc_tests::LocalFactory::new()));
+}
+
 fn ch(name: &str) -> Channel {
     Channel {
         legacy: name.into(),

@@ -1510,3 +1510,109 @@ fn incompressible_values_are_sent_plain() {
         wire::encode_msg_raw(REQUEST_URL, b"ab")
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Claim skip vectors (V12, V13): the advertisement on a queue request and the
+// server's announcement. This block is separate from the compression vectors.
+
+/// V12: a queue `Request` that advertises claim skip is V1 plus `50 01`
+/// (field 10, never field 9), in every envelope form.
+#[test]
+fn v12_queue_request_advertises_skip_claim() {
+    let v12 = "0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b120176420208015001";
+    let v12_msg = "0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374123d0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b120176420208015001";
+    let v12_nats = "0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374123d0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b1201764202080150011a0d4e6f726d616c5250432e524551";
+    assert_eq!(v12.len() / 2, 61);
+    assert_eq!(v12_msg.len() / 2, 101);
+    assert_eq!(v12_nats.len() / 2, 116);
+    let long = spaced(
+        "0a 10 52 45 51 5f 61 62 63 64 65 66 67 68 69 6a 6b 6c 12 07 43 4c 49 5f 61 62 63 18 80 80 a8 b1
+         e3 9f e7 cb 17 20 80 bc e9 c7 ee 9f e7 cb 17 3a 06 0a 01 6b 12 01 76 42 02 08 01 50 01",
+    );
+    assert_eq!(hex::encode(&long), v12);
+    let req = Request {
+        request_id: REQ_ID.into(),
+        client_id: CLI_ID.into(),
+        sent_at: T0,
+        expiry: T0 + 3 * SEC,
+        multi: false,
+        metadata: [("k".to_owned(), "v".to_owned())].into(),
+        raw_request: Bytes::from_static(&[0x08, 0x01]),
+        skip_claim: true,
+        ..Default::default()
+    };
+    let back = check_envelope(&req, v12, v12_msg);
+    assert!(back.skip_claim);
+    // V1 plus the pair.
+    assert_eq!(
+        v12,
+        format!("{}5001", vec_hex(&v11(), "V1 Request")),
+        "V12 = V1 + 50 01"
+    );
+    let ch = channels::rpc_channel(
+        "MyService",
+        "NormalRPC",
+        &topic(&["us-east", "room/1"]),
+        true,
+    );
+    assert_eq!(ch.server, "SRV.MyService.usu+002deast.roomu+002f1.Q");
+    assert_eq!(ch.local, "NormalRPC.REQ");
+    check_nats(&req, &ch.local, v12_nats);
+    assert_eq!(
+        redis_lock_key(&wire::encode_msg(&req)),
+        "pY3Kaq+HuzZyIGoI0nXrWpxWuM5oYpw5hPJLq1MasuQ="
+    );
+    assert_eq!(
+        redis_lock_key(&hex::decode(v12_nats).unwrap()),
+        "1GRZDTg/AAzo/gJ8y2HmlaOFFxfqnHX9RqpIk09Bi2Y="
+    );
+    // A request without the advertisement decodes as not advertising, and
+    // field 9 (the retired caller-elected skip) is not read as field 10.
+    let v1: Request = wire::decode_envelope(Bytes::from(
+        hex::decode(vec_hex(&v11(), "V1 Msg redis/local")).unwrap(),
+    ))
+    .unwrap();
+    assert!(!v1.skip_claim);
+    let mut field9 = hex::decode(vec_hex(&v11(), "V1 Request")).unwrap();
+    field9.extend_from_slice(&[0x48, 0x01]);
+    let r = Request::decode(Bytes::from(field9)).unwrap();
+    assert!(!r.skip_claim, "field 9 is not the advertisement");
+}
+
+/// V13: the announcement (`handling`, field 4) is the bid plus `20 01`, and
+/// its envelope is the same on every bus.
+#[test]
+fn v13_claim_announcement() {
+    let v13 = "0a105245515f6162636465666768696a6b6c12075352565f78797a1d0000803f2001";
+    let v13_msg = "0a29747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e436c61696d5265717565737412220a105245515f6162636465666768696a6b6c12075352565f78797a1d0000803f2001";
+    assert_eq!(v13.len() / 2, 34);
+    assert_eq!(v13_msg.len() / 2, 79);
+    let long = spaced(
+        "0a 29 74 79 70 65 2e 67 6f 6f 67 6c 65 61 70 69 73 2e 63 6f 6d 2f 69 6e 74 65 72 6e 61 6c 2e 43
+         6c 61 69 6d 52 65 71 75 65 73 74 12 22 0a 10 52 45 51 5f 61 62 63 64 65 66 67 68 69 6a 6b 6c 12
+         07 53 52 56 5f 78 79 7a 1d 00 00 80 3f 20 01",
+    );
+    assert_eq!(hex::encode(&long), v13_msg);
+    let ann = ClaimRequest {
+        request_id: REQ_ID.into(),
+        server_id: SRV_ID.into(),
+        affinity: 1.0,
+        handling: true,
+    };
+    let back = check_envelope(&ann, v13, v13_msg);
+    assert!(back.handling);
+    // The normal bid of the same server is the first 32 bytes.
+    let bid = ClaimRequest {
+        handling: false,
+        ..ann.clone()
+    };
+    assert_eq!(hex::encode(wire::encode(&bid)), v13[..64]);
+    // Sent to the caller's claim channel; on NATS that channel has no
+    // Local, so the envelope is the same on every bus.
+    let ch = channels::claim_request_channel("MyService", CLI_ID);
+    assert_eq!(
+        (ch.legacy.as_str(), ch.server.as_str()),
+        ("MyService|CLI_abc|CLAIM", "CLI.MyService.CLI_abc.CLAIM")
+    );
+    check_nats(&ann, &ch.local, v13_msg);
+}
