@@ -20,8 +20,8 @@ use futures::{FutureExt, StreamExt};
 use psrpc::bus::DynBus;
 use psrpc::middleware::metrics::MetricsFacade;
 use psrpc::{
-    Channel, ClientOptions, Context, LocalBus, MessageBus, MethodInfo, RpcClient, RpcServer,
-    SelectionOptions, ServerOptions, ServerStream,
+    Channel, ClientOptions, CompressionOptions, Context, LocalBus, MessageBus, MethodInfo,
+    RpcClient, RpcServer, SelectionOptions, ServerOptions, ServerStream,
 };
 use psrpc_nats::NatsBus;
 use psrpc_redis::RedisBus;
@@ -65,7 +65,9 @@ usage: psrpc-bench [options]
   --expect N         how many servers answer Multi (default --servers)
   --duration D       each row, e.g. 5s, 500ms (default 5s)
   --conc N           in-flight calls / streams (default 64)
-  --payload N        request payload bytes (default 16)
+  --payload N        request payload bytes, text-like (default 16)
+  --compress Q       gzip level 1..9 of every connection's publishes (bus
+                     option, threshold 1024 B; default 0 = off)
   --tests LIST       unary,affinity,multi,stream,sub (default all)
   --topic T          topic of TopicUnary and Broadcast (default t1)
   --burst N          events per subscription burst (default 2000)
@@ -94,6 +96,8 @@ struct Args {
     duration: Duration,
     conc: usize,
     payload: usize,
+    /// gzip level of the connections' publishes; 0 = off.
+    compress: u32,
     tests: Vec<String>,
     topic: String,
     burst: usize,
@@ -142,6 +146,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         duration: Duration::from_secs(5),
         conc: 64,
         payload: 16,
+        compress: 0,
         tests: ["unary", "affinity", "multi", "stream", "sub"]
             .map(String::from)
             .to_vec(),
@@ -187,6 +192,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--duration" => a.duration = parse_duration(&value()?)?,
             "--conc" => a.conc = num(value()?, &key)?.max(1),
             "--payload" => a.payload = num(value()?, &key)?,
+            "--compress" => a.compress = num(value()?, &key)?.min(9) as u32,
             "--tests" => {
                 a.tests = value()?
                     .split(',')
@@ -1147,6 +1153,90 @@ fn ratio(row: &Stats, floor: &Stats) -> f64 {
     if f > 0.0 { row.ops_per_s() / f } else { 0.0 }
 }
 
+/// Text-like request payload of `n` bytes: records of words and numbers
+/// drawn from a small vocabulary, about as compressible as logs or JSON
+/// (gzip level 6 shrinks it about 4 to 5 times).
+fn text_payload(n: usize) -> Bytes {
+    const WORDS: [&str; 32] = [
+        "room",
+        "participant",
+        "track",
+        "audio",
+        "video",
+        "publish",
+        "subscribe",
+        "region",
+        "us-east",
+        "eu-west",
+        "state",
+        "active",
+        "muted",
+        "joined",
+        "left",
+        "node",
+        "egress",
+        "ingress",
+        "codec",
+        "opus",
+        "vp8",
+        "h264",
+        "bitrate",
+        "layer",
+        "simulcast",
+        "quality",
+        "high",
+        "low",
+        "medium",
+        "error",
+        "ok",
+        "timeout",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut s = String::with_capacity(n + 64);
+    while s.len() < n {
+        let r = next();
+        let _ = writeln!(
+            s,
+            "{{\"{}\":\"{}-{}\",\"{}\":{}}}",
+            WORDS[(r & 31) as usize],
+            WORDS[((r >> 5) & 31) as usize],
+            (r >> 10) % 10_000,
+            WORDS[((r >> 24) & 31) as usize],
+            (r >> 30) % 1_000_000
+        );
+    }
+    s.truncate(n);
+    Bytes::from(s)
+}
+
+/// The size of a unary request of this run on the bus: uncompressed, and
+/// as the connections send it.
+fn request_bytes(args: &Args) -> (usize, usize) {
+    use prost::Message as _;
+    let req = psrpc::wire::Request {
+        request_id: psrpc::id::new_request_id(),
+        client_id: args.client_id.clone(),
+        sent_at: psrpc::wire::now_ns(),
+        expiry: psrpc::wire::now_ns() + 3_000_000_000,
+        raw_request: Req {
+            seq: 1,
+            payload: text_payload(args.payload),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into(),
+        ..Default::default()
+    };
+    let c = CompressionOptions::default().with_quality(args.compress);
+    (psrpc::wire::encode_msg(&req).len(), c.encode(&req).len())
+}
+
 fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
     println!();
     let servers = if args.mode == Mode::Client {
@@ -1166,6 +1256,12 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
             "no middleware"
         },
         MAX_FLOOR_DURATION
+    );
+    let (plain, sent) = request_bytes(args);
+    println!(
+        "bytes on the bus per unary request: {plain} uncompressed, {sent} as sent (--compress {}, {:.1}x smaller)",
+        args.compress,
+        plain as f64 / sent as f64
     );
     let header = [
         "row",
@@ -1352,30 +1448,36 @@ struct Connector {
     spec: BusSpec,
     local: LocalBus,
     conns: Vec<Conn>,
+    compression: CompressionOptions,
 }
 
 impl Connector {
-    fn new(spec: BusSpec) -> Self {
+    /// Connections that gzip their publishes at level `compress` (0: off).
+    fn new(spec: BusSpec, compress: u32) -> Self {
         Connector {
             spec,
             local: LocalBus::new(),
             conns: Vec::new(),
+            compression: CompressionOptions::default().with_quality(compress),
         }
     }
 
     /// A new connection of its own (on `local`, a handle on the shared bus).
     async fn connect(&mut self, who: &str) -> Result<DynBus, String> {
+        let c = self.compression;
         let conn = match &self.spec {
-            BusSpec::Local => Conn::Local(self.local.clone()),
+            BusSpec::Local => Conn::Local(self.local.clone().with_compression(c)),
             BusSpec::Redis(url) => Conn::Redis(
                 RedisBus::connect(url)
                     .await
-                    .map_err(|e| format!("{who}: connecting to redis: {e}"))?,
+                    .map_err(|e| format!("{who}: connecting to redis: {e}"))?
+                    .with_compression(c),
             ),
             BusSpec::Nats(url) => Conn::Nats(
                 NatsBus::connect(url)
                     .await
-                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?,
+                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?
+                    .with_compression(c),
             ),
         };
         let bus = conn.bus();
@@ -1481,7 +1583,7 @@ async fn shutdown_servers(servers: &[BenchServer]) {
 
 /// Runs every client row on one client connection and returns the rows.
 async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>, String> {
-    let payload = Bytes::from(vec![0x5a_u8; args.payload]);
+    let payload = text_payload(args.payload);
     // The client gets its own connection, shared by its two service clients
     // as in one client process.
     let bus = connector.connect("client").await?;
@@ -1666,7 +1768,7 @@ async fn wait_for_signal() -> Result<&'static str, String> {
 }
 
 async fn run(args: Args, spec: BusSpec) -> Result<(), String> {
-    let mut connector = Connector::new(spec);
+    let mut connector = Connector::new(spec, args.compress);
     match args.mode {
         Mode::All => {
             let servers = start_servers(&mut connector, &args).await?;

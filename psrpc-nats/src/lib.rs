@@ -32,6 +32,31 @@
 //!   registered under exactly that name. The NATS subscription is removed
 //!   when the last local subscriber of the router goes.
 //!
+//! # Compression
+//!
+//! Every client and server reads gzip-compressed messages (Go psrpc v0.7.6
+//! and later can send them) whatever the options; payloads that inflate
+//! past a cap (64 MiB by default) are dropped and counted. Publishing
+//! compressed is off by default; turn it on per connection:
+//!
+//! ```no_run
+//! # async fn run() -> psrpc::Result<()> {
+//! use psrpc::CompressionOptions;
+//! let bus = psrpc_nats::NatsBus::connect("nats://127.0.0.1:4222")
+//!     .await?
+//!     .with_compression(CompressionOptions::default().with_quality(6));
+//! # let _ = bus; Ok(())
+//! # }
+//! ```
+//!
+//! Payloads of at least 1024 bytes ([`with_threshold`](psrpc::CompressionOptions::with_threshold))
+//! are then gzipped, and sent compressed when that makes them smaller. Only
+//! the payload is compressed: `Msg.channel`, which routes messages here,
+//! stays readable. In a mixed fleet, roll out readers first: Go peers older
+//! than v0.7.6 drop compressed messages (every peer built on this crate
+//! reads them), so raise the quality at publishers only once every peer on
+//! the bus is v0.7.6 or later. The rules are in [`psrpc::codec`].
+//!
 //! # Deliberate choices
 //!
 //! * **No route** (quirk Q1): NATS picks one process of queue group `bus`

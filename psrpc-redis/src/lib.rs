@@ -46,8 +46,9 @@
 //!
 //! * The Redis channel is [`Channel::legacy`](psrpc::Channel::legacy)
 //!   (preceded by the optional [prefix](RedisBus::with_prefix)); the payload
-//!   is the encoded `Msg` exactly as given (Redis buses never set
-//!   `Msg.channel`).
+//!   is the encoded `Msg` exactly as given (this port never sets
+//!   `Msg.channel` on Redis, as Go v0.7 does; a payload that carries it,
+//!   as Go v0.8 writes them, is read all the same).
 //! * Fan-out subscriptions (`subscribe`) get every message of the channel.
 //! * Queue subscriptions (`subscribe_queue`) are emulated as Go psrpc does:
 //!   a message is taken by this bus only if it wins
@@ -144,6 +145,32 @@
 //! reading a [`Subscription`]): calling them from the reader saves a task
 //! hop but measured no faster at 64 calls in flight on two cores (and
 //! slower on NATS), as the reader then does all the runtime's dispatch.
+//!
+//! # Compression
+//!
+//! Every client and server reads gzip-compressed messages (Go psrpc v0.7.6
+//! and later can send them) whatever the options; payloads that inflate
+//! past a cap (64 MiB by default) are dropped and counted. Publishing
+//! compressed is off by default; turn it on per connection:
+//!
+//! ```no_run
+//! # async fn run() -> psrpc::Result<()> {
+//! use psrpc::CompressionOptions;
+//! let bus = psrpc_redis::RedisBus::connect("redis://127.0.0.1:6379")
+//!     .await?
+//!     .with_compression(CompressionOptions::default().with_quality(6));
+//! # let _ = bus; Ok(())
+//! # }
+//! ```
+//!
+//! Payloads of at least 1024 bytes ([`with_threshold`](psrpc::CompressionOptions::with_threshold))
+//! are then gzipped, and sent compressed when that makes them smaller. In a
+//! mixed fleet, roll out readers first: Go peers older than v0.7.6 drop
+//! compressed messages (every peer built on this crate reads them), so
+//! raise the quality at publishers only once every peer on the bus is
+//! v0.7.6 or later. A queue message is locked by the hash of the bytes as
+//! sent, compressed or not, so queue delivery is unaffected. The rules are
+//! in [`psrpc::codec`].
 //!
 //! # Sharing one Redis between deployments
 //!

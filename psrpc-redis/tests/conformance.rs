@@ -24,9 +24,16 @@ struct RedisFactory {
 impl RedisFactory {
     fn new() -> Self {
         static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        Self::on(&SERVER)
+    }
+
+    /// A factory on `server` (started at first use). Two runs of the suite
+    /// in one process need a server each: their tests publish the same bytes
+    /// at once, and Redis queue locks are keyed by the bytes alone.
+    fn on(server: &'static OnceLock<RedisServer>) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         RedisFactory {
-            url: SERVER.get_or_init(RedisServer::start).url(),
+            url: server.get_or_init(RedisServer::start).url(),
             prefix: format!("t{}:", NEXT.fetch_add(1, Ordering::Relaxed)),
         }
     }
@@ -48,9 +55,14 @@ psrpc_tests::conformance!(RedisFactory::new());
 
 /// The whole suite again with every message compressed.
 mod compressed {
-    psrpc_tests::conformance!(psrpc_tests::compression::Compressed::every_message(
-        super::RedisFactory::new()
-    ));
+    use super::*;
+
+    fn factory() -> psrpc_tests::compression::Compressed<RedisFactory> {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        psrpc_tests::compression::Compressed::every_message(RedisFactory::on(&SERVER))
+    }
+
+    psrpc_tests::conformance!(factory());
 }
 
 /// The same suite with every server opted in to claim skip.

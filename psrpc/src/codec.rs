@@ -6,7 +6,7 @@
 //! updates, whose payload is already encoded), and every message it reads
 //! goes through [`receive`]. The options are a bus's: each bus stores one
 //! [`CompressionOptions`] and hands it out through
-//! [`MessageBus::compression`](crate::MessageBus::compression).
+//! [`MessageBus::compression`].
 //!
 //! # Reading: always on
 //!
@@ -48,9 +48,9 @@
 //! (and ignores it outside NATS routing), but writes it only on NATS, as
 //! v0.7 does. Both are compatible with every Go reader, which ignore the
 //! field outside NATS routing; leaving it out keeps the Redis and local bytes
-//! identical to v0.7's, so the Redis queue lock key of a request (a hash of
-//! the payload) stays the same as a v0.7 server's, and messages are a few
-//! bytes shorter.
+//! identical to those of v0.7 peers, and a few bytes shorter. (The Redis
+//! queue lock key, a hash of the bytes as received, is the same for every
+//! server competing for one message in either form.)
 
 use std::io::Read;
 

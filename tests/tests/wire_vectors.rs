@@ -1511,6 +1511,37 @@ fn incompressible_values_are_sent_plain() {
     );
 }
 
+#[test]
+fn default_cap_stops_a_bomb_at_64_mib() {
+    // 64 members of 1 MiB of zeros and one of a single zero: 64 MiB + 1
+    // byte from about 66 KB of gzip.
+    let cap = CompressionOptions::default().max_decompressed_size();
+    assert_eq!(cap, 64 << 20);
+    let mib = gzip_member(&vec![0u8; 1 << 20]);
+    let mut gz = mib.repeat(64);
+    gz.extend(gzip_member(&[0]));
+    assert!(gz.len() < 100_000, "{}", gz.len());
+    let e = decode(&CompressionOptions::default(), gzip_msg(&gz)).unwrap_err();
+    assert!(
+        matches!(e, wire::WireError::DecompressedTooLarge(n) if n == cap),
+        "{e}"
+    );
+    // One byte less is accepted.
+    gz.truncate(64 * mib.len());
+    assert_eq!(
+        decode(&CompressionOptions::default(), gzip_msg(&gz))
+            .unwrap()
+            .len(),
+        cap
+    );
+}
+
+fn gzip_member(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut e, data).unwrap();
+    e.finish().unwrap()
+}
+
 // ------------------------------------------------------------------------------------------------
 // Claim skip vectors (V12, V13): the advertisement on a queue request and the
 // server's announcement. This block is separate from the compression vectors.
