@@ -426,6 +426,61 @@ mod processes {
         all_four(&server.url());
     }
 
+    /// `--help` explains each example, its roles and its options, and exits 0.
+    #[test]
+    fn help_explains_each_example() {
+        for (bin, says) in [
+            (
+                env!("CARGO_BIN_EXE_psrpc-examples"),
+                &[
+                    "Runs the four example services",
+                    "--listen <ADDR>",
+                    "--hold",
+                ][..],
+            ),
+            (
+                env!("CARGO_BIN_EXE_reservation"),
+                &[
+                    "servers push reservation offers",
+                    "both: two servers and the clients in this process [default: both]",
+                    "Server options:",
+                    "--interval <TIME>  Time between offers [default: 100ms]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_htlc"),
+                &[
+                    "every subscriber sees every event",
+                    "server: a router node publishing traffic until Ctrl-C",
+                    "--rounds <N>",
+                    "[default: 20s]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_scheduler"),
+                &[
+                    "affinity routing",
+                    "--registry",
+                    "[default: those answering in 500ms]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_websocket"),
+                &[
+                    "GET /v1/subscribe",
+                    "gateway: the HTTP/WebSocket gateway until Ctrl-C",
+                    "--gateway <URL>",
+                ],
+            ),
+        ] {
+            let out = Proc::spawn(bin, &["--help"]).success(T);
+            for s in says {
+                assert!(out.contains(s), "{bin}: no `{s}` in\n{out}");
+            }
+            assert!(out.contains("--bus <URL>"), "{out}");
+        }
+    }
+
     #[test]
     fn the_local_bus_needs_one_process_and_usage_errors_exit_2() {
         let (code, out) =
@@ -435,9 +490,33 @@ mod processes {
             out.contains("the local bus lives inside one process"),
             "{out}"
         );
-        let (code, out) = Proc::spawn(env!("CARGO_BIN_EXE_htlc"), &["--frobnicate"]).exit(T);
-        assert_eq!(code, Some(2), "{out}");
-        assert!(out.contains("unknown option `--frobnicate`"), "{out}");
+        for (bin, args, says) in [
+            (
+                env!("CARGO_BIN_EXE_htlc"),
+                &["--frobnicate"][..],
+                "unexpected argument '--frobnicate'",
+            ),
+            (
+                env!("CARGO_BIN_EXE_reservation"),
+                &["--interval", "5"],
+                "expected a unit: ms, s or m",
+            ),
+            // Only the websocket example has a gateway.
+            (
+                env!("CARGO_BIN_EXE_scheduler"),
+                &["--role", "gateway"],
+                "[possible values: server, client, both]",
+            ),
+            (
+                env!("CARGO_BIN_EXE_psrpc-examples"),
+                &["--role", "server"],
+                "unexpected argument '--role'",
+            ),
+        ] {
+            let (code, out) = Proc::spawn(bin, args).exit(T);
+            assert_eq!(code, Some(2), "{args:?}: {out}");
+            assert!(out.contains(says), "{args:?}: {out}");
+        }
         let (code, out) = Proc::spawn(
             env!("CARGO_BIN_EXE_reservation"),
             &["--bus", "carrier-pigeon://x"],
