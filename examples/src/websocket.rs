@@ -421,6 +421,8 @@ async fn forward(
 ) -> Result<(), axum::Error> {
     loop {
         tokio::select! {
+            // Stopping wins over whatever else is ready.
+            biased;
             _ = stop.cancelled() => {
                 return socket.send(Message::Close(None)).await;
             }
@@ -429,7 +431,11 @@ async fn forward(
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "gateway: a slow WebSocket missed events");
                 }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                // The feed's bridge and the server are gone: the gateway
+                // stopped.
+                Err(broadcast::error::RecvError::Closed) => {
+                    return socket.send(Message::Close(None)).await;
+                }
             },
             msg = socket.recv() => match msg {
                 None | Some(Ok(Message::Close(_))) => return Ok(()),
