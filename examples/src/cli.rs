@@ -1,17 +1,20 @@
-//! The command line of the binaries: `--bus URL --role ROLE` and
-//! service-specific `--key value` options.
+//! The command line of the binaries, with `clap`: the options every binary
+//! shares ([`Common`]: `--bus`, `--role`), flattened into each binary's own
+//! parser, and [`run`], which parses, sets up logging and a runtime, and
+//! runs the binary.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Arg, ValueEnum};
 
 use crate::BoxError;
 
 /// Which side of a service a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
     /// The servers only; they serve until Ctrl-C.
     Server,
@@ -26,124 +29,59 @@ pub enum Role {
 
 impl Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Server => "server",
-            Role::Client => "client",
-            Role::Both => "both",
-            Role::Gateway => "gateway",
-        })
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "server" => Ok(Role::Server),
-            "client" => Ok(Role::Client),
-            "both" => Ok(Role::Both),
-            "gateway" => Ok(Role::Gateway),
-            _ => Err(format!(
-                "unknown role `{s}`: use server, client or both (or gateway for websocket)"
-            )),
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => Ok(()),
         }
     }
 }
 
-/// Parsed `--key value` options.
-#[derive(Debug, Clone, Default)]
-pub struct Args {
-    values: BTreeMap<String, String>,
-    help: bool,
+/// The roles every service has: `server`, `client` and `both`.
+pub const SERVICE_ROLES: &[Role] = &[Role::Server, Role::Client, Role::Both];
+
+/// A value parser for `--role` that accepts only `roles`.
+pub fn roles(roles: &'static [Role]) -> impl TypedValueParser<Value = Role> {
+    PossibleValuesParser::new(roles.iter().filter_map(Role::to_possible_value))
+        .try_map(|name| Role::from_str(&name, false).map_err(|e| format!("--role {name}: {e}")))
 }
 
-impl Args {
-    /// Parses `args` (without the program name): `--key value`,
-    /// `--key=value`, and the value-less `flags`. Keys must be `--bus`,
-    /// `--role` or one of `options`; `--help`/`-h` asks for the usage.
-    pub fn parse(
-        args: impl IntoIterator<Item = String>,
-        options: &[&str],
-        flags: &[&str],
-    ) -> Result<Args, String> {
-        let mut out = Args::default();
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            if arg == "--help" || arg == "-h" {
-                out.help = true;
-                continue;
-            }
-            let Some(key) = arg.strip_prefix("--") else {
-                return Err(format!("unexpected argument `{arg}`"));
-            };
-            let (key, inline) = match key.split_once('=') {
-                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-                None => (key.to_owned(), None),
-            };
-            if flags.contains(&key.as_str()) {
-                if inline.is_some() {
-                    return Err(format!("--{key} takes no value"));
-                }
-                out.values.insert(key, String::new());
-            } else if key == "bus" || key == "role" || options.contains(&key.as_str()) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it.next().ok_or_else(|| format!("--{key} needs a value"))?,
-                };
-                out.values.insert(key, value);
-            } else {
-                return Err(format!("unknown option `--{key}`"));
-            }
-        }
-        Ok(out)
-    }
+/// Narrows `--role` to the `roles` a binary has and gives it the binary's
+/// `help`, which says what each role does there:
+/// `#[command(mut_arg("role", |a| cli::role_arg(a, cli::SERVICE_ROLES, HELP)))]`.
+pub fn role_arg(arg: Arg, roles: &'static [Role], help: &'static str) -> Arg {
+    arg.value_parser(self::roles(roles))
+        .help(help)
+        .hide_possible_values(true)
+}
 
-    /// Whether `--help` was given.
-    pub fn help(&self) -> bool {
-        self.help
-    }
+/// `--bus`: the bus every binary runs on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Bus {
+    /// local (in-process; --role both only), redis://host:port or nats://host:port
+    #[arg(id = "bus", long = "bus", value_name = "URL", default_value = "local")]
+    pub url: String,
+}
 
-    /// The bus URL (`--bus`, default `local`).
+/// The options every service binary shares: `--bus` and `--role`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// `--bus`.
+    #[command(flatten)]
+    pub bus: Bus,
+    /// Which side of the service this process runs.
+    #[arg(long, value_enum, value_name = "ROLE", default_value_t = Role::Both)]
+    pub role: Role,
+}
+
+impl Common {
+    /// The bus URL.
     pub fn bus(&self) -> &str {
-        self.get("bus").unwrap_or("local")
-    }
-
-    /// The role (`--role`, default `both`).
-    pub fn role(&self) -> Result<Role, String> {
-        self.get("role").unwrap_or("both").parse()
-    }
-
-    /// The raw value of `--key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-
-    /// Whether the flag `--key` was given.
-    pub fn flag(&self, key: &str) -> bool {
-        self.values.contains_key(key)
-    }
-
-    /// The value of `--key` parsed as `T`, or `default`.
-    pub fn value<T: FromStr>(&self, key: &str, default: T) -> Result<T, String>
-    where
-        T::Err: Display,
-    {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|e| format!("--{key} {v}: {e}")),
-        }
-    }
-
-    /// The value of `--key` as a duration (`250ms`, `2s`, `1m`), or `default`.
-    pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, String> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|e| format!("--{key} {v}: {e}")),
-        }
+        &self.bus.url
     }
 }
 
-/// Parses `250ms`, `2s` or `1m`.
+/// Parses a duration: a whole number with the unit `ms`, `s` or `m`
+/// (`250ms`, `2s`, `1m`); the value parser of every duration option.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -152,31 +90,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(60 * n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too long".to_owned()),
         _ => Err("expected a unit: ms, s or m".to_owned()),
     }
 }
 
-/// Runs a binary: parses the arguments (printing `usage` on `--help` or a
-/// mistake), sets up logging (`RUST_LOG`, default `warn`) and a tokio
-/// runtime, and runs `main`. Exit codes: 0 on success, 1 when `main` fails,
-/// 2 for a usage error.
-pub fn run<F, Fut>(usage: &str, options: &[&str], flags: &[&str], main: F) -> ExitCode
+/// Runs a binary: parses its arguments `A` (`--help` prints the help and
+/// exits 0; a usage error prints it with a hint and exits 2), sets up
+/// logging (`RUST_LOG`, default `warn`) and a tokio runtime, and runs
+/// `main`: exit code 0 when it succeeds, 1 when it fails.
+pub fn run<A, F, Fut>(main: F) -> ExitCode
 where
-    F: FnOnce(Args) -> Fut,
+    A: clap::Parser,
+    F: FnOnce(A) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
-    let args = match Args::parse(std::env::args().skip(1), options, flags) {
+    let args = match A::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}\n\n{usage}");
-            return ExitCode::from(2);
+            // Help and version go to stdout with 0, mistakes to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    if args.help() {
-        println!("{usage}");
-        return ExitCode::SUCCESS;
-    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -218,14 +157,31 @@ pub fn check_role_bus(role: Role, bus: &str) -> Result<(), BoxError> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     use super::*;
 
-    fn parse(a: &[&str]) -> Result<Args, String> {
-        Args::parse(a.iter().map(|s| s.to_string()), &["interval"], &["hold"])
+    /// A binary's parser as the binaries write theirs.
+    #[derive(Debug, Parser)]
+    #[command(name = "t", mut_arg("role", |a| role_arg(a, SERVICE_ROLES, "what runs")))]
+    struct Args {
+        #[command(flatten)]
+        common: Common,
+        /// Between rounds.
+        #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+        interval: Duration,
+        /// A flag.
+        #[arg(long)]
+        hold: bool,
+    }
+
+    fn parse(a: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("t").chain(a.iter().copied()))
     }
 
     #[test]
     fn options_and_flags() {
+        Args::command().debug_assert();
         let a = parse(&[
             "--bus",
             "nats://x:1",
@@ -235,18 +191,53 @@ mod tests {
             "--hold",
         ])
         .unwrap();
-        assert_eq!(a.bus(), "nats://x:1");
-        assert_eq!(a.role().unwrap(), Role::Server);
+        assert_eq!(a.common.bus(), "nats://x:1");
+        assert_eq!(a.common.role, Role::Server);
+        assert_eq!(a.interval, Duration::from_millis(5));
+        assert!(a.hold);
+        let d = parse(&[]).unwrap();
         assert_eq!(
-            a.duration("interval", Duration::ZERO).unwrap(),
-            Duration::from_millis(5)
+            (d.common.bus(), d.common.role, d.interval, d.hold),
+            ("local", Role::Both, Duration::from_millis(200), false)
         );
-        assert!(a.flag("hold"));
-        assert_eq!(parse(&[]).unwrap().bus(), "local");
-        assert!(parse(&["--nope", "1"]).is_err());
-        assert!(parse(&["--interval"]).is_err());
-        assert!(parse(&["--role", "king"]).unwrap().role().is_err());
-        assert!(parse_duration("5").is_err());
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors() {
+        for bad in [
+            &["--nope", "1"][..],
+            &["--interval"],
+            &["--interval", "5"],
+            &["--role", "king"],
+            // Narrowed away: only the websocket binary has a gateway.
+            &["--role", "gateway"],
+            &["--hold=yes"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        let e = parse(&["--role", "gateway"]).unwrap_err().to_string();
+        assert!(e.contains("[possible values: server, client, both]"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["5", "ms", "2h", "-1s", "1.5s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_print_as_typed() {
+        assert_eq!(Role::Gateway.to_string(), "gateway");
+        assert_eq!(
+            roles(SERVICE_ROLES)
+                .parse_ref(&Args::command(), None, "both".as_ref())
+                .unwrap(),
+            Role::Both
+        );
     }
 }

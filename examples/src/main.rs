@@ -10,25 +10,34 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use psrpc_examples::{BoxError, Narrator, bus, cli, htlc, reservation, scheduler, websocket};
 
-const USAGE: &str = "\
-Runs the four example services (reservation, htlc, scheduler, websocket),
-servers and clients, on one bus, and prints what happens in each.
+/// Runs the four example services (reservation, htlc, scheduler, websocket),
+/// servers and clients, on one bus, and prints what happens in each.
+#[derive(Debug, Parser)]
+#[command(name = "psrpc-examples", mut_arg("bus", |a| a.help(BUS_HELP)))]
+struct Args {
+    #[command(flatten)]
+    bus: cli::Bus,
+    /// Where the websocket gateway listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Keep the websocket node and gateway running at the end, to open the
+    /// page in a browser (until Ctrl-C).
+    #[arg(long)]
+    hold: bool,
+}
 
-usage: psrpc-examples [--bus URL] [--listen ADDR] [--hold]
-
-  --bus URL      local (default), redis://host:port or nats://host:port
-  --listen ADDR  where the websocket gateway listens (default 127.0.0.1:0)
-  --hold         keep the websocket node and gateway running at the end,
-                 to open the page in a browser (until Ctrl-C)";
+const BUS_HELP: &str = "local, redis://host:port or nats://host:port";
 
 fn heading(n: usize, title: &str) {
     println!("\n== {n}. {title} ==");
 }
 
-async fn run(args: cli::Args) -> Result<(), BoxError> {
-    let url = args.bus().to_owned();
+async fn run(args: Args) -> Result<(), BoxError> {
+    let url = args.bus.url;
     let bus = bus::connect(&url).await?;
     println!("psrpc examples on the {url} bus");
 
@@ -76,15 +85,14 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
         "websocket: replies arrive later as events, bridged to a WebSocket",
     );
     let n = Narrator::new("websocket");
-    let listen = args.get("listen").unwrap_or("127.0.0.1:0");
-    let (w, gateway, node) = websocket::run_both(bus.clone(), listen, &n).await?;
+    let (w, gateway, node) = websocket::run_both(bus.clone(), &args.listen, &n).await?;
     n.say(format!(
         "ok: {} messages answered, each reply seen on psrpc and on the WebSocket; {} bad sends rejected",
         w.exchanges.len(),
         w.errors.len()
     ));
     println!("\nall four scenarios passed");
-    if args.flag("hold") {
+    if args.hold {
         println!(
             "the websocket page is at {} (Ctrl-C to stop)",
             gateway.url()
@@ -103,5 +111,5 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    cli::run(USAGE, &["listen"], &["hold"], run)
+    cli::run(run)
 }

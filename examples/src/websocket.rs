@@ -8,8 +8,8 @@
 //! fan-out subscription `Websocket.Subscribe`: every subscriber gets every
 //! event.
 //!
-//! The [`Gateway`] is one such subscriber: a small HTTP server that serves a
-//! page at `/` and a WebSocket at `GET /v1/subscribe`, and writes every
+//! The [`Gateway`] is one such subscriber: an HTTP server (axum) that serves
+//! a page at `/` and a WebSocket at `GET /v1/subscribe`, and writes every
 //! event to every connected WebSocket as a JSON text message with the
 //! seed's fields, in proto3's JSON mapping (`data` in base64, the 64-bit
 //! `amount` as a string):
@@ -29,15 +29,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use base64::Engine as _;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use psrpc::bus::DynBus;
 use psrpc::{CancellationToken, Error, ErrorCode};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use tokio_websockets::Message;
+use tokio_tungstenite::tungstenite;
 
 use crate::proto::messaging::{
     MessageRequest, MessageResponse, MessagingClient, MessagingServer, MessagingServerImpl,
@@ -214,29 +221,48 @@ pub async fn serve_node(bus: DynBus, narrator: Narrator) -> psrpc::Result<Runnin
 }
 
 /// An event as the gateway sends it: proto3 JSON with the proto field
-/// names, in field order.
+/// names, in field order (`data` in base64, the 64-bit `amount` as a string).
 pub fn event_json(ev: &SubscribeResponse) -> String {
-    use serde_json::Value;
-    let s = |v: &str| Value::from(v).to_string();
-    format!(
-        "{{\"id\":{},\"reply_to_id\":{},\"from_pubkey\":{},\"data\":{},\"service_type\":{},\"amount\":{}}}",
-        s(&ev.id),
-        s(&ev.reply_to_id),
-        s(&ev.from_pubkey),
-        s(&base64::engine::general_purpose::STANDARD.encode(&ev.data)),
-        s(&ev.service_type),
-        s(&ev.amount.to_string()),
-    )
+    /// The proto3 JSON mapping of [`SubscribeResponse`].
+    #[derive(Serialize)]
+    struct EventJson<'a> {
+        id: &'a str,
+        reply_to_id: &'a str,
+        from_pubkey: &'a str,
+        data: String,
+        service_type: &'a str,
+        amount: String,
+    }
+    let json = EventJson {
+        id: &ev.id,
+        reply_to_id: &ev.reply_to_id,
+        from_pubkey: &ev.from_pubkey,
+        data: base64::engine::general_purpose::STANDARD.encode(&ev.data),
+        service_type: &ev.service_type,
+        amount: ev.amount.to_string(),
+    };
+    serde_json::to_string(&json).expect("a struct of strings serializes")
 }
 
 /// The HTTP/WebSocket gateway: a psrpc subscriber of the event feed that
-/// writes every event to every WebSocket connected at `/v1/subscribe`.
+/// writes every event to every WebSocket connected at `/v1/subscribe`, with
+/// the page at `/`, served by axum.
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
     clients: Arc<AtomicUsize>,
     forwarded: Arc<AtomicU64>,
     stop: CancellationToken,
+}
+
+/// What the gateway's handlers share.
+#[derive(Clone)]
+struct Shared {
+    /// Every event from the feed, as JSON.
+    events: broadcast::Sender<Utf8Bytes>,
+    stop: CancellationToken,
+    clients: Arc<AtomicUsize>,
+    narrator: Narrator,
 }
 
 impl Gateway {
@@ -247,7 +273,7 @@ impl Gateway {
         let mut sub = feed.subscribe_subscribe().await?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let (tx, _) = broadcast::channel::<Arc<str>>(1024);
+        let (tx, _) = broadcast::channel::<Utf8Bytes>(1024);
         let stop = CancellationToken::new();
         let forwarded = Arc::new(AtomicU64::new(0));
         let clients = Arc::new(AtomicUsize::new(0));
@@ -261,7 +287,7 @@ impl Gateway {
                         ev = sub.next() => match ev {
                             Some(ev) => {
                                 forwarded.fetch_add(1, Ordering::Relaxed);
-                                let _ = tx.send(Arc::from(event_json(&ev)));
+                                let _ = tx.send(Utf8Bytes::from(event_json(&ev)));
                             }
                             None => break,
                         },
@@ -269,37 +295,25 @@ impl Gateway {
                 }
             });
         }
-        {
-            let (stop, clients) = (stop.clone(), clients.clone());
-            tokio::spawn(async move {
-                loop {
-                    let conn = tokio::select! {
-                        _ = stop.cancelled() => break,
-                        c = listener.accept() => c,
-                    };
-                    match conn {
-                        Ok((stream, peer)) => {
-                            // Subscribed before the upgrade: no event is
-                            // missed between `onopen` and the first read.
-                            let events = tx.subscribe();
-                            let (stop, clients, narrator) =
-                                (stop.clone(), clients.clone(), narrator.clone());
-                            tokio::spawn(async move {
-                                if let Err(e) =
-                                    serve_http(stream, events, stop, clients, &narrator).await
-                                {
-                                    tracing::debug!(%peer, error = %e, "gateway connection ended");
-                                }
-                            });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "gateway: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
+        let app = Router::new()
+            .route("/", get(page))
+            .route("/index.html", get(page))
+            .route("/v1/subscribe", get(subscribe))
+            .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+            .with_state(Shared {
+                events: tx,
+                stop: stop.clone(),
+                clients: clients.clone(),
+                narrator,
             });
-        }
+        let shutdown = stop.clone();
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::warn!(error = %e, "gateway: the HTTP server failed");
+            }
+        });
         Ok(Gateway {
             addr,
             clients,
@@ -357,6 +371,82 @@ impl Drop for Gateway {
     }
 }
 
+/// `GET /` and `GET /index.html`: the page.
+async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE))
+}
+
+/// `GET /v1/subscribe`: upgrades to a WebSocket that gets every event; a
+/// plain GET is answered `426 Upgrade Required`.
+async fn subscribe(
+    State(shared): State<Shared>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(
+            WebSocketUpgradeRejection::InvalidConnectionHeader(_)
+            | WebSocketUpgradeRejection::InvalidUpgradeHeader(_),
+        ) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::UPGRADE, "websocket")],
+                "GET /v1/subscribe is a WebSocket: send Upgrade: websocket\n",
+            )
+                .into_response();
+        }
+        Err(other) => return other.into_response(),
+    };
+    // Subscribed before the upgrade completes: no event is missed between
+    // the client's `onopen` and the socket's first read.
+    let events = shared.events.subscribe();
+    upgrade.on_upgrade(move |socket| async move {
+        shared.clients.fetch_add(1, Ordering::Relaxed);
+        let _connected = Connected(shared.clients.clone());
+        shared
+            .narrator
+            .say("gateway: a WebSocket subscribed at /v1/subscribe");
+        if let Err(e) = forward(socket, events, &shared.stop).await {
+            tracing::debug!(error = %e, "gateway: a WebSocket ended");
+        }
+    })
+}
+
+/// Writes every event to `socket` until the client leaves or the gateway
+/// stops (then it closes the socket). What the client writes is ignored.
+async fn forward(
+    mut socket: WebSocket,
+    mut events: broadcast::Receiver<Utf8Bytes>,
+    stop: &CancellationToken,
+) -> Result<(), axum::Error> {
+    loop {
+        tokio::select! {
+            // Stopping wins over whatever else is ready.
+            biased;
+            _ = stop.cancelled() => {
+                return socket.send(Message::Close(None)).await;
+            }
+            ev = events.recv() => match ev {
+                Ok(json) => socket.send(Message::Text(json)).await?,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "gateway: a slow WebSocket missed events");
+                }
+                // The feed's bridge and the server are gone: the gateway
+                // stopped.
+                Err(broadcast::error::RecvError::Closed) => {
+                    return socket.send(Message::Close(None)).await;
+                }
+            },
+            msg = socket.recv() => match msg {
+                None | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                // Whatever the client writes is ignored.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
 /// Decrements the connected count when a WebSocket ends.
 struct Connected(Arc<AtomicUsize>);
 
@@ -364,125 +454,6 @@ impl Drop for Connected {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-const MAX_HEAD: usize = 16 * 1024;
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    extra: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-async fn serve_http(
-    mut stream: TcpStream,
-    mut events: broadcast::Receiver<Arc<str>>,
-    stop: CancellationToken,
-    clients: Arc<AtomicUsize>,
-    narrator: &Narrator,
-) -> Result<(), BoxError> {
-    // Read the request head (everything read is replayed to the WebSocket
-    // handshake below).
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Ok(i);
-            }
-            if buf.len() > MAX_HEAD {
-                return Err("request head too large");
-            }
-            let mut chunk = [0u8; 2048];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Err("connection closed"),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "request head timed out")??;
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request = lines.next().unwrap_or_default().split(' ');
-    let (method, target) = (request.next().unwrap_or(""), request.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let upgrade = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket")
-        })
-    });
-    let text = "text/plain; charset=utf-8";
-    match (method, path) {
-        ("GET", "/" | "/index.html") => {
-            respond(&mut stream, "200 OK", "text/html; charset=utf-8", "", PAGE).await?;
-        }
-        ("GET", "/v1/subscribe") if upgrade => {
-            let (rd, wr) = stream.into_split();
-            let io = tokio::io::join(std::io::Cursor::new(buf).chain(rd), wr);
-            let (_req, mut ws) = tokio_websockets::ServerBuilder::new().accept(io).await?;
-            clients.fetch_add(1, Ordering::Relaxed);
-            let _connected = Connected(clients);
-            narrator.say("gateway: a WebSocket subscribed at /v1/subscribe");
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        let _ = ws.close().await;
-                        break;
-                    }
-                    ev = events.recv() => match ev {
-                        Ok(json) => ws.send(Message::text(json.to_string())).await?,
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "gateway: a slow WebSocket missed events");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    msg = ws.next() => match msg {
-                        None | Some(Err(_)) => break,
-                        Some(Ok(m)) if m.is_close() => break,
-                        // Whatever the client writes is ignored.
-                        Some(Ok(_)) => {}
-                    },
-                }
-            }
-        }
-        ("GET", "/v1/subscribe") => {
-            let body = "GET /v1/subscribe is a WebSocket: send Upgrade: websocket\n";
-            respond(
-                &mut stream,
-                "426 Upgrade Required",
-                text,
-                "Upgrade: websocket\r\n",
-                body,
-            )
-            .await?;
-        }
-        (_, "/" | "/index.html" | "/v1/subscribe") => {
-            let body = "only GET is allowed here\n";
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                text,
-                "Allow: GET\r\n",
-                body,
-            )
-            .await?;
-        }
-        _ => {
-            respond(&mut stream, "404 Not Found", text, "", "not found\n").await?;
-        }
-    }
-    Ok(())
 }
 
 /// What the client side does.
@@ -545,10 +516,7 @@ pub async fn run_client(
     let mut feed = feed_client.subscribe_subscribe().await?;
     let mut ws = match &config.gateway {
         Some(url) => {
-            let (ws, _) = tokio_websockets::ClientBuilder::new()
-                .uri(url)?
-                .connect()
-                .await?;
+            let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
             narrator.say(format!("client: WebSocket connected to {url}"));
             Some(ws)
         }
@@ -608,8 +576,10 @@ pub async fn run_client(
                 let Some(Ok(msg)) = ws.next().await else {
                     break;
                 };
-                let Some(text) = msg.as_text() else { continue };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+                let tungstenite::Message::Text(text) = msg else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
                     continue;
                 };
                 let reply_to = v["reply_to_id"].as_str().unwrap_or_default().to_owned();
@@ -627,7 +597,7 @@ pub async fn run_client(
                 wanted.len()
             )
         })?;
-        let _ = ws.close().await;
+        let _ = ws.close(None).await;
     }
 
     let mut exchanges = Vec::new();
@@ -740,4 +710,31 @@ pub async fn run_both(
     };
     let report = run_client(bus, &config, narrator).await?;
     Ok((report, gateway, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact JSON of an event: proto field names in field order, `data`
+    /// in base64, `amount` as a string, strings escaped.
+    #[test]
+    fn event_json_is_proto3_json() {
+        let ev = SubscribeResponse {
+            id: "e1".into(),
+            reply_to_id: "m\"1".into(),
+            from_pubkey: "02ab".into(),
+            data: b"hello".to_vec(),
+            service_type: "message".into(),
+            amount: -9_007_199_254_740_993,
+        };
+        assert_eq!(
+            event_json(&ev),
+            r#"{"id":"e1","reply_to_id":"m\"1","from_pubkey":"02ab","data":"aGVsbG8=","service_type":"message","amount":"-9007199254740993"}"#
+        );
+        assert_eq!(
+            event_json(&SubscribeResponse::default()),
+            r#"{"id":"","reply_to_id":"","from_pubkey":"","data":"","service_type":"","amount":"0"}"#
+        );
+    }
 }

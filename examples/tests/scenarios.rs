@@ -426,6 +426,61 @@ mod processes {
         all_four(&server.url());
     }
 
+    /// `--help` explains each example, its roles and its options, and exits 0.
+    #[test]
+    fn help_explains_each_example() {
+        for (bin, says) in [
+            (
+                env!("CARGO_BIN_EXE_psrpc-examples"),
+                &[
+                    "Runs the four example services",
+                    "--listen <ADDR>",
+                    "--hold",
+                ][..],
+            ),
+            (
+                env!("CARGO_BIN_EXE_reservation"),
+                &[
+                    "servers push reservation offers",
+                    "both: two servers and the clients in this process [default: both]",
+                    "Server options:",
+                    "--interval <TIME>  Time between offers [default: 100ms]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_htlc"),
+                &[
+                    "every subscriber sees every event",
+                    "server: a router node publishing traffic until Ctrl-C",
+                    "--rounds <N>",
+                    "[default: 20s]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_scheduler"),
+                &[
+                    "affinity routing",
+                    "--registry",
+                    "[default: those answering in 500ms]",
+                ],
+            ),
+            (
+                env!("CARGO_BIN_EXE_websocket"),
+                &[
+                    "GET /v1/subscribe",
+                    "gateway: the HTTP/WebSocket gateway until Ctrl-C",
+                    "--gateway <URL>",
+                ],
+            ),
+        ] {
+            let out = Proc::spawn(bin, &["--help"]).success(T);
+            for s in says {
+                assert!(out.contains(s), "{bin}: no `{s}` in\n{out}");
+            }
+            assert!(out.contains("--bus <URL>"), "{out}");
+        }
+    }
+
     #[test]
     fn the_local_bus_needs_one_process_and_usage_errors_exit_2() {
         let (code, out) =
@@ -435,9 +490,33 @@ mod processes {
             out.contains("the local bus lives inside one process"),
             "{out}"
         );
-        let (code, out) = Proc::spawn(env!("CARGO_BIN_EXE_htlc"), &["--frobnicate"]).exit(T);
-        assert_eq!(code, Some(2), "{out}");
-        assert!(out.contains("unknown option `--frobnicate`"), "{out}");
+        for (bin, args, says) in [
+            (
+                env!("CARGO_BIN_EXE_htlc"),
+                &["--frobnicate"][..],
+                "unexpected argument '--frobnicate'",
+            ),
+            (
+                env!("CARGO_BIN_EXE_reservation"),
+                &["--interval", "5"],
+                "expected a unit: ms, s or m",
+            ),
+            // Only the websocket example has a gateway.
+            (
+                env!("CARGO_BIN_EXE_scheduler"),
+                &["--role", "gateway"],
+                "[possible values: server, client, both]",
+            ),
+            (
+                env!("CARGO_BIN_EXE_psrpc-examples"),
+                &["--role", "server"],
+                "unexpected argument '--role'",
+            ),
+        ] {
+            let (code, out) = Proc::spawn(bin, args).exit(T);
+            assert_eq!(code, Some(2), "{args:?}: {out}");
+            assert!(out.contains(says), "{args:?}: {out}");
+        }
         let (code, out) = Proc::spawn(
             env!("CARGO_BIN_EXE_reservation"),
             &["--bus", "carrier-pigeon://x"],
@@ -478,29 +557,102 @@ async fn gateway_http() {
     let gw = websocket::Gateway::start(bus, "127.0.0.1:0", Narrator::quiet())
         .await
         .unwrap();
-    let get = |req: &'static str| {
+    // One request per connection, read to its end.
+    let get = |head: &'static str| {
         let addr = gw.addr();
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n");
             s.write_all(req.as_bytes()).await.unwrap();
             let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
+            tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut out))
+                .await
+                .expect("the gateway answers and closes")
+                .unwrap();
+            out.to_ascii_lowercase()
         }
     };
-    let page = get("GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
-    assert!(page.contains("/v1/subscribe") && page.contains("id=\"events\""));
-    let plain = get("GET /v1/subscribe HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    for head in ["GET / HTTP/1.1", "GET /index.html HTTP/1.1"] {
+        let page = get(head).await;
+        assert!(page.starts_with("http/1.1 200 ok"), "{page}");
+        assert!(page.contains("content-type: text/html"), "{page}");
+        assert!(page.contains("/v1/subscribe") && page.contains("id=\"events\""));
+    }
+    let plain = get("GET /v1/subscribe HTTP/1.1").await;
     assert!(
-        plain.starts_with("HTTP/1.1 426 Upgrade Required"),
+        plain.starts_with("http/1.1 426 upgrade required"),
         "{plain}"
     );
-    let post = get("POST /v1/subscribe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
-    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-    let missing = get("GET /v2/nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert!(plain.contains("upgrade: websocket"), "{plain}");
+    for wrong in [
+        "POST /v1/subscribe HTTP/1.1\r\nContent-Length: 0",
+        "DELETE / HTTP/1.1",
+    ] {
+        let res = get(wrong).await;
+        assert!(res.starts_with("http/1.1 405"), "{res}");
+        assert!(res.contains("allow: get"), "{res}");
+    }
+    let missing = get("GET /v2/nope HTTP/1.1").await;
+    assert!(missing.starts_with("http/1.1 404"), "{missing}");
     gw.stop();
+}
+
+/// Every connected WebSocket gets every event, and stopping the gateway
+/// closes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_fans_out_and_stop_closes_every_socket() {
+    use futures::StreamExt;
+    use psrpc_examples::proto::websocket::{SubscribeResponse, WebsocketServer};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let bus = connect("local").await;
+    let gw = websocket::Gateway::start(bus.clone(), "127.0.0.1:0", Narrator::quiet())
+        .await
+        .unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.unwrap();
+        sockets.push(ws);
+    }
+    assert!(gw.wait_for_clients(3, Duration::from_secs(20)).await);
+    let feed = WebsocketServer::new(websocket::Feed, bus).await.unwrap();
+    let ev = SubscribeResponse {
+        id: "ev-1".into(),
+        reply_to_id: "msg-1".into(),
+        data: b"hi".to_vec(),
+        service_type: "message".into(),
+        ..Default::default()
+    };
+    feed.publish_subscribe(&ev).await.unwrap();
+    for ws in &mut sockets {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("the event arrives")
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg, Message::text(websocket::event_json(&ev)));
+    }
+    gw.stop();
+    for ws in &mut sockets {
+        // The gateway's close frame, then the end of the stream.
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .expect("the socket closes");
+        assert!(end, "the gateway sent a close frame");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gw.clients() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.clients(), 0);
+    feed.shutdown().await;
 }
 
 /// The page, in headless Chromium, lists an event published through psrpc.

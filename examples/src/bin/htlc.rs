@@ -9,47 +9,72 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use clap::Parser;
 use psrpc_examples::cli::{self, Role};
 use psrpc_examples::htlc::{self, ClientConfig, Router};
 use psrpc_examples::{BoxError, Narrator, bus};
 
-const USAGE: &str = "\
-LND's HTLC events: a router node publishes its HTLC events on a psrpc fan-out
-subscription; every subscriber sees every event and aggregates them.
+/// LND's HTLC events: a router node publishes its HTLC events on a psrpc
+/// fan-out subscription; every subscriber sees every event and aggregates
+/// them.
+#[derive(Debug, Parser)]
+#[command(name = "htlc", mut_arg("role", |a| cli::role_arg(a, cli::SERVICE_ROLES, ROLE_HELP)))]
+struct Args {
+    #[command(flatten)]
+    common: cli::Common,
+    /// The router node.
+    #[arg(long, value_name = "NAME", default_value = "alice")]
+    node: String,
+    #[command(flatten, next_help_heading = "Server options")]
+    server: ServerArgs,
+    #[command(flatten, next_help_heading = "Client options")]
+    client: ClientArgs,
+}
 
-usage: htlc [--bus URL] [--role server|client|both] [options]
+/// What the router node does.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Time between rounds of traffic.
+    #[arg(long, value_name = "TIME", value_parser = cli::parse_duration, default_value = "200ms")]
+    interval: Duration,
+    /// Stop publishing after N rounds [default: never].
+    #[arg(long, value_name = "N")]
+    rounds: Option<u64>,
+}
 
-  --bus URL          local (default; --role both only), redis://host:port, nats://host:port
-  --role ROLE        server: a router node publishing traffic until Ctrl-C;
-                     client: subscribers that aggregate, check and exit;
-                     both (default): routers alice and bob and the subscribers
-  --node NAME        the router node (default alice)
-server options:
-  --interval TIME    time between rounds of traffic (default 200ms)
-  --rounds N         stop publishing after N rounds (default: never)
-client options:
-  --subscribers N    subscribers (default 2)
-  --htlcs N          HTLCs each follows to the end, a multiple of 5 (default 10)
-  --timeout TIME     how long to wait for them (default 20s)";
+/// What the subscribers do.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Subscribers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    subscribers: usize,
+    /// HTLCs each follows to the end, a multiple of 5.
+    #[arg(long, value_name = "N", default_value_t = 2 * htlc::HTLCS_PER_ROUND)]
+    htlcs: u64,
+    /// How long to wait for them.
+    #[arg(long, value_name = "TIME", value_parser = cli::parse_duration, default_value = "20s")]
+    timeout: Duration,
+}
 
-async fn run(args: cli::Args) -> Result<(), BoxError> {
-    let role = args.role()?;
-    cli::check_role_bus(role, args.bus())?;
-    let bus = bus::connect(args.bus()).await?;
+const ROLE_HELP: &str = "\
+server: a router node publishing traffic until Ctrl-C;
+client: subscribers that aggregate, check and exit;
+both: routers alice and bob and the subscribers";
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let role = args.common.role;
+    cli::check_role_bus(role, args.common.bus())?;
+    let bus = bus::connect(args.common.bus()).await?;
     let n = Narrator::new("htlc");
     let client = ClientConfig {
-        node: args.value("node", "alice".to_owned())?,
-        subscribers: args.value("subscribers", 2)?,
-        htlcs: args.value("htlcs", 2 * htlc::HTLCS_PER_ROUND)?,
-        timeout: args.duration("timeout", Duration::from_secs(20))?,
+        node: args.node,
+        subscribers: args.client.subscribers,
+        htlcs: args.client.htlcs,
+        timeout: args.client.timeout,
     };
     match role {
         Role::Server => {
-            let interval = args.duration("interval", Duration::from_millis(200))?;
-            let rounds = match args.get("rounds") {
-                Some(_) => Some(args.value("rounds", 0u64)?),
-                None => None,
-            };
+            let ServerArgs { interval, rounds } = args.server;
             let router = Router::start(bus, &client.node).await?;
             let stop = Arc::new(AtomicBool::new(false));
             let traffic = router.spawn_traffic(interval, rounds, stop.clone());
@@ -57,7 +82,7 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
                 "READY router {} publishes a round of {} HTLCs every {interval:?} on {}",
                 router.name(),
                 htlc::HTLCS_PER_ROUND,
-                args.bus()
+                args.common.bus()
             ));
             psrpc_examples::until_ctrl_c().await;
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -83,17 +108,5 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    cli::run(
-        USAGE,
-        &[
-            "node",
-            "interval",
-            "rounds",
-            "subscribers",
-            "htlcs",
-            "timeout",
-        ],
-        &[],
-        run,
-    )
+    cli::run(run)
 }

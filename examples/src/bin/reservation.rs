@@ -7,40 +7,65 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use psrpc_examples::cli::{self, Role};
 use psrpc_examples::reservation::{self, ClientConfig, ServerConfig};
 use psrpc_examples::{BoxError, Narrator, bus};
 
-const USAGE: &str = "\
-Loop's reservation notifications: servers push reservation offers to the
-clients that open a notification stream.
+/// Loop's reservation notifications: servers push reservation offers to the
+/// clients that open a notification stream.
+#[derive(Debug, Parser)]
+#[command(name = "reservation", mut_arg("role", |a| cli::role_arg(a, cli::SERVICE_ROLES, ROLE_HELP)))]
+struct Args {
+    #[command(flatten)]
+    common: cli::Common,
+    #[command(flatten, next_help_heading = "Server options")]
+    server: ServerArgs,
+    #[command(flatten, next_help_heading = "Client options")]
+    client: ClientArgs,
+}
 
-usage: reservation [--bus URL] [--role server|client|both] [options]
+/// What a server does.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Server name.
+    #[arg(long, value_name = "NAME", default_value = "loop-a")]
+    name: String,
+    /// Time between offers.
+    #[arg(long, value_name = "TIME", value_parser = cli::parse_duration, default_value = "100ms")]
+    interval: Duration,
+}
 
-  --bus URL          local (default; --role both only), redis://host:port, nats://host:port
-  --role ROLE        server: serve until Ctrl-C; client: run the clients and exit;
-                     both (default): two servers and the clients in this process
-server options:
-  --name NAME        server name (default loop-a)
-  --interval TIME    time between offers (default 100ms)
-client options:
-  --clients N        clients listening at once (default 2)
-  --offers N         offers each client takes (default 3)";
+/// What the clients do.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Clients listening at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    clients: usize,
+    /// Offers each client takes.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    offers: usize,
+}
 
-async fn run(args: cli::Args) -> Result<(), BoxError> {
-    let role = args.role()?;
-    cli::check_role_bus(role, args.bus())?;
-    let bus = bus::connect(args.bus()).await?;
+const ROLE_HELP: &str = "\
+server: serve until Ctrl-C;
+client: run the clients and exit;
+both: two servers and the clients in this process";
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let role = args.common.role;
+    cli::check_role_bus(role, args.common.bus())?;
+    let bus = bus::connect(args.common.bus()).await?;
     let n = Narrator::new("reservation");
     let client = ClientConfig {
-        clients: args.value("clients", 2)?,
-        offers: args.value("offers", 3)?,
+        clients: args.client.clients,
+        offers: args.client.offers,
     };
     match role {
         Role::Server => {
             let config = ServerConfig {
-                name: args.value("name", "loop-a".to_owned())?,
-                interval: args.duration("interval", Duration::from_millis(100))?,
+                name: args.server.name,
+                interval: args.server.interval,
                 ..Default::default()
             };
             let s = reservation::serve(bus, config, n.clone()).await?;
@@ -48,7 +73,7 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
                 "READY server {} (key {}) serves ReservationService on {}",
                 s.desk.name(),
                 hex::encode(&s.desk.server_key()[..4]),
-                args.bus()
+                args.common.bus()
             ));
             psrpc_examples::until_ctrl_c().await;
             s.server.shutdown().await;
@@ -67,5 +92,5 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    cli::run(USAGE, &["name", "interval", "clients", "offers"], &[], run)
+    cli::run(run)
 }

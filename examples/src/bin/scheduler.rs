@@ -5,42 +5,69 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use psrpc_examples::cli::{self, Role};
 use psrpc_examples::scheduler::{self, ClientConfig, InstanceConfig};
 use psrpc_examples::{BoxError, Narrator, bus};
 
-const USAGE: &str = "\
-Greenlight's scheduler: one instance owns the network's registry, every
-instance runs nodes; Schedule places a node on the instance with the most
-free capacity (affinity routing); signers attach with a bidirectional stream.
+/// Greenlight's scheduler: one instance owns the network's registry, every
+/// instance runs nodes; Schedule places a node on the instance with the most
+/// free capacity (affinity routing); signers attach with a bidirectional
+/// stream.
+#[derive(Debug, Parser)]
+#[command(name = "scheduler", mut_arg("role", |a| cli::role_arg(a, cli::SERVICE_ROLES, ROLE_HELP)))]
+struct Args {
+    #[command(flatten)]
+    common: cli::Common,
+    /// The network.
+    #[arg(long, value_name = "NAME", default_value = "regtest")]
+    network: String,
+    #[command(flatten, next_help_heading = "Server options")]
+    server: ServerArgs,
+    #[command(flatten, next_help_heading = "Client options")]
+    client: ClientArgs,
+}
 
-usage: scheduler [--bus URL] [--role server|client|both] [options]
+/// What a scheduler instance does.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Instance name.
+    #[arg(long, value_name = "NAME", default_value = "sched-a")]
+    instance: String,
+    /// How many nodes it runs.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    capacity: u32,
+    /// This instance owns the network's registry (start exactly one).
+    #[arg(long)]
+    registry: bool,
+}
 
-  --bus URL          local (default; --role both only), redis://host:port, nats://host:port
-  --role ROLE        server: one scheduler instance, until Ctrl-C;
-                     client: the user scenario (needs 3 free slots), then exit;
-                     both (default): three instances and the scenario
-  --network NAME     the network (default regtest)
-server options:
-  --instance NAME    instance name (default sched-a)
-  --capacity N       how many nodes it runs (default 2)
-  --registry         this instance owns the network's registry (start exactly one)
-client options:
-  --instances N      how many instances to expect (default: those answering in 500ms)";
+/// What the user scenario expects.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// How many instances to expect [default: those answering in 500ms].
+    #[arg(long, value_name = "N")]
+    instances: Option<usize>,
+}
 
-async fn run(args: cli::Args) -> Result<(), BoxError> {
-    let role = args.role()?;
-    cli::check_role_bus(role, args.bus())?;
-    let bus = bus::connect(args.bus()).await?;
+const ROLE_HELP: &str = "\
+server: one scheduler instance, until Ctrl-C;
+client: the user scenario (needs 3 free slots), then exit;
+both: three instances and the scenario";
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let role = args.common.role;
+    cli::check_role_bus(role, args.common.bus())?;
+    let bus = bus::connect(args.common.bus()).await?;
     let n = Narrator::new("scheduler");
-    let network: String = args.value("network", "regtest".to_owned())?;
+    let network = args.network;
     match role {
         Role::Server => {
             let config = InstanceConfig {
-                name: args.value("instance", "sched-a".to_owned())?,
+                name: args.server.instance,
                 network,
-                capacity: args.value("capacity", 2)?,
-                registry: args.flag("registry"),
+                capacity: args.server.capacity,
+                registry: args.server.registry,
             };
             let (name, capacity, registry) =
                 (config.name.clone(), config.capacity, config.registry);
@@ -53,7 +80,7 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
                 } else {
                     ""
                 },
-                args.bus()
+                args.common.bus()
             ));
             psrpc_examples::until_ctrl_c().await;
             i.shutdown().await;
@@ -61,7 +88,7 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
         Role::Client => {
             let config = ClientConfig {
                 network,
-                instances: args.value("instances", 0)?,
+                instances: args.client.instances.unwrap_or(0),
             };
             let r = scheduler::run_client(bus, &config, &n).await?;
             n.say(format!(
@@ -80,10 +107,5 @@ async fn run(args: cli::Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    cli::run(
-        USAGE,
-        &["network", "instance", "capacity", "instances"],
-        &["registry"],
-        run,
-    )
+    cli::run(run)
 }

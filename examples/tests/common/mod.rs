@@ -30,7 +30,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Default)]
 struct Output {
     lines: Vec<String>,
-    done: bool,
+    /// How many of the two readers (stdout, stderr) reached the end.
+    done: usize,
 }
 
 /// One of the example binaries, run as a child process; its output
@@ -73,7 +74,7 @@ impl Proc {
                     lock(&out.0).lines.push(line);
                     out.1.notify_all();
                 }
-                lock(&out.0).done = true;
+                lock(&out.0).done += 1;
                 out.1.notify_all();
             });
         }
@@ -110,23 +111,27 @@ impl Proc {
         }
     }
 
+    /// Everything it printed, once both of its pipes reached their end
+    /// (call after it exited).
+    fn drained_output(&self) -> String {
+        let (lock, cv) = &*self.out;
+        let mut g = self::lock(lock);
+        while g.done < 2 {
+            g = cv
+                .wait_timeout(g, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        g.lines.join("\n")
+    }
+
     /// Waits for the process to exit with success (panics with its output
     /// otherwise) and returns its output.
     pub fn success(mut self, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the readers drain.
-                let (lock, cv) = &*self.out;
-                let mut g = self::lock(lock);
-                while !g.done {
-                    g = cv
-                        .wait_timeout(g, Duration::from_secs(1))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                drop(g);
-                let out = self.output();
+                let out = self.drained_output();
                 assert!(status.success(), "{} failed ({status}):\n{out}", self.name);
                 return out;
             }
@@ -145,8 +150,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                return (status.code(), self.output());
+                return (status.code(), self.drained_output());
             }
             assert!(Instant::now() < deadline, "{} did not exit", self.name);
             std::thread::sleep(Duration::from_millis(20));
