@@ -76,7 +76,9 @@ usage: psrpc-bench [options]
   --json FILE        machine-readable results beside the table
   --middleware       install the shipped middleware on client and servers
                      (tracing, metrics through the `metrics` facade, and
-                     recovery on servers), to compare with a run without";
+                     recovery on servers), to compare with a run without
+  --skip-claim       servers opt in to claim skip: queue calls take an
+                     announcement instead of the claim round trip";
 
 /// Which bus mode the process runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +108,8 @@ struct Args {
     json: Option<String>,
     /// Install the shipped middleware everywhere.
     middleware: bool,
+    /// Servers opt in to claim skip.
+    skip_claim: bool,
 }
 
 /// Parses `5s`, `500ms`, `100us`, `2m`, `1.5s` (a bare number is seconds).
@@ -156,6 +160,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         client_id: "bench-client".into(),
         json: None,
         middleware: false,
+        skip_claim: false,
     };
     let mut expect = None;
     let mut it = argv.into_iter();
@@ -213,6 +218,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--client-id" => a.client_id = value()?,
             "--json" => a.json = Some(value()?),
             "--middleware" => a.middleware = true,
+            "--skip-claim" => a.skip_claim = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -715,7 +721,10 @@ struct BenchServer {
 /// The options of every bench server (with `--middleware`, the shipped
 /// middleware: tracing, metrics, recovery).
 fn server_options(id: &str, args: &Args) -> ServerOptions {
-    let o = ServerOptions::default().server_id(id);
+    let mut o = ServerOptions::default().server_id(id);
+    if args.skip_claim {
+        o = o.skip_claim(|| true);
+    }
     if args.middleware {
         o.traced().metrics(MetricsFacade::shared()).recovery()
     } else {
@@ -1250,10 +1259,11 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
         args.conc,
         args.payload,
         args.duration,
-        if args.middleware {
-            "middleware: tracing, metrics, recovery"
-        } else {
-            "no middleware"
+        match (args.middleware, args.skip_claim) {
+            (true, false) => "middleware: tracing, metrics, recovery",
+            (true, true) => "middleware: tracing, metrics, recovery; claim skip",
+            (false, true) => "no middleware; claim skip",
+            (false, false) => "no middleware",
         },
         MAX_FLOOR_DURATION
     );

@@ -1379,3 +1379,86 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::bus::{LocalBus, Subscription};
+    use crate::client::{ClientOptions, RpcClient};
+
+    /// The local bus, except that nothing can be published to a client's
+    /// claim channel (as when the broker refuses the publish).
+    struct NoClaims(LocalBus);
+
+    #[async_trait::async_trait]
+    impl MessageBus for NoClaims {
+        async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+            if channel.legacy.ends_with("|CLAIM") {
+                return Err(Error::new(ErrorCode::Unavailable, "publish refused"));
+            }
+            self.0.publish(channel, msg).await
+        }
+        async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+            self.0.subscribe(channel, size).await
+        }
+        async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+            self.0.subscribe_queue(channel, size).await
+        }
+        async fn subscribe_handler(
+            &self,
+            channel: &Channel,
+            size: usize,
+            queue: bool,
+            handler: Handler,
+        ) -> Result<HandlerSubscription> {
+            self.0
+                .subscribe_handler(channel, size, queue, handler)
+                .await
+        }
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct N {
+        #[prost(int64, tag = "1")]
+        n: i64,
+    }
+
+    /// An announcement that cannot be published means the handler does not
+    /// run: the caller, which never heard of it, may retry elsewhere.
+    #[tokio::test]
+    async fn failed_announcement_runs_nothing() {
+        static M: MethodInfo = MethodInfo::queue("M");
+        let bus = LocalBus::new();
+        let s = RpcServer::new(
+            NoClaims(bus.clone()),
+            "S",
+            ServerOptions::default().skip_claim(|| true),
+        );
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        s.register_handler(
+            &M,
+            &[],
+            move |_ctx: Context, req: N| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(req) }
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let c = RpcClient::new(bus, "S", ClientOptions::default())
+            .await
+            .unwrap();
+        let e = c
+            .unary::<N, N>(&M, vec![], N { n: 1 })
+            .timeout(Duration::from_secs(2))
+            .await
+            .expect_err("nobody announced");
+        assert_eq!(e.code(), &ErrorCode::Unavailable);
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the handler ran unannounced");
+        s.shutdown().await;
+    }
+}

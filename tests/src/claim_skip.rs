@@ -106,6 +106,56 @@ impl RequestObserver for Events {
     }
 }
 
+/// A metrics observer that keeps only the server's request events, to
+/// check that the metrics middleware receives them.
+#[derive(Default)]
+pub struct MetricEvents(Events);
+
+impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
+    fn on_unary_request(
+        &self,
+        _: psrpc::interceptor::Role,
+        _: &RpcInfo,
+        _: Duration,
+        _: Option<&psrpc::Error>,
+        _: usize,
+        _: usize,
+    ) {
+    }
+    fn on_multi_request(
+        &self,
+        _: psrpc::interceptor::Role,
+        _: &RpcInfo,
+        _: Duration,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+    }
+    fn on_stream_send(
+        &self,
+        _: psrpc::interceptor::Role,
+        _: &RpcInfo,
+        _: Duration,
+        _: Option<&psrpc::Error>,
+        _: usize,
+    ) {
+    }
+    fn on_stream_recv(&self, _: psrpc::interceptor::Role, _: &RpcInfo, _: usize) {}
+    fn on_stream_open(&self, _: psrpc::interceptor::Role, _: &RpcInfo) {}
+    fn on_stream_close(&self, _: psrpc::interceptor::Role, _: &RpcInfo) {}
+    fn on_request_received(&self, info: &RpcInfo) {
+        self.0.on_request_received(info);
+    }
+    fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
+        self.0.on_request_expired(info, late_by);
+    }
+    fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+        self.0.on_claim(info, outcome, wait);
+    }
+}
+
 /// Registers an echo of `Num` that counts its calls.
 async fn echo(s: &RpcServer, m: &MethodInfo, count: Arc<AtomicUsize>) {
     let id = s.id().to_owned();
@@ -456,10 +506,11 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
 /// outcome: granted, lost to a peer, timed out, skipped.
 pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     let events = Arc::new(Events::default());
+    let metrics = Arc::new(MetricEvents::default());
     let skip = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
     let mk = |id: &'static str| {
-        let (events, skip) = (events.clone(), skip.clone());
+        let (events, metrics, skip) = (events.clone(), metrics.clone(), skip.clone());
         async move {
             RpcServer::new(
                 f.connect().await,
@@ -467,6 +518,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
                 ServerOptions::default()
                     .server_id(id)
                     .observer(events)
+                    .metrics(metrics)
                     .skip_claim(move || skip.load(Ordering::SeqCst)),
             )
         }
@@ -541,6 +593,11 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     assert_eq!(events.received("NormalRPC"), 4, "{:#?}", events.all());
     // Every server of the affinity method received the request.
     assert_eq!(events.received("IntensiveRPC"), 2);
+    // The metrics middleware saw the same events.
+    until("the metrics middleware saw them too", || {
+        metrics.0.all().len() == events.all().len()
+    })
+    .await;
     for e in events.all() {
         match e {
             Event::Claim(_, ClaimOutcome::Skipped, wait) => assert_eq!(wait, Duration::ZERO),
