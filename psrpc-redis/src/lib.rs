@@ -114,6 +114,16 @@
 //! hop but measured no faster at 64 calls in flight on two cores (and
 //! slower on NATS), as the reader then does all the runtime's dispatch.
 //!
+//! # Dead stream peers
+//!
+//! [`MessageBus::listeners`] is `PUBSUB NUMSUB <channel>` on the command
+//! connection (prefix included): it counts every subscriber on the server,
+//! Go's too, and publishes nothing. psrpc streams use it to end a stream
+//! whose peer died without closing (see `psrpc::stream`, "Dead peers").
+//! In a Redis Cluster the command counts only the subscribers of the node
+//! asked, so the cluster bus answers that it cannot tell and its streams
+//! are not watched; Sentinel-managed masters are asked like one server.
+//!
 //! # Sharing one Redis between deployments
 //!
 //! [`RedisBus::with_prefix`] prepends a string to every channel name, so
@@ -452,6 +462,9 @@ pub struct RedisBus {
 
 struct Inner {
     publish_tx: mpsc::Sender<(String, Bytes)>,
+    /// The command connection, for `PUBSUB NUMSUB`; `None` in a cluster,
+    /// where that command only counts one node's subscribers.
+    numsub: Option<Arc<Managed>>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
@@ -657,11 +670,16 @@ impl RedisBus {
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(writer(publish_rx, publisher.clone()));
+        let numsub = match &*topology {
+            Topology::Cluster { .. } => None,
+            _ => Some(publisher.clone()),
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         tokio::spawn(manager(topology, publisher, pubsub, cmd_rx, shared.clone()));
         Ok(RedisBus {
             inner: Arc::new(Inner {
                 publish_tx,
+                numsub,
                 cmd_tx,
                 shared,
                 next_id: AtomicU64::new(1),
@@ -831,6 +849,21 @@ impl MessageBus for RedisBus {
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         self.add_chan(channel, size, true).await
+    }
+
+    /// `PUBSUB NUMSUB` of the (prefixed) channel: every subscriber on the
+    /// server, Go's included; nothing is published. `None` in a Redis
+    /// Cluster, where the command counts one node's subscribers only.
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        let Some(conn) = &self.inner.numsub else {
+            return Ok(None);
+        };
+        let name = self.name(channel);
+        let counts: Vec<(String, usize)> = conn
+            .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(&name))
+            .await
+            .map_err(|e| unavailable("PUBSUB NUMSUB failed", e))?;
+        Ok(Some(counts.first().map_or(0, |(_, n)| *n)))
     }
 }
 

@@ -72,6 +72,14 @@ pub trait MessageBus: Send + Sync + 'static {
     fn drops(&self) -> &Drops {
         Drops::global()
     }
+
+    /// How many subscriptions `channel` has right now, in every process on
+    /// the bus, learnt without delivering anything to them; `Ok(None)` when
+    /// this bus cannot tell (the default). Streams use it to notice a peer
+    /// that died without closing (see [`crate::stream`], "Dead peers").
+    async fn listeners(&self, _channel: &Channel) -> Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 /// What became of a delivery into a full subscriber buffer.
@@ -165,6 +173,9 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     }
     fn drops(&self) -> &Drops {
         (**self).drops()
+    }
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        (**self).listeners(channel).await
     }
 }
 
@@ -459,6 +470,20 @@ impl MessageBus for LocalBus {
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         Ok(self.add(channel, size, true))
+    }
+
+    /// The subscriptions this bus holds for `channel` (every peer of a
+    /// local bus is in it).
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        let map = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(Some(
+            map.get(&channel.legacy)
+                .map_or(0, |s| s.fanout.len() + s.queue.len()),
+        ))
     }
 
     async fn subscribe_handler(

@@ -21,7 +21,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
 use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
-use crate::stream::{self, ServerStream, StreamAffinityFn, StreamParams, StreamTable};
+use crate::stream::{
+    self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
+};
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
 
 /// Default server timeout (stream sends, stream close expiry).
@@ -40,6 +42,9 @@ pub struct ServerOptions {
     pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
     /// See every stream the server accepts, first outermost.
     pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
+    /// How accepted streams watch their client for a death without a
+    /// close (probe every 1 s, end after 4 s; see [`crate::stream`]).
+    pub stream_liveness: StreamLiveness,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -50,6 +55,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("channel_size", &self.channel_size)
             .field("interceptors", &self.interceptors.len())
             .field("stream_interceptors", &self.stream_interceptors.len())
+            .field("stream_liveness", &self.stream_liveness)
             .finish()
     }
 }
@@ -62,6 +68,7 @@ impl Default for ServerOptions {
             channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
             stream_interceptors: Vec::new(),
+            stream_liveness: StreamLiveness::default(),
         }
     }
 }
@@ -92,6 +99,11 @@ impl ServerOptions {
     /// Adds a stream interceptor.
     pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
         self.stream_interceptors.push(Arc::new(i));
+        self
+    }
+    /// Sets how streams watch their client ([`StreamLiveness::disabled`]: not at all).
+    pub fn stream_liveness(mut self, l: StreamLiveness) -> Self {
+        self.stream_liveness = l;
         self
     }
 }
@@ -419,6 +431,7 @@ impl RpcServer {
             streams: streams.clone(),
             timeout: self.inner.opts.timeout,
             buffer: self.inner.opts.channel_size,
+            liveness: self.inner.opts.stream_liveness,
             stop: stop.clone(),
             _p: PhantomData::<fn(S) -> R>,
         });
@@ -883,6 +896,7 @@ struct StreamHandler<S, R, H> {
     streams: Arc<StreamTable>,
     timeout: Duration,
     buffer: usize,
+    liveness: StreamLiveness,
     stop: CancellationToken,
     _p: PhantomData<fn(S) -> R>,
 }
@@ -959,7 +973,9 @@ where
             expiry: m.expiry,
             body: Some(StreamBody::Ack(StreamAck {})),
         };
+        let presence = shared.presence(self.liveness, false).await;
         core.publish(&out, &ack).await;
+        shared.watch_peer(self.liveness, false, presence);
         shared.open_interceptors();
         let header = IncomingHeader {
             remote_id: open.node_id,

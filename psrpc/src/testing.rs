@@ -336,6 +336,10 @@ impl MessageBus for TestBus {
         });
         Ok(HandlerSubscription::new(AbortOnDrop(task.abort_handle())))
     }
+
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        self.chain.bus.listeners(channel).await
+    }
 }
 
 /// Implements [`MessageBus`] for a newtype around [`TestBus`].
@@ -374,6 +378,12 @@ macro_rules! delegate_bus {
                 self.0
                     .subscribe_handler(channel, size, queue, handler)
                     .await
+            }
+            async fn listeners(
+                &self,
+                channel: &$crate::bus::Channel,
+            ) -> $crate::Result<Option<usize>> {
+                self.0.listeners(channel).await
             }
         }
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo};
 
+pub mod liveness;
 pub mod middleware;
 pub mod outage;
 pub mod servers;
