@@ -87,6 +87,35 @@
 //!   with a warning. Direct subscriptions pass bytes on as they are; the
 //!   runtime rejects bad envelopes.
 //!
+//! # Security
+//!
+//! Every connection that may publish and subscribe on a service's subjects
+//! is a full psrpc peer: it can serve the service (subscribe
+//! `SRV.<service>...`), read its calls, and answer any client's call (a
+//! forged response on `CLI.<service>.<client id>.RES` is taken as the
+//! answer). Lock a shared nats-server down with per-user subject
+//! permissions. A client user of service `Greeter` that may call it but not
+//! serve it:
+//!
+//! ```text
+//! { user: greeter-client, password: secret, permissions: {
+//!     publish:   { allow: ["SRV.Greeter", "SRV.Greeter.>", "PSRPC_LIVE.Greeter.*.SRV", "_INBOX.>"] }
+//!     subscribe: { allow: ["CLI.Greeter.*.RES", "CLI.Greeter.*.CLAIM", "CLI.Greeter.*.STR",
+//!                          "PSRPC_LIVE.Greeter.*.CLI", "_INBOX.>"] } } }
+//! ```
+//!
+//! The server user is the mirror image (and may publish on
+//! `SRV.Greeter.>` to hand queue requests back). The tested file is the
+//! repository's `docs/security/nats-server.conf` (with the table of
+//! subjects); `tests/security.rs` checks that the client user calls the
+//! service and that nats-server refuses its subscription to
+//! `SRV.Greeter.Q` and its publish on `CLI.Greeter.CLI_other.RES`. The
+//! server refuses a subscription asynchronously (a permission violation
+//! on the connection), so a server registered under a user without the
+//! right hears nothing instead of failing.
+//! [`with_prefix`](NatsBus::with_prefix) separates deployments that trust
+//! each other; it is no protection.
+//!
 //! # Dead stream peers
 //!
 //! Core NATS cannot tell who subscribes a subject without publishing to

@@ -124,6 +124,34 @@
 //! asked, so the cluster bus answers that it cannot tell and its streams
 //! are not watched; Sentinel-managed masters are asked like one server.
 //!
+//! # Security
+//!
+//! Every client of a Redis that can `SUBSCRIBE` and `PUBLISH` on a
+//! service's channels is a full psrpc peer: it can serve the service, read
+//! its calls, and answer any client's call (a forged response on the
+//! client's `<service>|<client id>|RES` channel is taken as the answer).
+//! Lock a shared Redis down with ACL users (Redis 7 or later): channel
+//! patterns `&pattern` grant `PUBLISH` and `SUBSCRIBE` alike, so give each
+//! user its subscribe channels in its root permissions and its publish
+//! channels in a selector. A client user of service `Greeter`:
+//!
+//! ```text
+//! user greeter-client on >secret resetchannels resetkeys -@all +ping +pubsub|numsub
+//!   +subscribe +unsubscribe &Greeter|CLI_*|RES &Greeter|CLI_*|CLAIM &Greeter|CLI_*|STR
+//!   &Greeter|STR_*|CLI|LIVE (+publish resetchannels &Greeter|SayHello|* &Greeter|Chat|*)
+//! ```
+//!
+//! (one line in the file). The server user is the mirror image, plus
+//! `+set ~*` for the queue locks. The tested files are in the
+//! repository's `docs/security/` (`redis-users.acl`, with the table of
+//! channels); `tests/security.rs` checks that the client user calls the
+//! service and is refused `SUBSCRIBE Greeter|SayHello|REQ` and
+//! `PUBLISH Greeter|CLI_other|RES` with `NOPERM`. The redis client library
+//! reports a refused `SUBSCRIBE` as a success, so a server registered
+//! under a user without the right hears nothing instead of failing.
+//! [`with_prefix`](RedisBus::with_prefix) separates deployments that trust
+//! each other; it is no protection.
+//!
 //! # Sharing one Redis between deployments
 //!
 //! [`RedisBus::with_prefix`] prepends a string to every channel name, so

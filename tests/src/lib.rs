@@ -15,6 +15,7 @@ use psrpc::{LocalBus, MethodInfo};
 pub mod liveness;
 pub mod middleware;
 pub mod outage;
+pub mod security;
 pub mod servers;
 pub mod streams;
 pub mod suite;
