@@ -878,10 +878,11 @@ impl RpcClient {
                 _ = cancelled_opt(cancel) => Err(Error::request_canceled()),
             }
         };
-        // This end's presence is in effect before the server hears the open.
+        // This end's presence is subscribed while the open travels: the
+        // server looks for it only after claiming and acking (one round
+        // trip or more), by when the subscription is in effect.
         let liveness = inner.opts.stream_liveness;
-        let presence = shared.presence(liveness, true).await;
-        let opened = opened.await;
+        let (presence, opened) = tokio::join!(shared.presence(liveness, true), opened);
         if let Err(e) = opened {
             shared.forget_ack(&request_id);
             // Tells the servers in the background: the caller has waited enough.

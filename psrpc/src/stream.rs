@@ -68,9 +68,9 @@
 //! to the end of the stream, with the defaults: 3.0 to 4.5 s on Redis and
 //! NATS, 3.5 to 4 s on the local bus).
 //!
-//! The first look is taken as soon as the stream is open (the peer
-//! subscribed its presence channel before sending the open or its ack, so
-//! a live Rust peer shows at once). A peer whose presence channel is empty
+//! The first look is taken as soon as the stream is open (a server
+//! subscribes its presence channel before it acks the open, a client while
+//! its open travels, so a live Rust peer shows at once). A peer whose presence channel is empty
 //! at every look is never taken for dead: it may be a Go peer. So on NATS
 //! a peer that dies before this end's first look is not noticed.
 //!
@@ -87,7 +87,9 @@
 //!   does it with a request carrying an empty payload: the server answers
 //!   "no responders" at once when nobody subscribes (needs headers, on by
 //!   default since nats-server 2.2); otherwise the presence subscription
-//!   takes the request and ignores it. Nothing reaches a psrpc channel.
+//!   takes the request and ignores it, and the probe's silence (500 ms)
+//!   counts as present, as does a probe while the connection is down.
+//!   Nothing reaches a psrpc channel.
 //!
 //! With a Go peer nothing changes on the wire: a Go process never
 //! subscribes presence channels, so its presence is never seen and never
