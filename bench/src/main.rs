@@ -968,8 +968,19 @@ where
     join_workers(tasks, start, what).await
 }
 
+/// How long a worker waits before reopening a lost stream or subscription
+/// whose reopening failed, so that an outage shows as a dip, not a spin.
+const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Sleeps [`REOPEN_BACKOFF`], at most until `end`.
+async fn backoff(end: Instant) {
+    tokio::time::sleep_until(end.min(Instant::now() + REOPEN_BACKOFF).into()).await;
+}
+
 /// `stream msg round-trip`: `conc` workers, each on its own `Echo` stream,
-/// send one `Msg` and wait for its echo, one at a time.
+/// send one `Msg` and wait for its echo, one at a time. A worker whose
+/// stream ends (a fault, a server restart) counts an error and opens a
+/// new one, so a fault shows as a dip, not as the end of the row.
 async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> Stats {
     run_workers(
         bench,
@@ -978,20 +989,25 @@ async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> S
         "stream row",
         |bench, w, end| async move {
             let mut stats = Stats::default();
-            let mut st = match bench
-                .client
-                .stream::<Msg, Msg>(&ECHO, vec![])
-                .timeout(CALL_TIMEOUT)
-                .await
-            {
-                Ok(st) => st,
-                Err(e) => {
-                    stats.record(Err(format!("open: {e}")));
-                    return stats;
-                }
-            };
+            let mut stream: Option<psrpc::ClientStream<Msg, Msg>> = None;
             let mut seq = (w as i64) << 32;
             while Instant::now() < end {
+                let st = match &mut stream {
+                    Some(st) => st,
+                    None => match bench
+                        .client
+                        .stream::<Msg, Msg>(&ECHO, vec![])
+                        .timeout(CALL_TIMEOUT)
+                        .await
+                    {
+                        Ok(st) => stream.insert(st),
+                        Err(e) => {
+                            stats.record(Err(format!("open: {e}")));
+                            backoff(end).await;
+                            continue;
+                        }
+                    },
+                };
                 seq += 1;
                 let t0 = Instant::now();
                 let r = async {
@@ -1009,32 +1025,116 @@ async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Duration) -> S
                     }
                 }
                 .await;
-                let closed = st.is_closed();
+                let ok = r.is_ok();
                 stats.record(r);
-                if closed {
-                    break;
+                if st.is_closed() {
+                    if ok {
+                        // Lost after this round trip: count the loss itself.
+                        stats.record(Err(format!("stream lost: {:?}", st.err())));
+                    }
+                    stream = None;
                 }
             }
-            let _ = st.close(None).await;
+            if let Some(st) = stream {
+                let _ = st.close(None).await;
+            }
             stats
         },
     )
     .await
 }
 
-/// Reads nothing that is already buffered: drops stale updates.
-fn drain<T: prost::Message + Default>(sub: &mut psrpc::Subscription<T>) {
-    while let Some(Some(_)) = sub.recv().now_or_never() {}
+/// A subscription that reopens itself when it is lost.
+struct Resub<T: prost::Message + prost::Name + Default> {
+    client: RpcClient,
+    method: &'static MethodInfo,
+    topic: Vec<String>,
+    sub: Option<psrpc::Subscription<T>>,
 }
 
-/// Waits up to [`CALL_TIMEOUT`] for the next update of `sub`.
-async fn next_update<T: prost::Message + Default>(
-    sub: &mut psrpc::Subscription<T>,
+impl<T: prost::Message + prost::Name + Default> Resub<T> {
+    /// Subscribes `method` on `topic`.
+    async fn open(
+        client: &RpcClient,
+        method: &'static MethodInfo,
+        topic: &[String],
+    ) -> Result<Self, String> {
+        let sub = client
+            .subscribe::<T>(method, topic)
+            .await
+            .map_err(|e| format!("subscribe {}: {e}", method.name))?;
+        Ok(Resub {
+            client: client.clone(),
+            method,
+            topic: topic.to_vec(),
+            sub: Some(sub),
+        })
+    }
+
+    /// The subscription, subscribing again first if it was lost.
+    async fn get(&mut self) -> Result<&mut psrpc::Subscription<T>, String> {
+        if self.sub.is_none() {
+            let sub = self
+                .client
+                .subscribe::<T>(self.method, &self.topic)
+                .await
+                .map_err(|e| format!("resubscribe {}: {e}", self.method.name))?;
+            self.sub = Some(sub);
+        }
+        Ok(self.sub.as_mut().expect("just set"))
+    }
+}
+
+/// Readies `sub` for the next operation: drops stale updates, and
+/// subscribes again if the subscription was lost, which is an error to
+/// count (the operation is skipped: its updates could be missed).
+async fn ready<T: prost::Message + prost::Name + Default>(
+    sub: &mut Resub<T>,
+    what: &str,
+) -> Result<(), String> {
+    let mut lost = sub.sub.is_none();
+    if let Some(s) = &mut sub.sub {
+        loop {
+            match s.recv().now_or_never() {
+                Some(Some(_)) => {}
+                Some(None) => {
+                    sub.sub = None;
+                    lost = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    if !lost {
+        return Ok(());
+    }
+    if let Err(e) = sub.get().await {
+        tokio::time::sleep(REOPEN_BACKOFF).await;
+        return Err(e);
+    }
+    Err(format!("{what} subscription lost (reopened)"))
+}
+
+/// Waits up to [`CALL_TIMEOUT`] for the next update of `sub`; a lost
+/// subscription is an error, and is reopened by the next call.
+async fn next_update<T: prost::Message + prost::Name + Default>(
+    sub: &mut Resub<T>,
     what: &str,
 ) -> Result<T, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, sub.recv()).await {
+    let s = match sub.get().await {
+        Ok(s) => s,
+        Err(e) => {
+            tokio::time::sleep(REOPEN_BACKOFF).await;
+            return Err(e);
+        }
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, s.recv()).await {
         Ok(Some(m)) => Ok(m),
-        Ok(None) => Err(format!("{what} subscription closed")),
+        Ok(None) => {
+            sub.sub = None;
+            Err(format!("{what} subscription lost (reopening)"))
+        }
         Err(_) => Err(format!("no {what} within {CALL_TIMEOUT:?}")),
     }
 }
@@ -1043,8 +1143,8 @@ async fn next_update<T: prost::Message + Default>(
 /// `--topic`, complete when its response, the event and the broadcast arrived.
 async fn run_sub_trigger(
     client: &RpcClient,
-    events: &mut psrpc::Subscription<Event>,
-    bcast: &mut psrpc::Subscription<Event>,
+    events: &mut Resub<Event>,
+    bcast: &mut Resub<Event>,
     topic: &str,
     duration: Duration,
 ) -> Stats {
@@ -1054,8 +1154,14 @@ async fn run_sub_trigger(
     let mut seq = 0;
     while Instant::now() < end {
         seq += 1;
-        drain(events);
-        drain(bcast);
+        let lost = match ready(events, "event").await {
+            Ok(()) => ready(bcast, "broadcast").await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = lost {
+            stats.record(Err(e));
+            continue;
+        }
         let t0 = Instant::now();
         let r: Result<Duration, String> = async {
             let req = Req {
@@ -1088,7 +1194,7 @@ async fn run_sub_trigger(
 /// its latency measured from the moment the Trigger was sent.
 async fn run_sub_burst(
     client: &RpcClient,
-    events: &mut psrpc::Subscription<Event>,
+    events: &mut Resub<Event>,
     burst: usize,
     duration: Duration,
 ) -> Stats {
@@ -1098,7 +1204,13 @@ async fn run_sub_burst(
     let mut seq = 0;
     loop {
         seq += 1;
-        drain(events);
+        if let Err(e) = ready(events, "event").await {
+            stats.record(Err(e));
+            if Instant::now() >= end {
+                break;
+            }
+            continue;
+        }
         let t0 = Instant::now();
         let req = Req {
             seq,
@@ -1696,14 +1808,8 @@ async fn client_rows(args: &Args, connector: &mut Connector) -> Result<Vec<Row>,
         }
     }
     if test("sub") {
-        let mut events = events_client
-            .subscribe::<Event>(&EVENTS, &[])
-            .await
-            .map_err(|e| format!("subscribe Events: {e}"))?;
-        let mut bcast = client
-            .subscribe::<Event>(&BROADCAST, std::slice::from_ref(&args.topic))
-            .await
-            .map_err(|e| format!("subscribe Broadcast: {e}"))?;
+        let mut events = Resub::open(&events_client, &EVENTS, &[]).await?;
+        let mut bcast = Resub::open(&client, &BROADCAST, std::slice::from_ref(&args.topic)).await?;
         eprintln!("running sub trigger->event+bcast seq ...");
         let s = run_sub_trigger(&client, &mut events, &mut bcast, &args.topic, d).await;
         let kind = pp(1, 3);
@@ -1904,4 +2010,78 @@ async fn join_workers(
     }
     stats.elapsed = start.elapsed();
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream row whose streams are lost (the server ends each one after
+    /// three echoes) keeps running: each worker reopens its stream and the
+    /// losses count as errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_row_reopens_lost_streams() {
+        let bus: DynBus = Arc::new(LocalBus::new());
+        let server = RpcServer::new(bus.clone(), "Bench", ServerOptions::default());
+        server
+            .register_stream_handler(
+                &ECHO,
+                &[],
+                |mut st: ServerStream<Msg, Msg>| async move {
+                    for _ in 0..3 {
+                        match st.recv().await {
+                            Some(m) => st.send(m).await?,
+                            None => return Ok(()),
+                        }
+                    }
+                    Err(psrpc::Error::new(psrpc::ErrorCode::Unavailable, "lost"))
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let client = RpcClient::new(bus, "Bench", ClientOptions::default())
+            .await
+            .unwrap();
+        let bench = Arc::new(Bench {
+            client,
+            topic: Vec::new(),
+            payload: Bytes::new(),
+            expect: 1,
+        });
+        let s = run_stream_rt(&bench, 2, Duration::from_secs(1)).await;
+        assert!(s.errors >= 2, "each loss counted: {} errors", s.errors);
+        assert!(s.n > 2 * 3, "the workers kept going: {} ops", s.n);
+        server.shutdown().await;
+    }
+
+    /// A subscription row whose subscriptions are lost keeps running: the
+    /// read that finds one closed counts an error and subscribes again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sub_row_reopens_lost_subscriptions() {
+        let args = parse_args(Vec::<String>::new()).unwrap();
+        let bus: DynBus = Arc::new(LocalBus::new());
+        let server = start_server(bus.clone(), 0, &args).await.unwrap();
+        let client = RpcClient::new(bus.clone(), "Bench", ClientOptions::default())
+            .await
+            .unwrap();
+        let events_client = RpcClient::new(bus, "BenchEvents", ClientOptions::default())
+            .await
+            .unwrap();
+        let mut events = Resub::open(&events_client, &EVENTS, &[]).await.unwrap();
+        let topic = std::slice::from_ref(&args.topic);
+        let mut bcast = Resub::open(&client, &BROADCAST, topic).await.unwrap();
+        // Lost before the row starts.
+        events.sub.as_mut().unwrap().close();
+        bcast.sub.as_mut().unwrap().close();
+        let d = Duration::from_millis(500);
+        let s = run_sub_trigger(&client, &mut events, &mut bcast, &args.topic, d).await;
+        assert!(s.errors >= 1, "the loss counted: {} errors", s.errors);
+        assert!(s.n > 0, "the row kept going: {} ops", s.n);
+        events.sub.as_mut().unwrap().close();
+        let s = run_sub_burst(&client, &mut events, 10, d).await;
+        assert!(s.errors >= 1, "the loss counted: {} errors", s.errors);
+        assert!(s.n > 0, "the row kept going: {} ops", s.n);
+        shutdown_servers(&[server]).await;
+    }
 }

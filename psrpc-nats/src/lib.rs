@@ -112,6 +112,50 @@
 //!   with a warning. Direct subscriptions pass bytes on as they are; the
 //!   runtime rejects bad envelopes.
 //!
+//! # Security
+//!
+//! Every connection that may publish and subscribe on a service's subjects
+//! is a full psrpc peer: it can serve the service (subscribe
+//! `SRV.<service>...`), read its calls, and answer any client's call (a
+//! forged response on `CLI.<service>.<client id>.RES` is taken as the
+//! answer). Lock a shared nats-server down with per-user subject
+//! permissions. A client user of service `Greeter` that may call it but not
+//! serve it:
+//!
+//! ```text
+//! { user: greeter-client, password: secret, permissions: {
+//!     publish:   { allow: ["SRV.Greeter", "SRV.Greeter.>", "PSRPC_LIVE.Greeter.*.SRV", "_INBOX.>"] }
+//!     subscribe: { allow: ["CLI.Greeter.*.RES", "CLI.Greeter.*.CLAIM", "CLI.Greeter.*.STR",
+//!                          "PSRPC_LIVE.Greeter.*.CLI", "_INBOX.>"] } } }
+//! ```
+//!
+//! The server user is the mirror image (and may publish on
+//! `SRV.Greeter.>` to hand queue requests back). The tested file is the
+//! repository's `docs/security/nats-server.conf` (with the table of
+//! subjects); `tests/security.rs` checks that the client user calls the
+//! service and that nats-server refuses its subscription to
+//! `SRV.Greeter.Q` and its publish on `CLI.Greeter.CLI_other.RES`. The
+//! server refuses a subscription asynchronously (a permission violation
+//! on the connection), so a server registered under a user without the
+//! right hears nothing instead of failing.
+//! [`with_prefix`](NatsBus::with_prefix) separates deployments that trust
+//! each other; it is no protection.
+//!
+//! # Dead stream peers
+//!
+//! Core NATS cannot tell who subscribes a subject without publishing to
+//! it (the server's subscription lists are for the system account only),
+//! so [`MessageBus::listeners`] answers only for the presence subjects of
+//! psrpc streams (`PSRPC_LIVE.<service>.<stream id>.CLI|SRV`, subscribed
+//! by the Rust ends of a stream and by nothing else) and `None` for every
+//! other subject: it sends a request with an empty payload there, and
+//! "no responders" means nobody listens (this needs headers, the default
+//! since nats-server 2.2). Nothing is ever sent to a psrpc subject, so Go
+//! peers hear nothing new; a Go peer's death is not noticed on this bus.
+//! A user that runs psrpc streams needs publish and subscribe permission
+//! on `PSRPC_LIVE.>` and subscribe permission on its inbox (`_INBOX.>`)
+//! for the "no responders" answer. See `psrpc::stream`, "Dead peers".
+//!
 //! # Outages and topologies
 //!
 //! Reconnection is left to async-nats: it reconnects for ever (backing off
@@ -341,6 +385,10 @@ impl std::fmt::Debug for NatsBus {
             .finish()
     }
 }
+
+/// How long a presence probe waits for "no responders" (see
+/// [`MessageBus::listeners`]); silence past it means someone listens.
+const PRESENCE_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::Unavailable, format!("nats: {what}: {e}"))
@@ -1209,6 +1257,36 @@ impl MessageBus for NatsBus {
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         self.add_chan(channel, size, false).await
+    }
+
+    /// Counts only the presence channels of streams
+    /// ([`psrpc::stream::PRESENCE_SUBJECT_PREFIX`]; `None` for any other):
+    /// core NATS cannot tell a subject's interest without publishing to it.
+    /// A request with an empty payload goes to the subject: "no responders"
+    /// means 0; a reply, or none within the probe timeout (the presence
+    /// subscription ignores requests), means someone listens (1).
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        if !channel
+            .server
+            .starts_with(psrpc::stream::PRESENCE_SUBJECT_PREFIX)
+        {
+            return Ok(None);
+        }
+        let request = async_nats::Request::new()
+            .payload(Bytes::new())
+            .timeout(Some(PRESENCE_PROBE_TIMEOUT));
+        match self
+            .client
+            .send_request(self.subject(channel), request)
+            .await
+        {
+            Ok(_) => Ok(Some(1)),
+            Err(e) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => Ok(Some(0)),
+                async_nats::RequestErrorKind::TimedOut => Ok(Some(1)),
+                _ => Err(unavailable("presence probe failed", e)),
+            },
+        }
     }
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {

@@ -172,6 +172,44 @@
 //! sent, compressed or not, so queue delivery is unaffected. The rules are
 //! in [`psrpc::codec`].
 //!
+//! # Dead stream peers
+//!
+//! [`MessageBus::listeners`] is `PUBSUB NUMSUB <channel>` on the command
+//! connection (prefix included): it counts every subscriber on the server,
+//! Go's too, and publishes nothing. psrpc streams use it to end a stream
+//! whose peer died without closing (see `psrpc::stream`, "Dead peers").
+//! In a Redis Cluster the command counts only the subscribers of the node
+//! asked, so the cluster bus answers that it cannot tell and its streams
+//! are not watched; Sentinel-managed masters are asked like one server.
+//!
+//! # Security
+//!
+//! Every client of a Redis that can `SUBSCRIBE` and `PUBLISH` on a
+//! service's channels is a full psrpc peer: it can serve the service, read
+//! its calls, and answer any client's call (a forged response on the
+//! client's `<service>|<client id>|RES` channel is taken as the answer).
+//! Lock a shared Redis down with ACL users (Redis 7 or later): channel
+//! patterns `&pattern` grant `PUBLISH` and `SUBSCRIBE` alike, so give each
+//! user its subscribe channels in its root permissions and its publish
+//! channels in a selector. A client user of service `Greeter`:
+//!
+//! ```text
+//! user greeter-client on >secret resetchannels resetkeys -@all +ping +pubsub|numsub
+//!   +subscribe +unsubscribe &Greeter|CLI_*|RES &Greeter|CLI_*|CLAIM &Greeter|CLI_*|STR
+//!   &Greeter|STR_*|CLI|LIVE (+publish resetchannels &Greeter|SayHello|* &Greeter|Chat|*)
+//! ```
+//!
+//! (one line in the file). The server user is the mirror image, plus
+//! `+set ~*` for the queue locks. The tested files are in the
+//! repository's `docs/security/` (`redis-users.acl`, with the table of
+//! channels); `tests/security.rs` checks that the client user calls the
+//! service and is refused `SUBSCRIBE Greeter|SayHello|REQ` and
+//! `PUBLISH Greeter|CLI_other|RES` with `NOPERM`. The redis client library
+//! reports a refused `SUBSCRIBE` as a success, so a server registered
+//! under a user without the right hears nothing instead of failing.
+//! [`with_prefix`](RedisBus::with_prefix) separates deployments that trust
+//! each other; it is no protection.
+//!
 //! # Sharing one Redis between deployments
 //!
 //! [`RedisBus::with_prefix`] prepends a string to every channel name, so
@@ -519,6 +557,9 @@ pub struct RedisBus {
 
 struct Inner {
     publish_tx: mpsc::Sender<(String, Bytes)>,
+    /// The command connection, for `PUBSUB NUMSUB`; `None` in a cluster,
+    /// where that command only counts one node's subscribers.
+    numsub: Option<Arc<Managed>>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
@@ -759,11 +800,16 @@ impl RedisBus {
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(writer(publish_rx, publisher.clone()));
+        let numsub = match &*topology {
+            Topology::Cluster { .. } => None,
+            _ => Some(publisher.clone()),
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         tokio::spawn(manager(topology, publisher, pubsub, cmd_rx, shared.clone()));
         Ok(RedisBus {
             inner: Arc::new(Inner {
                 publish_tx,
+                numsub,
                 cmd_tx,
                 shared,
                 next_id: AtomicU64::new(1),
@@ -1021,6 +1067,21 @@ impl MessageBus for RedisBus {
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         self.add_chan(channel, size, true).await
+    }
+
+    /// `PUBSUB NUMSUB` of the (prefixed) channel: every subscriber on the
+    /// server, Go's included; nothing is published. `None` in a Redis
+    /// Cluster, where the command counts one node's subscribers only.
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        let Some(conn) = &self.inner.numsub else {
+            return Ok(None);
+        };
+        let name = self.name(channel);
+        let counts: Vec<(String, usize)> = conn
+            .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(&name))
+            .await
+            .map_err(|e| unavailable("PUBSUB NUMSUB failed", e))?;
+        Ok(Some(counts.first().map_or(0, |(_, n)| *n)))
     }
 }
 

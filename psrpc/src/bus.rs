@@ -92,6 +92,14 @@ pub trait MessageBus: Send + Sync + 'static {
     fn check_channel(&self, _channel: &Channel) -> Result<()> {
         Ok(())
     }
+
+    /// How many subscriptions `channel` has right now, in every process on
+    /// the bus, learnt without delivering anything to them; `Ok(None)` when
+    /// this bus cannot tell (the default). Streams use it to notice a peer
+    /// that died without closing (see [`crate::stream`], "Dead peers").
+    async fn listeners(&self, _channel: &Channel) -> Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 /// What became of a delivery into a full subscriber buffer.
@@ -192,6 +200,10 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
 
     fn check_channel(&self, channel: &Channel) -> Result<()> {
         (**self).check_channel(channel)
+    }
+
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        (**self).listeners(channel).await
     }
 }
 
@@ -500,6 +512,20 @@ impl MessageBus for LocalBus {
 
     async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
         Ok(self.add(channel, size, true))
+    }
+
+    /// The subscriptions this bus holds for `channel` (every peer of a
+    /// local bus is in it).
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        let map = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(Some(
+            map.get(&channel.legacy)
+                .map_or(0, |s| s.fanout.len() + s.queue.len()),
+        ))
     }
 
     async fn subscribe_handler(

@@ -33,7 +33,7 @@ use crate::select::{
     DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt,
     select_server, sleep_until_opt,
 };
-use crate::stream::{self, ClientStream, StreamParams, StreamTable, spawn_publish};
+use crate::stream::{self, ClientStream, StreamLiveness, StreamParams, StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamBody, StreamOpen};
 
 /// Default request timeout when neither the client, the context nor the call gives one.
@@ -62,6 +62,9 @@ pub struct ClientOptions {
     pub multi_interceptors: Vec<Arc<dyn MultiInterceptor>>,
     /// See every stream, first outermost.
     pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
+    /// How streams watch their server for a death without a close
+    /// (probe every 1 s, end after 4 s; see [`crate::stream`]).
+    pub stream_liveness: StreamLiveness,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +79,7 @@ impl Default for ClientOptions {
             interceptors: Vec::new(),
             multi_interceptors: Vec::new(),
             stream_interceptors: Vec::new(),
+            stream_liveness: StreamLiveness::default(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("interceptors", &self.interceptors.len())
             .field("multi_interceptors", &self.multi_interceptors.len())
             .field("stream_interceptors", &self.stream_interceptors.len())
+            .field("stream_liveness", &self.stream_liveness)
             .finish()
     }
 }
@@ -153,6 +158,11 @@ impl ClientOptions {
     /// Adds a stream interceptor.
     pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
         self.stream_interceptors.push(Arc::new(i));
+        self
+    }
+    /// Sets how streams watch their server ([`StreamLiveness::disabled`]: not at all).
+    pub fn stream_liveness(mut self, l: StreamLiveness) -> Self {
+        self.stream_liveness = l;
         self
     }
 }
@@ -913,8 +923,12 @@ impl RpcClient {
                 }),
                 _ = cancelled_opt(cancel) => Err(Error::request_canceled()),
             }
-        }
-        .await;
+        };
+        // This end's presence is subscribed while the open travels: the
+        // server looks for it only after claiming and acking (one round
+        // trip or more), by when the subscription is in effect.
+        let liveness = inner.opts.stream_liveness;
+        let (presence, opened) = tokio::join!(shared.presence(liveness, true), opened);
         if let Err(e) = opened {
             shared.forget_ack(&request_id);
             // Tells the servers in the background: the caller has waited enough.
@@ -922,6 +936,7 @@ impl RpcClient {
             return Err(e);
         }
         shared.open_interceptors();
+        shared.watch_peer(liveness, true, presence);
         watch_context(&shared, &opts.context);
         Ok(ClientStream::new(shared, rx, opts.context))
     }

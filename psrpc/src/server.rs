@@ -23,7 +23,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
 use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
-use crate::stream::{self, ServerStream, StreamAffinityFn, StreamParams, StreamTable};
+use crate::stream::{
+    self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
+};
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
 
 /// Default server timeout (stream sends, stream close expiry).
@@ -48,6 +50,9 @@ pub struct ServerOptions {
     pub skip_claim: Option<SkipClaimFn>,
     /// Told of every request received, expired and claimed.
     pub observers: Vec<Arc<dyn RequestObserver>>,
+    /// How accepted streams watch their client for a death without a
+    /// close (probe every 1 s, end after 4 s; see [`crate::stream`]).
+    pub stream_liveness: StreamLiveness,
 }
 
 /// The operator's run-time switch for claim skip (see
@@ -64,6 +69,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("stream_interceptors", &self.stream_interceptors.len())
             .field("skip_claim", &self.skip_claim.is_some())
             .field("observers", &self.observers.len())
+            .field("stream_liveness", &self.stream_liveness)
             .finish()
     }
 }
@@ -78,6 +84,7 @@ impl Default for ServerOptions {
             stream_interceptors: Vec::new(),
             skip_claim: None,
             observers: Vec::new(),
+            stream_liveness: StreamLiveness::default(),
         }
     }
 }
@@ -127,6 +134,11 @@ impl ServerOptions {
     /// Adds a [`RequestObserver`].
     pub fn observer(mut self, o: Arc<dyn RequestObserver>) -> Self {
         self.observers.push(o);
+        self
+    }
+    /// Sets how streams watch their client ([`StreamLiveness::disabled`]: not at all).
+    pub fn stream_liveness(mut self, l: StreamLiveness) -> Self {
+        self.stream_liveness = l;
         self
     }
 }
@@ -622,6 +634,7 @@ impl RpcServer {
             streams: streams.clone(),
             timeout: self.inner.opts.timeout,
             buffer: self.inner.opts.channel_size,
+            liveness: self.inner.opts.stream_liveness,
             stop: stop.clone(),
             _p: PhantomData::<fn(S) -> R>,
         });
@@ -1279,6 +1292,7 @@ struct StreamHandler<S, R, H> {
     streams: Arc<StreamTable>,
     timeout: Duration,
     buffer: usize,
+    liveness: StreamLiveness,
     stop: CancellationToken,
     _p: PhantomData<fn(S) -> R>,
 }
@@ -1359,7 +1373,9 @@ where
             expiry: m.expiry,
             body: Some(StreamBody::Ack(StreamAck {})),
         };
+        let presence = shared.presence(self.liveness, false).await;
         core.publish(&out, &ack).await;
+        shared.watch_peer(self.liveness, false, presence);
         shared.open_interceptors();
         let header = IncomingHeader {
             remote_id: open.node_id,

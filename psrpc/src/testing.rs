@@ -348,6 +348,10 @@ impl MessageBus for TestBus {
     fn check_channel(&self, channel: &Channel) -> Result<()> {
         self.chain.bus.check_channel(channel)
     }
+
+    async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
+        self.chain.bus.listeners(channel).await
+    }
 }
 
 /// Implements [`MessageBus`] for a newtype around [`TestBus`].
@@ -396,6 +400,13 @@ macro_rules! delegate_bus {
 
             fn check_channel(&self, channel: &$crate::bus::Channel) -> $crate::Result<()> {
                 self.0.check_channel(channel)
+            }
+
+            async fn listeners(
+                &self,
+                channel: &$crate::bus::Channel,
+            ) -> $crate::Result<Option<usize>> {
+                self.0.listeners(channel).await
             }
         }
     };

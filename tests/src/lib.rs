@@ -14,8 +14,10 @@ use psrpc::{LocalBus, MethodInfo, ServerOptions};
 
 pub mod compression;
 pub mod claim_skip;
+pub mod liveness;
 pub mod middleware;
 pub mod outage;
+pub mod security;
 pub mod servers;
 pub mod streams;
 pub mod suite;

@@ -1,0 +1,403 @@
+//! A stream peer that dies without closing: the other end must learn it
+//! within a bounded time and end the stream with `unavailable`.
+//!
+//! On a networked bus the peer is a child process (this test binary run
+//! again, see [`spawn_child`] and [`child_main`]) killed with SIGKILL; on
+//! the local bus the peer runs on a runtime of its own that is dropped
+//! without closing anything ([`local_server_killed`]).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use psrpc::bus::DynBus;
+use psrpc::{ErrorCode, MethodInfo, RpcClient, RpcServer, ServerOptions, ServerStream};
+use tokio::sync::mpsc;
+
+use crate::Num;
+
+/// The service of these tests.
+pub const SERVICE: &str = "liveness";
+/// A claimed stream method.
+pub static LIVE: MethodInfo = MethodInfo::queue("Live");
+
+/// The generous bound of every wait here (the default detection is ~5 s).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Watching is armed by the first look at the peer, made as soon as the
+/// stream is open; on NATS a peer that dies before that look is not
+/// noticed (it cannot be told from a Go peer, which never shows). The
+/// tests kill the peer after this, a little more than one interval.
+const ARMED: Duration = Duration::from_millis(1500);
+
+/// The environment variable naming the child's role (`server`/`client`).
+pub const ROLE_VAR: &str = "PSRPC_LIVENESS_ROLE";
+/// The environment variable holding the child's broker URL.
+pub const URL_VAR: &str = "PSRPC_LIVENESS_URL";
+
+/// A child process, SIGKILLed when dropped.
+pub struct Peer(Child);
+
+impl Peer {
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the test `child_test` of the current test binary in a new process
+/// as peer `role` on the broker at `url`; that test calls [`child_main`].
+pub fn spawn_child(child_test: &str, role: &str, url: &str) -> Peer {
+    let exe = std::env::current_exe().expect("test binary");
+    let child = Command::new(exe)
+        .args([child_test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE_VAR, role)
+        .env(URL_VAR, url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the peer process");
+    Peer(child)
+}
+
+/// The role and URL when this process is a peer started by [`spawn_child`].
+pub fn child_role() -> Option<(String, String)> {
+    Some((std::env::var(ROLE_VAR).ok()?, std::env::var(URL_VAR).ok()?))
+}
+
+/// The peer's life: `server` serves [`LIVE`] (sends one message on each
+/// stream, then echoes), `client` opens a stream and sends one message;
+/// both then wait to be killed.
+pub async fn child_main(bus: DynBus, role: &str) {
+    match role {
+        "server" => {
+            let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+            register_pusher(&s, None).await;
+            std::future::pending::<()>().await;
+        }
+        "client" => {
+            let c = RpcClient::new(bus, SERVICE, Default::default())
+                .await
+                .expect("client");
+            let st = open(&c).await;
+            st.send(Num {
+                n: 1,
+                text: "hello".into(),
+            })
+            .await
+            .expect("send");
+            std::future::pending::<()>().await;
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// What the [`LIVE`] handler reports.
+enum Event {
+    /// A message from the client arrived (the stream is up).
+    Got,
+    /// The stream ended: its error, and when.
+    Ended(Option<psrpc::Error>, Instant),
+}
+
+/// Registers the [`LIVE`] handler: sends `n = 0`, then echoes; reports on
+/// `events`.
+async fn register_pusher(s: &RpcServer, events: Option<mpsc::UnboundedSender<Event>>) {
+    s.register_stream_handler(
+        &LIVE,
+        &[],
+        move |mut st: ServerStream<Num, Num>| {
+            let events = events.clone();
+            let report = move |e: Event| {
+                if let Some(tx) = &events {
+                    let _ = tx.send(e);
+                }
+            };
+            async move {
+                let _ = st
+                    .send(Num {
+                        n: 0,
+                        text: "hello".into(),
+                    })
+                    .await;
+                while let Some(m) = st.recv().await {
+                    report(Event::Got);
+                    let _ = st.send(m).await;
+                }
+                report(Event::Ended(st.err(), Instant::now()));
+                Ok(())
+            }
+        },
+        None,
+    )
+    .await
+    .expect("register stream handler");
+}
+
+/// Opens a [`LIVE`] stream, retrying until a server takes it.
+async fn open(c: &RpcClient) -> psrpc::ClientStream<Num, Num> {
+    let start = Instant::now();
+    loop {
+        match c.stream::<Num, Num>(&LIVE, vec![]).await {
+            Ok(st) => return st,
+            Err(e) => assert!(start.elapsed() < DEADLINE, "no server took the stream: {e}"),
+        }
+    }
+}
+
+/// The client holds a stream whose server process is then SIGKILLed; it
+/// only receives. Its `recv` must end with `unavailable` within the bound,
+/// and `is_closed()` be true. Returns the time from the kill to the end.
+pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Duration {
+    let c = RpcClient::new(bus, SERVICE, Default::default())
+        .await
+        .expect("client");
+    let mut st = open(&c).await;
+    let first = tokio::time::timeout(DEADLINE, st.recv())
+        .await
+        .expect("first message in time")
+        .expect("first message");
+    assert_eq!(first.n, 0);
+    tokio::time::sleep(ARMED).await;
+    server.kill();
+    let killed = Instant::now();
+    let end = tokio::time::timeout(DEADLINE, st.recv())
+        .await
+        .expect("the client learns that its server died");
+    let took = killed.elapsed();
+    assert!(end.is_none(), "nothing more from a dead server");
+    assert!(st.is_closed());
+    let err = st.err().expect("a cause");
+    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    // And a send fails at once with that cause.
+    let sent = st.send(Num::default()).await.expect_err("closed");
+    assert_eq!(sent.code(), &ErrorCode::Unavailable);
+    took
+}
+
+/// A server holds a stream whose client process is then SIGKILLed: the
+/// handler's `recv` must end with `unavailable` within the bound. Returns
+/// the time from the kill to the end.
+pub async fn server_learns_client_killed(
+    bus: DynBus,
+    spawn_client: impl FnOnce() -> Peer,
+) -> Duration {
+    let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    register_pusher(&s, Some(events_tx)).await;
+    let mut client = spawn_client();
+    let took = server_sees_end(&mut events, || client.kill()).await;
+    s.shutdown().await;
+    took
+}
+
+/// Waits for the client's message, runs `kill`, then waits for the end of
+/// the stream, which must be `unavailable`; returns the time it took.
+async fn server_sees_end(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    kill: impl FnOnce(),
+) -> Duration {
+    let got = tokio::time::timeout(DEADLINE, events.recv())
+        .await
+        .expect("the client opens and sends in time");
+    assert!(matches!(got, Some(Event::Got)));
+    tokio::time::sleep(ARMED).await;
+    kill();
+    let killed = Instant::now();
+    let ended = tokio::time::timeout(DEADLINE, events.recv())
+        .await
+        .expect("the server learns that its client died");
+    let Some(Event::Ended(err, at)) = ended else {
+        panic!("the stream should have ended");
+    };
+    let err = err.expect("a cause");
+    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    at.saturating_duration_since(killed)
+}
+
+/// A bus whose runtime handlers run in tasks of the runtime that
+/// subscribed (the trait's default), so that dropping that runtime takes
+/// every subscription of the peer with it, as a process exit does.
+struct OwnTasks(DynBus);
+
+#[psrpc::async_trait]
+impl psrpc::MessageBus for OwnTasks {
+    async fn publish(&self, channel: &psrpc::Channel, msg: bytes::Bytes) -> psrpc::Result<()> {
+        self.0.publish(channel, msg).await
+    }
+    async fn subscribe(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+    ) -> psrpc::Result<psrpc::bus::Subscription> {
+        self.0.subscribe(channel, size).await
+    }
+    async fn subscribe_queue(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+    ) -> psrpc::Result<psrpc::bus::Subscription> {
+        self.0.subscribe_queue(channel, size).await
+    }
+    async fn listeners(&self, channel: &psrpc::Channel) -> psrpc::Result<Option<usize>> {
+        self.0.listeners(channel).await
+    }
+}
+
+/// A runtime of its own for a peer on the local bus.
+fn peer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Drops `rt` without running anything more on it: the peer "dies".
+fn kill_runtime(rt: tokio::runtime::Runtime) {
+    std::thread::spawn(move || rt.shutdown_background())
+        .join()
+        .unwrap();
+}
+
+/// The local bus, server side dies: the server runs on a runtime of its
+/// own, with handlers run in its own tasks; the runtime is dropped with the server leaked,
+/// so no close is sent, and the client must still end the stream.
+pub async fn local_server_killed(bus: DynBus) -> Duration {
+    // Both ends run their handlers in their own tasks: the local bus would
+    // call them in the publisher's task, i.e. on the other end's runtime.
+    let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
+    let rt = peer_runtime();
+    let server_bus = bus.clone();
+    rt.spawn(async move {
+        let s = RpcServer::new(server_bus, SERVICE, ServerOptions::default());
+        register_pusher(&s, None).await;
+        std::mem::forget(s);
+    })
+    .await
+    .expect("server up");
+    let c = RpcClient::new(bus, SERVICE, Default::default())
+        .await
+        .expect("client");
+    let mut st = open(&c).await;
+    assert_eq!(st.recv().await.expect("first").n, 0);
+    tokio::time::sleep(ARMED).await;
+    kill_runtime(rt);
+    let killed = Instant::now();
+    let end = tokio::time::timeout(DEADLINE, st.recv())
+        .await
+        .expect("the client learns that its server died");
+    assert!(end.is_none());
+    assert!(st.is_closed());
+    assert_eq!(st.err().unwrap().code(), &ErrorCode::Unavailable);
+    killed.elapsed()
+}
+
+/// The local bus, client side dies: the client runs on a runtime of its
+/// own; its stream and itself are leaked (dropping them would close the
+/// stream) and the runtime is dropped. The server must end the stream.
+pub async fn local_client_killed(bus: DynBus) -> Duration {
+    let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
+    let s = RpcServer::new(bus.clone(), SERVICE, ServerOptions::default());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    register_pusher(&s, Some(events_tx)).await;
+    let rt = peer_runtime();
+    let client_bus = bus;
+    rt.spawn(async move {
+        let c = RpcClient::new(client_bus, SERVICE, Default::default())
+            .await
+            .expect("client");
+        let st = open(&c).await;
+        st.send(Num::default()).await.expect("send");
+        std::mem::forget(st);
+        std::mem::forget(c);
+    });
+    let took = server_sees_end(&mut events, || kill_runtime(rt)).await;
+    s.shutdown().await;
+    took
+}
+
+/// Fast watching, for the tests that check what watching does not do.
+pub fn fast() -> psrpc::StreamLiveness {
+    psrpc::StreamLiveness::new(Duration::from_millis(100), Duration::from_millis(500))
+}
+
+/// A peer that never subscribes a presence channel (as a Go peer: here a
+/// server with watching off) is never taken for dead: after many times
+/// `dead_after`, the stream still works both ways. The client watches
+/// fast. Proving an absence needs a wait: 3 s, six times `dead_after`.
+pub async fn peer_without_presence_is_kept(bus: DynBus) {
+    let s = RpcServer::new(
+        bus.clone(),
+        SERVICE,
+        ServerOptions::default().stream_liveness(psrpc::StreamLiveness::disabled()),
+    );
+    register_pusher(&s, None).await;
+    let c = RpcClient::new(
+        bus,
+        SERVICE,
+        psrpc::ClientOptions::default().stream_liveness(fast()),
+    )
+    .await
+    .expect("client");
+    let mut st = open(&c).await;
+    assert_eq!(st.recv().await.expect("first").n, 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(st.err().is_none(), "ended: {:?}", st.err());
+    st.send(Num {
+        n: 7,
+        text: String::new(),
+    })
+    .await
+    .expect("send");
+    let echo = tokio::time::timeout(DEADLINE, st.recv())
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(echo.n, 7);
+    st.close(None).await.expect("close");
+    s.shutdown().await;
+}
+
+/// Runs one stream for 2 s with both ends watching fast, then closes it:
+/// what a bus spy sees of it must be only psrpc envelopes.
+pub async fn one_watched_stream(bus: DynBus) {
+    let s = RpcServer::new(
+        bus.clone(),
+        SERVICE,
+        ServerOptions::default().stream_liveness(fast()),
+    );
+    register_pusher(&s, None).await;
+    let c = RpcClient::new(
+        bus,
+        SERVICE,
+        psrpc::ClientOptions::default().stream_liveness(fast()),
+    )
+    .await
+    .expect("client");
+    let mut st = open(&c).await;
+    assert_eq!(st.recv().await.expect("first").n, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(st.err().is_none(), "ended: {:?}", st.err());
+    st.close(None).await.expect("close");
+    s.shutdown().await;
+}
+
+/// Checks one message a spy saw on a psrpc channel: a `Msg` envelope of a
+/// psrpc type, as Go peers expect.
+pub fn assert_psrpc_envelope(channel: &str, payload: &[u8]) {
+    let msg = psrpc::wire::decode_msg(bytes::Bytes::copy_from_slice(payload))
+        .unwrap_or_else(|e| panic!("not a psrpc envelope on {channel}: {e}"));
+    assert!(
+        msg.type_url.starts_with(psrpc::wire::TYPE_URL_PREFIX),
+        "unexpected message on {channel}: type {:?}",
+        msg.type_url
+    );
+}
