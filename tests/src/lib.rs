@@ -191,6 +191,7 @@ macro_rules! conformance {
             middleware_trace_crosses_call,
             stream_over_laggy_bus,
             stream_over_unreliable_bus,
+            stuck_subscriber_harms_only_itself,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
