@@ -289,10 +289,10 @@ impl RpcClient {
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
-        let on_response = router::<Response>(&shared, |r| {
+        let on_response = router::<Response>(&shared, &bus, |r| {
             (r.request_id.clone(), Incoming::Response(Box::new(r)))
         });
-        let on_claim = router::<ClaimRequest>(&shared, |c| {
+        let on_claim = router::<ClaimRequest>(&shared, &bus, |c| {
             (c.request_id.clone(), Incoming::Claim(Box::new(c)))
         });
         let subs = vec![
@@ -451,6 +451,7 @@ impl RpcClient {
             .map_err(|e| Error::new(ErrorCode::Internal, e.message().to_owned()).with_source(e))?;
         Ok(Subscription {
             raw: sub,
+            bus: self.inner.bus.clone(),
             type_url: wire::type_url_of::<T>(),
             channel: ch.legacy,
             _t: PhantomData,
@@ -743,12 +744,12 @@ impl RpcClient {
             .stream_sub
             .get_or_try_init(|| async {
                 let table = self.inner.streams.clone();
-                let on_stream: crate::bus::Handler = Arc::new(move |b| {
-                    match wire::decode_envelope::<wire::Stream>(b) {
+                let bus = Arc::downgrade(&self.inner.bus);
+                let on_stream: crate::bus::Handler =
+                    Arc::new(move |b| match wire::decode_envelope::<wire::Stream>(b) {
                         Ok(m) => stream::dispatch(&table, m),
-                        Err(e) => tracing::warn!(error = %e, "psrpc client: dropped malformed stream message"),
-                    }
-                });
+                        Err(e) => drop_malformed(&bus, "(client stream channel)", &e),
+                    });
                 let ch = channels::stream_channel(&self.inner.service, &self.inner.id);
                 let sub = self
                     .inner
@@ -950,18 +951,36 @@ pub(crate) fn response_error(r: Response) -> Error {
 /// A handler that routes every message of a client channel to its pending call.
 fn router<M: wire::Envelope + 'static>(
     shared: &Arc<Shared>,
+    bus: &DynBus,
     to_event: fn(M) -> (String, Incoming),
 ) -> crate::bus::Handler {
-    let shared = shared.clone();
-    Arc::new(move |b| route::<M>(&shared, b, to_event))
+    let (shared, bus) = (shared.clone(), Arc::downgrade(bus));
+    Arc::new(move |b| route::<M>(&shared, &bus, b, to_event))
+}
+
+/// Counts (and logs, rate-limited) a malformed message dropped on `channel`.
+fn drop_malformed(
+    bus: &std::sync::Weak<dyn crate::bus::MessageBus>,
+    channel: &str,
+    e: &dyn std::fmt::Display,
+) {
+    if let Some(bus) = bus.upgrade() {
+        bus.drops()
+            .record(crate::drops::DropReason::Malformed, channel, e);
+    }
 }
 
 /// Routes one message of a client channel to its pending call.
-fn route<M: wire::Envelope>(shared: &Shared, bytes: Bytes, route: fn(M) -> (String, Incoming)) {
+fn route<M: wire::Envelope>(
+    shared: &Shared,
+    bus: &std::sync::Weak<dyn crate::bus::MessageBus>,
+    bytes: Bytes,
+    route: fn(M) -> (String, Incoming),
+) {
     let msg = match wire::decode_envelope::<M>(bytes) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(error = %e, type_url = M::TYPE_URL, "psrpc client: dropped malformed message");
+            drop_malformed(bus, M::TYPE_URL, &e);
             return;
         }
     };
@@ -971,8 +990,12 @@ fn route<M: wire::Envelope>(shared: &Shared, bytes: Bytes, route: fn(M) -> (Stri
         // Never block on one call (Go quirks Q8, Q12): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
-            tracing::warn!(%request_id, "psrpc client: pending call's buffer full, message dropped");
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev)
+            && let Some(bus) = bus.upgrade()
+        {
+            let why = format_args!("buffer of pending call {request_id} full");
+            bus.drops()
+                .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
         }
     }
 }
@@ -1358,6 +1381,7 @@ impl<Res: Message + Default + Clone + 'static> futures::Stream for MultiResponse
 /// Dropping it (or [`close`](Subscription::close)) leaves the subscription.
 pub struct Subscription<T> {
     raw: crate::bus::Subscription,
+    bus: DynBus,
     type_url: String,
     channel: String,
     _t: PhantomData<fn() -> T>,
@@ -1396,7 +1420,8 @@ impl<T: Message + Default> Subscription<T> {
         match r {
             Ok(m) => Some(m),
             Err(e) => {
-                tracing::warn!(channel = %self.channel, error = %e, "psrpc subscription: dropped malformed update");
+                let bus = Arc::downgrade(&self.bus);
+                drop_malformed(&bus, &self.channel, &e);
                 None
             }
         }

@@ -17,6 +17,7 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::bus::{DynBus, Handler, HandlerSubscription, MessageBus};
 use crate::channels::{self, Channel};
+use crate::drops::DropReason;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
@@ -424,11 +425,16 @@ impl RpcServer {
         });
         let on_message: Handler = {
             let (stop, tracker) = (stop.clone(), tracker.clone());
+            let drops_bus = Arc::downgrade(&core.bus);
             Arc::new(move |bytes| {
+                let Some(drops_bus) = drops_bus.upgrade() else {
+                    return;
+                };
                 let m = match wire::decode_envelope::<wire::Stream>(bytes) {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "psrpc server: dropped malformed stream message");
+                        let ch = "(server stream channel)";
+                        drops_bus.drops().record(DropReason::Malformed, ch, &e);
                         return;
                     }
                 };
@@ -679,7 +685,8 @@ fn on_claim_response(core: &Core, bytes: Bytes, remember: bool) {
     let claim = match wire::decode_envelope::<ClaimResponse>(bytes) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "psrpc server: dropped malformed claim response");
+            let ch = "(claim response channel)";
+            core.bus.drops().record(DropReason::Malformed, ch, &e);
             return;
         }
     };
@@ -766,11 +773,11 @@ where
         let req = match wire::decode_envelope::<Request>(bytes) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(
-                    method = %self.method.name,
-                    error = %e,
-                    "psrpc server: dropped malformed request"
-                );
+                let what = format_args!("request of {}: {e}", self.method.name);
+                self.core
+                    .bus
+                    .drops()
+                    .record(DropReason::Malformed, "(request channel)", &what);
                 return;
             }
         };
