@@ -34,7 +34,7 @@
 //!
 //! # Deliberate choices
 //!
-//! * **No route** (quirk Q1): NATS picks one process of queue group `bus`
+//! * **No route**: NATS picks one process of queue group `bus`
 //!   among *all* queue subscribers of a subject such as `SRV.<S>.Q`,
 //!   whatever methods they serve. Go drops a queue message that reaches a
 //!   process with no local subscriber of its name, so the caller gets
@@ -646,7 +646,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl State {
     /// Hands a queue message this bus will not handle back to NATS (the
     /// same bytes on the same subject), so that the group picks a member
-    /// again (quirk Q1). Only a psrpc request is handed back (someone waits
+    /// again (see the crate docs, "no route"). Only a psrpc request is handed back (someone waits
     /// for its answer), and only once per message and bus within
     /// [`BOUNCE_MEMORY`], so that a message is never re-published more
     /// times in total than its group has members; anything else is dropped

@@ -411,7 +411,7 @@ async fn restart_mid_load() {
     s.shutdown().await;
 }
 
-/// Quirk Q1, and this bus's answer to it: two servers of one service that
+/// Queue requests nobody local serves, and this bus's answer: two servers of one service that
 /// serve different queue methods share the queue subject `SRV.<S>.Q` and
 /// the group `bus`, so NATS hands each of them requests for the other's
 /// method. By default a bus hands such a request back to the group (once),
@@ -525,7 +525,7 @@ async fn journey(
     seen.load(Ordering::SeqCst) - seen_before - 1
 }
 
-/// The hand-back (quirk Q1) is bounded: with three queue members of a
+/// The hand-back of queue requests nobody local serves is bounded: with three queue members of a
 /// subject of which none serves the method, a request is re-published at
 /// most once by each, so at most three times in total; junk (bytes that are
 /// not a psrpc request) is never re-published.

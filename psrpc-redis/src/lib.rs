@@ -1022,20 +1022,22 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
                     };
                     let channel = msg.get_channel_name();
                     if let Some(targets) = shared.get(channel) {
-                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                        targets.deliver_fanout(&payload, &shared.drops, channel);
-                        if targets.has_queue() {
-                            // A lock only for a message a member can take:
-                            // stuck members neither cost a round trip nor
-                            // win messages that another process could serve.
-                            if targets.queue_can_take() {
+                        // A lock only for a message a member can take:
+                        // stuck members neither cost a round trip nor win
+                        // messages that another process could serve.
+                        let queue = targets.has_queue() && targets.queue_can_take();
+                        if targets.has_queue() && !queue {
+                            shared.drops.record(
+                                psrpc::drops::DropReason::SlowConsumer,
+                                channel,
+                                &"every queue subscriber full, lock not taken",
+                            );
+                        }
+                        if queue || targets.has_fanout() {
+                            let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                            targets.deliver_fanout(&payload, &shared.drops, channel);
+                            if queue {
                                 waiting.push((Arc::from(channel), payload));
-                            } else {
-                                shared.drops.record(
-                                    psrpc::drops::DropReason::SlowConsumer,
-                                    channel,
-                                    &"every queue subscriber full, lock not taken",
-                                );
                             }
                         }
                     }

@@ -317,6 +317,11 @@ impl Members {
         self.fanout.is_empty() && self.queue.is_empty()
     }
 
+    /// Whether there are fan-out subscribers.
+    pub fn has_fanout(&self) -> bool {
+        !self.fanout.is_empty()
+    }
+
     /// Whether there are queue members.
     pub fn has_queue(&self) -> bool {
         !self.queue.is_empty()
@@ -624,7 +629,7 @@ impl std::fmt::Debug for Subscription {
 /// rate-limited), so a stuck subscriber costs its publishers one timeout,
 /// not one per message, and holds at most `size` messages. A consumer that
 /// keeps reading loses nothing. (The Go local bus blocks the publisher for
-/// as long as the subscriber is full, quirk Q12; this bus bounds that wait.)
+/// as long as the subscriber is full; this bus bounds that wait.)
 ///
 /// A queue message goes to the members in turn (round-robin); a full member is
 /// skipped in favour of one with room before any waiting happens.

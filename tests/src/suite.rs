@@ -1188,7 +1188,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     // The queue subscription is of another service: on NATS a queue
     // subscription of a service shares its queue subject with the service's
     // queue requests, and an update that NATS hands to a server's bus would
-    // be dropped there (quirk Q1).
+    // be dropped there, as Go drops it.
     const UPDATES: &str = "Updates";
     let updates = server(f, UPDATES, "updates").await;
     let cu = client(f, UPDATES).await;
