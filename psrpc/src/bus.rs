@@ -834,3 +834,77 @@ impl MessageBus for LocalBus {
         Ok(HandlerSubscription::new(Remove(Some(Box::new(remove)))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u8) -> Bytes {
+        Bytes::from(vec![i])
+    }
+
+    /// A reader that never waits: the buffer, then the overflow, then drops,
+    /// each counted; what is held never exceeds size + overflow.
+    #[test]
+    fn overflow_then_drop_never_waits() {
+        let drops = Drops::default();
+        let (sink, rx) = Sink::new(2, 2, Duration::MAX);
+        let got: Vec<_> = (0..10)
+            .map(|i| matches!(sink.offer_or_drop(msg(i), &drops, "c"), Offer::Taken))
+            .collect();
+        assert_eq!(got.iter().filter(|t| **t).count(), 4);
+        assert_eq!((rx.len(), rx.max_capacity()), (4, 4));
+        assert_eq!(drops.count(DropReason::SlowConsumer), 6);
+        drop(rx);
+        assert!(matches!(
+            sink.offer_or_drop(msg(0), &drops, "c"),
+            Offer::Gone(_)
+        ));
+    }
+
+    /// A subscriber that reads nothing for `stuck_after` while full loses
+    /// messages at once; one read makes it a live subscriber again.
+    #[tokio::test]
+    async fn stuck_after_timeout_until_read() {
+        let drops = Drops::default();
+        let (sink, mut rx) = Sink::new(1, 0, Duration::from_millis(20));
+        assert!(matches!(sink.offer(msg(0), &drops, "c"), Offer::Taken));
+        let Offer::Full(b) = sink.offer(msg(1), &drops, "c") else {
+            panic!("full, not yet stuck");
+        };
+        assert!(matches!(sink.wait(b, &drops, "c").await, Offer::Dropped));
+        // Stuck now: dropped without waiting.
+        assert!(matches!(sink.offer(msg(2), &drops, "c"), Offer::Dropped));
+        assert_eq!(drops.count(DropReason::SlowConsumer), 2);
+        assert_eq!(rx.recv().await.unwrap(), msg(0));
+        assert!(matches!(sink.offer(msg(3), &drops, "c"), Offer::Taken));
+        // Full again, but it read: it gets time again.
+        assert!(matches!(sink.offer(msg(4), &drops, "c"), Offer::Full(_)));
+    }
+
+    /// Queue members in turn; a full member is skipped for one with room;
+    /// all gone gives the message back.
+    #[test]
+    fn queue_round_robin_prefers_room() {
+        let drops = Drops::default();
+        let mut m = Members::default();
+        let (a, mut ra) = Sink::new(1, 0, Duration::MAX);
+        let (b, mut rb) = Sink::new(10, 0, Duration::MAX);
+        m.add(1, a, true);
+        m.add(2, b, true);
+        for i in 0..6 {
+            m.deliver(msg(i), &drops, "q").unwrap();
+        }
+        let (mut na, mut nb) = (0, 0);
+        while ra.try_recv().is_ok() {
+            na += 1;
+        }
+        while rb.try_recv().is_ok() {
+            nb += 1;
+        }
+        assert_eq!((na, nb), (1, 5));
+        assert_eq!(drops.total(), 0);
+        drop((ra, rb));
+        assert!(m.deliver(msg(9), &drops, "q").is_err());
+    }
+}
