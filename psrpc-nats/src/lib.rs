@@ -59,19 +59,25 @@
 //!
 //! # Deliberate choices
 //!
-//! * **No route** (quirk Q1): NATS picks one process of queue group `bus`
+//! * **No route**: NATS picks one process of queue group `bus`
 //!   among *all* queue subscribers of a subject such as `SRV.<S>.Q`,
 //!   whatever methods they serve. Go drops a queue message that reaches a
 //!   process with no local subscriber of its name, so the caller gets
 //!   `unavailable`. This bus instead *hands it back*: it republishes the
 //!   same bytes on the same subject (logged at debug level), so NATS picks a
-//!   member again, at most [`DEFAULT_QUEUE_REDELIVERIES`] times per message
-//!   and process (see [`NatsBus::with_queue_redeliveries`]); past that, it
-//!   is dropped with a warning. The message format is untouched and Go peers
-//!   handle a republished message as any other; the only difference on the
-//!   wire is the extra `PUB` in this failure case. `with_queue_redeliveries(0)`
-//!   is Go's drop. Fan-out routers drop unrouted messages (trace level):
-//!   every subscriber of the subject gets them anyway.
+//!   member again. Each bus hands a message back at most once (it remembers
+//!   the messages it handed back for 5 s), so a message is never
+//!   republished more times in total than its group has members, and only
+//!   a psrpc request is handed back (someone waits for its answer): junk,
+//!   and queue-subscription messages of a kind no member takes, are dropped
+//!   and counted at once. A message can still be lost when it reaches a bus
+//!   that has handed it back already; the caller then sees `unavailable`,
+//!   as with Go. The message format is untouched and Go peers handle a
+//!   republished message as any other; the only difference on the wire is
+//!   the extra `PUB` in this failure case. `with_queue_hand_back(false)` is
+//!   Go's drop ([`NatsBus::with_queue_hand_back`]). Fan-out routers drop
+//!   unrouted messages (trace level): every subscriber of the subject gets
+//!   them anyway.
 //! * **Several local queue subscribers of one name** in one bus instance:
 //!   each message goes to one of them, in turn (Go gives it to each). This
 //!   keeps the [`MessageBus`] contract: one queue member in the whole system
@@ -100,16 +106,24 @@
 //!   the task that reads the NATS subscription saves a task hop and a little
 //!   sequential latency, but measured about 30% fewer calls per second at
 //!   64 in flight on two cores (the reader becomes the serial bottleneck).
-//! * **Slow consumers**: as [`psrpc::LocalBus`], a message is offered to each
-//!   subscriber without waiting; a subscriber whose buffer is full gets up to
-//!   the slow-consumer timeout (default 100 ms,
-//!   [`NatsBus::with_slow_consumer_timeout`]) to make room, then the message
-//!   is dropped for it, logged at warn level and counted in
-//!   [`NatsBus::dropped`]. The wait holds up the NATS subscription it came
-//!   from (order is kept); beyond that async-nats buffers and, past its own
-//!   limit, drops.
+//! * **Slow consumers**: the task reading a NATS subscription never waits
+//!   for a subscriber, so a stuck subscriber loses its own messages and
+//!   nothing else (the policy of every psrpc bus, [`psrpc::bus::Sink`]):
+//!   each subscription buffers up to the `size` it was made with and, while
+//!   it is behind, up to `size` more (so a burst costs a subscriber that
+//!   keeps reading nothing); what does not fit is dropped for it at once.
+//!   Below that, async-nats buffers up to 65 536 messages per NATS
+//!   subscription (its `subscription_capacity`), which the bus's reader
+//!   drains without waiting; should that buffer still overflow (a starved
+//!   process), async-nats drops and reports it through its event callback,
+//!   which [`NatsBus::connect`] and [`NatsBus::connect_with_options`]
+//!   install to count those drops too (reason `broker`; this replaces an
+//!   event callback set in the options given; a bus made by
+//!   [`NatsBus::from_client`] cannot count them). Every drop is counted in
+//!   [`MessageBus::drops`] and logged at warn level at most once per
+//!   interval with its subject ([`psrpc::drops`]).
 //! * **Malformed bytes** on a routed subject (field 3 unreadable) are dropped
-//!   with a warning. Direct subscriptions pass bytes on as they are; the
+//!   and counted. Direct subscriptions pass bytes on as they are; the
 //!   runtime rejects bad envelopes.
 //!
 //! # Security
@@ -210,7 +224,7 @@
 //!   messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -219,24 +233,22 @@ use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use psrpc::bus::{Channel, MessageBus, Subscription};
-use psrpc::drops::Truncated;
+use psrpc::bus::{Channel, Members, MessageBus, Offer, Sink, Subscription};
+use psrpc::drops::{DropReason, Truncated};
 use psrpc::{CancellationToken, Error, ErrorCode, Result};
 use std::future::Future;
-use tokio::sync::mpsc;
 
 pub use async_nats;
 
 /// The queue group of every queue subscription (Go psrpc's `bus`).
 pub const QUEUE_GROUP: &str = "bus";
 
-/// The default time a full subscriber gets to make room before a message is
-/// dropped for it.
+/// Unused: the bus's readers never wait for a subscriber (see
+/// [Slow consumers](crate#deliberate-choices)).
+#[deprecated(
+    note = "the readers never wait: a subscription buffers up to twice its size, then drops"
+)]
 pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How many times by default one process hands back a queue message it has
-/// no route for (quirk Q1, see the crate docs).
-pub const DEFAULT_QUEUE_REDELIVERIES: u32 = 16;
 
 /// nats-server's default `max_control_line`: the longest protocol line
 /// (`PUB <subject> <size>`, `SUB <subject> <queue> <sid>`) it accepts before
@@ -254,8 +266,12 @@ pub const DEFAULT_MAX_SUBJECT_LEN: usize = DEFAULT_MAX_CONTROL_LINE - CONTROL_LI
 /// [`NatsBus::watch_connected`].
 const STATE_POLL: Duration = Duration::from_millis(100);
 
-/// How long a handed-back message is remembered for counting.
+/// How long a handed-back message is remembered.
 const BOUNCE_MEMORY: Duration = Duration::from_secs(5);
+
+/// The most handed-back messages remembered at once; past that, a message
+/// with no route is dropped rather than handed back.
+const BOUNCE_LIMIT: usize = 65_536;
 
 /// A psrpc [`MessageBus`] over NATS. Clones share the connection and the
 /// routers.
@@ -321,10 +337,12 @@ struct State {
     create: tokio::sync::Mutex<()>,
     routers: Mutex<HashMap<(String, bool), Arc<Router>>>,
     next_id: AtomicU64,
-    drops: psrpc::drops::Drops,
-    slow_timeout: Duration,
-    redeliveries: u32,
-    bounces: Mutex<HashMap<u64, (u32, std::time::Instant)>>,
+    /// Shared by every state of one connection (see `fresh_state`), and
+    /// with the connection's event callback (async-nats' own drops).
+    drops: Arc<psrpc::drops::Drops>,
+    hand_back: bool,
+    /// The queue messages handed back lately (by hash), and when.
+    bounces: Mutex<HashMap<u64, std::time::Instant>>,
     /// The round-trip barrier (made on first use, see [`Barrier`]).
     barrier: tokio::sync::OnceCell<Barrier>,
 }
@@ -361,20 +379,12 @@ impl Drop for State {
     }
 }
 
-type Sinks = Vec<(u64, Sink)>;
-
 struct Router {
     subject: String,
     queue: bool,
-    routes: RwLock<HashMap<String, Arc<Route>>>,
+    routes: RwLock<HashMap<String, Arc<Members>>>,
     nats: Slot,
     stop: CancellationToken,
-}
-
-#[derive(Default)]
-struct Route {
-    subs: Sinks,
-    rr: AtomicUsize,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -454,15 +464,24 @@ impl NatsBus {
                 None => options.token(user),
             };
         }
-        let client = options
+        let drops = Arc::new(psrpc::drops::Drops::default());
+        let client = count_library_drops(options, drops.clone())
             .connect(plain)
             .await
             .map_err(|e| unavailable(&format!("cannot connect to {shown}"), e))?;
-        Ok(Self::from_client(client))
+        Ok(Self::with_drops(client, drops))
     }
 
-    /// A bus over an existing async-nats client.
+    /// A bus over an existing async-nats client. async-nats' own drops
+    /// (slow consumers) are counted only on a client made by
+    /// [`connect`](Self::connect) or
+    /// [`connect_with_options`](Self::connect_with_options), which install
+    /// an event callback (see the [crate documentation](crate)).
     pub fn from_client(client: Client) -> NatsBus {
+        Self::with_drops(client, Arc::new(psrpc::drops::Drops::default()))
+    }
+
+    fn with_drops(client: Client, drops: Arc<psrpc::drops::Drops>) -> NatsBus {
         let up = client.connection_state() == async_nats::connection::State::Connected;
         let conn = Arc::new(Conn {
             client: client.clone(),
@@ -484,9 +503,8 @@ impl NatsBus {
                 create: tokio::sync::Mutex::new(()),
                 routers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                drops: psrpc::drops::Drops::default(),
-                slow_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
-                redeliveries: DEFAULT_QUEUE_REDELIVERIES,
+                drops,
+                hand_back: true,
                 bounces: Mutex::new(HashMap::new()),
                 barrier: tokio::sync::OnceCell::new(),
             }),
@@ -516,33 +534,34 @@ impl NatsBus {
         self
     }
 
-    /// This bus giving a full subscriber `timeout` to make room before a
-    /// message is dropped for it (default 100 ms). Resets the routers, so
-    /// call it before subscribing.
-    pub fn with_slow_consumer_timeout(mut self, timeout: Duration) -> NatsBus {
-        self.state = self.fresh_state(timeout, self.state.redeliveries);
+    /// Has no effect: the bus's readers never wait for a subscriber, so
+    /// there is no timeout to set (see the
+    /// [crate documentation](crate#deliberate-choices)).
+    #[deprecated(
+        note = "the readers never wait: a subscription buffers up to twice its size, then drops"
+    )]
+    pub fn with_slow_consumer_timeout(self, _timeout: Duration) -> NatsBus {
         self
     }
 
-    /// This bus handing a queue message it has no route for back to NATS at
-    /// most `n` times per message (default [`DEFAULT_QUEUE_REDELIVERIES`];
-    /// 0 drops at once, as Go does). Resets the routers, so call it before
-    /// subscribing.
-    pub fn with_queue_redeliveries(mut self, n: u32) -> NatsBus {
-        self.state = self.fresh_state(self.state.slow_timeout, n);
+    /// Whether this bus hands a queue request it has no local subscriber
+    /// for back to its queue group (default true; false drops it, as Go
+    /// does). See the [crate documentation](crate#deliberate-choices).
+    /// Resets the routers, so call it before subscribing.
+    pub fn with_queue_hand_back(mut self, on: bool) -> NatsBus {
+        self.state = self.fresh_state(on);
         self
     }
 
     /// New bus state with these settings: no routers yet, the drop count kept.
-    fn fresh_state(&self, slow_timeout: Duration, redeliveries: u32) -> Arc<State> {
+    fn fresh_state(&self, hand_back: bool) -> Arc<State> {
         Arc::new(State {
             client: self.client.clone(),
             create: tokio::sync::Mutex::new(()),
             routers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            drops: psrpc::drops::Drops::default(),
-            slow_timeout,
-            redeliveries,
+            drops: self.state.drops.clone(),
+            hand_back,
             bounces: Mutex::new(HashMap::new()),
             barrier: tokio::sync::OnceCell::new(),
         })
@@ -605,7 +624,8 @@ impl NatsBus {
         &self.client
     }
 
-    /// How many deliveries were dropped because a subscriber stayed full.
+    /// How many messages this bus dropped, for any reason (see
+    /// [`MessageBus::drops`] for the counts by reason).
     pub fn dropped(&self) -> u64 {
         self.state.drops.total()
     }
@@ -776,38 +796,16 @@ impl NatsBus {
     }
 
     async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
-        let (tx, rx) = mpsc::channel(size.max(1));
-        let remove = self.add(channel, queue, Sink(tx)).await?;
+        // A subscriber that falls behind but keeps reading may lag by
+        // twice its buffer; see the crate docs (slow consumers).
+        let (sink, rx) = Sink::new(size, size.max(1), Duration::MAX);
+        let remove = self.add(channel, queue, sink).await?;
         Ok(Subscription::new(rx, remove))
     }
 }
 
 /// What unsubscribes a sink.
 type Remover = Box<dyn FnOnce() + Send + Sync>;
-
-/// Where a subscription's messages go: its [`Subscription`]'s buffer.
-#[derive(Clone)]
-struct Sink(mpsc::Sender<Bytes>);
-
-impl Sink {
-    /// Offers `msg` without waiting.
-    fn offer(&self, msg: Bytes) -> Offer {
-        match self.0.try_send(msg) {
-            Ok(()) => Offer::Taken,
-            Err(mpsc::error::TrySendError::Full(b)) => Offer::Full(b),
-            Err(mpsc::error::TrySendError::Closed(b)) => Offer::Gone(b),
-        }
-    }
-}
-
-/// What became of an offer to a [`Sink`].
-enum Offer {
-    Taken,
-    /// The buffer is full: the message is given back.
-    Full(Bytes),
-    /// The subscriber is gone: the message is given back.
-    Gone(Bytes),
-}
 
 /// A NATS subscription shared by the task reading it and the closer, which
 /// takes it out to unsubscribe at once (see [`close_slot`]).
@@ -872,13 +870,8 @@ async fn run_direct(
             },
             _ = &mut cancelled => return,
         };
-        match sink.offer(msg.payload) {
-            Offer::Taken => {}
-            Offer::Full(b) => {
-                if !deliver_slow(&state, &subject, &sink.0, b).await {
-                    return;
-                }
-            }
+        match sink.offer_or_drop(msg.payload, &state.drops, &subject) {
+            Offer::Taken | Offer::Dropped | Offer::Full(_) => {}
             Offer::Gone(b) => {
                 if queue {
                     state
@@ -958,81 +951,98 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    /// Hands a queue message this process will not handle back to NATS (the
+    /// Hands a queue message this bus will not handle back to NATS (the
     /// same bytes on the same subject), so that the group picks a member
-    /// again; at most `redeliveries` times per message and process within
-    /// [`BOUNCE_MEMORY`], then drops it with a warning (quirk Q1).
+    /// again (see the crate docs, "no route"). Only a psrpc request is handed back (someone waits
+    /// for its answer), and only once per message and bus within
+    /// [`BOUNCE_MEMORY`], so that a message is never re-published more
+    /// times in total than its group has members; anything else is dropped
+    /// and counted.
     async fn hand_back(&self, subject: &str, payload: Bytes, why: &str) {
+        let drop = |reason, detail: &dyn std::fmt::Display| {
+            self.drops
+                .record(reason, subject, &format_args!("{why}: {detail}"));
+        };
+        match psrpc::wire::decode_msg(payload.clone()) {
+            Err(e) => return drop(DropReason::Malformed, &e),
+            Ok(m) => {
+                let request = <psrpc::wire::Request as psrpc::wire::Envelope>::TYPE_URL;
+                if psrpc::wire::check_type(&m.type_url, request).is_err() {
+                    return drop(DropReason::NoRoute, &"not a request, not handed back");
+                }
+            }
+        }
+        if !self.hand_back {
+            return drop(DropReason::NoRoute, &"hand-back off");
+        }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         payload.hash(&mut h);
         let key = h.finish();
-        let n = {
+        let first = {
             let mut b = lock(&self.bounces);
             let now = std::time::Instant::now();
-            if b.len() > 4096 {
-                b.retain(|_, (_, t)| now.duration_since(*t) < BOUNCE_MEMORY);
+            if b.len() >= BOUNCE_LIMIT {
+                b.retain(|_, t| now.duration_since(*t) < BOUNCE_MEMORY);
             }
-            let e = b.entry(key).or_insert((0, now));
-            if now.duration_since(e.1) >= BOUNCE_MEMORY {
-                *e = (0, now);
+            match b.get(&key) {
+                Some(t) if now.duration_since(*t) < BOUNCE_MEMORY => false,
+                _ if b.len() >= BOUNCE_LIMIT => false,
+                _ => {
+                    b.insert(key, now);
+                    true
+                }
             }
-            e.0 += 1;
-            e.0
         };
-        if n > self.redeliveries {
-            tracing::warn!(
-                subject,
-                "nats bus: queue message dropped ({why}; handed back {} times already)",
-                self.redeliveries
-            );
-            return;
+        if !first {
+            return drop(DropReason::NoRoute, &"handed back once already");
         }
         tracing::debug!(subject, "nats bus: queue message handed back ({why})");
         if let Err(e) = self.client.publish(subject.to_owned(), payload).await {
-            tracing::warn!(subject, error = %e, "nats bus: hand-back failed");
+            drop(DropReason::Broker, &format_args!("hand-back failed: {e}"));
         }
     }
+}
+
+/// `options` with an event callback that counts async-nats' own drops
+/// (a subscription whose buffer in the client was full) in `drops`.
+fn count_library_drops(options: ConnectOptions, drops: Arc<psrpc::drops::Drops>) -> ConnectOptions {
+    options.event_callback(move |event| {
+        if let async_nats::Event::SlowConsumer(sid) = event {
+            drops.record(
+                DropReason::Broker,
+                &format!("(nats subscription {sid})"),
+                &"async-nats subscription buffer full",
+            );
+        }
+        std::future::ready(())
+    })
 }
 
 impl Router {
     fn add(&self, local: &str, id: u64, sink: Sink) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        let mut subs = routes
-            .get(local)
-            .map(|r| r.subs.clone())
-            .unwrap_or_default();
-        subs.push((id, sink));
-        routes.insert(
-            local.to_owned(),
-            Arc::new(Route {
-                subs,
-                rr: AtomicUsize::new(0),
-            }),
-        );
+        let mut members = routes.get(local).map(|r| (**r).clone()).unwrap_or_default();
+        members.add(id, sink, self.queue);
+        routes.insert(local.to_owned(), Arc::new(members));
     }
 
     /// Removes a local subscriber; true when the router has none left.
     fn remove(&self, local: &str, id: u64) -> bool {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = routes.get(local) {
-            let subs: Sinks = r.subs.iter().filter(|(i, _)| *i != id).cloned().collect();
-            if subs.is_empty() {
+            let mut members = (**r).clone();
+            members.remove(id);
+            if members.is_empty() {
                 routes.remove(local);
             } else {
-                routes.insert(
-                    local.to_owned(),
-                    Arc::new(Route {
-                        subs,
-                        rr: AtomicUsize::new(0),
-                    }),
-                );
+                routes.insert(local.to_owned(), Arc::new(members));
             }
         }
         routes.is_empty()
     }
 
-    fn route(&self, local: &str) -> Option<Arc<Route>> {
+    fn route(&self, local: &str) -> Option<Arc<Members>> {
         self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -1040,22 +1050,21 @@ impl Router {
             .cloned()
     }
 
+    /// Hands `payload` to the local subscribers of its `Msg.channel`,
+    /// without waiting: to every one on a fan-out subject, to exactly one
+    /// (in turn) on a queue subject.
     async fn dispatch(&self, state: &State, payload: Bytes) {
         let route = match read_local(&payload) {
             Ok(local) => self.route(&local),
             Err(e) => {
-                tracing::warn!(subject = %self.subject, error = %e, "nats bus: malformed message dropped");
+                state.drops.record(DropReason::Malformed, &self.subject, &e);
                 return;
             }
         };
         let Some(route) = route else {
             if self.queue {
                 state
-                    .hand_back(
-                        &self.subject,
-                        payload,
-                        "no local subscriber of its method, Q1",
-                    )
+                    .hand_back(&self.subject, payload, "no local subscriber of its method")
                     .await;
             } else {
                 tracing::trace!(subject = %self.subject, "nats bus: no route, dropped");
@@ -1063,45 +1072,13 @@ impl Router {
             return;
         };
         if self.queue {
-            let n = route.subs.len();
-            let start = if n > 1 {
-                route.rr.fetch_add(1, Ordering::Relaxed)
-            } else {
-                0
-            };
-            let mut full = None;
-            let mut msg = payload;
-            for k in 0..n {
-                let sink = &route.subs[(start + k) % n].1;
-                msg = match sink.offer(msg) {
-                    Offer::Taken => return,
-                    Offer::Full(b) => {
-                        full.get_or_insert(sink);
-                        b
-                    }
-                    Offer::Gone(b) => b,
-                };
-            }
-            match full {
-                Some(Sink(tx)) => {
-                    deliver_slow(state, &self.subject, tx, msg).await;
-                }
-                None => {
-                    state
-                        .hand_back(&self.subject, msg, "closed queue subscription")
-                        .await
-                }
+            if let Err(msg) = route.deliver_queue(payload, &state.drops, &self.subject) {
+                state
+                    .hand_back(&self.subject, msg, "closed queue subscription")
+                    .await;
             }
         } else {
-            let mut slow = Vec::new();
-            for (_, sink) in &route.subs {
-                if let Offer::Full(b) = sink.offer(payload.clone()) {
-                    slow.push((sink, b));
-                }
-            }
-            for (sink, b) in slow {
-                deliver_slow(state, &self.subject, &sink.0, b).await;
-            }
+            route.deliver_fanout(&payload, &state.drops, &self.subject);
         }
     }
 }
@@ -1163,13 +1140,6 @@ fn read_local(msg: &[u8]) -> std::result::Result<std::borrow::Cow<'_, str>, Stri
     std::str::from_utf8(found)
         .map(std::borrow::Cow::Borrowed)
         .map_err(|_| "Msg.channel is not UTF-8".to_owned())
-}
-
-/// Waits up to the slow-consumer timeout for room; false when the receiver
-/// is gone.
-async fn deliver_slow(state: &State, subject: &str, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> bool {
-    let r = psrpc::bus::deliver_within(tx, msg, state.slow_timeout, &state.drops, subject).await;
-    r != psrpc::bus::SlowDelivery::Closed
 }
 
 async fn run_router(router: Arc<Router>, state: Arc<State>) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use psrpc::MessageBus;
 use psrpc::wire::{self, Request, Response};
 use psrpc::{ClientOptions, Context, ErrorCode, RpcClient, RpcServer, ServerOptions};
 use psrpc_nats::NatsBus;
@@ -410,18 +411,19 @@ async fn restart_mid_load() {
     s.shutdown().await;
 }
 
-/// Quirk Q1, and this bus's answer to it: two servers of one service that
+/// Queue requests nobody local serves, and this bus's answer: two servers of one service that
 /// serve different queue methods share the queue subject `SRV.<S>.Q` and
 /// the group `bus`, so NATS hands each of them requests for the other's
-/// method. By default a bus hands such a request back to the group (up to
-/// 16 times) and every call is served; with `with_queue_redeliveries(0)` it
-/// drops it as Go does, and the caller sees `unavailable` for some calls.
+/// method. By default a bus hands such a request back to the group (once),
+/// so most calls are served (a call is lost only when NATS picks the wrong
+/// server twice, one in four here); with `with_queue_hand_back(false)` it
+/// drops it as Go does (one in two here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q1_foreign_queue_requests_are_handed_back() {
     let ns = NatsServer::start(&[]);
     for redeliveries in [None, Some(0)] {
         let with = |b: NatsBus| match redeliveries {
-            Some(n) => b.with_queue_redeliveries(n),
+            Some(n) => b.with_queue_hand_back(n > 0),
             None => b,
         };
         // Server A serves only another queue method of the service; B only
@@ -468,7 +470,9 @@ async fn q1_foreign_queue_requests_are_handed_back() {
             }
         }
         match redeliveries {
-            None => assert_eq!((served, unavailable), (24, 0), "handed back, all served"),
+            // One in four lost on average: 18 served of 24, 10 or fewer
+            // about once in 10 000 runs.
+            None => assert!(served > 10, "{served} served, {unavailable} lost"),
             // NATS picks a member at random: with 24 calls, A gets some.
             Some(_) => assert!(
                 unavailable > 0 && served > 0,
@@ -479,4 +483,209 @@ async fn q1_foreign_queue_requests_are_handed_back() {
         b.kill();
         c.close();
     }
+}
+
+/// Sends `payload` by hand on `subject` and waits until one of `buses`
+/// dropped it (the end of its journey); returns how many times it was
+/// published on the subject in total (the original and every hand-back),
+/// as counted by a plain subscriber of the subject.
+async fn journey(
+    raw: &async_nats::Client,
+    seen: &AtomicUsize,
+    subject: &str,
+    payload: Bytes,
+    buses: &[NatsBus],
+) -> usize {
+    let drops = || buses.iter().map(|b| b.dropped()).sum::<u64>();
+    let (before, seen_before) = (drops(), seen.load(Ordering::SeqCst));
+    raw.publish(subject.to_owned(), payload).await.unwrap();
+    raw.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while drops() == before {
+        assert!(Instant::now() < deadline, "never dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(drops(), before + 1, "dropped once, by one bus");
+    // Everything published before the drop has reached the counter once a
+    // marker published afterwards has.
+    let marker = Bytes::from_static(b"marker");
+    let marks = seen.load(Ordering::SeqCst);
+    raw.publish(subject.to_owned(), marker).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) == marks || drops() < before + 2 {
+        assert!(Instant::now() < deadline, "marker not seen and dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        drops(),
+        before + 2,
+        "the marker is junk, dropped by one bus"
+    );
+    // Less the marker.
+    seen.load(Ordering::SeqCst) - seen_before - 1
+}
+
+/// The hand-back of queue requests nobody local serves is bounded: with three queue members of a
+/// subject of which none serves the method, a request is re-published at
+/// most once by each, so at most three times in total; junk (bytes that are
+/// not a psrpc request) is never re-published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_back_bounded_by_members_and_never_for_junk() {
+    const MEMBERS: usize = 3;
+    let ns = NatsServer::start(&[]);
+    let mut buses = Vec::new();
+    let mut servers = Vec::new();
+    for k in 0..MEMBERS {
+        let b = bus(&ns.url()).await;
+        let s = RpcServer::new(
+            Arc::new(b.clone()),
+            SERVICE,
+            ServerOptions::default().server_id(format!("s{k}")),
+        );
+        let name: &'static str = Box::leak(format!("Method{k}").into_boxed_str());
+        let m: &'static psrpc::MethodInfo = Box::leak(Box::new(psrpc::MethodInfo::queue(name)));
+        s.register_handler(m, &[], |_c: Context, r: Num| async move { Ok(r) }, None)
+            .await
+            .unwrap();
+        buses.push(b);
+        servers.push(s);
+    }
+    let subject = format!("SRV.{SERVICE}.Q");
+    // Counts every message published on the subject.
+    let raw = async_nats::connect(ns.url()).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut counter = raw.subscribe(subject.clone()).await.unwrap();
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while counter.next().await.is_some() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    raw.flush().await.unwrap();
+
+    let request = |id: &str| {
+        let req = Request {
+            request_id: id.into(),
+            client_id: "nobody".into(),
+            expiry: wire::now_ns() + 10_000_000_000,
+            ..Default::default()
+        };
+        wire::append_channel(&wire::encode_msg(&req), "NoSuchMethod.REQ")
+    };
+    for k in 0..5 {
+        let n = journey(&raw, &seen, &subject, request(&format!("r{k}")), &buses).await;
+        assert!(
+            (1..=MEMBERS + 1).contains(&n),
+            "request published {n} times: the original and at most one hand-back per member"
+        );
+    }
+    let junk: Vec<Bytes> = vec![
+        Bytes::new(),
+        Bytes::from_static(b"\x0a\x02hi"),
+        wire::append_channel(
+            &wire::encode_msg_raw("type.googleapis.com/other.Thing", b"\x08\x01"),
+            "NoSuchMethod.REQ",
+        ),
+        wire::append_channel(
+            &wire::encode(&Response {
+                request_id: "x".into(),
+                ..Default::default()
+            }),
+            "NoSuchMethod.REQ",
+        ),
+        wire::append_channel(b"\xff\xff\xff", "NoSuchMethod.REQ"),
+    ];
+    for j in junk {
+        let n = journey(&raw, &seen, &subject, j.clone(), &buses).await;
+        assert_eq!(n, 1, "junk {j:02x?} was re-published");
+    }
+    for s in servers {
+        s.kill();
+    }
+}
+
+/// Two queue subscriptions of one channel on one bus instance: each message
+/// is delivered exactly once in total, to the two in turn (a NATS router
+/// hands a queue message to one local member, not to each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_delivery_exactly_once_per_bus_instance() {
+    const N: usize = 200;
+    let ns = NatsServer::start(&[]);
+    let b = bus(&ns.url()).await;
+    let ch = psrpc::channels::rpc_channel(SERVICE, "Work", &[], true);
+    let mut subs = [
+        b.subscribe_queue(&ch, N).await.unwrap(),
+        b.subscribe_queue(&ch, N).await.unwrap(),
+    ];
+    let publisher = bus(&ns.url()).await;
+    for i in 0..N {
+        let msg = wire::encode_msg(&Request {
+            request_id: i.to_string(),
+            ..Default::default()
+        });
+        publisher.publish(&ch, msg).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut per_sub = [0usize; 2];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < N {
+        assert!(Instant::now() < deadline, "{} of {N} delivered", got.len());
+        for (k, sub) in subs.iter_mut().enumerate() {
+            if let Ok(m) = tokio::time::timeout(Duration::from_millis(10), sub.recv()).await {
+                let r: Request = wire::decode_envelope(m.unwrap()).unwrap();
+                got.push(r.request_id.parse::<usize>().unwrap());
+                per_sub[k] += 1;
+            }
+        }
+    }
+    // Nothing more arrives.
+    for sub in subs.iter_mut() {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.recv())
+                .await
+                .is_err()
+        );
+    }
+    got.sort();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "each exactly once");
+    assert_eq!(per_sub, [N / 2, N / 2], "in turn");
+}
+
+/// The messages lost for a stuck subscriber are counted whichever layer
+/// dropped them: the bus (slow consumer) or async-nats below it (its buffer
+/// made tiny here so that it overflows too; reason `broker`). async-nats
+/// reports its drops one event each through a queue of 128 events that it
+/// fills without waiting, so under a burst part of its drops go unreported:
+/// its count is a lower bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_subscriber_losses_counted_by_every_layer() {
+    const N: usize = 20_000;
+    let ns = NatsServer::start(&[]);
+    let b = NatsBus::connect_with_options(
+        &ns.url(),
+        async_nats::ConnectOptions::new().subscription_capacity(8),
+    )
+    .await
+    .unwrap();
+    let ch = psrpc::channels::rpc_channel(SERVICE, "Events", &[], true);
+    let stuck = b.subscribe_queue(&ch, 16).await.unwrap();
+    let publisher = bus(&ns.url()).await;
+    for i in 0..N {
+        let msg = wire::encode_msg(&Request {
+            request_id: i.to_string(),
+            ..Default::default()
+        });
+        publisher.publish(&ch, msg).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = b.drops();
+    while d.count(psrpc::drops::DropReason::Broker) == 0
+        || d.count(psrpc::drops::DropReason::SlowConsumer) == 0
+    {
+        assert!(Instant::now() < deadline, "{d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{N} published: {} held, dropped {d:?}", stuck.len());
+    assert!(stuck.len() <= stuck.capacity());
+    assert!(stuck.len() + d.total() as usize <= N, "{d:?}");
 }

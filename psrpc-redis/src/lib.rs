@@ -135,16 +135,27 @@
 //!
 //! # Slow consumers
 //!
-//! Every subscription has a bounded buffer. The reader offers each message
-//! without waiting; a subscriber whose buffer is full gets up to 100 ms
-//! ([`RedisBus::with_slow_consumer_timeout`]) to make room, then the message
-//! is dropped for it alone, logged at warn level and counted in
-//! [`RedisBus::dropped`] — the same policy as `psrpc::LocalBus`. (Go's reader
-//! blocks the whole bus on a full subscriber.) Runtime handlers
-//! ([`MessageBus::subscribe_handler`]) keep the trait's default (a task
-//! reading a [`Subscription`]): calling them from the reader saves a task
-//! hop but measured no faster at 64 calls in flight on two cores (and
-//! slower on NATS), as the reader then does all the runtime's dispatch.
+//! One task reads the shared pub/sub connection for every subscription of
+//! the bus, and it never waits for a subscriber: a stuck subscriber loses
+//! its own messages and nothing else. Each subscription buffers up to the
+//! `size` it was made with and, while it is behind, up to `size` more (so a
+//! burst costs a subscriber that keeps reading nothing); what does not fit
+//! is dropped for it at once, counted in [`MessageBus::drops`] (reason
+//! `slow_consumer`) and logged at warn level at most once per interval with
+//! the channel ([`psrpc::drops`]). A queue message that no local queue
+//! subscriber has room for is not locked at all (another process may take
+//! it) and is counted the same way. A subscription therefore never holds
+//! more than twice its size, and no other subscription or call of the bus
+//! is slowed. (Go's reader blocks the whole bus on a full subscriber, and
+//! the messages arriving meanwhile pile up in the client.) This is the
+//! policy of every psrpc bus ([`psrpc::bus::Sink`]). The reader handles the
+//! messages of one connection in order, so a flood on one channel still
+//! delays the others by the time the reader takes to go through it.
+//! Runtime handlers ([`MessageBus::subscribe_handler`]) keep the trait's
+//! default (a task reading a [`Subscription`]): calling them from the reader
+//! saves a task hop but measured no faster at 64 calls in flight on two
+//! cores (and slower on NATS), as the reader then does all the runtime's
+//! dispatch.
 //!
 //! # Compression
 //!
@@ -489,7 +500,7 @@ impl Locks {
     /// Takes the Go queue locks of `payloads`: for each, true if this bus
     /// won it. One pipeline on a single connection; in a cluster, where the
     /// keys live on different masters, one command each, all at once.
-    async fn take(&self, payloads: &[Bytes]) -> Vec<bool> {
+    async fn take(&self, payloads: &[Bytes], drops: &psrpc::drops::Drops) -> Vec<bool> {
         let cmds: Vec<redis::Cmd> = payloads
             .iter()
             .map(|p| {
@@ -528,10 +539,11 @@ impl Locks {
                     tokio::time::sleep(BACKOFF_MIN).await;
                 }
                 Err(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "redis bus: queue lock failed, {} message(s) skipped",
-                        payloads.len()
+                    drops.add(
+                        psrpc::drops::DropReason::Broker,
+                        payloads.len() as u64,
+                        "(queue locks)",
+                        &format_args!("queue lock failed: {e}"),
                     );
                     return vec![false; payloads.len()];
                 }
@@ -550,7 +562,6 @@ impl Locks {
 pub struct RedisBus {
     inner: Arc<Inner>,
     prefix: Arc<str>,
-    slow_timeout: Duration,
     compression: psrpc::CompressionOptions,
     max_channel: usize,
 }
@@ -604,47 +615,7 @@ impl Shared {
     }
 }
 
-#[derive(Default, Clone)]
-struct Subscribers {
-    fanout: Vec<(u64, Target)>,
-    queue: Vec<(u64, Target)>,
-    rr: Arc<AtomicUsize>,
-}
-
-#[derive(Clone)]
-struct Target {
-    sink: Sink,
-    slow_timeout: Duration,
-}
-
-/// Where a subscription's messages go: its [`Subscription`]'s buffer.
-#[derive(Clone)]
-struct Sink(mpsc::Sender<Bytes>);
-
-/// What became of an offer to a [`Target`].
-enum Offer {
-    Taken,
-    /// The buffer is full: the message is given back.
-    Full(Bytes),
-    /// The subscriber is gone: the message is given back.
-    Gone(Bytes),
-}
-
-impl Target {
-    fn offer(&self, msg: Bytes) -> Offer {
-        match self.sink.0.try_send(msg) {
-            Ok(()) => Offer::Taken,
-            Err(mpsc::error::TrySendError::Full(b)) => Offer::Full(b),
-            Err(mpsc::error::TrySendError::Closed(b)) => Offer::Gone(b),
-        }
-    }
-
-    /// Waits up to the slow-consumer timeout for room.
-    async fn deliver_slow(&self, shared: &Shared, channel: &str, msg: Bytes) {
-        let tx = &self.sink.0;
-        psrpc::bus::deliver_within(tx, msg, self.slow_timeout, &shared.drops, channel).await;
-    }
-}
+use psrpc::bus::{Members as Subscribers, Sink};
 
 enum Command {
     Subscribe {
@@ -799,7 +770,7 @@ impl RedisBus {
             last_error: Mutex::new(String::new()),
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(writer(publish_rx, publisher.clone()));
+        tokio::spawn(writer(publish_rx, publisher.clone(), shared.clone()));
         let numsub = match &*topology {
             Topology::Cluster { .. } => None,
             _ => Some(publisher.clone()),
@@ -815,7 +786,6 @@ impl RedisBus {
                 next_id: AtomicU64::new(1),
             }),
             prefix: Arc::from(""),
-            slow_timeout: Duration::from_millis(100),
             compression: psrpc::CompressionOptions::DEFAULT,
             max_channel: DEFAULT_MAX_CHANNEL_LEN,
         })
@@ -867,11 +837,13 @@ impl RedisBus {
         self
     }
 
-    /// A handle that gives a full subscriber `timeout` (default 100 ms) to
-    /// make room before a message is dropped for it. Applies to
-    /// subscriptions made through the returned handle.
-    pub fn with_slow_consumer_timeout(mut self, timeout: Duration) -> Self {
-        self.slow_timeout = timeout;
+    /// Has no effect: the bus's reader never waits for a subscriber, so
+    /// there is no timeout to set (see the
+    /// [crate documentation](crate#slow-consumers)).
+    #[deprecated(
+        note = "the reader never waits: a subscription buffers up to twice its size, then drops"
+    )]
+    pub fn with_slow_consumer_timeout(self, _timeout: Duration) -> Self {
         self
     }
 
@@ -889,7 +861,8 @@ impl RedisBus {
         &self.prefix
     }
 
-    /// How many deliveries were dropped because a subscriber stayed full.
+    /// How many messages this bus dropped, for any reason (see
+    /// [`MessageBus::drops`] for the counts by reason).
     pub fn dropped(&self) -> u64 {
         self.inner.shared.drops.total()
     }
@@ -912,19 +885,11 @@ impl RedisBus {
     ) -> Result<Box<dyn FnOnce() + Send + Sync>> {
         self.check_channel(channel)?;
         let key = self.name(channel);
-        let target = Target {
-            sink,
-            slow_timeout: self.slow_timeout,
-        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut map = self.inner.shared.lock();
             let mut subs = map.get(&key).map(|s| (**s).clone()).unwrap_or_default();
-            if queue {
-                subs.queue.push((id, target));
-            } else {
-                subs.fanout.push((id, target));
-            }
+            subs.add(id, sink, queue);
             map.insert(key.clone(), Arc::new(subs));
         }
         let shared = Arc::downgrade(&self.inner.shared);
@@ -940,9 +905,8 @@ impl RedisBus {
                 return;
             };
             let mut s = (**cur).clone();
-            s.fanout.retain(|(i, _)| *i != id);
-            s.queue.retain(|(i, _)| *i != id);
-            if s.fanout.is_empty() && s.queue.is_empty() {
+            s.remove(id);
+            if s.is_empty() {
                 map.remove(&closing_key);
                 let _ = cmd_tx.send(Command::Unsubscribe {
                     channel: closing_key,
@@ -971,8 +935,10 @@ impl RedisBus {
     }
 
     async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
-        let (tx, rx) = mpsc::channel(size.max(1));
-        let remove = self.add(channel, queue, Sink(tx)).await?;
+        // A subscriber that falls behind but keeps reading may lag by
+        // twice its buffer; see the crate docs (slow consumers).
+        let (sink, rx) = Sink::new(size, size.max(1), Duration::MAX);
+        let remove = self.add(channel, queue, sink).await?;
         Ok(Subscription::new(rx, remove))
     }
 }
@@ -1097,7 +1063,7 @@ fn random_int() -> i64 {
 }
 
 /// Sends queued publishes, everything queued at once as one pipeline.
-async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, conn: Arc<Managed>) {
+async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, conn: Arc<Managed>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -1117,10 +1083,11 @@ async fn writer(mut rx: mpsc::Receiver<(String, Bytes)>, conn: Arc<Managed>) {
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
-            tracing::warn!(
-                error = %e,
-                "redis bus: {} publish(es) lost",
-                batch.len()
+            shared.drops.add(
+                psrpc::drops::DropReason::Broker,
+                batch.len() as u64,
+                &batch[0].0,
+                &format_args!("publish failed: {e}"),
             );
         }
         batch.clear();
@@ -1295,7 +1262,7 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
             biased;
             Some(won) = locks.next(), if !locks.is_empty() => {
                 for (channel, msg) in won {
-                    deliver_queue(&shared, &channel, msg).await;
+                    deliver_queue(&shared, &channel, msg);
                 }
             }
             msg = stream.next(), if open && locks.len() < LOCK_BATCHES_IN_FLIGHT => {
@@ -1312,10 +1279,23 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
                         let detail = format_args!("{len} bytes, over the bus's maximum of {max}");
                         shared.drops.record(psrpc::drops::DropReason::TooLarge, channel, &detail);
                     } else if let Some(targets) = shared.get(channel) {
-                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                        deliver_fanout(&shared, channel, &targets, &payload).await;
-                        if !targets.queue.is_empty() {
-                            waiting.push((Arc::from(channel), payload));
+                        // A lock only for a message a member can take:
+                        // stuck members neither cost a round trip nor win
+                        // messages that another process could serve.
+                        let queue = targets.has_queue() && targets.queue_can_take();
+                        if targets.has_queue() && !queue {
+                            shared.drops.record(
+                                psrpc::drops::DropReason::SlowConsumer,
+                                channel,
+                                &"every queue subscriber full, lock not taken",
+                            );
+                        }
+                        if queue || targets.has_fanout() {
+                            let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                            targets.deliver_fanout(&payload, &shared.drops, channel);
+                            if queue {
+                                waiting.push((Arc::from(channel), payload));
+                            }
                         }
                     }
                     if waiting.len() >= LOCK_BATCH {
@@ -1329,10 +1309,10 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
                 }
                 if !waiting.is_empty() {
                     let batch = std::mem::take(&mut waiting);
-                    let conn = shared.locks.clone();
+                    let shared = shared.clone();
                     locks.push_back(Box::pin(async move {
                         let payloads: Vec<Bytes> = batch.iter().map(|(_, p)| p.clone()).collect();
-                        let won = conn.take(&payloads).await;
+                        let won = shared.locks.take(&payloads, &shared.drops).await;
                         batch
                             .into_iter()
                             .zip(won)
@@ -1345,52 +1325,18 @@ async fn read(mut stream: PubSubStream, shared: Arc<Shared>) {
     }
 }
 
-async fn deliver_fanout(shared: &Shared, channel: &str, targets: &Subscribers, msg: &Bytes) {
-    let mut slow: Vec<(&Target, Bytes)> = Vec::new();
-    for (_, t) in &targets.fanout {
-        if let Offer::Full(b) = t.offer(msg.clone()) {
-            slow.push((t, b));
-        }
-    }
-    for (t, b) in slow {
-        t.deliver_slow(shared, channel, b).await;
-    }
-}
-
 /// Delivers a won queue message to one of the channel's queue subscribers
-/// (round-robin, skipping full ones before waiting for one).
-async fn deliver_queue(shared: &Shared, channel: &str, msg: Bytes) {
-    let Some(targets) = shared.get(channel) else {
-        tracing::debug!(
+/// (round-robin, without waiting, see [`psrpc::bus::Sink`]).
+fn deliver_queue(shared: &Shared, channel: &str, msg: Bytes) {
+    let gone = match shared.get(channel) {
+        Some(targets) => targets.deliver_queue(msg, &shared.drops, channel).is_err(),
+        None => true,
+    };
+    if gone {
+        shared.drops.record(
+            psrpc::drops::DropReason::NoRoute,
             channel,
-            "redis bus: queue subscribers gone, message dropped"
+            &"queue subscribers closed after the lock was won",
         );
-        return;
-    };
-    let n = targets.queue.len();
-    let start = if n > 1 {
-        targets.rr.fetch_add(1, Ordering::Relaxed)
-    } else {
-        0
-    };
-    let mut full = None;
-    let mut msg = msg;
-    for k in 0..n {
-        let t = &targets.queue[(start + k) % n].1;
-        msg = match t.offer(msg) {
-            Offer::Taken => return,
-            Offer::Full(b) => {
-                full.get_or_insert(t);
-                b
-            }
-            Offer::Gone(b) => b,
-        };
-    }
-    match full {
-        Some(t) => t.deliver_slow(shared, channel, msg).await,
-        None => tracing::debug!(
-            channel,
-            "redis bus: queue subscribers gone, message dropped"
-        ),
     }
 }

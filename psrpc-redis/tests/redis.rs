@@ -514,7 +514,9 @@ async fn subscription_resubscribed_after_restart() {
 
 /// 100,000 publishes on one channel arrive complete and in order at every
 /// subscriber: two sharing one bus, one on another bus, one on the
-/// publishing bus itself.
+/// publishing bus itself. The buffers hold the whole burst (a subscription
+/// buffers up to twice its size; the reader never waits for it, so a
+/// subscriber that falls further behind loses messages, counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_arrives_complete_and_in_order() {
     const N: u32 = 100_000;
@@ -524,7 +526,7 @@ async fn burst_arrives_complete_and_in_order() {
     let pub_bus = RedisBus::connect(&server.url()).await.unwrap();
     let mut subs = Vec::new();
     for b in [&sub_bus, &sub_bus, &other_bus, &pub_bus] {
-        subs.push(b.subscribe(&ch("burst"), 4096).await.unwrap());
+        subs.push(b.subscribe(&ch("burst"), N as usize / 2).await.unwrap());
     }
     let start = Instant::now();
     let readers: Vec<_> = subs
@@ -559,16 +561,13 @@ async fn burst_arrives_complete_and_in_order() {
     eprintln!("100k burst to 4 subscribers took {:?}", start.elapsed());
 }
 
-/// A subscriber that never reads loses what does not fit after the
-/// slow-consumer timeout; the others of the channel get everything.
+/// A subscriber that never reads loses what does not fit its buffer (twice
+/// the size it asked for); the others of the channel get everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_does_not_stall_others() {
     let server = RedisServer::start();
-    let bus = RedisBus::connect(&server.url())
-        .await
-        .unwrap()
-        .with_slow_consumer_timeout(Duration::from_millis(20));
-    let _stuck = bus.subscribe(&ch("slow"), 1).await.unwrap();
+    let bus = RedisBus::connect(&server.url()).await.unwrap();
+    let stuck = bus.subscribe(&ch("slow"), 1).await.unwrap();
     let mut ok = bus.subscribe(&ch("slow"), 100).await.unwrap();
     for i in 0..10u8 {
         bus.publish(&ch("slow"), Bytes::from(vec![i]))
@@ -582,11 +581,11 @@ async fn slow_consumer_does_not_stall_others() {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    while bus.dropped() < 9 {
+    while bus.dropped() < 8 {
         assert!(Instant::now() < deadline, "dropped {}", bus.dropped());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(bus.dropped(), 9);
+    assert_eq!((stuck.len(), stuck.capacity(), bus.dropped()), (2, 2, 8));
 }
 
 /// One call of a load worker: when it started, how long it took, and its

@@ -793,8 +793,9 @@ impl RpcClient {
             .get_or_try_init(|| async {
                 let table = self.inner.streams.clone();
                 let ch = channels::stream_channel(&self.inner.service, &self.inner.id);
-                let (bus, name) = (self.inner.bus.clone(), ch.legacy.clone());
+                let (bus, name) = (Arc::downgrade(&self.inner.bus), ch.legacy.clone());
                 let on_stream: crate::bus::Handler = Arc::new(move |b| {
+                    let Some(bus) = bus.upgrade() else { return };
                     let m =
                         crate::codec::receive_envelope::<wire::Stream>(&*bus, || name.clone(), b);
                     if let Some(m) = m {
@@ -1015,16 +1016,24 @@ fn router<M: wire::Envelope + 'static>(
     channel: &channels::Channel,
     to_event: fn(M) -> (String, Incoming),
 ) -> crate::bus::Handler {
-    let (shared, bus, name) = (shared.clone(), bus.clone(), channel.legacy.clone());
+    // Weak: the bus holds this handler; a strong handle would keep the bus
+    // alive through its own subscription.
+    let (shared, bus, name) = (shared.clone(), Arc::downgrade(bus), channel.legacy.clone());
     Arc::new(move |b| {
+        let Some(bus) = bus.upgrade() else { return };
         if let Some(m) = crate::codec::receive_envelope::<M>(&*bus, || name.clone(), b) {
-            route::<M>(&shared, m, to_event)
+            route::<M>(&shared, &*bus, m, to_event)
         }
     })
 }
 
 /// Routes one message of a client channel to its pending call.
-fn route<M: wire::Envelope>(shared: &Shared, msg: M, route: fn(M) -> (String, Incoming)) {
+fn route<M: wire::Envelope>(
+    shared: &Shared,
+    bus: &dyn crate::bus::MessageBus,
+    msg: M,
+    route: fn(M) -> (String, Incoming),
+) {
     let (request_id, ev) = route(msg);
     let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(tx) = p.get(&request_id) {
@@ -1032,7 +1041,9 @@ fn route<M: wire::Envelope>(shared: &Shared, msg: M, route: fn(M) -> (String, In
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
-            tracing::warn!(%request_id, "psrpc client: pending call's buffer full, message dropped");
+            let why = format_args!("buffer of pending call {request_id} full");
+            bus.drops()
+                .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
         }
     }
 }

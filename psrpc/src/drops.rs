@@ -53,11 +53,14 @@ pub enum DropReason {
     InvalidChannel,
     /// Dropped by the broker's client library (NATS slow consumer).
     Broker,
+    /// No local subscriber is left for it (they closed, or on NATS none
+    /// serves its method) and it was not handed on.
+    NoRoute,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::SlowConsumer,
         DropReason::Malformed,
         DropReason::UnknownCompression,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::InvalidChannel,
         DropReason::Broker,
+        DropReason::NoRoute,
     ];
 
     /// A short stable name, used as the metric label.
@@ -81,6 +85,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::InvalidChannel => "invalid_channel",
             DropReason::Broker => "broker",
+            DropReason::NoRoute => "no_route",
         }
     }
 

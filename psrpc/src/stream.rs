@@ -649,11 +649,14 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 }
                 None => {
                     if !self.done.is_cancelled() {
-                        tracing::warn!(
-                            stream_id = %self.stream_id,
-                            error = %Error::slow_consumer(),
-                            "psrpc stream: receive buffer stayed full until the message expired; not acknowledged"
+                        let why = format_args!(
+                            "stream {}: receive buffer stayed full until the message expired; not acknowledged",
+                            self.stream_id
                         );
+                        let reason = crate::drops::DropReason::SlowConsumer;
+                        self.bus
+                            .drops()
+                            .record(reason, "(stream receive buffer)", &why);
                     }
                 }
             }
@@ -685,7 +688,10 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                     Ok(msg) => msg,
                     Err(e) => {
                         if self.cause().is_none() {
-                            tracing::warn!(stream_id = %self.stream_id, error = %e, "psrpc stream: malformed message, closing the stream");
+                            let why =
+                                format_args!("stream {}: {e}; closing the stream", self.stream_id);
+                            let reason = crate::drops::DropReason::Malformed;
+                            self.bus.drops().record(reason, "(stream)", &why);
                             self.close_detached(Error::wrap(ErrorCode::MalformedRequest, e));
                         }
                         return;
@@ -725,11 +731,14 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                     // The buffer is full (or others wait already): hold the
                     // message, bounded, until there is room.
                     if st.overflow.len() >= tx.max_capacity() {
-                        tracing::warn!(
-                            stream_id = %self.stream_id,
-                            error = %Error::slow_consumer(),
-                            "psrpc stream: receive buffer full, message not acknowledged"
+                        let why = format_args!(
+                            "stream {}: receive buffer full, message not acknowledged",
+                            self.stream_id
                         );
+                        let reason = crate::drops::DropReason::SlowConsumer;
+                        self.bus
+                            .drops()
+                            .record(reason, "(stream receive buffer)", &why);
                         return;
                     }
                     st.overflow.push_back((msg, ack));

@@ -243,6 +243,7 @@ macro_rules! conformance {
             queue_rejects_affinity,
             claims_released_at_expiry,
             clock_skew_counted_and_deadline_bounded,
+            stuck_subscriber_harms_only_itself,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -1237,7 +1237,14 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     .await
     .unwrap();
     let c = client(f, SERVICE).await;
-    let mut sub = c.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    // The queue subscription is of another service: on NATS a queue
+    // subscription of a service shares its queue subject with the service's
+    // queue requests, and an update that NATS hands to a server's bus would
+    // be dropped there, as Go drops it.
+    const UPDATES: &str = "Updates";
+    let updates = server(f, UPDATES, "updates").await;
+    let cu = client(f, UPDATES).await;
+    let mut sub = cu.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
     settle(f).await;
     let bus: DynBus = f.connect().await;
     let chans = [
@@ -1248,7 +1255,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
         channels::claim_response_channel(SERVICE, &INTENSIVE_RPC.name, &[]),
         channels::response_channel(SERVICE, c.id()),
         channels::claim_request_channel(SERVICE, c.id()),
-        channels::rpc_channel(SERVICE, &PROCESS_UPDATE.name, &[], true),
+        channels::rpc_channel(UPDATES, &PROCESS_UPDATE.name, &[], true),
     ];
     let wrong_type = wire::encode_msg(&wire::ClaimResponse {
         request_id: "x".into(),
@@ -1273,6 +1280,25 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    updates
+        .publish(
+            &PROCESS_UPDATE,
+            &[],
+            &Num {
+                n: 77,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.n, 77,
+        "malformed updates were skipped, the good one arrives"
+    );
     let r: Num = c
         .unary(
             &NORMAL_RPC,
@@ -1306,24 +1332,113 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
         .await;
     assert_eq!(items.len(), 1);
     assert!(items[0].is_ok());
-    s.publish(
-        &PROCESS_UPDATE,
-        &[],
-        &Num {
-            n: 77,
-            text: String::new(),
-        },
-    )
-    .await
-    .unwrap();
-    let got = tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        got.n, 77,
-        "malformed updates were skipped, the good one arrives"
-    );
     assert_eq!(count.load(Ordering::SeqCst), 2);
     s.shutdown().await;
+}
+
+// ------------------------------------------------------- stuck subscribers
+
+/// A subscriber that never reads harms only itself: while many events are
+/// published to it, unrelated calls on the same bus connection all succeed;
+/// what does not fit its buffer is dropped for it alone and counted; and the
+/// bus holds nothing else for it (every event published is either in its
+/// buffer or counted as dropped, so no hidden queue grows).
+pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
+    const EVENTS: usize = 10_000;
+    const BUFFER: usize = 16;
+    let service = "Stuck";
+    let bus = f.connect().await;
+    // The unrelated service, served and called over the same connection.
+    let s = RpcServer::new(
+        bus.clone(),
+        service,
+        f.server_options().server_id("busy"),
+    );
+    let served = Arc::new(AtomicUsize::new(0));
+    counting(&s, &NORMAL_RPC, &[], served.clone()).await;
+    let c = RpcClient::new(bus.clone(), service, ClientOptions::default())
+        .await
+        .expect("client");
+    // Two subscriptions that never read: a queue one and a fan-out one.
+    let queue_ch = channels::rpc_channel(service, "Events", &[], true);
+    let fanout_ch = channels::rpc_channel(service, "Broadcast", &[], false);
+    let stuck_q = bus.subscribe_queue(&queue_ch, BUFFER).await.unwrap();
+    let stuck_f = bus.subscribe(&fanout_ch, BUFFER).await.unwrap();
+    settle(f).await;
+
+    let publisher = f.connect().await;
+    let flood = tokio::spawn(async move {
+        for i in 0..EVENTS {
+            // Distinct payloads: Redis queue locks dedup identical ones.
+            let event = wire::encode_msg(&Request {
+                request_id: i.to_string(),
+                ..Default::default()
+            });
+            publisher.publish(&queue_ch, event.clone()).await.unwrap();
+            publisher.publish(&fanout_ch, event).await.unwrap();
+            // Bursts of 200 messages, about 10 000 a second: a flood, but
+            // within what one connection's reader handles in a debug build,
+            // so that what is measured is the stuck subscriber's effect.
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    // Calls go on until every event is accounted for, and must all succeed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut calls = 0;
+    let t0 = Instant::now();
+    loop {
+        let r: Num = c
+            .unary(
+                &NORMAL_RPC,
+                vec![],
+                Num {
+                    n: calls,
+                    text: String::new(),
+                },
+            )
+            .timeout(Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: call {calls} while flooding: {e} (after {:?}, {} dropped, flood done: {})",
+                    f.name(),
+                    t0.elapsed(),
+                    bus.drops().total(),
+                    flood.is_finished()
+                )
+            });
+        assert_eq!(r.n, calls);
+        calls += 1;
+        let held = stuck_q.len() + stuck_f.len();
+        let dropped = bus.drops().count(psrpc::drops::DropReason::SlowConsumer) as usize;
+        if flood.is_finished() && held + dropped == 2 * EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {held} held + {dropped} dropped of {} published",
+            f.name(),
+            2 * EVENTS
+        );
+    }
+    flood.await.unwrap();
+    eprintln!(
+        "{}: {calls} calls during the flood, accounted after {:?}",
+        f.name(),
+        t0.elapsed()
+    );
+    assert_eq!(served.load(Ordering::SeqCst), calls as usize);
+    for sub in [&stuck_q, &stuck_f] {
+        assert!(
+            sub.len() <= sub.capacity(),
+            "{} > {}",
+            sub.len(),
+            sub.capacity()
+        );
+        assert!(sub.capacity() <= 2 * BUFFER, "{}", sub.capacity());
+    }
+    // A call after the flood still succeeds.
+    let _: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
 }
