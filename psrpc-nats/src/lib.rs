@@ -110,8 +110,11 @@
 //!   for a subscriber, so a stuck subscriber loses its own messages and
 //!   nothing else (the policy of every psrpc bus, [`psrpc::bus::Sink`]):
 //!   each subscription buffers up to the `size` it was made with and, while
-//!   it is behind, up to `size` more (so a burst costs a subscriber that
-//!   keeps reading nothing); what does not fit is dropped for it at once.
+//!   it is behind but still reading, up to
+//!   [`psrpc::bus::READER_PENDING_LIMIT`] messages in all, so a burst costs
+//!   a subscriber that keeps reading nothing; one that reads nothing for
+//!   [`psrpc::bus::READER_STUCK_AFTER`] while behind is stuck, and what does
+//!   not fit its own buffer is dropped for it at once until it reads again.
 //!   Below that, async-nats buffers up to 65 536 messages per NATS
 //!   subscription (its `subscription_capacity`), which the bus's reader
 //!   drains without waiting; should that buffer still overflow (a starved
@@ -246,7 +249,7 @@ pub const QUEUE_GROUP: &str = "bus";
 /// Unused: the bus's readers never wait for a subscriber (see
 /// [Slow consumers](crate#deliberate-choices)).
 #[deprecated(
-    note = "the readers never wait: a subscription buffers up to twice its size, then drops"
+    note = "the readers never wait: a subscription that stops reading is cut off (see the crate docs)"
 )]
 pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -538,7 +541,7 @@ impl NatsBus {
     /// there is no timeout to set (see the
     /// [crate documentation](crate#deliberate-choices)).
     #[deprecated(
-        note = "the readers never wait: a subscription buffers up to twice its size, then drops"
+        note = "the readers never wait: a subscription that stops reading is cut off (see the crate docs)"
     )]
     pub fn with_slow_consumer_timeout(self, _timeout: Duration) -> NatsBus {
         self
@@ -796,9 +799,9 @@ impl NatsBus {
     }
 
     async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
-        // A subscriber that falls behind but keeps reading may lag by
-        // twice its buffer; see the crate docs (slow consumers).
-        let (sink, rx) = Sink::new(size, size.max(1), Duration::MAX);
+        // A burst is buffered for a subscriber that keeps reading; one that
+        // stops is cut off: see the crate docs (slow consumers).
+        let (sink, rx) = Sink::for_reader(size);
         let remove = self.add(channel, queue, sink).await?;
         Ok(Subscription::new(rx, remove))
     }

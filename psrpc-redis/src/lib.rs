@@ -138,14 +138,18 @@
 //! One task reads the shared pub/sub connection for every subscription of
 //! the bus, and it never waits for a subscriber: a stuck subscriber loses
 //! its own messages and nothing else. Each subscription buffers up to the
-//! `size` it was made with and, while it is behind, up to `size` more (so a
-//! burst costs a subscriber that keeps reading nothing); what does not fit
-//! is dropped for it at once, counted in [`MessageBus::drops`] (reason
+//! `size` it was made with and, while it is behind but still reading, up to
+//! [`psrpc::bus::READER_PENDING_LIMIT`] messages in all (the default
+//! pending limit of a NATS subscription), so a burst costs a subscriber
+//! that keeps reading nothing. A subscriber that reads nothing for
+//! [`psrpc::bus::READER_STUCK_AFTER`] while behind is stuck: every message
+//! for it that does not fit its own buffer is dropped at once, until it
+//! reads again. Drops are counted in [`MessageBus::drops`] (reason
 //! `slow_consumer`) and logged at warn level at most once per interval with
 //! the channel ([`psrpc::drops`]). A queue message that no local queue
-//! subscriber has room for is not locked at all (another process may take
-//! it) and is counted the same way. A subscription therefore never holds
-//! more than twice its size, and no other subscription or call of the bus
+//! subscriber can take is not locked at all (another process may take it)
+//! and is counted the same way. A subscription therefore never holds more
+//! than that limit, and no other subscription or call of the bus
 //! is slowed. (Go's reader blocks the whole bus on a full subscriber, and
 //! the messages arriving meanwhile pile up in the client.) This is the
 //! policy of every psrpc bus ([`psrpc::bus::Sink`]). The reader handles the
@@ -841,7 +845,7 @@ impl RedisBus {
     /// there is no timeout to set (see the
     /// [crate documentation](crate#slow-consumers)).
     #[deprecated(
-        note = "the reader never waits: a subscription buffers up to twice its size, then drops"
+        note = "the reader never waits: a subscription that stops reading is cut off (see the crate docs)"
     )]
     pub fn with_slow_consumer_timeout(self, _timeout: Duration) -> Self {
         self
@@ -935,9 +939,9 @@ impl RedisBus {
     }
 
     async fn add_chan(&self, channel: &Channel, size: usize, queue: bool) -> Result<Subscription> {
-        // A subscriber that falls behind but keeps reading may lag by
-        // twice its buffer; see the crate docs (slow consumers).
-        let (sink, rx) = Sink::new(size, size.max(1), Duration::MAX);
+        // A burst is buffered for a subscriber that keeps reading; one that
+        // stops is cut off: see the crate docs (slow consumers).
+        let (sink, rx) = Sink::for_reader(size);
         let remove = self.add(channel, queue, sink).await?;
         Ok(Subscription::new(rx, remove))
     }

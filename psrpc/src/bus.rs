@@ -154,7 +154,29 @@ pub enum Offer {
     Gone(Bytes),
 }
 
+/// How many messages in all a subscriber of a networked bus may hold while
+/// it is behind but still reading: what nats.go and async-nats allow one
+/// subscription by default. A burst up to this costs a healthy subscriber
+/// nothing; a stuck one holds at most this much.
+pub const READER_PENDING_LIMIT: usize = 64 * 1024;
+
+/// How long a subscriber of a networked bus may take nothing while behind
+/// before it counts as stuck (and loses, at once, what does not fit its own
+/// buffer). Long enough that a loaded but healthy process is not taken for
+/// stuck; short enough that a stuck one stops growing within a second.
+pub const READER_STUCK_AFTER: Duration = Duration::from_secs(1);
+
 impl Sink {
+    /// The buffer of a subscriber of a networked bus, whose shared reader
+    /// never waits: `size` messages, an overflow up to
+    /// [`READER_PENDING_LIMIT`] in all (at least `size` more), stuck after
+    /// [`READER_STUCK_AFTER`].
+    pub fn for_reader(size: usize) -> (Sink, mpsc::Receiver<Bytes>) {
+        let size = size.max(1);
+        let overflow = READER_PENDING_LIMIT.saturating_sub(size).max(size);
+        Sink::new(size, overflow, READER_STUCK_AFTER)
+    }
+
     /// A subscriber buffer of `size` messages (at least 1), `overflow` more
     /// while it is behind but reading, that counts as stuck after
     /// `stuck_after` without reading; and the receiving end for its
