@@ -1274,9 +1274,9 @@ fn ratio(row: &Stats, floor: &Stats) -> f64 {
     if f > 0.0 { row.ops_per_s() / f } else { 0.0 }
 }
 
-/// Text-like request payload of `n` bytes: records of words and numbers
-/// drawn from a small vocabulary, about as compressible as logs or JSON
-/// (gzip level 6 shrinks it about 4 to 5 times).
+/// Text-like request payload of `n` bytes: JSON-like records of a small
+/// vocabulary and small numbers, about as compressible as service logs or
+/// API payloads (gzip level 6 shrinks it about 7 times).
 fn text_payload(n: usize) -> Bytes {
     const WORDS: [&str; 32] = [
         "room",
@@ -1319,17 +1319,19 @@ fn text_payload(n: usize) -> Bytes {
         x ^= x << 17;
         x
     };
-    let mut s = String::with_capacity(n + 64);
+    let mut s = String::with_capacity(n + 160);
     while s.len() < n {
         let r = next();
         let _ = writeln!(
             s,
-            "{{\"{}\":\"{}-{}\",\"{}\":{}}}",
-            WORDS[(r & 31) as usize],
-            WORDS[((r >> 5) & 31) as usize],
-            (r >> 10) % 10_000,
-            WORDS[((r >> 24) & 31) as usize],
-            (r >> 30) % 1_000_000
+            "{{\"room\":\"{}-{}\",\"participant\":\"PA_{}{}\",\"track\":\"{}\",\"state\":\"{}\",\"bitrate\":{}}}",
+            WORDS[(r & 7) as usize],
+            (r >> 3) % 100,
+            WORDS[((r >> 10) & 31) as usize],
+            (r >> 15) % 1000,
+            WORDS[((r >> 25) & 15) as usize],
+            WORDS[((r >> 29) & 7) as usize],
+            ((r >> 32) % 50) * 100
         );
     }
     s.truncate(n);

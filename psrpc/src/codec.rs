@@ -56,7 +56,6 @@ use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
 
 use crate::bus::MessageBus;
 use crate::drops::DropReason;
@@ -202,15 +201,61 @@ impl CompressionOptions {
 }
 
 /// gzip of `value` as one member at `level`, if that is strictly smaller.
+///
+/// The deflate state (a few hundred KB, costly to set up for each message)
+/// is kept per thread and reset between messages. Deflating stops as soon
+/// as the output could no longer be smaller than `value`.
 fn gzip(value: &[u8], level: u32) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(value.len() / 2),
-        flate2::Compression::new(level),
-    );
-    enc.write_all(value).ok()?;
-    let gz = enc.finish().ok()?;
-    (gz.len() < value.len()).then_some(gz)
+    use flate2::{Compress, FlushCompress, Status};
+    thread_local! {
+        static DEFLATE: std::cell::Cell<Option<(u32, Compress)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    const HEADER: usize = 10;
+    const TRAILER: usize = 8;
+    // The whole member must be at most value.len() - 1 bytes.
+    let room = value.len().checked_sub(HEADER + TRAILER + 1)?;
+    let mut out = vec![0u8; HEADER + room + TRAILER];
+    // Go's (and flate2's) default header: no name, no time, OS unknown;
+    // XFL says "fastest" at level 1 and "best" at level 9.
+    let xfl = match level {
+        0 | 1 => 4,
+        9.. => 2,
+        _ => 0,
+    };
+    out[..HEADER].copy_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
+    let n = DEFLATE.with(|cell| {
+        // Only a state whose last stream ended is reused (a stream stopped
+        // for want of room is dropped with its state).
+        let cached = cell.take().filter(|(l, _)| *l == level);
+        let mut c = match cached {
+            Some((_, mut c)) => {
+                c.reset();
+                c
+            }
+            None => Compress::new(flate2::Compression::new(level), false),
+        };
+        match c.compress(
+            value,
+            &mut out[HEADER..HEADER + room],
+            FlushCompress::Finish,
+        ) {
+            Ok(Status::StreamEnd) => {
+                let n = c.total_out() as usize;
+                cell.replace(Some((level, c)));
+                Some(n)
+            }
+            // Out of room (not smaller), or failed.
+            _ => None,
+        }
+    })?;
+    let mut crc = flate2::Crc::new();
+    crc.update(value);
+    let end = HEADER + n;
+    out[end..end + 4].copy_from_slice(&crc.sum().to_le_bytes());
+    out[end + 4..end + TRAILER].copy_from_slice(&crc.amount().to_le_bytes());
+    out.truncate(end + TRAILER);
+    Some(out)
 }
 
 /// Inflates every gzip member of `data`; at most `cap` bytes (0: no cap).
@@ -297,6 +342,31 @@ mod tests {
             (c.quality(), c.threshold(), c.max_decompressed_size()),
             (9, 1024, 0)
         );
+    }
+
+    #[test]
+    fn reused_deflate_state_round_trips() {
+        // Incompressible (stopped for want of room), then compressible, at
+        // changing levels, many times on one thread.
+        let mut x: u32 = 1;
+        let noise: Vec<u8> = (0..3000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let text: Vec<u8> = (0..3000u32)
+            .flat_map(|i| (i % 50).to_string().into_bytes())
+            .collect();
+        for round in 0..50u32 {
+            let level = 1 + round % 9;
+            assert!(gzip(&noise, level).is_none());
+            for _ in 0..2 {
+                let gz = gzip(&text, level).unwrap();
+                assert!(gz.len() < text.len());
+                assert_eq!(gunzip(&gz, 0).unwrap(), text);
+            }
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
                     text: big.clone(),
                 },
             )
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
             .await
             .unwrap()
             .collect()
