@@ -134,7 +134,12 @@ async fn subjects_field3_and_queue_group() {
     psrpc_tests::eventually(
         "unsubscribed with the last local route",
         Duration::from_secs(20),
-        || count(&ns.monitor_get("/subsz?subs=1"), r#""subject": "SRV.Other""#) == 0,
+        || {
+            count(
+                &ns.monitor_get("/subsz?subs=1"),
+                r#""subject": "SRV.Other""#,
+            ) == 0
+        },
     )
     .await;
     s.shutdown().await;

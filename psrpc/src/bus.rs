@@ -903,12 +903,9 @@ impl MessageBus for LocalBus {
             .channels
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        Ok(Some(
-            map.get(&channel.legacy)
-                .map_or(0, |s| {
-                    s.chans.len() + s.fanout_handlers.len() + s.queue_handlers.len()
-                }),
-        ))
+        Ok(Some(map.get(&channel.legacy).map_or(0, |s| {
+            s.chans.len() + s.fanout_handlers.len() + s.queue_handlers.len()
+        })))
     }
 
     async fn subscribe_handler(

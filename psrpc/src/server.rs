@@ -704,9 +704,8 @@ impl RpcServer {
                 // the decision; a queue member hears only its own requests.
                 let remember = !queue;
                 let (core, name) = (core.clone(), ch.legacy.clone());
-                let on_claim: Handler = Arc::new(move |bytes| {
-                    core.on_claim_response(|| name.clone(), bytes, remember)
-                });
+                let on_claim: Handler =
+                    Arc::new(move |bytes| core.on_claim_response(|| name.clone(), bytes, remember));
                 Some(
                     self.inner
                         .core
@@ -1199,9 +1198,10 @@ where
         };
         let sent = tokio::time::timeout_at(
             deadline,
-            self.core
-                .bus
-                .publish(&chans.claim, self.core.bus.compression().encode(&announcement)),
+            self.core.bus.publish(
+                &chans.claim,
+                self.core.bus.compression().encode(&announcement),
+            ),
         )
         .await;
         match sent {

@@ -18,8 +18,8 @@ mod pb {
 
 pub use pb::stream::Body as StreamBody;
 pub use pb::{
-    Channel as ChannelField, Compression, ClaimRequest, ClaimResponse, Msg, Request, Response, Stream,
-    StreamAck, StreamClose, StreamMessage, StreamOpen,
+    Channel as ChannelField, ClaimRequest, ClaimResponse, Compression, Msg, Request, Response,
+    Stream, StreamAck, StreamClose, StreamMessage, StreamOpen,
 };
 
 /// The prefix of every type URL psrpc puts on the wire.

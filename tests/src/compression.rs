@@ -211,7 +211,10 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
         let c = RpcClient::new(client_bus, SERVICE, ClientOptions::default())
             .await
             .unwrap();
-        let mut sub = c.subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic()).await.unwrap();
+        let mut sub = c
+            .subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic())
+            .await
+            .unwrap();
         crate::suite::settle(f).await;
         let big = text(5000);
         let r: Num = c
@@ -341,7 +344,10 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
     let c = RpcClient::new(client_bus.clone(), SERVICE, ClientOptions::default())
         .await
         .unwrap();
-    let mut sub = c.subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic()).await.unwrap();
+    let mut sub = c
+        .subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic())
+        .await
+        .unwrap();
     // Updates are decoded as they are read: read them all the time.
     let (tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {

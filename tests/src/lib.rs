@@ -12,8 +12,8 @@ use std::time::Duration;
 use psrpc::bus::DynBus;
 use psrpc::{LocalBus, MethodInfo, ServerOptions};
 
-pub mod compression;
 pub mod claim_skip;
+pub mod compression;
 pub mod liveness;
 pub mod middleware;
 pub mod outage;

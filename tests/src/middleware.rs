@@ -616,9 +616,11 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     assert!(client_side[1..3].contains(&Seen::StreamRecv(Role::Client, pong)));
     // The server's handler ends after the client's close (a remote close,
     // not reported), then closes its side locally.
-    crate::eventually("the server saw open, recv and send", Duration::from_secs(20), || {
-        server_rec.0.lock().unwrap().len() >= 3
-    })
+    crate::eventually(
+        "the server saw open, recv and send",
+        Duration::from_secs(20),
+        || server_rec.0.lock().unwrap().len() >= 3,
+    )
     .await;
     let server_side = server_rec.take();
     // The open is reported by the handler's task and the message on its
@@ -628,7 +630,10 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         Seen::StreamRecv(Role::Server, req_len),
         Seen::StreamSend(Role::Server, pong, true),
     ] {
-        assert!(server_side[..3].contains(&seen), "{seen:?} in {server_side:?}");
+        assert!(
+            server_side[..3].contains(&seen),
+            "{seen:?} in {server_side:?}"
+        );
     }
     assert_eq!(server_side[2], Seen::StreamSend(Role::Server, pong, true));
     s.shutdown().await;

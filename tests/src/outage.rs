@@ -32,12 +32,8 @@ pub async fn calls_through_restart(
     let method = Arc::new(method.clone());
     let mut workers = Vec::new();
     for w in 0..16i64 {
-        let (c, halt, method, counts) = (
-            client.clone(),
-            halt.clone(),
-            method.clone(),
-            counts.clone(),
-        );
+        let (c, halt, method, counts) =
+            (client.clone(), halt.clone(), method.clone(), counts.clone());
         workers.push(tokio::spawn(async move {
             let mut outcomes: Vec<Outcome> = Vec::new();
             let mut n = 0;

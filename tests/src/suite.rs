@@ -18,11 +18,11 @@ use psrpc::{
     RpcClient, RpcServer, SelectionOptions,
 };
 
+pub use crate::claim_skip::*;
 pub use crate::compression::{
     compression_bomb_dropped_everywhere, compression_mixed_peers,
     compression_raw_gzip_request_answered,
 };
-pub use crate::claim_skip::*;
 pub use crate::middleware::*;
 use crate::my_service::*;
 pub use crate::streams::*;
@@ -409,8 +409,8 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
     // not), so its claim comes after the decision.
     let chosen = Arc::new(tokio::sync::Notify::new());
     let gate = chosen.clone();
-    let late_bus = psrpc::testing::TestBus::new(f.connect().await).subscribe_interceptor(
-        move |info, raw| {
+    let late_bus =
+        psrpc::testing::TestBus::new(f.connect().await).subscribe_interceptor(move |info, raw| {
             if !info.channel.legacy.ends_with("|REQ") {
                 return raw;
             }
@@ -424,8 +424,7 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
                 }
             })
             .boxed()
-        },
-    );
+        });
     let slow = RpcServer::new(late_bus, SERVICE, f.server_options().server_id("late"));
     let scored = Arc::new(AtomicUsize::new(0));
     let scored_in = scored.clone();
@@ -453,9 +452,11 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
         .await
         .unwrap();
     chosen.notify_one();
-    crate::eventually("the late server scored the request", Duration::from_secs(20), || {
-        scored.load(Ordering::SeqCst) == 1
-    })
+    crate::eventually(
+        "the late server scored the request",
+        Duration::from_secs(20),
+        || scored.load(Ordering::SeqCst) == 1,
+    )
     .await;
     let start = Instant::now();
     slow.shutdown().await;
@@ -1110,9 +1111,11 @@ pub async fn client_close_fails_pending(f: &dyn BusFactory) {
         .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
         .await
         .unwrap();
-    crate::eventually("the three calls reached the handler", Duration::from_secs(20), || {
-        progress.started.load(Ordering::SeqCst) == 3
-    })
+    crate::eventually(
+        "the three calls reached the handler",
+        Duration::from_secs(20),
+        || progress.started.load(Ordering::SeqCst) == 3,
+    )
     .await;
     c.close();
     // Failed by the close, not by an answer (the handlers take 2 s) nor a
@@ -1349,11 +1352,7 @@ pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
     let service = "Stuck";
     let bus = f.connect().await;
     // The unrelated service, served and called over the same connection.
-    let s = RpcServer::new(
-        bus.clone(),
-        service,
-        f.server_options().server_id("busy"),
-    );
+    let s = RpcServer::new(bus.clone(), service, f.server_options().server_id("busy"));
     let served = Arc::new(AtomicUsize::new(0));
     counting(&s, &NORMAL_RPC, &[], served.clone()).await;
     let c = RpcClient::new(bus.clone(), service, ClientOptions::default())
