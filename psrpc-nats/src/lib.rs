@@ -219,7 +219,7 @@
 //!   wildcard token, no whitespace. A call or registration on a subject
 //!   that fails the check fails at once with `invalid_argument`; a server
 //!   drops a request it could only answer on such a subject (a crafted
-//!   client id), counting it as [`DropReason::InvalidChannel`](psrpc::drops::DropReason::InvalidChannel).
+//!   client id), counting it as `InvalidChannel` ([`psrpc::drops::DropReason`]).
 //! * **Message size.** A message larger than the server's `max_payload`
 //!   (from its `INFO`, 1 MiB by default; [`NatsBus::max_message_size`]) is
 //!   refused before it is sent, with `resource_exhausted`, which the
