@@ -1,4 +1,4 @@
-//! The Go generator's compile fixtures (BEHAVIOURS.md 5, C7), generated here
+//! The Go generator's compile fixtures (those Go psrpc's generator tests compile), generated here
 //! and called: a method named like its service, snake_case names, no package,
 //! messages from another file and package, well-known types, several services
 //! per file and per package, a service without methods.

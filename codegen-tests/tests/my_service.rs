@@ -1,4 +1,4 @@
-//! Go psrpc's `TestGeneratedService` (BEHAVIOURS.md 3.3, steps G1–G8) through
+//! Go psrpc's `TestGeneratedService` (steps G1–G8) through
 //! the code psrpc-build generates from Go's `my_service.proto`, on the local bus.
 //!
 //! What differs from Go, and why:

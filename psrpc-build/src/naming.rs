@@ -1,5 +1,5 @@
-//! Names: the wire names Go psrpc uses (protoc-gen-go's CamelCase, WIRE.md
-//! section 15.4) and the Rust names of generated items.
+//! Names: the wire names Go psrpc uses (protoc-gen-go's CamelCase for
+//! method and service names) and the Rust names of generated items.
 
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 use proc_macro2::Span;

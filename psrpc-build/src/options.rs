@@ -38,7 +38,7 @@ pub(crate) struct TopicParamOptionsProto {
 }
 
 /// The deprecated `oneof routing` of `psrpc.Options`: presence decides, not
-/// the value (quirk Q11: `multi = false` still selects MULTI).
+/// the value (as in Go: `multi = false` still selects MULTI).
 #[derive(Clone, Copy, PartialEq, Eq, prost::Oneof)]
 pub(crate) enum DeprecatedRouting {
     #[prost(bool, tag = "5")]
@@ -113,7 +113,7 @@ impl MethodOptions {
         }
     }
 
-    /// The four registration flags of WIRE.md section 6:
+    /// The four registration flags (see docs/PROTOCOL.md, "Unary calls and the claim handshake"):
     /// `(affinity_enabled, multi, require_claim, queue)`.
     pub(crate) fn flags(&self) -> (bool, bool, bool, bool) {
         match self.routing {

@@ -1,5 +1,5 @@
-//! The NATS bus of psrpc, wire-compatible with Go psrpc (WIRE.md sections 3,
-//! 3.1 and 13.2).
+//! The NATS bus of psrpc, wire-compatible with Go psrpc (see the
+//! project's docs/PROTOCOL.md, "NATS specifics").
 //!
 //! ```no_run
 //! # async fn demo() -> psrpc::Result<()> {

@@ -56,7 +56,7 @@
 //!   [`queue_lock_key`]), so among all Go and Rust processes
 //!   queue-subscribed to the channel exactly one delivers it; within the bus
 //!   it goes to one queue subscriber (round-robin). Side effect (as in Go,
-//!   quirk Q4): byte-identical payloads published within 5 s on a queue
+//!   see docs/PROTOCOL.md, "Redis specifics"): byte-identical payloads published within 5 s on a queue
 //!   channel are delivered once in total.
 //!
 //! # Connections

@@ -1,4 +1,4 @@
-//! Redis-specific behaviours: BEHAVIOURS.md 1.2 (R1-R3), the exact names seen
+//! Redis-specific behaviours of Go's Redis bus tests, the exact names seen
 //! by the server, authentication, prefixes, restarts and bursts.
 
 mod common;
@@ -606,7 +606,7 @@ async fn restart_mid_load() {
 }
 
 /// A raw `PSUBSCRIBE *` sees the exact Go channel names of a queue call and
-/// an affinity call on a topic (WIRE.md 4.4), payloads without `Msg.channel`,
+/// an affinity call on a topic (docs/PROTOCOL.md, "Channels"), payloads without `Msg.channel`,
 /// and the request's Go queue lock key set on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_channel_names_and_lock_key_observed() {

@@ -1,4 +1,4 @@
-//! Channel names (WIRE.md section 4): the Legacy (Redis and local), Server
+//! Channel names (docs/PROTOCOL.md, "Channels"): the Legacy (Redis and local), Server
 //! (NATS subject) and Local (NATS demultiplexing key) name of every channel,
 //! and the sanitising rule for name parts.
 
@@ -46,9 +46,9 @@ pub enum Part<'a> {
     Many(&'a [String]),
 }
 
-/// The Go `formatChannel` join (WIRE.md 4.2), edge cases included: empty
+/// The Go `formatChannel` join (as Go writes it), edge cases included: empty
 /// parts add nothing, except that an empty *last* topic element leaves a
-/// dangling delimiter (quirk Q3, matched because Go peers use these names).
+/// dangling delimiter (matched because Go peers use these names).
 pub fn join(delim: char, parts: &[Part<'_>]) -> String {
     let mut out = String::with_capacity(64);
     join_into(&mut out, delim, parts);
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn empty_topic_elements() {
-        // An empty last element leaves a dangling delimiter (quirk Q3) ...
+        // An empty last element leaves a dangling delimiter, as in Go ...
         assert_eq!(
             rpc_channel("S", "M", &t(&["a", ""]), false).legacy,
             "S|M|a||REQ"

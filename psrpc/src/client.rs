@@ -473,7 +473,7 @@ impl RpcClient {
         }
     }
 
-    /// The effective request timeout (WIRE.md 7.2) and the context deadline.
+    /// The effective request timeout (as Go computes it) and the context deadline.
     fn timeout(&self, opts: &CallOptions) -> Duration {
         let mut t = self.inner.opts.timeout;
         if let Some(rem) = opts.context.remaining() {
@@ -818,7 +818,7 @@ impl RpcClient {
             .map(|_| ())
     }
 
-    /// Opens a stream (WIRE.md 10.3, client side).
+    /// Opens a stream (client side).
     async fn open_stream<S, R>(
         &self,
         method: &MethodInfo,
@@ -943,7 +943,7 @@ impl RpcClient {
     }
 }
 
-/// Closes a client stream when the caller's context ends (WIRE.md 10.3,
+/// Closes a client stream when the caller's context ends (as Go does,
 /// "client lifetime coupling").
 fn watch_context<R: Message + Default + Clone + 'static>(
     shared: &Arc<stream::Shared<R>>,
@@ -1004,7 +1004,7 @@ impl Drop for PendingGuard {
     }
 }
 
-/// Rebuilds the error a server sent in a `Response` (WIRE.md 12.3).
+/// Rebuilds the error a server sent in a `Response` (see [`Error::from_wire`]-style decoding in `error`).
 pub(crate) fn response_error(r: Response) -> Error {
     Error::from_wire(&r.code, r.error, r.error_details)
 }

@@ -1,5 +1,5 @@
 //! Errors: [`Error`], its wire [`ErrorCode`], and the HTTP and gRPC mappings
-//! (WIRE.md section 12).
+//! (the codes and mappings of Go psrpc).
 
 use std::fmt;
 use std::sync::Arc;
@@ -116,7 +116,7 @@ impl GrpcCode {
 }
 
 impl ErrorCode {
-    /// Every code this library names, in the order of WIRE.md's table.
+    /// Every code this library names, in the order of Go psrpc's list.
     pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Ok,
         ErrorCode::Canceled,
@@ -358,7 +358,7 @@ impl Error {
         self.code.http_status()
     }
 
-    /// Builds the error a gRPC status would map to (WIRE.md 12.2, case 2).
+    /// Builds the error a gRPC status would map to (as Go maps it).
     pub fn from_grpc_status(code: GrpcCode, message: impl Into<String>, details: Vec<Any>) -> Self {
         Error {
             code: ErrorCode::from_grpc(code),
@@ -368,7 +368,7 @@ impl Error {
         }
     }
 
-    /// Rebuilds the error a peer sent (WIRE.md 12.3): an empty code becomes `unknown`.
+    /// Rebuilds the error a peer sent (as Go does): an empty code becomes `unknown`.
     pub(crate) fn from_wire(code: &str, message: String, details: Vec<Any>) -> Self {
         let code = match ErrorCode::from_wire(code) {
             ErrorCode::Ok => ErrorCode::Unknown,

@@ -1,4 +1,4 @@
-//! Identifiers (WIRE.md section 5): a prefix and 12 characters from a
+//! Identifiers, as Go psrpc makes them: a prefix and 12 characters from a
 //! 62-symbol alphabet.
 
 use std::cell::Cell;

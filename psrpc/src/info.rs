@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// Request metadata: string keys and values, sent in `Request.metadata`.
 pub type Metadata = BTreeMap<String, String>;
 
-/// How a method is routed (WIRE.md section 6). Both peers must agree on it.
+/// How a method is routed (docs/PROTOCOL.md). Both peers must agree on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodInfo {
     /// The method name on the wire (CamelCase of the proto name).

@@ -1,4 +1,5 @@
-//! Server selection: the client's side of the claim handshake (WIRE.md 8.3).
+//! Server selection: the client's side of the claim handshake (docs/PROTOCOL.md,
+//! "Unary calls and the claim handshake").
 
 use std::fmt;
 use std::sync::Arc;
@@ -125,7 +126,7 @@ pub(crate) struct SelectFlags {
     pub(crate) errors_final: bool,
 }
 
-/// Runs selection over the claims arriving on `rx` (WIRE.md 8.3), ending at
+/// Runs selection over the claims arriving on `rx` (the rules of Go's selection), ending at
 /// the affinity timeout, the short-circuit timeout, `deadline` or `cancel`.
 /// `Ok(None)` from `rx` (all senders gone) means the client closed.
 pub(crate) async fn select_server(
@@ -195,7 +196,7 @@ pub(crate) async fn select_server(
             });
         } else if claim.affinity > best_affinity {
             // Strict '>' against an initial 0: ties keep the earliest claim,
-            // and an affinity of 0 never wins (quirk Q5, kept: a Go client
+            // and an affinity of 0 never wins (as in Go, kept: a Go client
             // decides the same way, so a score means the same to both).
             best_affinity = claim.affinity;
             best = Some(claim.server_id);
@@ -251,7 +252,7 @@ mod tests {
         }))
     }
 
-    /// BEHAVIOURS 2.1: t=0 "1" 0.1; t=100 "2" 0.5; t=300 "3" 0.7 and "4" 0.1; t=500 "5" 0.9.
+    /// Go's selection test: t=0 "1" 0.1; t=100 "2" 0.5; t=300 "3" 0.7 and "4" 0.1; t=500 "5" 0.9.
     async fn run(opts: SelectionOptions) -> Result<String> {
         let (tx, mut rx) = mpsc::channel(100);
         let feeder = tokio::spawn(async move {

@@ -807,7 +807,7 @@ impl RpcServer {
     /// Leaves every channel at once and returns without waiting; open
     /// streams are closed with `unavailable` "EOF" (the peers are told in
     /// the background). Handlers already running are not canceled: they finish and still answer (as in
-    /// Go, quirk Q9: the caller then gets its answer rather than a timeout),
+    /// Go: the caller then gets its answer rather than a timeout),
     /// but a request still waiting for its claim is given up.
     pub fn kill(&self) {
         for e in self.close_all() {
@@ -1304,7 +1304,7 @@ where
     H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    /// Takes one open off the bus (WIRE.md 10.3, server side): claims it
+    /// Takes one open off the bus (server side): claims it
     /// if the method is claimed, and accepts it once this server has it.
     fn on_open(self: &Arc<Self>, m: wire::Stream, tracker: &TaskTracker) {
         let Some(budget) =

@@ -1,4 +1,4 @@
-//! Bidirectional streams (WIRE.md 10.3): [`ClientStream`] and
+//! Bidirectional streams (docs/PROTOCOL.md, "Streams"): [`ClientStream`] and
 //! [`ServerStream`].
 //!
 //! A client opens a stream with [`RpcClient::stream`](crate::RpcClient::stream);
@@ -27,7 +27,7 @@
 //! there is no room before the message expires (the sender's send timeout),
 //! or the holding area is full as well, the message is discarded and never
 //! acknowledged: the sender's `send` fails with `deadline_exceeded`, and the
-//! sender decides what to do, as a Go peer expects (quirk Q13). Memory never
+//! sender decides what to do, as a Go peer expects. Memory never
 //! grows past twice the buffer.
 //!
 //! # Server side

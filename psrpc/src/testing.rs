@@ -45,7 +45,7 @@
 //! * [`TestBus`] wraps any [`MessageBus`] with *publish interceptors* (see,
 //!   alter, delay, drop or re-wrap outgoing messages) and *subscribe
 //!   interceptors* (transform the raw byte stream of each subscription: drop,
-//!   delay, reorder). BEHAVIOURS.md section 7.1.
+//!   delay, reorder), as Go psrpc's test bus.
 //! * [`LaggyBus`] simulates latency per link between named nodes (section 7.2).
 //! * [`UnreliableBus`] loses a fraction of received messages, deterministically
 //!   (section 7.3).
@@ -107,7 +107,7 @@ struct Chain {
     subscribe: Vec<SubscribeFn>,
 }
 
-/// A bus wrapper with publish and subscribe interceptors (BEHAVIOURS.md
+/// A bus wrapper with publish and subscribe interceptors (as Go psrpc's test bus
 /// section 7.1).
 ///
 /// Interceptors run in the order they were added: the first added is the

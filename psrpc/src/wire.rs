@@ -1,4 +1,4 @@
-//! The envelope messages of `proto/psrpc/internal.proto` (WIRE.md section 2)
+//! The envelope messages of `proto/psrpc/internal.proto` (docs/PROTOCOL.md, "Envelopes")
 //! and their encoding, byte for byte as the Go library writes them.
 //!
 //! The message types are generated from the proto by prost-build in

@@ -134,7 +134,7 @@ impl prost::Name for Num {
     const PACKAGE: &'static str = "psrpctest";
 }
 
-/// `MyService` methods (WIRE.md 4.4 and BEHAVIOURS 3.3).
+/// `MyService` methods (the service of Go psrpc's own tests).
 pub mod my_service {
     use super::MethodInfo;
     /// The service name on the wire.

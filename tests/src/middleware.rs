@@ -1,4 +1,4 @@
-//! Interceptor and middleware behaviours (BEHAVIOURS.md 2.2, 4, 7, 8), and
+//! Interceptor and middleware behaviours, as Go psrpc's tests check them, and
 //! streams over the laggy and unreliable test buses, each a function over a
 //! [`BusFactory`].
 

@@ -1,4 +1,4 @@
-//! Stream behaviours (BEHAVIOURS.md 3.2, 6; WIRE.md 10.3), each a function
+//! Stream behaviours (docs/PROTOCOL.md, "Streams"), each a function
 //! over a [`BusFactory`].
 
 use std::sync::Arc;
@@ -68,7 +68,7 @@ async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .expect("a value")
 }
 
-/// BEHAVIOURS 3.2: open, three ping-pongs, close; the server's receive
+/// As Go's stream test: open, three ping-pongs, close; the server's receive
 /// channel closes and its handler returns.
 pub async fn stream_ping_pong(f: &dyn BusFactory) {
     let s = server(f, "test_stream", f.server_options()).await;

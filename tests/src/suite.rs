@@ -1,4 +1,4 @@
-//! The behaviours of BEHAVIOURS.md (bus contract, RPC, errors, section 6),
+//! The behaviours Go psrpc's tests check (bus contract, RPC, errors, lifecycle),
 //! each a function over a [`BusFactory`]. [`conformance!`](crate::conformance)
 //! turns them into tests.
 

@@ -1,6 +1,6 @@
 //! Byte-level interop of the psrpc wire format with Go psrpc.
 //!
-//! * Every test vector of WIRE.md section 19 (V0 channel names, V1..V10 and
+//! * Every interop test vector of the Go wire (V0 channel names, V1..V10 and
 //!   the compact V11 list) is built from its fields, encoded with
 //!   `psrpc::wire`, compared byte for byte, and decoded back.
 //! * Every message of the golden Redis and NATS captures in `golden/` (what Go
@@ -98,7 +98,7 @@ impl prost::Name for BenchEvent {
 // ------------------------------------------------------------------------------------------------
 // Section 19 vectors.
 
-/// WIRE.md 19 V11, verbatim.
+/// V11, the compact list of vectors, verbatim.
 const V11: &str = "\
 V1 Request                                59 0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b12017642020801
 V1 Msg redis/local                        99 0a24747970652e676f6f676c65617069732e636f6d2f696e7465726e616c2e52657175657374123b0a105245515f6162636465666768696a6b6c1207434c495f616263188080a8b1e39fe7cb172080bce9c7ee9fe7cb173a060a016b12017642020801
@@ -665,7 +665,7 @@ fn v11_every_line_is_covered() {
 }
 
 /// Go writes both key and value of every map entry, also in `StreamOpen.metadata`
-/// (WIRE.md 2.8). psrpc encodes `Stream` with prost, which leaves out an empty
+/// (as Go writes it). psrpc encodes `Stream` with prost, which leaves out an empty
 /// value: receivers decode the same map, but the bytes differ from Go's.
 #[test]
 fn stream_open_metadata_empty_value_written_like_go() {

@@ -19,7 +19,7 @@ pub fn shared() -> &'static NatsServer {
 
 /// The conformance factory: one shared server; each factory uses its own
 /// subject prefix, so that the tests running at once in this process do not
-/// hear each other (every test uses the service `MyService`, and quirk Q1
+/// hear each other (every test uses the service `MyService`, and, as in Go, every queue method of a service shares one subject
 /// would otherwise let one test's queue subscribers take another's
 /// messages). Every `connect` is a new NATS connection.
 pub struct NatsFactory {

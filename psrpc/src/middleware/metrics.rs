@@ -4,7 +4,7 @@
 //! The middleware reports to a [`MetricsObserver`] (Go's observer
 //! interface, with named byte counts: `request_bytes` is always the request's
 //! encoded size and `response_bytes` the response's, on both sides, so they
-//! are never swapped as in Go's client, quirk Q10). With the `metrics` cargo
+//! are never swapped as in Go's client). With the `metrics` cargo
 //! feature (on by default), [`MetricsFacade`] reports through the
 //! [`metrics`](https://docs.rs/metrics) facade crate, so any exporter
 //! (Prometheus, StatsD, ...) the application installs receives them:

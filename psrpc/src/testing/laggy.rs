@@ -1,4 +1,4 @@
-//! Simulated link latency between nodes (BEHAVIOURS.md section 7.2).
+//! Simulated link latency between nodes, as Go psrpc's laggy test bus.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,7 +39,7 @@ impl prost::Name for LaggyMessage {
 pub type LatencyFn = Arc<dyn Fn(&str, &str) -> Duration + Send + Sync>;
 
 /// A bus on which every message takes the latency of its link to arrive
-/// (BEHAVIOURS.md section 7.2): [`TestBus::laggy`] as a type of its own.
+/// (as Go psrpc's laggy test bus): [`TestBus::laggy`] as a type of its own.
 ///
 /// Every node (client or server) gets its own `LaggyBus` with its own id
 /// around the shared bus; every node on the bus must use one, since the

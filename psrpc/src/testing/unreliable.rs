@@ -1,4 +1,4 @@
-//! Simulated message loss (BEHAVIOURS.md section 7.3).
+//! Simulated message loss, as Go psrpc's unreliable test bus.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +39,7 @@ impl FailureRate {
 }
 
 /// A bus whose subscriptions lose a fraction of the messages they receive
-/// (BEHAVIOURS.md section 7.3): [`TestBus::unreliable`] as a type of its own.
+/// (as Go psrpc's unreliable test bus): [`TestBus::unreliable`] as a type of its own.
 ///
 /// Loss happens on the receiving side, independently per subscription: every
 /// subscription has its own pseudo-random sequence, seeded with 0, and drops
