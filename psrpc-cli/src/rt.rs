@@ -324,3 +324,38 @@ pub async fn publish(
         .await
         .map_err(|e| CliError::bus(format!("publishing on {}: {}", ch.legacy, e.message())))
 }
+
+/// Asks every server on the bus to describe itself (`PsrpcDiscovery.Describe`)
+/// and gathers the answers that come within `wait`.
+pub async fn describe_all(
+    bus: &DynBus,
+    wait: Duration,
+) -> CliResult<Vec<psrpc::discovery::ServerDescription>> {
+    use prost::Message as _;
+    let client = RpcClient::new(
+        bus.clone(),
+        psrpc::discovery::SERVICE,
+        ClientOptions::default(),
+    )
+    .await
+    .map_err(|e| CliError::bus(format!("subscribing the client channels: {}", e.message())))?;
+    let opts = CallOptions {
+        timeout: Some(wait),
+        ..Default::default()
+    };
+    let mut answers = client
+        .call_multi_raw(&psrpc::discovery::DESCRIBE, &[], Bytes::new(), &opts)
+        .await
+        .map_err(|e| CliError::bus(format!("asking for descriptions: {}", e.message())))?;
+    let mut out = Vec::new();
+    while let Some(a) = answers.next().await {
+        if let Ok(b) = a {
+            match psrpc::discovery::ServerDescription::decode(b) {
+                Ok(d) => out.push(d),
+                Err(e) => eprintln!("warning: an undecodable server description: {e}"),
+            }
+        }
+    }
+    client.close();
+    Ok(out)
+}

@@ -41,7 +41,6 @@ pub enum Routing {
 
 impl Routing {
     /// The proto name of the routing.
-    #[allow(dead_code)] // TODO(watch, discovery)
     pub fn as_str(self) -> &'static str {
         match self {
             Routing::Queue => "QUEUE",
@@ -94,18 +93,6 @@ impl Method {
     /// The response (output) message.
     pub fn output(&self) -> MessageDescriptor {
         self.desc.output()
-    }
-
-    /// What kind of method this is, in one word.
-    #[allow(dead_code)] // TODO(watch, discovery)
-    pub fn kind(&self) -> &'static str {
-        if self.subscription {
-            "subscription"
-        } else if self.stream {
-            "stream"
-        } else {
-            "unary"
-        }
     }
 }
 
@@ -193,24 +180,25 @@ impl Schema {
         })
     }
 
-    /// A schema from encoded file descriptor sets (from discovery).
-    #[allow(dead_code)] // TODO(watch, discovery)
+    /// A schema from encoded file descriptor sets (from discovery). Sets
+    /// that do not fit with those before are skipped with a warning.
     pub fn from_descriptor_sets<'a>(sets: impl IntoIterator<Item = &'a [u8]>) -> CliResult<Schema> {
         let mut pool = DescriptorPool::new();
-        // psrpc's options first, so method options decode with them.
-        let opts = options_pool()?;
-        pool.add_file_descriptor_protos(opts.file_descriptor_protos().cloned())
-            .map_err(|e| CliError::new(Class::Internal, e.to_string()))?;
+        let mut seen: Vec<&[u8]> = Vec::new();
         for s in sets {
-            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(s)
-                .map_err(|e| CliError::new(Class::Proto, format!("descriptor set: {e}")))?;
-            let files: Vec<_> = set
-                .file
-                .into_iter()
-                .filter(|f| pool.get_file_by_name(f.name()).is_none())
-                .collect();
-            pool.add_file_descriptor_protos(files)
-                .map_err(|e| CliError::new(Class::Proto, format!("descriptor set: {e}")))?;
+            if seen.contains(&s) {
+                continue;
+            }
+            seen.push(s);
+            // Decoded by prost-reflect itself, which keeps the options'
+            // extensions (psrpc's routing).
+            if let Err(e) = pool.decode_file_descriptor_set(s) {
+                eprintln!("warning: a service description that does not fit the others: {e}");
+            }
+        }
+        if pool.get_extension_by_name("psrpc.options").is_none() {
+            let opts = options_pool()?;
+            let _ = pool.decode_file_descriptor_set(opts.encode_file_descriptor_set().as_slice());
         }
         Ok(Schema { pool })
     }
@@ -218,12 +206,6 @@ impl Schema {
     /// The descriptor pool.
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
-    }
-
-    /// Every service (not psrpc's own).
-    #[allow(dead_code)] // TODO(watch, discovery)
-    pub fn services(&self) -> impl Iterator<Item = ServiceDescriptor> + '_ {
-        self.pool.services()
     }
 
     /// The service with wire name or full proto name `name`.
@@ -262,13 +244,11 @@ impl Schema {
     }
 
     /// Every method of `service`.
-    #[allow(dead_code)] // TODO(watch, discovery)
     pub fn methods(&self, service: &ServiceDescriptor) -> Vec<Method> {
         service.methods().map(|d| method_of(service, d)).collect()
     }
 
     /// Finds the method by its wire names.
-    #[allow(dead_code)] // TODO(watch, discovery)
     pub fn by_wire(&self, service: &str, method: &str) -> Option<Method> {
         let s = self
             .pool
@@ -362,8 +342,7 @@ fn psrpc_options(desc: &MethodDescriptor) -> Option<DynamicMessage> {
 }
 
 /// A pool with psrpc's `options.proto` (and its imports) alone.
-#[allow(dead_code)] // TODO(watch, discovery)
-fn options_pool() -> CliResult<DescriptorPool> {
+fn options_pool() -> CliResult<protox::Compiler> {
     let mut resolver = ChainFileResolver::new();
     resolver.add(BuiltinOptions);
     resolver.add(GoogleFileResolver::new());
@@ -371,5 +350,5 @@ fn options_pool() -> CliResult<DescriptorPool> {
     c.include_imports(true);
     c.open_file("options.proto")
         .map_err(|e| CliError::new(Class::Internal, e.to_string()))?;
-    Ok(c.descriptor_pool())
+    Ok(c)
 }

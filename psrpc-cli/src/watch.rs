@@ -651,3 +651,41 @@ pub async fn run(g: &Global, a: WatchArgs) -> CliResult<u8> {
     eprintln!("{}", counters_line(&counters, start.elapsed()));
     Ok(0)
 }
+
+/// The peers seen in `d` of traffic: `((service, id), is_server)` for the
+/// server ids of claims and responses and the client ids of requests and
+/// stream opens.
+pub async fn peers(g: &Global, d: Duration) -> CliResult<BTreeMap<(String, String), bool>> {
+    let url = g
+        .bus
+        .as_deref()
+        .ok_or_else(|| CliError::input("no bus: give --bus URL or set PSRPC_BUS"))?;
+    let counters = Arc::new(Counters::default());
+    let mut rx = tap(url, &g.prefix, g.connect_timeout, counters).await?;
+    let schema = Schema::default();
+    let mut mem = Memory::default();
+    let mut out = BTreeMap::new();
+    let end = tokio::time::sleep(d);
+    tokio::pin!(end);
+    loop {
+        let t = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => break },
+            _ = &mut end => break,
+        };
+        let Some(dec) = decode(&t, &g.prefix, &schema, &mut mem) else {
+            continue;
+        };
+        if dec.service.is_empty() {
+            continue;
+        }
+        for (field, server) in [("serverId", true), ("clientId", false)] {
+            if let Some(id) = dec.line.get(field).and_then(Value::as_str) {
+                if !id.is_empty() {
+                    out.entry((dec.service.clone(), id.to_owned()))
+                        .or_insert(server);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod channels;
 pub mod client;
+pub mod discovery;
 pub mod drops;
 pub mod error;
 pub mod id;

@@ -40,6 +40,8 @@ pub struct ServerOptions {
     pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
     /// See every stream the server accepts, first outermost.
     pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
+    /// Answering discovery (on by default; see [`crate::discovery`]).
+    pub discovery: crate::discovery::DiscoveryOptions,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("channel_size", &self.channel_size)
             .field("interceptors", &self.interceptors.len())
             .field("stream_interceptors", &self.stream_interceptors.len())
+            .field("discovery", &self.discovery)
             .finish()
     }
 }
@@ -62,6 +65,7 @@ impl Default for ServerOptions {
             channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
             stream_interceptors: Vec::new(),
+            discovery: Default::default(),
         }
     }
 }
@@ -254,6 +258,7 @@ struct ServerInner {
     opts: ServerOptions,
     handlers: Mutex<HashMap<String, Option<HandlerEntry>>>,
     closed: AtomicBool,
+    discovery: Option<Arc<crate::discovery::Registry>>,
 }
 
 /// A server of one service: serves the handlers registered on it. Cheap to
@@ -281,20 +286,25 @@ impl RpcServer {
             .server_id
             .clone()
             .unwrap_or_else(|| id::new_id(id::SERVER_PREFIX));
+        let service = service.into();
+        let discovery = crate::discovery::Registry::new(&opts.discovery, &service, &id);
+        let mut interceptors = opts.interceptors.clone();
+        interceptors.extend(discovery.as_ref().map(|d| d.interceptor()));
         RpcServer {
             inner: Arc::new(ServerInner {
                 core: Arc::new(Core {
                     bus: Arc::new(bus),
-                    service: service.into(),
+                    service,
                     id,
                     claims: Mutex::new(ClaimTable::default()),
                     client_channels: Mutex::new(HashMap::new()),
-                    interceptors: to_chain(&opts.interceptors),
+                    interceptors: to_chain(&interceptors),
                     stream_interceptors: to_chain(&opts.stream_interceptors),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                discovery,
             }),
         }
     }
@@ -382,7 +392,16 @@ impl RpcServer {
             streams: None,
         };
         self.subscribe_method(method, topic, &req_ch, method.queue, on_request, parts)
-            .await
+            .await?;
+        self.discovered(method, topic, false);
+        Ok(())
+    }
+
+    /// Tells discovery of a registration.
+    fn discovered(&self, method: &MethodInfo, topic: &[String], stream: bool) {
+        if let Some(d) = &self.inner.discovery {
+            d.registered(&self.inner.core.bus, method, topic, stream);
+        }
     }
 
     /// Registers the stream handler `handler` for `method` on `topic`
@@ -451,7 +470,9 @@ impl RpcServer {
             streams: Some(streams),
         };
         self.subscribe_method(method, topic, &ch, false, on_message, parts)
-            .await
+            .await?;
+        self.discovered(method, topic, true);
+        Ok(())
     }
 
     fn rpc_info(&self, method: &MethodInfo, topic: &[String]) -> Arc<RpcInfo> {
@@ -524,6 +545,9 @@ impl RpcServer {
     /// requests (like [`kill`](Self::kill), for one handler). Unknown
     /// handlers are ignored.
     pub fn deregister(&self, method: &str, topic: &[String]) {
+        if let Some(d) = &self.inner.discovery {
+            d.deregistered(method, topic);
+        }
         let key = channels::handler_key(method, topic);
         let entry = {
             let mut hs = self
@@ -607,6 +631,9 @@ impl RpcServer {
 
     fn close_all(&self) -> Vec<HandlerEntry> {
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(d) = &self.inner.discovery {
+            d.stop();
+        }
         let mut hs = self
             .inner
             .handlers

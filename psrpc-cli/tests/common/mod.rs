@@ -103,8 +103,8 @@ pub fn bench_proto() -> PathBuf {
 /// detail, `cancel` gets `canceled`, `slow` sleeps 5 s; the stream refuses
 /// seq 99 with `aborted`.
 pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, RpcServer) {
-    let bench = RpcServer::new(bus.clone(), "Bench", ServerOptions::default().server_id(id));
-    let events = RpcServer::new(bus, "BenchEvents", ServerOptions::default().server_id(id));
+    let bench = RpcServer::new(bus.clone(), "Bench", server_options(id));
+    let events = RpcServer::new(bus, "BenchEvents", server_options(id));
     let echo = |id: String| {
         move |_ctx: Context, req: Req| {
             let server_id = id.clone();
@@ -201,6 +201,26 @@ pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, R
         .await
         .unwrap();
     (bench, events)
+}
+
+/// bench.proto's descriptor set, as psrpc-build embeds it in generated code.
+pub fn bench_descriptor_set() -> &'static [u8] {
+    static FDS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FDS.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+        // As psrpc-build embeds it: encoded by protox, options kept.
+        let mut c = protox::Compiler::new([root.clone(), root.join("psrpc")]).unwrap();
+        c.include_imports(true);
+        c.open_file("bench.proto").unwrap();
+        c.encode_file_descriptor_set()
+    })
+}
+
+/// Server options carrying bench.proto's descriptor set for discovery.
+pub fn server_options(id: &str) -> ServerOptions {
+    let mut o = ServerOptions::default().server_id(id);
+    o.discovery.file_descriptor_set = Some(bench_descriptor_set());
+    o
 }
 
 /// What a run of `psrpc` gave.
