@@ -17,6 +17,13 @@ pub(crate) struct GenOptions {
     pub(crate) server: bool,
 }
 
+/// The file, beside the generated code of `package`, holding the encoded
+/// file descriptor set of the compiled protos (for discovery).
+pub(crate) fn descriptor_set_file(package: &str) -> String {
+    let p = if package.is_empty() { "_" } else { package };
+    format!("{p}.psrpc-fds.bin")
+}
+
 /// A method with what prost-build resolved for it.
 struct Method<'a> {
     spec: &'a MethodSpec,
@@ -205,6 +212,7 @@ pub(crate) fn service(svc: &prost_build::Service, spec: &ServiceSpec, o: &GenOpt
 
 fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) -> TokenStream {
     let psrpc = &o.psrpc;
+    let fds = descriptor_set_file(&spec.package);
     let module = ident(&spec.methods_module());
     let wire = &spec.wire_name;
     let module_doc = docs(
@@ -247,6 +255,9 @@ fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) ->
         pub mod #module {
             /// The service name on the wire.
             pub const SERVICE: &str = #wire;
+            /// The encoded `FileDescriptorSet` of the service's proto files
+            /// (servers hand it to discovery).
+            pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(#fds);
             #(#statics)*
         }
     }
@@ -842,6 +853,11 @@ fn server(
                 bus: impl #psrpc::MessageBus,
                 options: #psrpc::ServerOptions,
             ) -> #psrpc::Result<Self> {
+                let mut options = options;
+                options
+                    .discovery
+                    .file_descriptor_set
+                    .get_or_insert(#module::FILE_DESCRIPTOR_SET);
                 let this = Self {
                     server: #psrpc::RpcServer::new(bus, #module::SERVICE, options),
                     svc,

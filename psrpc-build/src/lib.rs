@@ -5,7 +5,7 @@ mod model;
 mod naming;
 mod options;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -197,6 +197,10 @@ impl Builder {
             .map(|f| f.name().to_owned())
             .collect();
         let mut fds = compiler.file_descriptor_set();
+        // Embedded for discovery: every file with its imports (psrpc's
+        // options too, so readers get the routing), encoded by protox,
+        // which keeps the options' extensions that prost-types drops.
+        let file_descriptor_set = compiler.encode_file_descriptor_set();
         let keep = files_to_generate(&fds, &requested);
         fds.file.retain(|f| keep.contains(f.name()));
 
@@ -226,6 +230,22 @@ impl Builder {
             },
             typed_topics: BTreeMap::new(),
         };
+        // The descriptor set goes beside each package's generated code,
+        // which includes it with `include_bytes!`.
+        let out_dir = match &self.out_dir {
+            Some(d) => Some(d.clone()),
+            None => std::env::var_os("OUT_DIR").map(PathBuf::from),
+        };
+        if let Some(out) = &out_dir {
+            let packages: BTreeSet<&str> =
+                generator.specs.keys().map(|(p, _)| p.as_str()).collect();
+            for p in packages {
+                std::fs::write(
+                    out.join(codegen::descriptor_set_file(p)),
+                    &file_descriptor_set,
+                )?;
+            }
+        }
         let mut config = self.config;
         config.enable_type_names();
         if let Some(dir) = self.out_dir {

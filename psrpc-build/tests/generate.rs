@@ -26,6 +26,10 @@ fn generate_with(
     let mut generated = BTreeMap::new();
     for entry in std::fs::read_dir(&out)? {
         let entry = entry?;
+        // The descriptor sets for discovery are beside the code.
+        if entry.path().extension().is_some_and(|e| e == "bin") {
+            continue;
+        }
         generated.insert(
             entry.file_name().to_string_lossy().into_owned(),
             std::fs::read_to_string(entry.path())?,

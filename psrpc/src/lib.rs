@@ -5,6 +5,7 @@ pub mod bus;
 pub mod channels;
 pub mod client;
 pub mod codec;
+pub mod discovery;
 pub mod drops;
 pub mod error;
 pub mod id;

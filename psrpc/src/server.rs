@@ -53,6 +53,8 @@ pub struct ServerOptions {
     /// How accepted streams watch their client for a death without a
     /// close (probe every 1 s, end after 4 s; see [`crate::stream`]).
     pub stream_liveness: StreamLiveness,
+    /// Answering discovery (on by default; see [`crate::discovery`]).
+    pub discovery: crate::discovery::DiscoveryOptions,
 }
 
 /// The operator's run-time switch for claim skip (see
@@ -70,6 +72,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("skip_claim", &self.skip_claim.is_some())
             .field("observers", &self.observers.len())
             .field("stream_liveness", &self.stream_liveness)
+            .field("discovery", &self.discovery)
             .finish()
     }
 }
@@ -85,6 +88,7 @@ impl Default for ServerOptions {
             skip_claim: None,
             observers: Vec::new(),
             stream_liveness: StreamLiveness::default(),
+            discovery: Default::default(),
         }
     }
 }
@@ -212,6 +216,8 @@ struct Core {
     skip_claim: Option<SkipClaimFn>,
     observers: Arc<[Arc<dyn RequestObserver>]>,
     clock: ClockCheck,
+    /// Counts calls for discovery (when it is on).
+    discovery: Option<Arc<crate::discovery::Registry>>,
 }
 
 /// How far a request may look off (arrived this long after its expiry, or
@@ -431,6 +437,7 @@ struct ServerInner {
     opts: ServerOptions,
     handlers: Mutex<HashMap<String, Option<HandlerEntry>>>,
     closed: AtomicBool,
+    discovery: Option<Arc<crate::discovery::Registry>>,
 }
 
 /// A server of one service: serves the handlers registered on it. Cheap to
@@ -458,15 +465,18 @@ impl RpcServer {
             .server_id
             .clone()
             .unwrap_or_else(|| id::new_id(id::SERVER_PREFIX));
+        let service = service.into();
+        let discovery = crate::discovery::Registry::new(&opts.discovery, &service, &id);
         RpcServer {
             inner: Arc::new(ServerInner {
                 core: Arc::new(Core {
                     bus: Arc::new(bus),
-                    service: service.into(),
+                    service,
                     id,
                     claims: Mutex::new(ClaimTable::default()),
                     client_channels: Mutex::new(HashMap::new()),
                     interceptors: to_chain(&opts.interceptors),
+                    discovery: discovery.clone(),
                     stream_interceptors: to_chain(&opts.stream_interceptors),
                     skip_claim: opts.skip_claim.clone(),
                     observers: opts.observers.iter().cloned().collect(),
@@ -475,6 +485,7 @@ impl RpcServer {
                 opts,
                 handlers: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                discovery,
             }),
         }
     }
@@ -595,7 +606,16 @@ impl RpcServer {
             streams: None,
         };
         self.subscribe_method(method, topic, &req_ch, method.queue, on_request, parts)
-            .await
+            .await?;
+        self.discovered(method, topic, false);
+        Ok(())
+    }
+
+    /// Tells discovery of a registration.
+    fn discovered(&self, method: &MethodInfo, topic: &[String], stream: bool) {
+        if let Some(d) = &self.inner.discovery {
+            d.registered(&self.inner.core.bus, method, topic, stream);
+        }
     }
 
     /// Registers the stream handler `handler` for `method` on `topic`
@@ -668,7 +688,9 @@ impl RpcServer {
             streams: Some(streams),
         };
         self.subscribe_method(method, topic, &ch, false, on_message, parts)
-            .await
+            .await?;
+        self.discovered(method, topic, true);
+        Ok(())
     }
 
     fn rpc_info(&self, method: &MethodInfo, topic: &[String]) -> Arc<RpcInfo> {
@@ -741,6 +763,9 @@ impl RpcServer {
     /// requests (like [`kill`](Self::kill), for one handler). Unknown
     /// handlers are ignored.
     pub fn deregister(&self, method: &str, topic: &[String]) {
+        if let Some(d) = &self.inner.discovery {
+            d.deregistered(method, topic);
+        }
         let key = channels::handler_key(method, topic);
         let entry = {
             let mut hs = self
@@ -827,6 +852,9 @@ impl RpcServer {
 
     fn close_all(&self) -> Vec<HandlerEntry> {
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(d) = &self.inner.discovery {
+            d.stop();
+        }
         let mut hs = self
             .inner
             .handlers
@@ -1229,6 +1257,7 @@ where
         chans: Arc<ClientChannels>,
     ) {
         let core = &*self.core;
+        let _counted = core.discovery.as_ref().map(|d| d.call_started());
         let header = IncomingHeader {
             remote_id: req.client_id.clone(),
             sent_at: UNIX_EPOCH + Duration::from_nanos(req.sent_at.max(0) as u64),

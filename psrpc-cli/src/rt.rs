@@ -1,0 +1,361 @@
+//! Everything the tool does through the psrpc runtime and bus crates, in
+//! one place: connecting, calls on raw bytes, streams, subscriptions and
+//! publishes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use futures::StreamExt;
+use psrpc::bus::DynBus;
+use psrpc::wire::{self, Response};
+use psrpc::{
+    CallOptions, ClientOptions, ClientStream, MessageBus, MethodInfo, RpcClient, SelectionOptions,
+    channels,
+};
+
+use crate::error::{CliError, CliResult};
+
+/// A message carried as its encoded bytes, unchanged both ways: the tool
+/// encodes and decodes with descriptors, the runtime moves bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawMsg(pub Bytes);
+
+impl prost::Message for RawMsg {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // `decode` goes through `merge` below, which keeps the bytes
+        // whole; the runtime never decodes this type length-delimited.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+
+    fn merge(&mut self, mut buf: impl Buf) -> Result<(), prost::DecodeError> {
+        let mut out = self.0.to_vec();
+        while buf.has_remaining() {
+            let c = buf.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            buf.advance(n);
+        }
+        self.0 = Bytes::from(out);
+        Ok(())
+    }
+}
+
+/// Connects to the bus at `url` (`redis://`, `rediss://`, `nats://`),
+/// with every channel under `prefix`; fails after `timeout`.
+pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<DynBus> {
+    let fut = async {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            psrpc_redis::RedisBus::connect(url)
+                .await
+                .map(|b| std::sync::Arc::new(b.with_prefix(prefix)) as DynBus)
+        } else if url.starts_with("nats://") || url.starts_with("tls://") {
+            psrpc_nats::NatsBus::connect(url)
+                .await
+                .map(|b| std::sync::Arc::new(b.with_prefix(prefix)) as DynBus)
+        } else {
+            Err(psrpc::Error::new(
+                psrpc::ErrorCode::InvalidArgument,
+                "the bus URL must start with redis://, rediss:// or nats://",
+            ))
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) if *e.code() == psrpc::ErrorCode::InvalidArgument => {
+            Err(CliError::input(format!("--bus {url:?}: {}", e.message())))
+        }
+        Ok(Err(e)) => Err(CliError::bus(format!(
+            "cannot connect to {url}: {}",
+            e.message()
+        ))),
+        Err(_) => Err(CliError::bus(format!(
+            "cannot connect to {url}: no answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// A psrpc error of a call as the tool reports it.
+pub fn call_error(e: &psrpc::Error, pool: Option<&prost_reflect::DescriptorPool>) -> CliError {
+    let details = e
+        .details()
+        .iter()
+        .map(|a| crate::json::any(pool, a))
+        .collect();
+    CliError::call(e.code().as_str(), e.message(), details)
+}
+
+/// How to make one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallSettings {
+    /// The request timeout.
+    pub timeout: Option<Duration>,
+    /// Metadata sent with the request.
+    pub metadata: BTreeMap<String, String>,
+    /// The client id (a fresh `CLI_` id when `None`).
+    pub client_id: Option<String>,
+    /// Claims below it are ignored (affinity methods).
+    pub min_affinity: Option<f32>,
+    /// A claim at or above it is taken at once (affinity methods).
+    pub max_affinity: Option<f32>,
+}
+
+/// One answer of a call: the server, the outcome, when it came.
+#[derive(Debug)]
+pub struct Answer {
+    /// The request id.
+    pub request_id: String,
+    /// The answering server, when known.
+    pub server_id: String,
+    /// The response bytes, or the error.
+    pub result: Result<Bytes, psrpc::Error>,
+    /// Time from the send to this answer.
+    pub elapsed: Duration,
+}
+
+/// A client of one service, with a tap on its response channel that tells
+/// which server answered each request.
+pub struct Caller {
+    client: RpcClient,
+    tap: psrpc::bus::Subscription,
+}
+
+impl Caller {
+    /// A client of `service` on `bus`.
+    pub async fn new(bus: DynBus, service: &str, client_id: Option<String>) -> CliResult<Caller> {
+        let mut opts = ClientOptions::default();
+        if let Some(id) = client_id {
+            opts = opts.client_id(id);
+        }
+        let client = RpcClient::new(bus.clone(), service, opts)
+            .await
+            .map_err(|e| {
+                CliError::bus(format!("subscribing the client channels: {}", e.message()))
+            })?;
+        let tap = bus
+            .subscribe(&channels::response_channel(service, client.id()), 1024)
+            .await
+            .map_err(|e| {
+                CliError::bus(format!("subscribing the response channel: {}", e.message()))
+            })?;
+        Ok(Caller { client, tap })
+    }
+
+    fn options(&self, method: &MethodInfo, s: &CallSettings) -> CallOptions {
+        let mut o = CallOptions {
+            timeout: s.timeout,
+            metadata: s.metadata.clone(),
+            ..Default::default()
+        };
+        if s.min_affinity.is_some() || s.max_affinity.is_some() {
+            let mut sel = if method.affinity_enabled {
+                SelectionOptions::affinity_defaults(psrpc::select::DEFAULT_SELECTION_TIMEOUT)
+            } else {
+                SelectionOptions::queue_defaults(psrpc::select::DEFAULT_SELECTION_TIMEOUT)
+            };
+            if let Some(m) = s.min_affinity {
+                sel.minimum_affinity = m;
+            }
+            if let Some(m) = s.max_affinity {
+                sel.maximum_affinity = m;
+            }
+            o.selection = Some(sel);
+        }
+        o
+    }
+
+    /// The next response seen on the tap within `wait`.
+    async fn tapped(&mut self, wait: Duration) -> Option<Response> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let b = tokio::time::timeout_at(deadline.into(), self.tap.recv())
+                .await
+                .ok()??;
+            if let Ok(r) = wire::decode_envelope::<Response>(b) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// A unary call: one answer.
+    pub async fn unary(
+        &mut self,
+        method: &MethodInfo,
+        topic: &[String],
+        req: Bytes,
+        s: &CallSettings,
+    ) -> Answer {
+        let opts = self.options(method, s);
+        let start = Instant::now();
+        let result = self.client.call_unary_raw(method, topic, req, &opts).await;
+        let elapsed = start.elapsed();
+        let (request_id, server_id) = match self.tapped(Duration::from_millis(200)).await {
+            Some(r) => (r.request_id, r.server_id),
+            None => (String::new(), String::new()),
+        };
+        Answer {
+            request_id,
+            server_id,
+            result,
+            elapsed,
+        }
+    }
+
+    /// A multi call: `on_answer` gets each server's answer until the
+    /// timeout ends the call.
+    pub async fn multi(
+        &mut self,
+        method: &MethodInfo,
+        topic: &[String],
+        req: Bytes,
+        s: &CallSettings,
+        mut on_answer: impl FnMut(Answer),
+    ) -> Result<usize, psrpc::Error> {
+        let opts = self.options(method, s);
+        let start = Instant::now();
+        let mut stream = self
+            .client
+            .call_multi_raw(method, topic, req, &opts)
+            .await?;
+        let mut n = 0;
+        while let Some(result) = stream.next().await {
+            let elapsed = start.elapsed();
+            let (request_id, server_id) = match self.tapped(Duration::from_secs(1)).await {
+                Some(r) => (r.request_id, r.server_id),
+                None => (String::new(), String::new()),
+            };
+            n += 1;
+            on_answer(Answer {
+                request_id,
+                server_id,
+                result,
+                elapsed,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Opens a stream.
+    pub async fn stream(
+        &self,
+        method: &MethodInfo,
+        topic: Vec<String>,
+        s: &CallSettings,
+    ) -> Result<ClientStream<RawMsg, RawMsg>, psrpc::Error> {
+        let opts = self.options(method, s);
+        self.client
+            .stream::<RawMsg, RawMsg>(method, topic)
+            .options(opts)
+            .await
+    }
+
+    /// Closes the client.
+    pub fn close(&self) {
+        self.client.close();
+    }
+}
+
+/// A received subscription update: its type URL and bytes.
+#[derive(Debug)]
+pub struct Update {
+    /// The type URL of the payload.
+    pub type_url: String,
+    /// The user message bytes.
+    pub value: Bytes,
+}
+
+/// A subscription to the updates of `method` on `topic`: fan-out unless
+/// `queue` (then it joins the queue and takes updates from other members).
+pub async fn subscribe(
+    bus: &DynBus,
+    service: &str,
+    method: &MethodInfo,
+    topic: &[String],
+    queue: bool,
+) -> CliResult<psrpc::bus::Subscription> {
+    let ch = channels::rpc_channel(service, &method.name, topic, method.queue);
+    let r = if queue {
+        bus.subscribe_queue(&ch, 1024).await
+    } else {
+        bus.subscribe(&ch, 1024).await
+    };
+    r.map_err(|e| CliError::bus(format!("subscribing {}: {}", ch.legacy, e.message())))
+}
+
+/// Decodes an update received on a subscription.
+pub fn update(bytes: Bytes) -> Result<Update, String> {
+    let m = wire::decode_msg(bytes).map_err(|e| e.to_string())?;
+    Ok(Update {
+        type_url: m.type_url,
+        value: m.value,
+    })
+}
+
+/// Publishes `value` (a `type_name` message) as an update of `method` on `topic`.
+pub async fn publish(
+    bus: &DynBus,
+    service: &str,
+    method: &MethodInfo,
+    topic: &[String],
+    type_name: &str,
+    value: &[u8],
+) -> CliResult<()> {
+    let ch = channels::rpc_channel(service, &method.name, topic, method.queue);
+    let msg = wire::encode_msg_raw(&format!("{}{type_name}", wire::TYPE_URL_PREFIX), value);
+    bus.publish(&ch, msg)
+        .await
+        .map_err(|e| CliError::bus(format!("publishing on {}: {}", ch.legacy, e.message())))
+}
+
+/// Asks every server on the bus to describe itself (`PsrpcDiscovery.Describe`)
+/// and gathers the answers that come within `wait`.
+pub async fn describe_all(
+    bus: &DynBus,
+    wait: Duration,
+) -> CliResult<Vec<psrpc::discovery::ServerDescription>> {
+    use prost::Message as _;
+    let client = RpcClient::new(
+        bus.clone(),
+        psrpc::discovery::SERVICE,
+        ClientOptions::default(),
+    )
+    .await
+    .map_err(|e| CliError::bus(format!("subscribing the client channels: {}", e.message())))?;
+    let opts = CallOptions {
+        timeout: Some(wait),
+        ..Default::default()
+    };
+    let mut answers = client
+        .call_multi_raw(&psrpc::discovery::DESCRIBE, &[], Bytes::new(), &opts)
+        .await
+        .map_err(|e| CliError::bus(format!("asking for descriptions: {}", e.message())))?;
+    let mut out = Vec::new();
+    while let Some(a) = answers.next().await {
+        if let Ok(b) = a {
+            match psrpc::discovery::ServerDescription::decode(b) {
+                Ok(d) => out.push(d),
+                Err(e) => eprintln!("warning: an undecodable server description: {e}"),
+            }
+        }
+    }
+    client.close();
+    Ok(out)
+}
