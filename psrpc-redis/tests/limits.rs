@@ -116,6 +116,62 @@ async fn oversized_call_is_resource_exhausted_and_harms_no_one() {
     s.shutdown().await;
 }
 
+/// A handler whose response is over the bus's limit: the caller gets
+/// `resource_exhausted` from the server at once, not a timeout at its
+/// deadline, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_fails_the_call_at_once() {
+    let rs = RedisServer::start();
+    let (sb, cb) = (bus(&rs.url()).await, bus(&rs.url()).await);
+    let s = RpcServer::new(
+        Arc::new(sb),
+        SERVICE,
+        ServerOptions::default().server_id("big"),
+    );
+    s.register_handler(
+        &NORMAL_RPC,
+        &[],
+        |_c: Context, r: Num| async move {
+            Ok(Num {
+                n: r.n,
+                text: "x".repeat(r.n as usize),
+            })
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(cb).await;
+    let big = psrpc_redis::DEFAULT_MAX_MESSAGE_SIZE as i64 + 1;
+    let e = c
+        .unary::<Num, Num>(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: big,
+                text: String::new(),
+            },
+        )
+        .timeout(Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    // Not deadline_exceeded: the server said why.
+    assert_eq!(e.code(), &ErrorCode::ResourceExhausted, "{e}");
+    let ok: Num = c
+        .unary(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: 3,
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.text, "xxx");
+    s.shutdown().await;
+}
+
 /// A message over the bus's limit published by hand is dropped by the
 /// reader and counted; the next message gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

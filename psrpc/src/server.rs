@@ -1276,8 +1276,24 @@ where
                 .await
                 .map(|r| Bytes::from(r.to_bytes())),
         };
-        core.publish(&chans.response, &self.response(&req, result))
-            .await;
+        let response = self.response(&req, result);
+        let bytes = core.bus.compression().encode(&response);
+        match core.bus.publish(&chans.response, bytes).await {
+            Ok(()) => {}
+            // A response the bus cannot carry: the caller gets that error
+            // at once rather than waiting for its deadline.
+            Err(e) if e.code() == &ErrorCode::ResourceExhausted => {
+                let err = Error::new(
+                    ErrorCode::ResourceExhausted,
+                    format!("the response cannot be sent: {}", e.message()),
+                );
+                core.publish(&chans.response, &self.response(&req, Err(err)))
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(channel = %chans.response.legacy, error = %e, "psrpc server: publish failed");
+            }
+        }
     }
 
     fn response(&self, req: &Request, result: Result<Bytes>) -> Response {
@@ -1402,8 +1418,13 @@ where
             expiry: m.expiry,
             body: Some(StreamBody::Ack(StreamAck {})),
         };
-        let presence = shared.presence(self.liveness, false).await;
-        core.publish(&out, &ack).await;
+        // This end's presence is subscribed while the ack travels (as the
+        // client does with the open): no extra round trip on the open's
+        // path, and the presence is in place by the client's first look.
+        let (presence, ()) = tokio::join!(
+            shared.presence(self.liveness, false),
+            core.publish(&out, &ack)
+        );
         shared.watch_peer(self.liveness, false, presence);
         shared.open_interceptors();
         let header = IncomingHeader {

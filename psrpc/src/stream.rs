@@ -68,11 +68,13 @@
 //! to the end of the stream, with the defaults: 3.0 to 4.5 s on Redis and
 //! NATS, 3.5 to 4 s on the local bus).
 //!
-//! The first look is taken as soon as the stream is open (a server
-//! subscribes its presence channel before it acks the open, a client while
-//! its open travels, so a live Rust peer shows at once). A peer whose presence channel is empty
-//! at every look is never taken for dead: it may be a Go peer. So on NATS
-//! a peer that dies before this end's first look is not noticed.
+//! The first look is taken as soon as the stream is open. Each end
+//! subscribes its presence channel while its open (client) or its ack
+//! (server) travels, so opening costs no extra round trip and a live Rust
+//! peer normally shows at the first look, at the latest at the next one. A
+//! peer whose presence channel is empty at every look is never taken for
+//! dead: it may be a Go peer. So on NATS a peer that dies before this end
+//! has seen it once is not noticed.
 //!
 //! How each bus counts:
 //!
