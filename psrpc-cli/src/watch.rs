@@ -328,6 +328,12 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
     if msg.type_url.is_empty() {
         return None;
     }
+    // Compressed payloads (Go v0.7.6+ publishers, or this port with
+    // compression on) are inflated as any reader does, with its cap.
+    let gz = msg.compression == 1;
+    let value = psrpc::CompressionOptions::default()
+        .payload(msg.clone())
+        .ok()?;
     let r = route(&t.channel, &msg.channel, prefix, schema);
     let mut d = Decoded::default();
     let l = &mut d.line;
@@ -341,10 +347,9 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
         .unwrap_or(&msg.type_url);
     let kind: String;
     let mut fields = Map::new();
-    let gz = msg.compression == 1;
     match type_name {
         "internal.Request" => {
-            let q = Request::decode(msg.value.clone()).ok()?;
+            let q = Request::decode(value.clone()).ok()?;
             kind = "request".into();
             mem.request(&q.request_id, &service, &method, t.seen);
             d.call = true;
@@ -356,14 +361,12 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
             if !q.metadata.is_empty() {
                 fields.insert("metadata".into(), json!(q.metadata));
             }
-            if !gz {
-                if let Some(p) = payload(schema, &service, &method, true, &q.raw_request) {
-                    fields.insert("payload".into(), p);
-                }
+            if let Some(p) = payload(schema, &service, &method, true, &q.raw_request) {
+                fields.insert("payload".into(), p);
             }
         }
         "internal.Response" => {
-            let s = Response::decode(msg.value.clone()).ok()?;
+            let s = Response::decode(value.clone()).ok()?;
             kind = "response".into();
             if let Some((sv, m, at)) = mem.requests.get(&s.request_id) {
                 service = sv.clone();
@@ -388,14 +391,12 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
                         .collect();
                     fields.insert("details".into(), det.into());
                 }
-            } else if !gz {
-                if let Some(p) = payload(schema, &service, &method, false, &s.raw_response) {
-                    fields.insert("payload".into(), p);
-                }
+            } else if let Some(p) = payload(schema, &service, &method, false, &s.raw_response) {
+                fields.insert("payload".into(), p);
             }
         }
         "internal.ClaimRequest" => {
-            let c = ClaimRequest::decode(msg.value.clone()).ok()?;
+            let c = ClaimRequest::decode(value.clone()).ok()?;
             kind = "claim".into();
             if let Some((sv, m, _)) = mem.requests.get(&c.request_id) {
                 service = sv.clone();
@@ -407,13 +408,13 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
             fields.insert("affinity".into(), json!(c.affinity));
         }
         "internal.ClaimResponse" => {
-            let c = ClaimResponse::decode(msg.value.clone()).ok()?;
+            let c = ClaimResponse::decode(value.clone()).ok()?;
             kind = "claim response".into();
             fields.insert("requestId".into(), c.request_id.into());
             fields.insert("serverId".into(), c.server_id.into());
         }
         "internal.Stream" => {
-            let s = Stream::decode(msg.value.clone()).ok()?;
+            let s = Stream::decode(value.clone()).ok()?;
             let to_server = r.client.is_empty();
             if let Some((sv, m)) = mem.streams.get(&s.stream_id) {
                 service = sv.clone();
@@ -434,12 +435,8 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
                     "stream open".into()
                 }
                 Some(StreamBody::Message(m)) => {
-                    if !gz {
-                        if let Some(p) =
-                            payload(schema, &service, &method, to_server, &m.raw_message)
-                        {
-                            fields.insert("payload".into(), p);
-                        }
+                    if let Some(p) = payload(schema, &service, &method, to_server, &m.raw_message) {
+                        fields.insert("payload".into(), p);
                     }
                     "stream message".into()
                 }
@@ -459,9 +456,7 @@ fn decode(t: &Tapped, prefix: &str, schema: &Schema, mem: &mut Memory) -> Option
             kind = "subscription update".into();
             fields.insert("type".into(), user.to_owned().into());
             if let Some(desc) = schema.message(user) {
-                if !gz {
-                    fields.insert("payload".into(), json::decode(&desc, &msg.value));
-                }
+                fields.insert("payload".into(), json::decode(&desc, &value));
             }
         }
     }

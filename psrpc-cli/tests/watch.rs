@@ -189,6 +189,48 @@ async fn golden_capture_replayed_on_redis() {
     check_capture(&lines, true);
 }
 
+/// The capture again, every payload gzipped as a Go v0.7.6+ publisher with
+/// compression on sends it: `watch` inflates it as any reader does, and
+/// shows the same lines (marked as compressed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_capture_replayed_on_redis() {
+    use prost::Message as _;
+    use std::io::Write as _;
+    let broker = Broker::redis();
+    let url = broker.url();
+    let child = start_watch(&url, &["--count", "32"]);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut gzipped = 0;
+    for (ch, bytes) in capture("redis-all.txt") {
+        let msg = psrpc::wire::Msg::decode(bytes.as_slice()).unwrap();
+        let payload = if msg.value.is_empty() {
+            bytes
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            gz.write_all(&msg.value).unwrap();
+            gzipped += 1;
+            psrpc::wire::encode_msg_gzip(&msg.type_url, &gz.finish().unwrap()).to_vec()
+        };
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&ch)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut lines = tokio::task::spawn_blocking(move || read_lines(child))
+        .await
+        .unwrap();
+    let marked = lines
+        .iter_mut()
+        .filter_map(|l| l.as_object_mut().unwrap().remove("compression"))
+        .inspect(|c| assert_eq!(c, "gzip"))
+        .count();
+    assert_eq!(marked, gzipped);
+    check_capture(&lines, true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_capture_replayed_on_nats() {
     let broker = Broker::nats();

@@ -52,10 +52,10 @@ pub struct ServerDescription {
     /// Milliseconds since the server was created.
     #[prost(int64, tag = "4")]
     pub uptime_ms: i64,
-    /// Unary and multi calls answered.
+    /// Calls answered: unary and multi calls, and streams whose handler ended.
     #[prost(uint64, tag = "5")]
     pub calls_served: u64,
-    /// Unary and multi calls being handled now.
+    /// Calls being handled now: unary and multi calls, and open streams.
     #[prost(uint64, tag = "6")]
     pub calls_in_flight: u64,
     /// A `google.protobuf.FileDescriptorSet` of the service's proto files

@@ -1437,6 +1437,8 @@ where
             .with_cancel(shared.done().clone())
             .with_incoming(header, self.info.clone());
         let hijacked = Arc::new(AtomicBool::new(false));
+        // A stream counts for discovery as one call, while its handler runs.
+        let _counted = core.discovery.as_ref().map(|d| d.call_started());
         let result =
             (self.handler)(ServerStream::new(shared.clone(), rx, ctx, hijacked.clone())).await;
         if !hijacked.load(Ordering::Acquire) {
