@@ -26,19 +26,7 @@ async fn bus(url: &str) -> RedisBus {
 }
 
 async fn echo_server(b: RedisBus, id: &str, topic: &[String]) -> psrpc::Result<RpcServer> {
-    let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id));
-    let sid = id.to_owned();
-    s.register_handler(
-        &NORMAL_RPC,
-        topic,
-        move |_c: Context, r: Num| {
-            let sid = sid.clone();
-            async move { Ok(Num { n: r.n, text: sid }) }
-        },
-        None,
-    )
-    .await?;
-    Ok(s)
+    psrpc_tests::echo_server(Arc::new(b), id, topic).await
 }
 
 async fn client(b: RedisBus) -> RpcClient {
@@ -47,19 +35,11 @@ async fn client(b: RedisBus) -> RpcClient {
         .unwrap()
 }
 
-async fn call(c: &RpcClient, topic: Vec<String>, n: i64, text: String) -> psrpc::Result<Num> {
-    c.unary(&NORMAL_RPC, topic, Num { n, text })
-        .timeout(Duration::from_secs(2))
-        .await
-}
+use psrpc_tests::call_normal as call;
 
 /// Waits until `f` holds, failing after [`PATIENCE`].
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, f: impl AsyncFnMut() -> bool) {
+    psrpc_tests::eventually_async(what, PATIENCE, f).await
 }
 
 fn ch(name: &str) -> Channel {

@@ -167,6 +167,54 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// A server of `MyService` on `bus` whose `NormalRPC` answers with the
+/// request's number and the server's id as text.
+pub async fn echo_server(
+    bus: DynBus,
+    id: &str,
+    topic: &[String],
+) -> psrpc::Result<psrpc::RpcServer> {
+    use my_service::{NORMAL_RPC, SERVICE};
+    let s = psrpc::RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
+    let sid = id.to_owned();
+    s.register_handler(
+        &NORMAL_RPC,
+        topic,
+        move |_c: psrpc::Context, r: Num| {
+            let sid = sid.clone();
+            async move { Ok(Num { n: r.n, text: sid }) }
+        },
+        None,
+    )
+    .await?;
+    Ok(s)
+}
+
+/// One `MyService.NormalRPC` call with a 2 s timeout.
+pub async fn call_normal(
+    c: &psrpc::RpcClient,
+    topic: Vec<String>,
+    n: i64,
+    text: String,
+) -> psrpc::Result<Num> {
+    c.unary(&my_service::NORMAL_RPC, topic, Num { n, text })
+        .timeout(Duration::from_secs(2))
+        .await
+}
+
+/// Waits until the asynchronous condition `f` holds, checking every 20 ms;
+/// panics with `what` after `within`.
+pub async fn eventually_async(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Installs a `tracing` subscriber for test output (once).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

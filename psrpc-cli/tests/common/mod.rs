@@ -209,7 +209,8 @@ pub fn bench_descriptor_set() -> &'static [u8] {
     FDS.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
         // As psrpc-build embeds it: encoded by protox, options kept.
-        let mut c = protox::Compiler::new([root.clone(), root.join("psrpc")]).unwrap();
+        let options = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../psrpc-build/proto/psrpc");
+        let mut c = protox::Compiler::new([root.clone(), options]).unwrap();
         c.include_imports(true);
         c.open_file("bench.proto").unwrap();
         c.encode_file_descriptor_set()
