@@ -2,8 +2,7 @@
 //! the server side of the claim handshake, deadlines, drain on shutdown, kill,
 //! and publishing for subscription methods.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -315,14 +314,12 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 ///
 /// Everything here is released on time: a sweeper task runs while the table
 /// holds anything and gives up each waiter at its request's expiry and each
-/// remembered decision after [`DECIDED_TTL`].
+/// remembered decision after [`DECIDED_TTL`]. It scans the undecided claims
+/// (normally a handful: a claim is decided within a round trip), so a claim
+/// costs nothing beyond its entry while it is pending.
 #[derive(Default)]
 struct ClaimTable {
     waiters: HashMap<String, ClaimWaiter>,
-    /// The waiters' expiries, earliest first. An entry whose waiter was
-    /// decided already stays until its expiry (memory bounded by the
-    /// requests not yet expired).
-    expiries: BinaryHeap<Reverse<(Instant, String)>>,
     decided: HashMap<String, String>,
     order: VecDeque<(Instant, String)>,
     /// Whether the sweeper task is running.
@@ -346,19 +343,16 @@ impl ClaimTable {
     /// Gives up the claims whose requests expired (returned, to be dropped
     /// and reported outside the lock) and forgets old decisions.
     fn sweep(&mut self, now: Instant) -> Vec<ClaimWaiter> {
-        let mut expired = Vec::new();
-        while self
-            .expiries
-            .peek()
-            .is_some_and(|Reverse((t, _))| *t <= now)
-        {
-            let Some(Reverse((t, id))) = self.expiries.pop() else {
-                break;
-            };
-            if self.waiters.get(&id).is_some_and(|w| w.deadline == t) {
-                expired.extend(self.waiters.remove(&id));
-            }
-        }
+        let ids: Vec<String> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let expired = ids
+            .iter()
+            .filter_map(|id| self.waiters.remove(id))
+            .collect();
         while self
             .order
             .front()
@@ -373,20 +367,16 @@ impl ClaimTable {
 
     /// Whether nothing is held (the sweeper may stop).
     fn is_idle(&self) -> bool {
-        self.waiters.is_empty() && self.expiries.is_empty() && self.order.is_empty()
+        self.waiters.is_empty() && self.order.is_empty()
     }
 
     /// Every entry held, in every structure.
     fn entries(&self) -> usize {
-        self.waiters.len() + self.expiries.len() + self.decided.len() + self.order.len()
+        self.waiters.len() + self.decided.len() + self.order.len()
     }
 
-    fn insert(&mut self, request_id: String, waiter: ClaimWaiter) -> Vec<ClaimWaiter> {
-        let expired = self.sweep(Instant::now());
-        self.expiries
-            .push(Reverse((waiter.deadline, request_id.clone())));
+    fn insert(&mut self, request_id: String, waiter: ClaimWaiter) {
         self.waiters.insert(request_id, waiter);
-        expired
     }
 
     fn remember(&mut self, request_id: String, winner: String) {
@@ -844,7 +834,6 @@ impl RpcServer {
         let core = &self.inner.core;
         let given_up: Vec<ClaimWaiter> = {
             let mut t = core.lock_claims();
-            t.expiries.clear();
             t.waiters.drain().map(|(_, w)| w).collect()
         };
         core.timed_out(given_up);
@@ -959,7 +948,8 @@ impl Core {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            // No runtime here: inserts still sweep what expired.
+            // Not in a runtime (requests are read off a bus inside one):
+            // the next claim made from a runtime starts it.
             return;
         };
         table.sweeping = true;
@@ -1085,7 +1075,7 @@ impl Core {
         if affinity.is_nan() || affinity < 0.0 {
             return;
         }
-        let expired = {
+        {
             let mut table = self.lock_claims();
             if let Some(winner) = table.decided.remove(&request_id) {
                 // Decided before we could claim: it was not us.
@@ -1094,7 +1084,7 @@ impl Core {
                 self.observe(|o| o.on_claim(info, ClaimOutcome::LostToPeer, Duration::ZERO));
                 return;
             }
-            let expired = table.insert(
+            table.insert(
                 request_id.clone(),
                 ClaimWaiter {
                     then: Box::new(then),
@@ -1105,9 +1095,7 @@ impl Core {
                 },
             );
             self.ensure_sweeper(&mut table);
-            expired
-        };
-        self.timed_out(expired);
+        }
         let claim = ClaimRequest {
             request_id,
             server_id: self.id.clone(),
