@@ -647,11 +647,10 @@ async fn gateway_fans_out_and_stop_closes_every_socket() {
         .expect("the socket closes");
         assert!(end, "the gateway sent a close frame");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while gw.clients() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(gw.clients(), 0);
+    psrpc_tests::eventually("every socket gone", Duration::from_secs(20), || {
+        gw.clients() == 0
+    })
+    .await;
     feed.shutdown().await;
 }
 

@@ -356,12 +356,7 @@ pub async fn subscribe(g: &Global, a: SubscribeArgs) -> CliResult<u8> {
     }
     let out = method.output();
     let mut n = 0u64;
-    let end = async {
-        match a.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let end = crate::commands::after(a.duration);
     tokio::pin!(end);
     loop {
         if a.count.is_some_and(|c| n >= c) {
@@ -527,4 +522,12 @@ fn closed(
         ce.class = Class::Bus;
     }
     ce
+}
+
+/// Ends after `duration` (`--for`), or never without one.
+pub(crate) async fn after(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }

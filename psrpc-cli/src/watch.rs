@@ -562,12 +562,7 @@ pub async fn run(g: &Global, a: WatchArgs) -> CliResult<u8> {
     let mut printed = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let end = async {
-        match a.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let end = crate::commands::after(a.duration);
     tokio::pin!(end);
     loop {
         if a.count.is_some_and(|c| printed >= c) {

@@ -71,7 +71,20 @@ async fn watching_publishes_nothing_on_psrpc_subjects() {
     }
     spy.flush().await.unwrap();
     liveness::one_watched_stream(connect(&broker.url()).await).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The spy has heard the stream once its close and a probe reached it.
+    psrpc_tests::eventually(
+        "the spy heard the stream",
+        std::time::Duration::from_secs(20),
+        || {
+            let h = heard.lock().unwrap();
+            let probes = h
+                .iter()
+                .filter(|(s, _)| s.starts_with("PSRPC_LIVE."))
+                .count();
+            h.len() - probes >= 5 && probes > 0
+        },
+    )
+    .await;
     let heard = heard.lock().unwrap().clone();
     let (probes, psrpc): (Vec<_>, Vec<_>) = heard
         .iter()

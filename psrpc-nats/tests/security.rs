@@ -4,7 +4,7 @@
 //! client's calls.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use psrpc::bus::DynBus;
 use psrpc::{Context, ErrorCode, RpcClient, RpcServer};
@@ -53,23 +53,21 @@ async fn spy(nats: &NatsServer) -> (async_nats::Client, Arc<Mutex<Vec<String>>>)
 
 /// Waits until `errors` holds a permission violation naming `subject`.
 async fn refused(errors: &Mutex<Vec<String>>, subject: &str) -> String {
-    let start = Instant::now();
-    loop {
-        if let Some(e) = errors
+    let find = || {
+        errors
             .lock()
             .unwrap()
             .iter()
             .find(|e| e.contains("Permissions Violation") && e.contains(subject))
-        {
-            return e.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no permission violation for {subject}: {:?}",
-            errors.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .cloned()
+    };
+    psrpc_tests::eventually(
+        &format!("a permission violation for {subject}"),
+        Duration::from_secs(20),
+        || find().is_some(),
+    )
+    .await;
+    find().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

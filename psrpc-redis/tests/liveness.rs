@@ -73,7 +73,12 @@ async fn watching_publishes_nothing() {
         })
     };
     liveness::one_watched_stream(connect(&broker.url()).await).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    psrpc_tests::eventually(
+        "the spy heard the stream",
+        std::time::Duration::from_secs(20),
+        || heard.lock().unwrap().len() >= 5,
+    )
+    .await;
     spy.abort();
     let heard = heard.lock().unwrap().clone();
     for (channel, payload) in &heard {

@@ -32,15 +32,6 @@ const SEC: i64 = 1_000_000_000;
 /// A queue method served without the claim handshake.
 static SINGLE_RPC: MethodInfo = MethodInfo::queue("SingleRPC").single_server();
 
-/// Polls `cond` until it holds; fails after [`WAIT`].
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn next_raw(sub: &mut Subscription, what: &str) -> Bytes {
     tokio::time::timeout(WAIT, sub.recv())
         .await
@@ -265,7 +256,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     // The four messages, as published.
     assert_eq!(next::<Request>(&mut requests, "request").await, req);
     assert_eq!(next::<ClaimResponse>(&mut rclaims, "grant").await, grant);
-    until("granted reported", || {
+    crate::eventually("granted reported", WAIT, || {
         events.claims("NormalRPC", ClaimOutcome::Granted) == 1
     })
     .await;
@@ -306,7 +297,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
             handling: true,
         }
     );
-    until("skipped reported", || {
+    crate::eventually("skipped reported", WAIT, || {
         events.claims("NormalRPC", ClaimOutcome::Skipped) == 1
     })
     .await;
@@ -578,7 +569,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     .await
     .unwrap();
 
-    until("every outcome", || {
+    crate::eventually("every outcome", WAIT, || {
         events.claims("NormalRPC", ClaimOutcome::Granted) == 1
             && events.claims("NormalRPC", ClaimOutcome::Skipped) == 1
             && events.claims("NormalRPC", ClaimOutcome::TimedOut) == 1
@@ -594,7 +585,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     // Every server of the affinity method received the request.
     assert_eq!(events.received("IntensiveRPC"), 2);
     // The metrics middleware saw the same events.
-    until("the metrics middleware saw them too", || {
+    crate::eventually("the metrics middleware saw them too", WAIT, || {
         metrics.0.all().len() == events.all().len()
     })
     .await;
@@ -739,8 +730,11 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
         };
         bus.publish(&decisions, wire::encode_msg(&d)).await.unwrap();
     }
-    until("every claim pending", || s.pending_claims() == 2 * N).await;
-    until("every claim released", || s.claim_table_entries() == 0).await;
+    crate::eventually("every claim pending", WAIT, || s.pending_claims() == 2 * N).await;
+    crate::eventually("every claim released", WAIT, || {
+        s.claim_table_entries() == 0
+    })
+    .await;
     assert_eq!(s.pending_claims(), 0);
     assert_eq!(count.load(Ordering::SeqCst), 0);
     s.shutdown().await;
@@ -786,7 +780,10 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
     ahead.sent_at = now + 5 * SEC;
     ahead.expiry = now + 6 * SEC;
     bus.publish(&ch, wire::encode_msg(&ahead)).await.unwrap();
-    until("the handler ran", || budgets.lock().unwrap().len() == 1).await;
+    crate::eventually("the handler ran", WAIT, || {
+        budgets.lock().unwrap().len() == 1
+    })
+    .await;
     let left = budgets.lock().unwrap()[0];
     assert!(
         left <= Duration::from_secs(1),
@@ -800,14 +797,14 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
     late.sent_at = now - 6 * SEC;
     late.expiry = now - 5 * SEC;
     bus.publish(&ch, wire::encode_msg(&late)).await.unwrap();
-    until("the expired request counted", || {
+    crate::eventually("the expired request counted", WAIT, || {
         bus_s.drops().count(DropReason::Expired) > before && s.clock_skew_suspected() == 2
     })
     .await;
     // A request that is in time is served as usual, and not suspected.
     let fine = raw_request(&dead, 3, 3 * SEC, false);
     bus.publish(&ch, wire::encode_msg(&fine)).await.unwrap();
-    until("the handler ran again", || {
+    crate::eventually("the handler ran again", WAIT, || {
         budgets.lock().unwrap().len() == 2
     })
     .await;

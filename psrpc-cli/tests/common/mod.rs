@@ -295,12 +295,3 @@ pub async fn psrpc(bus: &str, args: &[&str], input: &str) -> Run {
     .await
     .unwrap()
 }
-
-/// Polls `f` until it is true; fails after 20 s.
-pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
