@@ -108,9 +108,49 @@ const N: usize = DropReason::ALL.len();
 /// Counters of dropped messages by reason, with rate-limited reporting.
 pub struct Drops {
     counts: [AtomicU64; N],
-    /// Per reason: when it was last logged at warn, and the count then.
-    logged: Mutex<[(Option<Instant>, u64); N]>,
+    /// Per reason: when it may be logged at warn again.
+    logged: [Throttle; N],
+}
+
+/// At most one report per interval of a growing count: what the drop tally
+/// and the runtime's other rate-limited warnings share.
+#[derive(Debug)]
+pub struct Throttle {
+    /// When the last report was made, and the count then.
+    last: Mutex<(Option<Instant>, u64)>,
     interval: Duration,
+}
+
+impl Throttle {
+    /// A throttle that allows one report per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Throttle {
+            last: Mutex::new((None, 0)),
+            interval,
+        }
+    }
+
+    /// Whether a report is due now that the count is `total`; if so, how
+    /// much the count grew since the last report.
+    pub fn due(&self, total: u64) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, count_then) = &mut *last;
+        if at.is_some_and(|t| now.duration_since(t) < self.interval) {
+            return None;
+        }
+        let since = total.saturating_sub(*count_then);
+        *at = Some(now);
+        *count_then = total;
+        Some(since)
+    }
+}
+
+impl Default for Throttle {
+    /// One report per [`LOG_INTERVAL`].
+    fn default() -> Self {
+        Throttle::new(LOG_INTERVAL)
+    }
 }
 
 impl Default for Drops {
@@ -137,8 +177,7 @@ impl Drops {
     pub fn with_log_interval(interval: Duration) -> Self {
         Drops {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            logged: Mutex::new([(None, 0); N]),
-            interval,
+            logged: std::array::from_fn(|_| Throttle::new(interval)),
         }
     }
 
@@ -193,16 +232,7 @@ impl Drops {
     /// Whether `reason` may be logged at warn now; if so, how many were
     /// dropped since it last was.
     fn due(&self, reason: DropReason, total: u64) -> Option<u64> {
-        let now = Instant::now();
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, count_then) = &mut logged[reason.index()];
-        if last.is_some_and(|t| now.duration_since(t) < self.interval) {
-            return None;
-        }
-        let since = total.saturating_sub(*count_then);
-        *last = Some(now);
-        *count_then = total;
-        Some(since)
+        self.logged[reason.index()].due(total)
     }
 
     /// How many messages were dropped for `reason`.

@@ -229,20 +229,15 @@ pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct ClockCheck {
     suspected: AtomicU64,
-    last_warning: Mutex<Option<(Instant, u64)>>,
+    warned: crate::drops::Throttle,
 }
 
 impl ClockCheck {
     fn suspect(&self, channel: &str, what: std::fmt::Arguments<'_>) {
         let total = self.suspected.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = Instant::now();
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|(t, _)| now.duration_since(t) < crate::drops::LOG_INTERVAL) {
+        let Some(since) = self.warned.due(total) else {
             return;
-        }
-        let since = total - last.map_or(0, |(_, n)| n);
-        *last = Some((now, total));
-        drop(last);
+        };
         tracing::warn!(
             channel = %Truncated(channel),
             suspected_since_last_warning = since,
