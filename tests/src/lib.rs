@@ -15,6 +15,7 @@ use psrpc::{LocalBus, MethodInfo, ServerOptions};
 pub mod claim_skip;
 pub mod compression;
 pub mod liveness;
+pub mod measure;
 pub mod middleware;
 pub mod outage;
 pub mod security;
