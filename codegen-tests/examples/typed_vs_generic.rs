@@ -19,16 +19,16 @@ impl kinds::KindsServerImpl for Echo {
         })
     }
     async fn affinity(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     fn affinity_affinity(&self, _: &Request) -> f32 {
         -1.0
     }
     async fn multi(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn direct(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn chat(
         &self,
@@ -46,25 +46,25 @@ impl kinds::KindsServerImpl for Echo {
         -1.0
     }
     async fn node_queue(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn node_multi(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn room_call(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn old_multi(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     async fn old_affinity(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
     fn old_affinity_affinity(&self, _: &Request) -> f32 {
         -1.0
     }
     async fn old_queue(&self, _: Context, _: Request) -> psrpc::Result<Response> {
-        Err(psrpc::Error::unimplemented())
+        Err(psrpc::Error::method_not_implemented())
     }
 }
 

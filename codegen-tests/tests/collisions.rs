@@ -79,7 +79,7 @@ async fn every_name_reaches_its_own_method() {
             .await
             .unwrap_err()
             .code(),
-        &psrpc::ErrorCode::Unavailable
+        psrpc::ErrorCode::Unavailable
     );
     server.register_tagged_topic("r", "t").await.unwrap();
     assert_eq!(client.tagged("r", "t", req()).await.unwrap().method, "r/t");

@@ -189,7 +189,7 @@ async fn streams() {
     .unwrap();
     assert!(chat.recv().await.is_none());
     let e = chat.err().expect("a close cause");
-    assert_eq!(e.code(), &ErrorCode::Aborted);
+    assert_eq!(e.code(), ErrorCode::Aborted);
     assert_eq!(e.message(), "asked to fail");
 
     // Affinity routing by topic: only registered servers compete, the best wins.
@@ -213,7 +213,7 @@ async fn streams() {
     else {
         panic!("a deregistered server accepted the stream");
     };
-    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert_eq!(e.code(), ErrorCode::Unavailable);
 
     low.shutdown().await;
     high.shutdown().await;
@@ -246,12 +246,12 @@ async fn topics_with_several_parameters_and_groups() {
         .timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert_eq!(e.code(), ErrorCode::Unavailable);
 
     // Group registration is all or nothing: node_multi on eu/n2 is taken on
     // b, so b's group registration fails and undoes its node_queue.
     let e = b.register_all_node_topics("eu", "n2").await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::AlreadyExists);
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
     b.register_node_queue_topic("eu", "n2").await.unwrap();
     b.deregister_node_queue_topic("eu", "n2");
 
@@ -262,7 +262,7 @@ async fn topics_with_several_parameters_and_groups() {
         .timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert_eq!(e.code(), ErrorCode::Unavailable);
     // ... and they can be registered again.
     a.register_all_node_topics("eu", "n1").await.unwrap();
     assert_eq!(
@@ -357,13 +357,13 @@ async fn unimplemented_server() {
     let client = KindsClient::new(bus.clone()).await.unwrap();
 
     let e = client.queue(req("x")).await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unimplemented);
+    assert_eq!(e.code(), ErrorCode::Unimplemented);
     assert_eq!(e.message(), "method is not implemented");
 
     // Streams are opened, then closed with `unimplemented`.
     let mut chat = client.chat().await.unwrap();
     assert!(chat.recv().await.is_none());
-    assert_eq!(chat.err().unwrap().code(), &ErrorCode::Unimplemented);
+    assert_eq!(chat.err().unwrap().code(), ErrorCode::Unimplemented);
 
     // Its affinity is -1: it never claims, so nobody takes the call.
     let e = client
@@ -371,7 +371,7 @@ async fn unimplemented_server() {
         .timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert_eq!(e.code(), ErrorCode::Unavailable);
     s.kill();
 }
 

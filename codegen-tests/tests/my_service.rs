@@ -218,7 +218,7 @@ async fn generated_service() {
     // G7: a psrpc error travels with its code, message and detail.
     let req1 = MyRequest { return_error: 1 };
     let e = c_a.normal_rpc(req1).await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::FailedPrecondition);
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     assert_eq!(e.message(), "requested error");
     assert_eq!(e.details().len(), 1);
     assert_eq!(e.detail::<MyRequest>(), Some(req1));

@@ -98,7 +98,7 @@ pub(crate) fn expect_code<T: std::fmt::Debug>(
     code: psrpc::ErrorCode,
 ) -> Result<psrpc::Error, BoxError> {
     match result {
-        Err(e) if *e.code() == code => Ok(e),
+        Err(e) if e.code() == code => Ok(e),
         Err(e) => Err(format!(
             "{case}: expected `{}`, got `{}`: {}",
             code.as_str(),

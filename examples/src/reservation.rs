@@ -498,7 +498,7 @@ pub async fn run_both(
     }
     let shutdown_close = shutdown_close.ok_or("the last stream did not end with an error")?;
     ensure!(
-        *shutdown_close.code() == ErrorCode::Unavailable,
+        shutdown_close.code() == ErrorCode::Unavailable,
         "server shutdown closed the stream with {}",
         shutdown_close.code().as_str()
     );

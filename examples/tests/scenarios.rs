@@ -33,9 +33,9 @@ async fn reservation_outcome(bus: DynBus) {
         .into();
         assert!(keys.contains(&c.offers[0].server_key));
     }
-    assert_eq!(r.client.refused_none.code(), &ErrorCode::FailedPrecondition);
-    assert_eq!(r.client.refused_unknown.code(), &ErrorCode::InvalidArgument);
-    assert_eq!(r.shutdown_close.code(), &ErrorCode::Unavailable);
+    assert_eq!(r.client.refused_none.code(), ErrorCode::FailedPrecondition);
+    assert_eq!(r.client.refused_unknown.code(), ErrorCode::InvalidArgument);
+    assert_eq!(r.shutdown_close.code(), ErrorCode::Unavailable);
     // Three listeners, the refused two and the last one, over two servers.
     let served: u64 = r.servers.iter().map(|s| s.1).sum();
     let refused: u64 = r.servers.iter().map(|s| s.2).sum();
@@ -58,8 +58,8 @@ async fn htlc_outcome(bus: DynBus) {
         assert_eq!(s, &want);
     }
     assert!(r.lookup.settled && r.lookup.offchain);
-    assert_eq!(r.invalid_lookup.code(), &ErrorCode::InvalidArgument);
-    assert_eq!(r.unknown_lookup.code(), &ErrorCode::NotFound);
+    assert_eq!(r.invalid_lookup.code(), ErrorCode::InvalidArgument);
+    assert_eq!(r.unknown_lookup.code(), ErrorCode::NotFound);
 }
 
 async fn scheduler_outcome(bus: DynBus) {
@@ -134,7 +134,7 @@ async fn websocket_outcome(bus: DynBus) {
         assert_eq!(ws["reply_to_id"], e.message_id.as_str());
         assert_eq!(ws["from_pubkey"], websocket::pubkey(&e.peer).as_str());
     }
-    let codes: Vec<_> = r.errors.iter().map(|(_, e)| e.code().clone()).collect();
+    let codes: Vec<_> = r.errors.iter().map(|(_, e)| e.code()).collect();
     assert_eq!(
         codes,
         [
@@ -544,7 +544,7 @@ async fn reservation_silent_client_times_out() {
     let client = ReservationServiceClient::new(bus).await.unwrap();
     let mut stream = client.reservation_notification_stream().await.unwrap();
     assert!(stream.recv().await.is_none());
-    assert_eq!(stream.err().unwrap().code(), &ErrorCode::DeadlineExceeded);
+    assert_eq!(stream.err().unwrap().code(), ErrorCode::DeadlineExceeded);
     assert_eq!(s.desk.streams_refused(), 1);
     s.server.shutdown().await;
 }

@@ -517,7 +517,7 @@ fn unimplemented(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) -> 
                     async fn #name(&self, _stream: #psrpc::ServerStream<#output, #input>)
                         -> #psrpc::Result<()>
                     {
-                        ::core::result::Result::Err(#psrpc::Error::unimplemented())
+                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
                     }
                     #affinity
                 }
@@ -526,7 +526,7 @@ fn unimplemented(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) -> 
                     async fn #name(&self, _ctx: #psrpc::Context, _req: #input)
                         -> #psrpc::Result<#output>
                     {
-                        ::core::result::Result::Err(#psrpc::Error::unimplemented())
+                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
                     }
                     #affinity
                 }

@@ -80,7 +80,7 @@ pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<Dy
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) if *e.code() == psrpc::ErrorCode::InvalidArgument => {
+        Ok(Err(e)) if e.code() == psrpc::ErrorCode::InvalidArgument => {
             Err(CliError::input(format!("--bus {url:?}: {}", e.message())))
         }
         Ok(Err(e)) => Err(CliError::bus(format!(

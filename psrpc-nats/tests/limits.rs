@@ -113,7 +113,7 @@ async fn too_long_topics_fail_fast() {
         let Err(e) = echo_server(sb.clone(), "s", topic).await else {
             panic!("a topic of {} bytes was registered", topic[0].len());
         };
-        assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
         assert!(e.message().contains("4096"), "{e}");
     }
     assert_eq!(before, sent(&sb), "something was sent");
@@ -123,7 +123,7 @@ async fn too_long_topics_fail_fast() {
     for topic in long {
         let t = Instant::now();
         let e = call(&c, topic, 1, String::new()).await.unwrap_err();
-        assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
         assert!(t.elapsed() < Duration::from_secs(1), "not at once");
     }
     assert_eq!(out, sent(&cb), "something was published");
@@ -149,7 +149,7 @@ async fn wildcard_client_ids_refused() {
         )
         .await;
         let e = r.err().unwrap_or_else(|| panic!("{id:?} accepted"));
-        assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{id:?}: {e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{id:?}: {e}");
     }
 }
 
@@ -166,7 +166,7 @@ async fn oversized_call_is_resource_exhausted() {
     let t = Instant::now();
     let e = call(&c, vec![], 1, "x".repeat(max + 1)).await.unwrap_err();
     eprintln!("oversized call failed after {:?}: {e}", t.elapsed());
-    assert_eq!(e.code(), &ErrorCode::ResourceExhausted, "{e}");
+    assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}");
     assert!(!psrpc::middleware::retry::is_retryable(&e));
     assert_eq!(call(&c, vec![], 2, String::new()).await.unwrap().n, 2);
     assert_eq!((connects(&sb), connects(&cb)), (1, 1));
@@ -223,7 +223,7 @@ async fn outage_is_reported() {
     ns.stop();
     until("the bus to notice", async || !cb.is_connected()).await;
     let e = call(&c, vec![], 1, String::new()).await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unavailable, "{e}");
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(e.message().contains("disconnected"), "{e}");
     until("the watch to say so", async || !*watch.borrow()).await;
     ns.restart();

@@ -151,7 +151,7 @@ async fn credentials() {
     let ns = NatsServer::start(&["--user", "u", "--pass", "p"]);
     let t = Instant::now();
     let err = NatsBus::connect(&ns.url()).await.unwrap_err();
-    assert_eq!(err.code(), &ErrorCode::Unavailable);
+    assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(
         err.message().to_lowercase().contains("authorization"),
         "{err:?}"
@@ -175,7 +175,7 @@ async fn credentials() {
     let err = NatsBus::connect(&format!("nats://127.0.0.1:{port}"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), &ErrorCode::Unavailable);
+    assert_eq!(err.code(), ErrorCode::Unavailable);
 }
 
 /// Two prefixes on one server do not hear each other.
@@ -197,7 +197,7 @@ async fn prefixes_isolate() {
     let c0 = client(bus(&ns.url()).await).await;
     assert_eq!(
         call(&c0, 1).await.unwrap_err().code(),
-        &ErrorCode::Unavailable
+        ErrorCode::Unavailable
     );
     let mut seen = 0;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
@@ -469,7 +469,7 @@ async fn q1_foreign_queue_requests_are_handed_back() {
                     served += 1;
                 }
                 Err(e) => {
-                    assert_eq!(e.code(), &ErrorCode::Unavailable, "{e}");
+                    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
                     unavailable += 1;
                 }
             }

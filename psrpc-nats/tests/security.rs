@@ -122,7 +122,7 @@ async fn client_user_calls_but_cannot_serve() {
         .await
         .expect_err("nobody may serve as the client user");
     eprintln!("a call to the client user's server: {err}");
-    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
 
     // No anonymous access.
     assert!(NatsBus::connect(&nats.url()).await.is_err());

@@ -78,7 +78,7 @@ async fn oversized_call_is_resource_exhausted_and_harms_no_one() {
     let t = Instant::now();
     let e = call(&c, vec![], 2, "x".repeat(40 << 20)).await.unwrap_err();
     eprintln!("40 MB call failed after {:?}: {e}", t.elapsed());
-    assert_eq!(e.code(), &ErrorCode::ResourceExhausted, "{e}");
+    assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}");
     assert!(!psrpc::middleware::retry::is_retryable(&e));
 
     for i in 0..10 {
@@ -136,7 +136,7 @@ async fn oversized_response_fails_the_call_at_once() {
         .await
         .unwrap_err();
     // Not deadline_exceeded: the server said why.
-    assert_eq!(e.code(), &ErrorCode::ResourceExhausted, "{e}");
+    assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}");
     let ok: Num = c
         .unary(
             &NORMAL_RPC,
@@ -222,10 +222,10 @@ async fn names_over_the_limits_are_refused() {
     let Err(e) = echo_server(sb.clone(), "s", &long).await else {
         panic!("a topic over the limit was registered");
     };
-    assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
     let c = client(cb.clone()).await;
     let e = call(&c, long, 1, String::new()).await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
     for id in ["*", ">", "a.b", "a b", ""] {
         let r = RpcClient::new(
             Arc::new(cb.clone()),
@@ -234,7 +234,7 @@ async fn names_over_the_limits_are_refused() {
         )
         .await;
         let e = r.err().unwrap_or_else(|| panic!("{id:?} accepted"));
-        assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{id:?}: {e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{id:?}: {e}");
     }
 }
 
@@ -254,7 +254,7 @@ async fn outage_is_reported() {
     until("the bus to notice", async || !cb.is_connected()).await;
     assert!(!*watch.borrow());
     let e = call(&c, vec![], 1, String::new()).await.unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::Unavailable, "{e}");
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(e.message().contains("disconnected"), "{e}");
     rs.restart();
     until("the bus to reconnect", async || cb.is_connected()).await;

@@ -303,7 +303,7 @@ async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, Rp
 async fn password_protected_server() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let err = RedisBus::connect(&server.url()).await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::Unavailable);
+    assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(err.message().contains("redis"), "{}", err.message());
     assert!(
         err.message().to_lowercase().contains("auth"),
@@ -312,7 +312,7 @@ async fn password_protected_server() {
     );
     let bad = format!("redis://:wrong@127.0.0.1:{}", server.port);
     assert_eq!(
-        *RedisBus::connect(&bad).await.unwrap_err().code(),
+        RedisBus::connect(&bad).await.unwrap_err().code(),
         ErrorCode::Unavailable
     );
 
@@ -342,10 +342,10 @@ async fn unreachable_server_fails_at_construction() {
     server.stop();
     let start = Instant::now();
     let err = RedisBus::connect(&url).await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::Unavailable);
+    assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(start.elapsed() < Duration::from_secs(5));
     let err = RedisBus::connect("not a url").await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::Unavailable);
+    assert_eq!(err.code(), ErrorCode::Unavailable);
 }
 
 /// Two prefixes on one Redis never hear each other, fan-out or queue, bus

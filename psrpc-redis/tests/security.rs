@@ -88,7 +88,7 @@ async fn client_user_calls_but_cannot_serve() {
         .await
         .expect_err("nobody may serve as the client user");
     eprintln!("a call to the client user's server: {err}");
-    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
 
     // The unauthenticated default user is off.
     assert!(

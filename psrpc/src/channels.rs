@@ -317,7 +317,7 @@ mod tests {
         }
         for bad in ["", "*", ">", "a.b", "a b", "a\tb", "a\rb", "x*", "\u{0}"] {
             let e = check_client_id(bad).unwrap_err();
-            assert_eq!(e.code(), &crate::ErrorCode::InvalidArgument, "{bad:?}");
+            assert_eq!(e.code(), crate::ErrorCode::InvalidArgument, "{bad:?}");
         }
     }
 

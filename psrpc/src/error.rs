@@ -10,7 +10,7 @@ use prost_types::Any;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A psrpc error code. Its wire form is the string of [`ErrorCode::as_str`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
     /// No error (the empty string on the wire).
@@ -59,9 +59,10 @@ pub enum ErrorCode {
     UpstreamServerError,
     /// `upstream_client_error`.
     UpstreamClientError,
-    /// A code string this library does not know; kept as received so it
-    /// travels on unchanged. Maps like `unknown`.
-    Other(String),
+    /// A code string this library does not know. The [`Error`] that
+    /// carries it keeps the string as it arrived ([`Error::wire_code`]), so
+    /// it travels on unchanged. Maps like `unknown`.
+    Unrecognized,
 }
 
 /// gRPC status codes, numbered as in the gRPC specification.
@@ -144,7 +145,9 @@ impl ErrorCode {
     ];
 
     /// The code's string on the wire (`Response.code`, `StreamClose.code`).
-    pub fn as_str(&self) -> &str {
+    /// [`ErrorCode::Unrecognized`] has no string of its own: it reads
+    /// `unknown` here, and the error keeps the string it arrived with.
+    pub fn as_str(&self) -> &'static str {
         use ErrorCode::*;
         match self {
             Ok => "",
@@ -170,18 +173,18 @@ impl ErrorCode {
             UnprocessableEntity => "unprocessable_entity",
             UpstreamServerError => "upstream_server_error",
             UpstreamClientError => "upstream_client_error",
-            Other(s) => s,
+            Unrecognized => "unknown",
         }
     }
 
     /// Parses a wire code string. The empty string is [`ErrorCode::Ok`];
-    /// unknown strings are kept in [`ErrorCode::Other`].
+    /// a string this library does not know is [`ErrorCode::Unrecognized`].
     pub fn from_wire(s: &str) -> Self {
         Self::ALL
             .iter()
             .find(|c| c.as_str() == s)
-            .cloned()
-            .unwrap_or_else(|| ErrorCode::Other(s.to_owned()))
+            .copied()
+            .unwrap_or(ErrorCode::Unrecognized)
     }
 
     /// The HTTP status a gateway should answer with (Go psrpc HEAD).
@@ -191,7 +194,7 @@ impl ErrorCode {
             Ok => 200,
             Canceled | DeadlineExceeded | Unavailable => 503,
             MalformedRequest | InvalidArgument => 400,
-            MalformedResponse | Unknown | Internal | DataLoss | Other(_) => 500,
+            MalformedResponse | Unknown | Internal | DataLoss | Unrecognized => 500,
             NotFound => 404,
             NotAcceptable => 406,
             AlreadyExists | Aborted => 409,
@@ -217,7 +220,7 @@ impl ErrorCode {
             MalformedResponse | Internal | UpstreamServerError => GrpcCode::Internal,
             DeadlineExceeded => GrpcCode::DeadlineExceeded,
             Unavailable => GrpcCode::Unavailable,
-            Unknown | NotAcceptable | UnprocessableEntity | Other(_) => GrpcCode::Unknown,
+            Unknown | NotAcceptable | UnprocessableEntity | Unrecognized => GrpcCode::Unknown,
             NotFound => GrpcCode::NotFound,
             AlreadyExists => GrpcCode::AlreadyExists,
             PermissionDenied => GrpcCode::PermissionDenied,
@@ -271,6 +274,8 @@ impl fmt::Display for ErrorCode {
 #[derive(Clone)]
 pub struct Error {
     code: ErrorCode,
+    /// The code string as it arrived, when this library does not know it.
+    unrecognized: Option<Arc<str>>,
     message: String,
     details: Vec<Any>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
@@ -281,6 +286,7 @@ impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code,
+            unrecognized: None,
             message: message.into(),
             details: Vec::new(),
             source: None,
@@ -294,6 +300,7 @@ impl Error {
     {
         Error {
             code,
+            unrecognized: None,
             message: source.to_string(),
             details: Vec::new(),
             source: Some(Arc::new(source)),
@@ -325,8 +332,16 @@ impl Error {
     }
 
     /// The error code.
-    pub fn code(&self) -> &ErrorCode {
-        &self.code
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The code as it travels on the wire: [`ErrorCode::as_str`], or for
+    /// an [`ErrorCode::Unrecognized`] code the string it arrived with.
+    pub fn wire_code(&self) -> &str {
+        self.unrecognized
+            .as_deref()
+            .unwrap_or_else(|| self.code.as_str())
     }
 
     /// The message, without the code.
@@ -362,24 +377,118 @@ impl Error {
     pub fn from_grpc_status(code: GrpcCode, message: impl Into<String>, details: Vec<Any>) -> Self {
         Error {
             code: ErrorCode::from_grpc(code),
+            unrecognized: None,
             message: message.into(),
             details,
             source: None,
         }
     }
 
-    /// Rebuilds the error a peer sent (as Go does): an empty code becomes `unknown`.
-    pub(crate) fn from_wire(code: &str, message: String, details: Vec<Any>) -> Self {
-        let code = match ErrorCode::from_wire(code) {
+    /// The error a peer sent with this code string, message and details
+    /// (as Go reads them): an empty code becomes `unknown`; a code this
+    /// library does not know is kept as it arrived ([`Error::wire_code`]),
+    /// with [`ErrorCode::Unrecognized`] as its code.
+    pub fn from_wire(wire: &str, message: impl Into<String>, details: Vec<Any>) -> Self {
+        let code = match ErrorCode::from_wire(wire) {
             ErrorCode::Ok => ErrorCode::Unknown,
             c => c,
         };
         Error {
             code,
-            message,
+            unrecognized: (code == ErrorCode::Unrecognized).then(|| Arc::from(wire)),
+            message: message.into(),
             details,
             source: None,
         }
+    }
+
+    /// An error with code [`ErrorCode::Canceled`].
+    pub fn canceled(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Canceled, message)
+    }
+    /// An error with code [`ErrorCode::MalformedRequest`].
+    pub fn malformed_request(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::MalformedRequest, message)
+    }
+    /// An error with code [`ErrorCode::MalformedResponse`].
+    pub fn malformed_response(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::MalformedResponse, message)
+    }
+    /// An error with code [`ErrorCode::DeadlineExceeded`].
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::DeadlineExceeded, message)
+    }
+    /// An error with code [`ErrorCode::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unavailable, message)
+    }
+    /// An error with code [`ErrorCode::Unknown`].
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unknown, message)
+    }
+    /// An error with code [`ErrorCode::InvalidArgument`].
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::InvalidArgument, message)
+    }
+    /// An error with code [`ErrorCode::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::NotFound, message)
+    }
+    /// An error with code [`ErrorCode::NotAcceptable`].
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::NotAcceptable, message)
+    }
+    /// An error with code [`ErrorCode::AlreadyExists`].
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::AlreadyExists, message)
+    }
+    /// An error with code [`ErrorCode::PermissionDenied`].
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::PermissionDenied, message)
+    }
+    /// An error with code [`ErrorCode::ResourceExhausted`].
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::ResourceExhausted, message)
+    }
+    /// An error with code [`ErrorCode::FailedPrecondition`].
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::FailedPrecondition, message)
+    }
+    /// An error with code [`ErrorCode::Aborted`].
+    pub fn aborted(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Aborted, message)
+    }
+    /// An error with code [`ErrorCode::OutOfRange`].
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::OutOfRange, message)
+    }
+    /// An error with code [`ErrorCode::Unimplemented`].
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unimplemented, message)
+    }
+    /// An error with code [`ErrorCode::Internal`].
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Internal, message)
+    }
+    /// An error with code [`ErrorCode::DataLoss`].
+    pub fn data_loss(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::DataLoss, message)
+    }
+    /// An error with code [`ErrorCode::Unauthenticated`].
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unauthenticated, message)
+    }
+    /// An error with code [`ErrorCode::UnprocessableEntity`].
+    pub fn unprocessable_entity(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::UnprocessableEntity, message)
+    }
+    /// An error with code [`ErrorCode::UpstreamServerError`].
+    pub fn upstream_server_error(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::UpstreamServerError, message)
+    }
+    /// An error with code [`ErrorCode::UpstreamClientError`].
+    pub fn upstream_client_error(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::UpstreamClientError, message)
     }
 
     /// `canceled` "request canceled".
@@ -394,8 +503,9 @@ impl Error {
     pub fn no_response() -> Self {
         Error::new(ErrorCode::Unavailable, "no response from servers")
     }
-    /// `unimplemented` "method is not implemented".
-    pub fn unimplemented() -> Self {
+    /// `unimplemented` "method is not implemented": what a server answers
+    /// for a method it does not implement.
+    pub fn method_not_implemented() -> Self {
         Error::new(ErrorCode::Unimplemented, "method is not implemented")
     }
     /// `unavailable` "EOF": a stream closed by a server that shut down.
@@ -434,14 +544,16 @@ impl PartialEq for Error {
     /// Two errors are equal when code, message and details are (the source is
     /// local and not compared).
     fn eq(&self, other: &Self) -> bool {
-        self.code == other.code && self.message == other.message && self.details == other.details
+        self.wire_code() == other.wire_code()
+            && self.message == other.message
+            && self.details == other.details
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("code", &self.code.as_str())
+        d.field("code", &self.wire_code())
             .field("message", &self.message);
         if !self.details.is_empty() {
             d.field("details", &self.details);
@@ -453,9 +565,14 @@ impl fmt::Debug for Error {
     }
 }
 
+/// `code: message`, as `not_found: no such room` (the message alone when
+/// the code is empty).
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self.wire_code() {
+            "" => f.write_str(&self.message),
+            code => write!(f, "{code}: {}", self.message),
+        }
     }
 }
 
@@ -464,6 +581,106 @@ impl std::error::Error for Error {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    /// `internal`, keeping the decode error as the source (as tonic maps it).
+    fn from(e: prost::DecodeError) -> Self {
+        Error::wrap(ErrorCode::Internal, e)
+    }
+}
+
+impl From<prost::EncodeError> for Error {
+    /// `internal`, keeping the encode error as the source.
+    fn from(e: prost::EncodeError) -> Self {
+        Error::wrap(ErrorCode::Internal, e)
+    }
+}
+
+impl From<tokio::time::error::Elapsed> for Error {
+    /// `deadline_exceeded`, keeping the timeout as the source.
+    fn from(e: tokio::time::error::Elapsed) -> Self {
+        Error::wrap(ErrorCode::DeadlineExceeded, e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    /// The code that says what happened, keeping the I/O error as the
+    /// source: a refused, reset or lost connection is `unavailable` (so a
+    /// retry policy can act on it), a timeout `deadline_exceeded`, bad
+    /// input `invalid_argument`, and so on; anything else `internal`.
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        let code = match e.kind() {
+            NotFound => ErrorCode::NotFound,
+            PermissionDenied => ErrorCode::PermissionDenied,
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            | AddrNotAvailable | HostUnreachable | NetworkUnreachable | NetworkDown => {
+                ErrorCode::Unavailable
+            }
+            TimedOut => ErrorCode::DeadlineExceeded,
+            AlreadyExists => ErrorCode::AlreadyExists,
+            InvalidInput | InvalidData => ErrorCode::InvalidArgument,
+            Unsupported => ErrorCode::Unimplemented,
+            OutOfMemory | StorageFull | QuotaExceeded => ErrorCode::ResourceExhausted,
+            UnexpectedEof => ErrorCode::DataLoss,
+            Interrupted => ErrorCode::Canceled,
+            _ => ErrorCode::Internal,
+        };
+        Error::wrap(code, e)
+    }
+}
+
+/// Conversions to and from `tonic::Status` (feature `tonic`).
+#[cfg(feature = "tonic")]
+mod tonic_status {
+    use prost::Message;
+    use prost_types::Any;
+
+    use super::{Error, GrpcCode};
+
+    /// `google.rpc.Status`: how gRPC carries an error's details (in the
+    /// `grpc-status-details-bin` trailer, which is `tonic::Status::details`).
+    #[derive(Clone, PartialEq, Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<Any>,
+    }
+
+    impl From<Error> for tonic::Status {
+        /// The gRPC code of the error's code ([`Error::grpc_code`]), its
+        /// message, and its details as a `google.rpc.Status`.
+        fn from(e: Error) -> Self {
+            let code = tonic::Code::from_i32(e.grpc_code() as i32);
+            if e.details.is_empty() {
+                return tonic::Status::new(code, e.message);
+            }
+            let status = RpcStatus {
+                code: code as i32,
+                message: e.message.clone(),
+                details: e.details,
+            };
+            tonic::Status::with_details(code, e.message, status.encode_to_vec().into())
+        }
+    }
+
+    impl From<tonic::Status> for Error {
+        /// The psrpc code of the status's gRPC code
+        /// ([`ErrorCode::from_grpc`](super::ErrorCode::from_grpc)), its
+        /// message, the details of its `google.rpc.Status` (none if they do
+        /// not decode), and the status itself as the source.
+        fn from(s: tonic::Status) -> Self {
+            let details = RpcStatus::decode(s.details())
+                .map(|r| r.details)
+                .unwrap_or_default();
+            let code = GrpcCode::from_i32(s.code() as i32).unwrap_or(GrpcCode::Unknown);
+            Error::from_grpc_status(code, s.message(), details).with_source(s)
+        }
     }
 }
 
@@ -502,7 +719,8 @@ mod tests {
         assert_eq!(table.len(), ErrorCode::ALL.len() + 1);
         for &(s, http, grpc) in table {
             let c = ErrorCode::from_wire(s);
-            assert_eq!(c.as_str(), s);
+            let want = if s.is_empty() { "unknown" } else { s };
+            assert_eq!(Error::from_wire(s, "m", vec![]).wire_code(), want);
             assert_eq!(c.http_status(), http, "{s}");
             assert_eq!(c.grpc_code() as i32, grpc, "{s}");
         }
@@ -521,9 +739,9 @@ mod tests {
 
     #[test]
     fn empty_wire_code_is_unknown() {
-        let e = Error::from_wire("", "boom".into(), vec![]);
-        assert_eq!(e.code(), &ErrorCode::Unknown);
-        assert_eq!(e.to_string(), "boom");
+        let e = Error::from_wire("", "boom", vec![]);
+        assert_eq!(e.code(), ErrorCode::Unknown);
+        assert_eq!(e.to_string(), "unknown: boom");
     }
 
     #[test]
@@ -533,5 +751,69 @@ mod tests {
         assert_eq!(e.message(), "disk on fire");
         let src = std::error::Error::source(&e).expect("source");
         assert_eq!(src.to_string(), "disk on fire");
+    }
+
+    #[test]
+    fn display_shows_the_code() {
+        assert_eq!(
+            Error::not_found("no such room").to_string(),
+            "not_found: no such room"
+        );
+        let e = Error::from_wire("teapot", "short and stout", vec![]);
+        assert_eq!(e.to_string(), "teapot: short and stout");
+        assert_eq!(
+            (e.code(), e.wire_code()),
+            (ErrorCode::Unrecognized, "teapot")
+        );
+        assert_eq!(e.grpc_code(), GrpcCode::Unknown);
+    }
+
+    #[test]
+    fn named_constructors_carry_their_code() {
+        assert_eq!(
+            Error::invalid_argument("x").code(),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(Error::unavailable("x").code(), ErrorCode::Unavailable);
+        assert_eq!(
+            Error::upstream_client_error("x").code(),
+            ErrorCode::UpstreamClientError
+        );
+        assert_eq!(Error::internal("boom").message(), "boom");
+    }
+
+    #[test]
+    fn conversions_keep_the_source_and_say_what_happened() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = Error::from(io);
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(std::error::Error::source(&e).is_some());
+        let e: Error = <prost_types::Any as prost::Message>::decode(&b"\xff"[..])
+            .unwrap_err()
+            .into();
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn tonic_status_round_trip_with_details() {
+        let detail = prost_types::Duration {
+            seconds: 7,
+            nanos: 0,
+        };
+        let e = Error::failed_precondition("not yet").with_detail(&detail);
+        let status = tonic::Status::from(e.clone());
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.message(), "not yet");
+        assert!(!status.details().is_empty());
+        let back = Error::from(status);
+        assert_eq!(back, e);
+        assert_eq!(back.detail::<prost_types::Duration>(), Some(detail));
+        assert!(std::error::Error::source(&back).is_some());
+        // A status without details, and a code psrpc names differently.
+        let back = Error::from(tonic::Status::not_found("gone"));
+        assert_eq!((back.code(), back.message()), (ErrorCode::NotFound, "gone"));
+        assert!(back.details().is_empty());
     }
 }

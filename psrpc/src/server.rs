@@ -1265,7 +1265,7 @@ where
             Ok(()) => {}
             // A response the bus cannot carry: the caller gets that error
             // at once rather than waiting for its deadline.
-            Err(e) if e.code() == &ErrorCode::ResourceExhausted => {
+            Err(e) if e.code() == ErrorCode::ResourceExhausted => {
                 let err = Error::new(
                     ErrorCode::ResourceExhausted,
                     format!("the response cannot be sent: {}", e.message()),
@@ -1291,11 +1291,11 @@ where
             Err(e) => {
                 // An error never travels as code "" (that reads as no code),
                 // nor with an empty message (that reads as success, Q7).
-                let code = match e.code() {
-                    ErrorCode::Ok => &ErrorCode::Unknown,
-                    c => c,
-                };
-                r.code = code.as_str().to_owned();
+                r.code = match e.code() {
+                    ErrorCode::Ok => ErrorCode::Unknown.as_str(),
+                    _ => e.wire_code(),
+                }
+                .to_owned();
                 r.error = if e.message().is_empty() {
                     r.code.clone()
                 } else {
@@ -1508,7 +1508,7 @@ mod tests {
             .timeout(Duration::from_secs(2))
             .await
             .expect_err("nobody announced");
-        assert_eq!(e.code(), &ErrorCode::Unavailable);
+        assert_eq!(e.code(), ErrorCode::Unavailable);
         assert_eq!(ran.load(Ordering::SeqCst), 0, "the handler ran unannounced");
         s.shutdown().await;
     }

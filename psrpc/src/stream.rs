@@ -522,7 +522,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         let now = wire::now_ns();
         let code = match cause.code() {
             ErrorCode::Ok => ErrorCode::Unknown.as_str().to_owned(),
-            c => c.as_str().to_owned(),
+            _ => cause.wire_code().to_owned(),
         };
         self.bus.compression().encode(&wire::Stream {
             stream_id: self.stream_id.clone(),

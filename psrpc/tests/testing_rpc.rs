@@ -132,10 +132,10 @@ async fn unary_call_fails_while_the_bus_loses_everything() {
     rate.set(1.0); // an outage
     // No server claims the request in time...
     let err = call(&client, &ECHO, "b").await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::Unavailable, "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     // ...and without the claim handshake the call runs into its deadline.
     let err = call(&client, &ECHO_NO_CLAIM, "b").await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::DeadlineExceeded, "{err}");
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
 
     rate.set(0.0); // and recovery
     assert_eq!(call(&client, &ECHO, "c").await.unwrap(), "echo c");
@@ -166,7 +166,7 @@ async fn channel_filter_loses_only_responses() {
     .await
     .unwrap();
     let err = call(&client, &ECHO, "x").await.unwrap_err();
-    assert_eq!(*err.code(), ErrorCode::DeadlineExceeded, "{err}");
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded, "{err}");
     rate.set(0.0);
     assert_eq!(call(&client, &ECHO, "y").await.unwrap(), "echo y");
     server.shutdown().await;
@@ -193,7 +193,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
         .timeout(Duration::from_millis(200))
         .await
         .expect_err("the publish never ends");
-    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -205,7 +205,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
         .timeout(Duration::from_millis(200))
         .await
         .expect_err("the open's publish never ends");
-    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",

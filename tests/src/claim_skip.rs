@@ -461,7 +461,7 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
         .await
         .unwrap();
     let e = call.await.unwrap().expect_err("error response");
-    assert_eq!((e.code(), e.message()), (&ErrorCode::NotFound, "nope"));
+    assert_eq!((e.code(), e.message()), (ErrorCode::NotFound, "nope"));
 
     // Announced and never answered: the request timeout, not the
     // selection timeout, ends the call.
@@ -487,7 +487,7 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
     let e = call.await.unwrap().expect_err("no response");
     assert_eq!(
         (e.code(), e.message()),
-        (&ErrorCode::DeadlineExceeded, "request timed out")
+        (ErrorCode::DeadlineExceeded, "request timed out")
     );
     // Past the 1 s selection timeout: the announcement ended selection.
     assert!(started.elapsed() >= Duration::from_millis(2500));
@@ -619,7 +619,7 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
     assert_eq!(
         (e.code(), e.message()),
         (
-            &ErrorCode::InvalidArgument,
+            ErrorCode::InvalidArgument,
             "NormalRPC: affinity function is not valid on a queue rpc"
         )
     );
@@ -667,7 +667,7 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
         assert_eq!(
             (e.code(), e.message()),
             (
-                &ErrorCode::InvalidArgument,
+                ErrorCode::InvalidArgument,
                 "NormalRPC: affinity selection is not valid on a queue rpc"
             )
         );

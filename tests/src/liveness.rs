@@ -175,10 +175,10 @@ pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Durat
     assert!(end.is_none(), "nothing more from a dead server");
     assert!(st.is_closed());
     let err = st.err().expect("a cause");
-    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     // And a send fails at once with that cause.
     let sent = st.send(Num::default()).await.expect_err("closed");
-    assert_eq!(sent.code(), &ErrorCode::Unavailable);
+    assert_eq!(sent.code(), ErrorCode::Unavailable);
     took
 }
 
@@ -218,7 +218,7 @@ async fn server_sees_end(
         panic!("the stream should have ended");
     };
     let err = err.expect("a cause");
-    assert_eq!(err.code(), &ErrorCode::Unavailable, "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     at.saturating_duration_since(killed)
 }
 
@@ -296,7 +296,7 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
         .expect("the client learns that its server died");
     assert!(end.is_none());
     assert!(st.is_closed());
-    assert_eq!(st.err().unwrap().code(), &ErrorCode::Unavailable);
+    assert_eq!(st.err().unwrap().code(), ErrorCode::Unavailable);
     killed.elapsed()
 }
 

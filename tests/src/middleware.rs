@@ -77,7 +77,7 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
             let logged = logged.clone();
             async move {
                 let r = next.run(ctx, req).await;
-                *logged.lock().unwrap() = r.as_ref().err().map(|e| e.code().clone());
+                *logged.lock().unwrap() = r.as_ref().err().map(|e| e.code());
                 r
             }
         }
@@ -116,7 +116,7 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
         .unary::<Num, Num>(&UNARY, vec![], num(1, ""))
         .await
         .expect_err("the panic is an error");
-    assert_eq!(e.code(), &ErrorCode::Internal);
+    assert_eq!(e.code(), ErrorCode::Internal);
     assert!(e.message().starts_with("Caught server panic"), "{e}");
     assert!(e.message().contains("handler panics on purpose"), "{e}");
     assert_eq!(*trace.lock().unwrap(), "1234321");
@@ -168,7 +168,7 @@ pub async fn interceptors_client_order(f: &dyn BusFactory) {
         .await
         .expect_err("the server's error");
     assert_eq!(*trace.lock().unwrap(), "1234321");
-    assert_eq!(e.code(), &ErrorCode::NotFound);
+    assert_eq!(e.code(), ErrorCode::NotFound);
     assert_eq!(e.message(), "no response; saw k1,k2,k3");
     s.shutdown().await;
 }
@@ -338,7 +338,7 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
         )
         .await
         .expect_err("wrong type");
-    assert_eq!(e.code(), &ErrorCode::Internal);
+    assert_eq!(e.code(), ErrorCode::Internal);
     s.shutdown().await;
 }
 
@@ -386,7 +386,7 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
         .unary::<Num, Num>(&UNARY, vec![], num(1, "always"))
         .await
         .expect_err("gives up");
-    assert_eq!((e.code(), e.message()), (&ErrorCode::Unavailable, "busy"));
+    assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "busy"));
     assert_eq!(calls.swap(0, Ordering::SeqCst), 3, "exactly the bound");
     let ok = c
         .unary::<Num, Num>(&UNARY, vec![], num(2, "once"))
@@ -398,7 +398,7 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
         .unary::<Num, Num>(&UNARY, vec![], num(3, "fatal"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), &ErrorCode::InvalidArgument);
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
     s.shutdown().await;
 }
@@ -806,7 +806,7 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
         match r {
             Ok(()) => acked += 1,
             Err(e) => {
-                assert_eq!(e.code(), &ErrorCode::DeadlineExceeded, "{e}");
+                assert_eq!(e.code(), ErrorCode::DeadlineExceeded, "{e}");
                 timed_out += 1;
             }
         }

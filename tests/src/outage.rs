@@ -61,7 +61,7 @@ pub async fn calls_through_restart(
                         counts.recovered.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code().clone())));
+                outcomes.push((t, t.elapsed(), r.map(|_| ()).map_err(|e| e.code())));
                 if failed {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

@@ -90,7 +90,7 @@ pub async fn stream_ping_pong(f: &dyn BusFactory) {
     }
     st.close(None).await.expect("close");
     let server_err = recv(&mut done).await.expect("server sees a cause");
-    assert_eq!(server_err.code(), &ErrorCode::Canceled);
+    assert_eq!(server_err.code(), ErrorCode::Canceled);
     assert_eq!(server_err.message(), "stream closed");
     // A second close returns the first cause and sends nothing.
     let again = st.close(None).await.expect_err("closed already");
@@ -194,7 +194,7 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
         "stream ends"
     );
     let err = st.err().expect("closed with the handler's error");
-    assert_eq!(err.code(), &ErrorCode::FailedPrecondition);
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
     assert_eq!(err.message(), "handler refused");
     let send_err = st.send(num(1, "")).await.expect_err("closed");
     assert_eq!(send_err.message(), "handler refused");
@@ -209,7 +209,7 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
     .await
     .unwrap();
     let cause = recv(&mut seen).await.expect("server sees a cause");
-    assert_eq!(cause.code(), &ErrorCode::ResourceExhausted);
+    assert_eq!(cause.code(), ErrorCode::ResourceExhausted);
     assert_eq!(cause.message(), "client is done");
     s.shutdown().await;
 }
@@ -261,7 +261,7 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
     }
     assert_eq!(acked, BUFFER, "exactly the buffer is accepted");
     let e = failure.expect("a send past the buffer fails");
-    assert_eq!(e.code(), &ErrorCode::DeadlineExceeded);
+    assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
     assert!(!st.is_closed(), "a slow receiver does not close the stream");
     release_tx.send(true).unwrap();
     let read = tokio::time::timeout(WAIT, st.recv())
@@ -423,7 +423,7 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
                 "stream ends"
             );
             let e = st.err().unwrap();
-            assert_eq!((e.code(), e.message()), (&ErrorCode::Unavailable, "EOF"));
+            assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "EOF"));
         }
         for _ in 0..2 {
             let e = recv(&mut done).await.expect("handler stream ended");
@@ -437,7 +437,7 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
             .stream::<Num, Num>(&PING_PONG, vec![])
             .await
             .expect_err("no server");
-        assert_eq!(e.code(), &ErrorCode::Unavailable);
+        assert_eq!(e.code(), ErrorCode::Unavailable);
     }
 }
 
@@ -450,7 +450,7 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
         .stream::<Num, Num>(&PING_PONG, vec![])
         .await
         .expect_err("no server");
-    assert_eq!(e.code(), &ErrorCode::Unavailable);
+    assert_eq!(e.code(), ErrorCode::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(2500));
 
     let s = server(f, "stream_topics", f.server_options()).await;
@@ -638,9 +638,9 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
         .send_timeout(num(1, "not a number"), Duration::from_secs(2))
         .await
         .expect_err("not acknowledged");
-    assert_eq!(e.code(), &ErrorCode::MalformedRequest, "{e}");
+    assert_eq!(e.code(), ErrorCode::MalformedRequest, "{e}");
     let server_side = recv(&mut done).await.unwrap();
-    assert_eq!(server_side.code(), &ErrorCode::MalformedRequest);
+    assert_eq!(server_side.code(), ErrorCode::MalformedRequest);
     assert!(
         tokio::time::timeout(WAIT, st.recv())
             .await

@@ -107,7 +107,7 @@ impl Scenario<'_> {
         r: psrpc::Result<T>,
         code: ErrorCode,
     ) -> Result<Error, BoxError> {
-        let e = expect_code(case, r, code.clone())?;
+        let e = expect_code(case, r, code)?;
         self.narrator.say(format!(
             "  rejected as expected: {case} -> {}: {}",
             code.as_str(),

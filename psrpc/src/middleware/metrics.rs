@@ -367,7 +367,7 @@ mod facade {
     }
 
     fn outcome(error: Option<&Error>) -> String {
-        error.map_or_else(|| "ok".to_owned(), |e| e.code().as_str().to_owned())
+        error.map_or_else(|| "ok".to_owned(), |e| e.wire_code().to_owned())
     }
 
     impl MetricsObserver for MetricsFacade {

@@ -128,7 +128,7 @@ fn finish<T>(span: &mut global::BoxedSpan, res: &Result<T>) {
         Err(e) => {
             span.set_attribute(KeyValue::new(
                 "rpc.psrpc.status_code",
-                e.code().as_str().to_owned(),
+                e.wire_code().to_owned(),
             ));
             span.set_attribute(KeyValue::new("rpc.grpc.status_code", e.grpc_code() as i64));
             span.set_status(Status::error(e.message().to_owned()));

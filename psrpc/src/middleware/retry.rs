@@ -342,7 +342,7 @@ mod tests {
         assert!(res.is_ok());
         assert_eq!(seen, vec![Some(MS(100)), Some(MS(300)), Some(MS(500))]);
         let (seen, res) = run_stream(vec![timeout(), timeout(), timeout(), None]).await;
-        assert_eq!(res.unwrap_err().code(), &ErrorCode::DeadlineExceeded);
+        assert_eq!(res.unwrap_err().code(), ErrorCode::DeadlineExceeded);
         assert_eq!(seen.len(), 3, "bounded");
         let (seen, res) = run_stream(vec![Some(Error::stream_eof()), None]).await;
         assert_eq!(res.unwrap_err().message(), "EOF");
@@ -360,7 +360,7 @@ mod tests {
             (ErrorCode::InvalidArgument, false),
         ] {
             assert_eq!(
-                is_retryable(&Error::new(code.clone(), "x")),
+                is_retryable(&Error::new(code, "x")),
                 retry,
                 "{code:?}"
             );

@@ -181,7 +181,7 @@ fn record<T>(span: &tracing::Span, res: &Result<T>) {
         }
         Err(e) => {
             span.record("otel.status_code", "ERROR");
-            span.record("rpc.psrpc.status_code", e.code().as_str());
+            span.record("rpc.psrpc.status_code", e.wire_code());
             tracing::debug!(parent: span, error = %e, "psrpc call failed");
         }
     }
