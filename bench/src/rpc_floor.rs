@@ -218,3 +218,51 @@ impl Call {
             .remove(request_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psrpc::LocalBus;
+
+    /// The floor makes real round trips: every call gets its own response
+    /// (the seq check), from any of the servers, sequentially and
+    /// concurrently, plain and compressed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_round_trip() {
+        let bus: DynBus = Arc::new(LocalBus::new());
+        let servers = vec![bus.clone(); 3];
+        for (conc, quality) in [(1, 0), (8, 0), (8, 6)] {
+            let opts = RpcFloor {
+                payload: crate::payload::text_payload(4096),
+                client_id: "c".into(),
+                compression: CompressionOptions::default().with_quality(quality),
+            };
+            let d = Duration::from_millis(300);
+            let s = measure_rpc_floor(&opts, conc, d, &bus, &servers).await;
+            assert_eq!(s.errors, 0, "{:?}", s.first_error);
+            assert!(s.n > 10, "{} calls", s.n);
+        }
+    }
+
+    /// A request that does not decode gets no answer (its caller times out
+    /// and counts an error); a good one is answered under its request id.
+    #[test]
+    fn garbage_gets_no_answer() {
+        let c = CompressionOptions::default();
+        assert!(serve(Bytes::from_static(b"\xff\xff"), "s", c).is_none());
+        let req = Request {
+            request_id: "r1".into(),
+            raw_request: Req {
+                seq: 7,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+            ..Default::default()
+        };
+        let res =
+            wire::decode_envelope::<Response>(serve(c.encode(&req), "s", c).unwrap()).unwrap();
+        assert_eq!(res.request_id, "r1");
+        assert_eq!(Res::decode(res.raw_response).unwrap().seq, 7);
+    }
+}
