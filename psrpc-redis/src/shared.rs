@@ -1,0 +1,94 @@
+//! What the bus's tasks share: the subscribers by Redis channel, the queue
+//! lock connection, the connection state and the drop tally.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use psrpc::bus::Members as Subscribers;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::locks::Locks;
+
+/// Locks `m`, ignoring poisoning (no code panics while holding these locks).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the reader, the manager and every handle need.
+pub(crate) struct Shared {
+    /// The local subscribers by full Redis channel name.
+    channels: Mutex<HashMap<String, Arc<Subscribers>>>,
+    pub(crate) drops: Arc<psrpc::drops::Drops>,
+    pub(crate) locks: Locks,
+    /// The largest message published or delivered.
+    pub(crate) max_message: usize,
+    /// Whether the pub/sub connection is up.
+    pub(crate) connected: tokio::sync::watch::Sender<bool>,
+    pub(crate) reconnects: AtomicU64,
+    /// Why the connection is down (the last error seen).
+    last_error: Mutex<Error>,
+    /// Cancelled by [`RedisBus::close`](crate::RedisBus::close).
+    pub(crate) closed: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(locks: Locks, max_message: usize) -> Self {
+        Shared {
+            channels: Mutex::new(HashMap::new()),
+            drops: Arc::default(),
+            locks,
+            max_message,
+            connected: tokio::sync::watch::Sender::new(true),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(Error::ConnectionLost),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// The pub/sub connection is down: logs it and tells the watchers.
+    pub(crate) fn lost(&self, why: Error) {
+        tracing::debug!(error = %why, "redis bus: connection down");
+        let text = why.to_string();
+        *lock(&self.last_error) = why;
+        if self
+            .connected
+            .send_if_modified(|v| std::mem::replace(v, false))
+        {
+            tracing::warn!(error = text, "redis bus: connection lost, reconnecting");
+        }
+    }
+
+    /// The pub/sub connection is back, its channels subscribed again.
+    pub(crate) fn restored(&self) {
+        if self
+            .connected
+            .send_if_modified(|v| !std::mem::replace(v, true))
+        {
+            let n = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(reconnects = n, "redis bus: reconnected");
+        }
+    }
+
+    /// Why the connection is down.
+    pub(crate) fn last_error(&self) -> Error {
+        lock(&self.last_error).clone()
+    }
+
+    pub(crate) fn routes(&self) -> MutexGuard<'_, HashMap<String, Arc<Subscribers>>> {
+        lock(&self.channels)
+    }
+
+    pub(crate) fn get(&self, channel: &str) -> Option<Arc<Subscribers>> {
+        self.routes().get(channel).cloned()
+    }
+
+    pub(crate) fn contains(&self, channel: &str) -> bool {
+        self.routes().contains_key(channel)
+    }
+
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.routes().keys().cloned().collect()
+    }
+}
