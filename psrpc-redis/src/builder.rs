@@ -1,7 +1,7 @@
 //! [`RedisBusBuilder`]: every option of the bus, then the connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 
 use futures::future::BoxFuture;
 use redis::IntoConnectionInfo;
@@ -10,13 +10,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::mpsc;
 
-use crate::bus::{Inner, RedisBus};
+use crate::bus::RedisBus;
 use crate::error::Error;
 use crate::locks::Locks;
 use crate::publish::{PUBLISH_QUEUE, writer};
 use crate::pubsub::manager;
 use crate::shared::Shared;
 use crate::topology::{CONNECT_TIMEOUT, Managed, Topology, within};
+use crate::transport::RedisTransport;
 
 /// The largest message the bus publishes or delivers by default: well below
 /// Redis' default 32 MB hard limit on a pub/sub client's output buffer.
@@ -237,16 +238,15 @@ impl RedisBusBuilder {
             tokio::spawn(writer(publish_rx, publisher.clone(), drops)),
             tokio::spawn(manager(topology, publisher, pubsub, cmd_rx, shared.clone())),
         ];
-        Ok(RedisBus::from_inner(Inner {
+        let transport = RedisTransport {
             publish_tx,
             numsub,
             cmd_tx,
             shared,
-            next_id: AtomicU64::new(1),
             prefix: self.prefix,
-            compression: self.compression,
             max_channel: self.max_channel_len,
             tasks: tokio::sync::Mutex::new(tasks),
-        }))
+        };
+        Ok(RedisBus::new(transport, self.compression))
     }
 }

@@ -82,19 +82,18 @@ pub enum Error {
     #[error("redis: publish queue full (is Redis reachable?)")]
     QueueFull,
     /// The bus was closed ([`RedisBus::close`](crate::RedisBus::close)) or
-    /// its tasks are gone (`failed_precondition`).
+    /// its tasks are gone (`unavailable`, as psrpc's own closed bus).
     #[error("redis: bus closed")]
     Closed,
 }
 
 impl Error {
     /// The psrpc code this error gets as a [`psrpc::Error`]: `invalid_argument`
-    /// for bad input, `failed_precondition` for a closed bus, `unavailable`
-    /// for everything about reaching Redis.
+    /// for bad input, `unavailable` for everything else (reaching Redis, a
+    /// closed bus).
     pub fn code(&self) -> psrpc::ErrorCode {
         match self {
             Error::InvalidUrl { .. } | Error::NoClusterNode => psrpc::ErrorCode::InvalidArgument,
-            Error::Closed => psrpc::ErrorCode::FailedPrecondition,
             _ => psrpc::ErrorCode::Unavailable,
         }
     }

@@ -35,10 +35,22 @@
 //! source in turn. Errors of a running bus are [`psrpc::Error`]s with the
 //! same chain: a lost connection is `unavailable`.
 //!
-//! [`RedisBus::close`] sends what is queued for publishing, unsubscribes
-//! every channel, ends the subscriptions and stops the bus's tasks; every
-//! later call on the bus fails with [`Error::Closed`]. Dropping every handle
-//! and subscription of a bus stops it too, without waiting for its queue.
+//! [`RedisBus::close`] unsubscribes every channel, ends the subscriptions,
+//! sends what is queued for publishing and stops the bus's tasks; every
+//! later call on the bus fails with `unavailable` ("bus closed"). Dropping
+//! every handle and subscription of a bus stops it too, without waiting for
+//! its queue.
+//!
+//! # Layers
+//!
+//! [`RedisBus`] is psrpc's generic [`Bus`](psrpc::bus::Bus) over a
+//! [`RedisTransport`]: the generic bus keeps the subscribers of each
+//! channel, hands them messages (fan-out, one queue member, the
+//! slow-consumer policy), checks sizes, counts drops and carries the
+//! compression options, as for every broker. The transport keeps what is
+//! particular to Redis: the connections and topologies, one `SUBSCRIBE` per
+//! channel and the reader of the pub/sub connection, the queue lock taken
+//! before a queue message is delivered, `PUBSUB NUMSUB`, and the limits.
 //!
 //! # Topologies
 //!
@@ -262,9 +274,11 @@ mod pubsub;
 mod reader;
 mod shared;
 mod topology;
+mod transport;
 
 pub use builder::{DEFAULT_MAX_CHANNEL_LEN, DEFAULT_MAX_MESSAGE_SIZE, RedisBusBuilder};
 pub use bus::RedisBus;
 pub use error::Error;
 pub use locks::queue_lock_key;
 pub use redis;
+pub use transport::RedisTransport;

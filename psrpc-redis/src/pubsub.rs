@@ -1,7 +1,7 @@
 //! The pub/sub connection's manager: applies subscribe commands, reconnects
 //! and re-subscribes after a loss, and unsubscribes everything at close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,13 +81,13 @@ pub(crate) async fn manager(
             }
         };
         let (sink, stream) = pubsub.split();
+        // The channels the connection is subscribed to, as Redis confirmed.
+        let mut subscribed = HashSet::new();
         let channels = shared.keys();
         if !channels.is_empty() {
-            match apply(&sink, &channels, &shared)
-                .await
-                .into_iter()
-                .find_map(Result::err)
-            {
+            let want = |c: &str| shared.contains(c);
+            let r = apply(&sink, &channels, want, &mut subscribed).await;
+            match r.into_iter().find_map(Result::err) {
                 None => tracing::info!("redis bus: re-subscribed {} channel(s)", channels.len()),
                 Some(e) => {
                     shared.lost(e);
@@ -99,7 +99,7 @@ pub(crate) async fn manager(
         shared.restored();
         backoff = Duration::ZERO;
         let mut reader = tokio::spawn(read(stream, shared.clone()));
-        let served = serve(&mut cmds, &sink, &mut reader, &shared).await;
+        let served = serve(&mut cmds, &sink, &mut reader, &shared, &mut subscribed).await;
         match served {
             Served::Lost => {
                 reader.abort();
@@ -112,11 +112,16 @@ pub(crate) async fn manager(
             }
             Served::Closed => {
                 reader.abort();
-                let subscribed = shared.keys();
-                for c in &subscribed {
-                    shared.routes().remove(c);
-                }
-                let r = apply(&sink, &subscribed, &shared).await;
+                // Everything Redis has, so that no subscription of this bus
+                // is left on the server once `close` returns.
+                let mut all: Vec<String> = subscribed.iter().cloned().collect();
+                all.extend(
+                    shared
+                        .keys()
+                        .into_iter()
+                        .filter(|c| !subscribed.contains(c)),
+                );
+                let r = apply(&sink, &all, |_| false, &mut subscribed).await;
                 if let Some(e) = r.into_iter().find_map(Result::err) {
                     tracing::debug!(error = %e, "redis bus: unsubscribing at close failed");
                 }
@@ -126,15 +131,20 @@ pub(crate) async fn manager(
     }
 }
 
-/// Brings the subscription of each of `channels` in line with the
-/// subscriber map at this moment: one `SUBSCRIBE` (if it has local
-/// subscribers) or `UNSUBSCRIBE` per channel, all pipelined, within
-/// [`SUBSCRIBE_TIMEOUT`]; the result of each, in order.
-async fn apply(sink: &PubSubSink, channels: &[String], shared: &Shared) -> Vec<Result<(), Error>> {
+/// Brings the subscription of each of `channels` in line with `want` at
+/// this moment: one `SUBSCRIBE` (wanted) or `UNSUBSCRIBE` per channel, all
+/// pipelined, within [`SUBSCRIBE_TIMEOUT`]; the result of each, in order.
+/// `subscribed` follows what Redis acknowledged.
+async fn apply(
+    sink: &PubSubSink,
+    channels: &[String],
+    want: impl Fn(&str) -> bool,
+    subscribed: &mut HashSet<String>,
+) -> Vec<Result<(), Error>> {
+    let wanted: Vec<bool> = channels.iter().map(|c| want(c)).collect();
     // One channel per command: the client pairs one ack per request.
-    let all = futures::future::join_all(channels.iter().map(|channel| {
+    let all = futures::future::join_all(channels.iter().zip(&wanted).map(|(channel, &want)| {
         let mut sink = sink.clone();
-        let want = shared.contains(channel);
         async move {
             let r = if want {
                 sink.subscribe(channel).await
@@ -148,17 +158,28 @@ async fn apply(sink: &PubSubSink, channels: &[String], shared: &Shared) -> Vec<R
             })
         }
     }));
-    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, all).await {
-        Ok(r) => r,
-        Err(_) => channels
+    let Ok(results) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, all).await else {
+        return channels
             .iter()
             .map(|channel| {
                 Err(Error::SubscribeTimeout {
                     channel: channel.clone(),
                 })
             })
-            .collect(),
+            .collect();
+    };
+    for ((channel, want), r) in channels.iter().zip(wanted).zip(&results) {
+        match (r, want) {
+            (Ok(()), true) => {
+                subscribed.insert(channel.clone());
+            }
+            (Ok(()), false) => {
+                subscribed.remove(channel);
+            }
+            (Err(_), _) => {}
+        }
     }
+    results
 }
 
 /// Applies commands until the connection is lost, the bus is gone or
@@ -171,6 +192,7 @@ async fn serve(
     sink: &PubSubSink,
     reader: &mut tokio::task::JoinHandle<()>,
     shared: &Shared,
+    subscribed: &mut HashSet<String>,
 ) -> Served {
     loop {
         let first = tokio::select! {
@@ -199,7 +221,8 @@ async fn serve(
                 touched.push(channel);
             }
         }
-        let results = apply(sink, &touched, shared).await;
+        let want = |c: &str| shared.contains(c);
+        let results = apply(sink, &touched, want, subscribed).await;
         let mut lost = false;
         for (channel, r) in touched.iter().zip(results) {
             lost |= r.is_err();

@@ -1,11 +1,12 @@
-//! What the bus's tasks share: the subscribers by Redis channel, the queue
-//! lock connection, the connection state and the drop tally.
+//! What the transport's tasks share: the inbox of each subscribed Redis
+//! channel, the queue lock connection, the connection state and the drop
+//! tally.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use psrpc::bus::Members as Subscribers;
+use psrpc::bus::Inbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -16,10 +17,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the reader, the manager and every handle need.
+/// Where the reader delivers the messages of one Redis channel, and as
+/// what: the bus's inbox of the channel, listening to every message, as a
+/// queue member, or both.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) inbox: Inbox,
+    pub(crate) fanout: bool,
+    pub(crate) queue: bool,
+}
+
+/// What the reader, the manager and the transport need.
 pub(crate) struct Shared {
-    /// The local subscribers by full Redis channel name.
-    channels: Mutex<HashMap<String, Arc<Subscribers>>>,
+    /// What is listened to, by full Redis channel name: the channels the
+    /// pub/sub connection is to be subscribed to.
+    channels: Mutex<HashMap<String, Target>>,
     pub(crate) drops: Arc<psrpc::drops::Drops>,
     pub(crate) locks: Locks,
     /// The largest message published or delivered.
@@ -29,7 +41,7 @@ pub(crate) struct Shared {
     pub(crate) reconnects: AtomicU64,
     /// Why the connection is down (the last error seen).
     last_error: Mutex<Error>,
-    /// Cancelled by [`RedisBus::close`](crate::RedisBus::close).
+    /// Cancelled when the bus closes.
     pub(crate) closed: CancellationToken,
 }
 
@@ -76,11 +88,11 @@ impl Shared {
         lock(&self.last_error).clone()
     }
 
-    pub(crate) fn routes(&self) -> MutexGuard<'_, HashMap<String, Arc<Subscribers>>> {
+    pub(crate) fn routes(&self) -> MutexGuard<'_, HashMap<String, Target>> {
         lock(&self.channels)
     }
 
-    pub(crate) fn get(&self, channel: &str) -> Option<Arc<Subscribers>> {
+    pub(crate) fn get(&self, channel: &str) -> Option<Target> {
         self.routes().get(channel).cloned()
     }
 
