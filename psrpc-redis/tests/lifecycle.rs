@@ -209,3 +209,36 @@ async fn credentials_from_the_url() {
     let e = RedisBus::connect(&server.url()).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable);
 }
+
+/// Errors of a running bus keep what caused them: a publish during an
+/// outage is `unavailable` with the bus's `Disconnected` error as its
+/// source, and `listeners` keeps redis' own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_errors_keep_their_source() {
+    let mut server = RedisServer::start();
+    let bus = RedisBus::connect(&server.url()).await.unwrap();
+    server.stop();
+    psrpc_tests::eventually("the bus sees the outage", PATIENCE, || !bus.is_connected()).await;
+    let e = bus.publish(&ch("x"), Bytes::new()).await.unwrap_err();
+    assert_eq!(*e.code(), ErrorCode::Unavailable, "{e}");
+    let source = std::error::Error::source(&e).expect("a source");
+    let ours = source
+        .downcast_ref::<psrpc_redis::Error>()
+        .expect("the bus's error");
+    assert!(
+        matches!(ours, psrpc_redis::Error::Disconnected { .. }),
+        "{ours:?}"
+    );
+    assert!(
+        std::error::Error::source(ours).is_some(),
+        "why it is down: {ours:?}"
+    );
+
+    let e = bus.listeners(&ch("x")).await.unwrap_err();
+    assert_eq!(*e.code(), ErrorCode::Unavailable, "{e}");
+    let ours = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<psrpc_redis::Error>())
+        .expect("the bus's error");
+    assert!(ours.redis_error().is_some(), "{ours:?}");
+    bus.close().await.unwrap();
+}
