@@ -59,6 +59,9 @@ async fn close_flushes_unsubscribes_and_refuses_later_calls() {
             .unwrap();
     }
     bus.close().await.unwrap();
+    // Nothing of the bus is subscribed any more, once `close` returned.
+    assert_eq!(numsub(&mut conn, "app:fan").await, 0);
+    assert_eq!(numsub(&mut conn, "app:queue").await, 0);
 
     // Every publish made before the close reached Redis, in order.
     let mut stream = ps.on_message();
@@ -72,9 +75,6 @@ async fn close_flushes_unsubscribes_and_refuses_later_calls() {
     }
     drop(stream);
 
-    // Nothing of the bus is subscribed any more, once `close` returned.
-    assert_eq!(numsub(&mut conn, "app:fan").await, 0);
-    assert_eq!(numsub(&mut conn, "app:queue").await, 0);
     // Its subscriptions ended.
     assert_eq!(
         tokio::time::timeout(PATIENCE, fan.recv()).await.unwrap(),
