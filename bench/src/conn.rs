@@ -64,10 +64,11 @@ impl Connector {
         let conn = match &self.spec {
             BusSpec::Local => Conn::Local(self.local.clone().with_compression(c)),
             BusSpec::Redis(url) => Conn::Redis(
-                RedisBus::connect(url)
+                RedisBus::builder()
+                    .compression(c)
+                    .connect(url)
                     .await
-                    .map_err(|e| format!("{who}: connecting to redis: {e}"))?
-                    .with_compression(c),
+                    .map_err(|e| format!("{who}: connecting to redis: {e}"))?,
             ),
             BusSpec::Nats(url) => Conn::Nats(
                 NatsBus::connect(url)

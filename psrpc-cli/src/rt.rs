@@ -64,9 +64,12 @@ impl prost::Message for RawMsg {
 pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<DynBus> {
     let fut = async {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            psrpc_redis::RedisBus::connect(url)
+            psrpc_redis::RedisBus::builder()
+                .prefix(prefix)
+                .connect(url)
                 .await
-                .map(|b| std::sync::Arc::new(b.with_prefix(prefix)) as DynBus)
+                .map(|b| std::sync::Arc::new(b) as DynBus)
+                .map_err(psrpc::Error::from)
         } else if url.starts_with("nats://") || url.starts_with("tls://") {
             psrpc_nats::NatsBus::connect(url)
                 .await

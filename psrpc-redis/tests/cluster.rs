@@ -47,8 +47,12 @@ impl BusFactory for ClusterFactory {
 
     async fn connect(&self) -> DynBus {
         let urls = cluster().urls_from(self.next.fetch_add(1, Ordering::Relaxed));
-        let bus = RedisBus::connect_cluster(&urls).await.expect("connect");
-        Arc::new(bus.with_prefix(self.prefix.clone()))
+        let bus = RedisBus::builder()
+            .prefix(self.prefix.clone())
+            .connect_cluster(&urls)
+            .await
+            .expect("connect");
+        Arc::new(bus)
     }
 }
 
@@ -70,7 +74,8 @@ async fn across_nodes() {
     let c = cluster();
     let mut buses = Vec::new();
     for i in 0..3 {
-        buses.push(RedisBus::connect_cluster(&c.urls_from(i)).await.unwrap());
+        let urls = c.urls_from(i);
+        buses.push(RedisBus::builder().connect_cluster(&urls).await.unwrap());
     }
     let mut s1 = buses[1].subscribe(&ch("x:fan"), 10).await.unwrap();
     let mut s2 = buses[2].subscribe(&ch("x:fan"), 10).await.unwrap();

@@ -46,8 +46,12 @@ impl BusFactory for RedisFactory {
     }
 
     async fn connect(&self) -> DynBus {
-        let bus = RedisBus::connect(&self.url).await.expect("connect");
-        Arc::new(bus.with_prefix(self.prefix.clone()))
+        let bus = RedisBus::builder()
+            .prefix(self.prefix.clone())
+            .connect(&self.url)
+            .await
+            .expect("connect");
+        Arc::new(bus)
     }
 }
 

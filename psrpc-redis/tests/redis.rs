@@ -155,7 +155,11 @@ async fn server_channels(conn: &mut redis::aio::MultiplexedConnection) -> Vec<St
 async fn channel_names_on_the_server() {
     let server = RedisServer::start();
     let bus = RedisBus::connect(&server.url()).await.unwrap();
-    let prefixed = bus.clone().with_prefix("dep1:");
+    let prefixed = RedisBus::builder()
+        .prefix("dep1:")
+        .connect(&server.url())
+        .await
+        .unwrap();
     assert_eq!(prefixed.prefix(), "dep1:");
     let mut conn = raw(&server).await;
 
@@ -303,6 +307,13 @@ async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, Rp
 async fn password_protected_server() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let err = RedisBus::connect(&server.url()).await.unwrap_err();
+    assert!(
+        matches!(&err, psrpc_redis::Error::Connect { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    // The psrpc error keeps the chain down to redis' own error.
+    let err = psrpc::Error::from(err);
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(err.message().contains("redis"), "{}", err.message());
     assert!(
@@ -310,11 +321,14 @@ async fn password_protected_server() {
         "{}",
         err.message()
     );
+    let ours = std::error::Error::source(&err).expect("the bus's error");
+    let theirs = ours.source().expect("redis' error");
+    assert!(theirs.is::<redis::RedisError>(), "{theirs:?}");
     let bad = format!("redis://:wrong@127.0.0.1:{}", server.port);
-    assert_eq!(
-        RedisBus::connect(&bad).await.unwrap_err().code(),
-        ErrorCode::Unavailable
-    );
+    let err = RedisBus::connect(&bad).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert!(err.redis_error().is_some(), "{err:?}");
+    assert!(!err.to_string().contains("wrong"), "{err}");
 
     let url = format!("redis://:s3cret@127.0.0.1:{}", server.port);
     let sb = RedisBus::connect(&url).await.unwrap();
@@ -342,10 +356,17 @@ async fn unreachable_server_fails_at_construction() {
     server.stop();
     let start = Instant::now();
     let err = RedisBus::connect(&url).await.unwrap_err();
+    assert!(matches!(err, psrpc_redis::Error::Connect { .. }), "{err:?}");
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(start.elapsed() < Duration::from_secs(5));
+    // Bad input is the caller's to fix: `invalid_argument`, not retried.
     let err = RedisBus::connect("not a url").await.unwrap_err();
-    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert!(
+        matches!(err, psrpc_redis::Error::InvalidUrl { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.redis_error().is_some());
 }
 
 /// Two prefixes on one Redis never hear each other, fan-out or queue, bus
@@ -353,14 +374,16 @@ async fn unreachable_server_fails_at_construction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefixes_are_isolated() {
     let server = RedisServer::start();
-    let a = RedisBus::connect(&server.url())
+    let a = RedisBus::builder()
+        .prefix("a:")
+        .connect(&server.url())
         .await
-        .unwrap()
-        .with_prefix("a:");
-    let b = RedisBus::connect(&server.url())
+        .unwrap();
+    let b = RedisBus::builder()
+        .prefix("b:")
+        .connect(&server.url())
         .await
-        .unwrap()
-        .with_prefix("b:");
+        .unwrap();
     let mut sa = a.subscribe(&ch("shared"), 10).await.unwrap();
     let mut sb = b.subscribe(&ch("shared"), 10).await.unwrap();
     let mut qa = a.subscribe_queue(&ch("q"), 10).await.unwrap();

@@ -45,10 +45,12 @@ async fn follows_the_master_through_a_failover() {
         },
     );
 
-    let sb = RedisBus::connect_sentinel(&[sentinel.url()], "mymaster")
+    let sb = RedisBus::builder()
+        .connect_sentinel(&[sentinel.url()], "mymaster")
         .await
         .unwrap();
-    let cb = RedisBus::connect_sentinel(&[sentinel.url()], "mymaster")
+    let cb = RedisBus::builder()
+        .connect_sentinel(&[sentinel.url()], "mymaster")
         .await
         .unwrap();
     let srv = RpcServer::new(sb, "sentinel_svc", ServerOptions::default().server_id("s"));

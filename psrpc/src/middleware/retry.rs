@@ -359,11 +359,7 @@ mod tests {
             (ErrorCode::ResourceExhausted, false),
             (ErrorCode::InvalidArgument, false),
         ] {
-            assert_eq!(
-                is_retryable(&Error::new(code, "x")),
-                retry,
-                "{code:?}"
-            );
+            assert_eq!(is_retryable(&Error::new(code, "x")), retry, "{code:?}");
         }
         for (grpc, retry) in [
             (crate::GrpcCode::DeadlineExceeded, true),
