@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use psrpc::bus::{Channel, Inbox, Listening, Transport};
 use psrpc::drops::Drops;
@@ -81,7 +80,6 @@ fn stop_listening(
     }
 }
 
-#[async_trait]
 impl Transport for RedisTransport {
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<()> {
         self.check_open()?;

@@ -383,19 +383,22 @@ impl Members {
     }
 
     /// Gives `msg` to the fan-out subscribers (when `fanout`) and one queue
-    /// member (when `queue`) as a publisher that may wait does: first to
-    /// everyone with room, then waiting, for each full buffer, until it
-    /// makes room or counts as stuck ([`Sink::wait`]).
-    pub async fn deliver_waiting(
+    /// member (when `queue`) without waiting, as a publisher that may wait
+    /// does: returns the full buffers (not yet stuck) with the message, to
+    /// wait for ([`Sink::wait`]) until each makes room or counts as stuck.
+    pub fn offer_all(
         &self,
         msg: Bytes,
         fanout: bool,
         queue: bool,
         drops: &Drops,
         channel: &str,
-    ) {
-        let mut full = if fanout {
+    ) -> Vec<(Sink, Bytes)> {
+        let mut full: Vec<(Sink, Bytes)> = if fanout {
             self.offer_fanout(&msg, drops, channel)
+                .into_iter()
+                .map(|(s, b)| (s.clone(), b))
+                .collect()
         } else {
             Vec::new()
         };
@@ -403,13 +406,12 @@ impl Members {
             && self.has_queue()
             && let QueuePick::Full(sink, b) = self.offer_queue(msg, drops, channel)
         {
-            full.push((sink, b));
+            full.push((sink.clone(), b));
         }
-        for (sink, b) in full {
-            sink.wait(b, drops, channel).await;
-        }
+        full
     }
 }
+
 /// What [`pick_queue`] did with a queue message.
 enum QueuePick<'a> {
     /// Delivered or dropped (counted).

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -135,7 +134,6 @@ impl LocalTransport {
     }
 }
 
-#[async_trait]
 impl Transport for LocalTransport {
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<()> {
         let Some(l) = self.get(&channel.legacy) else {
@@ -146,17 +144,27 @@ impl Transport for LocalTransport {
             1 => Some(&l.queue[0].1),
             n => Some(&l.queue[self.rr.fetch_add(1, Ordering::Relaxed) % n].1),
         };
+        let mut pending = Vec::new();
         match (&l.fanout[..], queue) {
             // The usual case: one bus listens, for one or both kinds.
-            ([(_, f)], Some(q)) if f.same(q) => f.deliver_waiting(payload, true, true).await,
+            ([(_, f)], Some(q)) if f.same(q) => pending.extend(f.offer(payload, true, true)),
             (fanout, queue) => {
                 for (_, f) in fanout {
-                    f.deliver_waiting(payload.clone(), true, false).await;
+                    pending.extend(f.offer(payload.clone(), true, false));
                 }
                 if let Some(q) = queue {
-                    q.deliver_waiting(payload, false, true).await;
+                    pending.extend(q.offer(payload, false, true));
                 }
             }
+        }
+        if !pending.is_empty() {
+            // Boxed: the common path's future stays small.
+            Box::pin(async move {
+                for p in pending {
+                    p.wait().await;
+                }
+            })
+            .await;
         }
         Ok(())
     }

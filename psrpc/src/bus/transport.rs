@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -23,10 +22,13 @@ use crate::error::Result;
 /// transport may look inside a payload is to find its [`Inbox`] when the
 /// broker shares one subscription among several channels (NATS reads
 /// `Msg.channel` for that).
-#[async_trait]
+///
+/// The async methods return `Send` futures and are not boxed: a bus is
+/// generic over its transport. Implement them with `async fn`.
 pub trait Transport: Send + Sync + 'static {
     /// Publishes `payload` on `channel`, as it is.
-    async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<()>;
+    fn publish(&self, channel: &Channel, payload: Bytes)
+    -> impl Future<Output = Result<()>> + Send;
 
     /// Starts listening on `channel`: as a member of the channel's queue when
     /// `queue` (the broker gives each message to one listening process), to
@@ -38,7 +40,12 @@ pub trait Transport: Send + Sync + 'static {
     /// message published afterwards is received. The bus calls this when
     /// the channel gets its first subscriber of that kind, and drops the
     /// returned [`Listening`] when the last one leaves.
-    async fn listen(&self, channel: &Channel, queue: bool, inbox: Inbox) -> Result<Listening>;
+    fn listen(
+        &self,
+        channel: &Channel,
+        queue: bool,
+        inbox: Inbox,
+    ) -> impl Future<Output = Result<Listening>> + Send;
 
     /// The tally of what was dropped on this transport and the bus and
     /// runtime above it (see [`crate::drops`]).
@@ -62,8 +69,8 @@ pub trait Transport: Send + Sync + 'static {
     /// How many subscriptions `channel` has on the broker, from every
     /// process, learnt without delivering anything (see
     /// [`MessageBus::listeners`]); `Ok(None)` when the broker cannot tell.
-    async fn listeners(&self, _channel: &Channel) -> Result<Option<usize>> {
-        Ok(None)
+    fn listeners(&self, _channel: &Channel) -> impl Future<Output = Result<Option<usize>>> + Send {
+        std::future::ready(Ok(None))
     }
 
     /// The buffer for a subscriber of `size` messages. The default,
@@ -84,8 +91,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends what is queued for the broker, then stops. The bus has
     /// already stopped listening on every channel. The default has nothing
     /// to do.
-    async fn close(&self) -> Result<()> {
-        Ok(())
+    fn close(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 }
 
@@ -124,6 +131,24 @@ impl std::fmt::Debug for Listening {
 #[derive(Clone)]
 pub struct Inbox {
     pub(super) route: Arc<Route>,
+}
+
+/// Messages offered to full buffers of one channel, to wait for
+/// ([`Inbox::offer`]).
+pub(crate) struct Pending {
+    route: Arc<Route>,
+    full: Vec<(Sink, Bytes)>,
+}
+
+impl Pending {
+    /// Waits, for each full buffer, until it takes the message or counts as
+    /// stuck (then the message is dropped for it, counted).
+    pub(crate) async fn wait(self) {
+        let r = &self.route;
+        for (sink, b) in self.full {
+            sink.wait(b, &r.drops, &r.name).await;
+        }
+    }
 }
 
 /// One channel's subscribers in a bus.
@@ -228,18 +253,22 @@ impl Inbox {
     }
 
     /// Gives `payload` to the fan-out subscribers (when `fanout`) and to
-    /// one queue member (when `queue`) as a publisher that may wait: what
-    /// finds room is delivered at once, then each full buffer is waited for
-    /// until it makes room or counts as stuck ([`Sink::wait`]). For the
+    /// one queue member (when `queue`) without waiting, as a publisher that
+    /// may wait: what finds room is delivered at once; the full buffers
+    /// (not yet stuck) come back as a [`Pending`] to wait for. For the
     /// local transport, which delivers in the publisher's task.
-    pub(crate) async fn deliver_waiting(&self, payload: Bytes, fanout: bool, queue: bool) {
+    pub(crate) fn offer(&self, payload: Bytes, fanout: bool, queue: bool) -> Option<Pending> {
         if !self.admits(&payload) {
-            return;
+            return None;
         }
         let r = &self.route;
-        r.members()
-            .deliver_waiting(payload, fanout, queue, &r.drops, &r.name)
-            .await;
+        let full = r
+            .members()
+            .offer_all(payload, fanout, queue, &r.drops, &r.name);
+        (!full.is_empty()).then(|| Pending {
+            route: r.clone(),
+            full,
+        })
     }
 
     /// Whether both are the same channel of the same bus.
