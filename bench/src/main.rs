@@ -1598,10 +1598,11 @@ impl Connector {
                     .with_compression(c),
             ),
             BusSpec::Nats(url) => Conn::Nats(
-                NatsBus::connect(url)
+                NatsBus::builder()
+                    .compression(c)
+                    .connect(url)
                     .await
-                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?
-                    .with_compression(c),
+                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?,
             ),
         };
         let bus = conn.bus();
