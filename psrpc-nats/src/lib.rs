@@ -15,6 +15,17 @@
 //! # }
 //! ```
 //!
+//! # Layers
+//!
+//! [`NatsBus`] is psrpc's generic [`Bus`](psrpc::bus::Bus) over a
+//! [`NatsTransport`] ([`psrpc::bus::Transport`]). The generic bus keeps the
+//! subscribers of each channel and hands messages to them (fan-out, a queue
+//! message to one member in turn, the slow-consumer policy), counts drops,
+//! enforces the size limit and carries the compression options; the
+//! transport does what is particular to NATS: the connection, subjects and
+//! their limits, the routers below, the queue hand-back, the subscription
+//! barrier and the presence probe.
+//!
 //! # Wire
 //!
 //! * A message on channel `c` is published to the subject `c.server` (with
@@ -27,10 +38,11 @@
 //!   queue subscriptions.
 //! * A subscription whose `c.local` is non-empty goes through a *router*:
 //!   one NATS subscription per (subject, queue-or-not) per bus instance
-//!   (clones share them), shared by every local subscriber of that subject.
-//!   Each message is handed by its field 3 to the local subscribers
-//!   registered under exactly that name. The NATS subscription is removed
-//!   when the last local subscriber of the router goes.
+//!   (clones share them), shared by every channel of that subject with
+//!   subscribers in the bus. Each message is handed by its field 3 to the
+//!   channel of exactly that name (the one place the transport reads a
+//!   payload). The NATS subscription is removed when the last channel of
+//!   the router has no subscriber left.
 //!
 //! # Compression
 //!
@@ -220,8 +232,10 @@
 //! [`NatsBus::close`] ends the bus for good (every clone with it): it
 //! unsubscribes everything the bus subscribed, stops its tasks, writes out
 //! what was published before, and closes a connection the bus made. Later
-//! publishes and subscriptions fail with [`Error::Closed`]. Dropping the
-//! last handle of a bus instead leaves it to async-nats, after a flush.
+//! publishes and subscriptions fail with `unavailable` ("bus closed").
+//! Dropping the last handle of a bus instead leaves it to async-nats, after
+//! a flush; a subscription keeps the bus alive until it is dropped, and
+//! then unsubscribes.
 //!
 //! # Limits
 //!
@@ -243,8 +257,9 @@
 //!   (from its `INFO`, 1 MiB by default; [`NatsBus::max_message_size`]) is
 //!   refused before it is sent, with `resource_exhausted`, which the
 //!   default retry policy does not retry. The server never delivers larger
-//!   messages.
-
+//!   messages; when [`NatsBusBuilder::max_message_size`] sets a smaller
+//!   maximum, larger messages that arrive are dropped and counted
+//!   (`TooLarge`).
 //!
 //! # Errors
 //!
@@ -263,12 +278,14 @@ mod router;
 mod slot;
 mod subject;
 mod subscribe;
+mod transport;
 
 pub use async_nats;
 pub use builder::NatsBusBuilder;
 pub use bus::{NatsBus, QUEUE_GROUP};
 pub use error::{BarrierError, Error};
 pub use subject::{DEFAULT_MAX_CONTROL_LINE, DEFAULT_MAX_SUBJECT_LEN};
+pub use transport::NatsTransport;
 
 /// Locks `m`, going on after a panic of another holder.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,6 +1,6 @@
 //! Routers: one NATS subscription per (subject, queue or not) shared by
-//! the local subscribers of that subject, each message handed to those
-//! registered under its `Msg.channel` (field 3), the one place the bus looks
+//! the bus's channels on that subject, each message handed to the channel
+//! named by its `Msg.channel` (field 3), the one place the transport looks
 //! inside a payload.
 
 use std::collections::HashMap;
@@ -8,23 +8,25 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use psrpc::CancellationToken;
-use psrpc::bus::{Members, Sink};
+use psrpc::bus::Inbox;
 use psrpc::drops::DropReason;
 
 use crate::handback::HandBack;
 use crate::slot::{Slot, next_message};
 
-/// The local subscribers of one subject, by `Msg.channel`.
+/// The channels of one subject (fan-out or queue) in a bus, by
+/// `Msg.channel`: the bus's inbox of each, with the id of the listening
+/// that put it there.
 pub(crate) struct Router {
     pub(crate) subject: String,
     pub(crate) queue: bool,
-    routes: RwLock<HashMap<String, Arc<Members>>>,
+    routes: RwLock<HashMap<String, (u64, Inbox)>>,
     pub(crate) nats: Slot,
     pub(crate) stop: CancellationToken,
 }
 
 impl Router {
-    /// A router of `subject` reading `nats`, with no subscriber yet.
+    /// A router of `subject` reading `nats`, with no channel yet.
     pub(crate) fn new(subject: String, queue: bool, nats: Slot) -> Router {
         Router {
             subject,
@@ -35,40 +37,32 @@ impl Router {
         }
     }
 
-    /// Adds a local subscriber of `local`.
-    pub(crate) fn add(&self, local: &str, id: u64, sink: Sink) {
+    /// Routes the messages whose `Msg.channel` is `local` to `inbox`.
+    pub(crate) fn add(&self, local: &str, id: u64, inbox: Inbox) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        let mut members = routes.get(local).map(|r| (**r).clone()).unwrap_or_default();
-        members.add(id, sink, self.queue);
-        routes.insert(local.to_owned(), Arc::new(members));
+        routes.insert(local.to_owned(), (id, inbox));
     }
 
-    /// Removes a local subscriber; true when the router has none left.
+    /// Removes the route `id` put in for `local`; true when the router has
+    /// none left.
     pub(crate) fn remove(&self, local: &str, id: u64) -> bool {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = routes.get(local) {
-            let mut members = (**r).clone();
-            members.remove(id);
-            if members.is_empty() {
-                routes.remove(local);
-            } else {
-                routes.insert(local.to_owned(), Arc::new(members));
-            }
+        if routes.get(local).is_some_and(|(i, _)| *i == id) {
+            routes.remove(local);
         }
         routes.is_empty()
     }
 
-    fn route(&self, local: &str) -> Option<Arc<Members>> {
+    fn route(&self, local: &str) -> Option<Inbox> {
         self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(local)
-            .cloned()
+            .map(|(_, inbox)| inbox.clone())
     }
 
-    /// Hands `payload` to the local subscribers of its `Msg.channel`,
-    /// without waiting: to every one on a fan-out subject, to exactly one
-    /// (in turn) on a queue subject.
+    /// Hands `payload` to the inbox of its `Msg.channel`, without waiting;
+    /// a queue message nobody here takes is handed back to the group.
     async fn dispatch(&self, hand: &HandBack, payload: Bytes) {
         let route = match read_local(&payload) {
             Ok(local) => self.route(&local),
@@ -78,7 +72,7 @@ impl Router {
                 return;
             }
         };
-        let Some(route) = route else {
+        let Some(inbox) = route else {
             if self.queue {
                 hand.hand_back(&self.subject, payload, "no local subscriber of its method")
                     .await;
@@ -87,13 +81,11 @@ impl Router {
             }
             return;
         };
-        if self.queue {
-            if let Err(msg) = route.deliver_queue(payload, hand.drops(), &self.subject) {
-                hand.hand_back(&self.subject, msg, "closed queue subscription")
-                    .await;
-            }
-        } else {
-            route.deliver_fanout(&payload, hand.drops(), &self.subject);
+        if !self.queue {
+            inbox.deliver_fanout(payload);
+        } else if let Err(msg) = inbox.deliver_queue(payload) {
+            hand.hand_back(&self.subject, msg, "closed queue subscription")
+                .await;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use psrpc::CancellationToken;
-use psrpc::bus::{Offer, Sink};
+use psrpc::bus::Inbox;
 
 use crate::handback::HandBack;
 use crate::lock;
@@ -69,13 +69,14 @@ async fn hand_back_buffered(mut nats: async_nats::Subscriber, subject: &str, han
     }
 }
 
-/// Reads a direct (unrouted) NATS subscription into `sink` until it is
-/// closed or stopped.
+/// Reads a direct (unrouted) NATS subscription into `inbox` until it is
+/// closed or stopped; a queue message nobody here takes any more is handed
+/// back to the group.
 pub(crate) async fn run_direct(
     nats: Slot,
     subject: String,
     queue: bool,
-    sink: Sink,
+    inbox: Inbox,
     hand: Arc<HandBack>,
     stop: CancellationToken,
 ) {
@@ -90,15 +91,11 @@ pub(crate) async fn run_direct(
             },
             _ = &mut cancelled => return,
         };
-        match sink.offer_or_drop(msg.payload, hand.drops(), &subject) {
-            Offer::Taken | Offer::Dropped | Offer::Full(_) => {}
-            Offer::Gone(b) => {
-                if queue {
-                    hand.hand_back(&subject, b, "closed queue subscription")
-                        .await;
-                }
-                return;
-            }
+        if !queue {
+            inbox.deliver_fanout(msg.payload);
+        } else if let Err(b) = inbox.deliver_queue(msg.payload) {
+            hand.hand_back(&subject, b, "closed queue subscription")
+                .await;
         }
     }
 }

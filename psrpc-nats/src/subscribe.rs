@@ -1,17 +1,19 @@
-//! Subscribing: a NATS subscription per subject, confirmed by the server
-//! before `subscribe` returns, read directly or through a router.
+//! Listening: a NATS subscription per subject, confirmed by the server
+//! before `listen` returns, read directly (a channel without
+//! `Msg.channel`) or through a router shared by the channels of its subject.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use psrpc::CancellationToken;
-use psrpc::bus::{Channel, Sink, Subscription};
+use psrpc::bus::{Channel, Inbox, Listening};
 
-use crate::bus::{NatsBus, QUEUE_GROUP};
+use crate::QUEUE_GROUP;
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::router::{Router, run_router};
 use crate::slot::{Slot, close_slot, run_direct, slot};
+use crate::transport::NatsTransport;
 
 /// A direct subscription, as closing needs it.
 pub(crate) struct Direct {
@@ -21,10 +23,7 @@ pub(crate) struct Direct {
     pub(crate) stop: CancellationToken,
 }
 
-/// What unsubscribes a sink.
-type Remover = Box<dyn FnOnce() + Send + Sync>;
-
-impl NatsBus {
+impl NatsTransport {
     /// Subscribes `subject` (in the queue group when `queue`); returns once
     /// the server has the subscription.
     async fn nats_subscribe(&self, subject: &str, queue: bool) -> Result<async_nats::Subscriber> {
@@ -51,35 +50,39 @@ impl NatsBus {
         Ok(sub)
     }
 
-    /// Adds a sink to `channel`; returns what removes it.
-    async fn add(&self, channel: &Channel, queue: bool, sink: Sink) -> Result<Remover> {
-        self.check(channel)?;
+    /// Starts delivering `channel`'s messages (as a queue member when
+    /// `queue`) into `inbox`.
+    pub(crate) async fn listen_on(
+        &self,
+        channel: &Channel,
+        queue: bool,
+        inbox: Inbox,
+    ) -> Result<Listening> {
         let subject = self.subject(channel);
         if channel.local.is_empty() {
-            return self.add_direct(subject, queue, sink).await;
+            return self.listen_direct(subject, queue, inbox).await;
         }
-        let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
+        let st = &self.state;
+        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
         let key = (subject.clone(), queue);
         let local = channel.local.clone();
-        let creating = self.state.create.lock().await;
+        let creating = st.create.lock().await;
         self.check_open()?;
-        let existing = {
-            let routers = lock(&self.state.routers);
-            routers
-                .get(&key)
-                .cloned()
-                .inspect(|r| r.add(&local, id, sink.clone()))
-        };
-        if existing.is_none() {
-            let nats = self.nats_subscribe(&subject, queue).await?;
-            let router = Arc::new(Router::new(subject.clone(), queue, slot(nats)));
-            router.add(&local, id, sink);
-            lock(&self.state.routers).insert(key.clone(), router.clone());
-            tokio::spawn(run_router(router, self.state.hand.clone()));
+        let existing = lock(&st.routers).get(&key).cloned();
+        match existing {
+            Some(router) => router.add(&local, id, inbox),
+            None => {
+                let nats = self.nats_subscribe(&subject, queue).await?;
+                let router = Arc::new(Router::new(subject, queue, slot(nats)));
+                router.add(&local, id, inbox);
+                lock(&st.routers).insert(key.clone(), router.clone());
+                tokio::spawn(run_router(router, st.hand.clone()));
+            }
         }
         drop(creating);
-        let state = self.state.clone();
-        Ok(Box::new(move || {
+        let state = Arc::downgrade(st);
+        Ok(Listening::new(move || {
+            let Some(state) = state.upgrade() else { return };
             let mut routers = lock(&state.routers);
             let Some(router) = routers.get(&key).cloned() else {
                 return;
@@ -94,18 +97,17 @@ impl NatsBus {
     }
 
     /// A subscription of the whole subject (no `Msg.channel` routing): one
-    /// NATS subscription read by one task that feeds the sink.
-    async fn add_direct(&self, subject: String, queue: bool, sink: Sink) -> Result<Remover> {
+    /// NATS subscription read by one task that delivers into `inbox`.
+    async fn listen_direct(&self, subject: String, queue: bool, inbox: Inbox) -> Result<Listening> {
+        let st = &self.state;
         let nats = slot(self.nats_subscribe(&subject, queue).await?);
-        let (id, stop) = (
-            self.state.next_id.fetch_add(1, Ordering::Relaxed),
-            CancellationToken::new(),
-        );
+        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
+        let stop = CancellationToken::new();
         {
-            let mut directs = lock(&self.state.directs);
-            if self.is_closed() {
+            let mut directs = lock(&st.directs);
+            if self.check_open().is_err() {
                 drop(directs);
-                close_slot(&nats, &subject, queue, &self.state.hand);
+                close_slot(&nats, &subject, queue, &st.hand);
                 return Err(Error::Closed);
             }
             let d = Direct {
@@ -116,29 +118,16 @@ impl NatsBus {
             };
             directs.insert(id, d);
         }
-        let hand = self.state.hand.clone();
-        tokio::spawn(run_direct(nats, subject, queue, sink, hand, stop));
-        let state = self.state.clone();
-        Ok(Box::new(move || {
+        let hand = st.hand.clone();
+        tokio::spawn(run_direct(nats, subject, queue, inbox, hand, stop));
+        let state = Arc::downgrade(st);
+        Ok(Listening::new(move || {
+            let Some(state) = state.upgrade() else { return };
             let Some(d) = lock(&state.directs).remove(&id) else {
                 return;
             };
             d.stop.cancel();
             close_slot(&d.nats, &d.subject, d.queue, &state.hand);
         }))
-    }
-
-    /// A subscription of `channel` buffering `size` messages.
-    pub(crate) async fn add_chan(
-        &self,
-        channel: &Channel,
-        size: usize,
-        queue: bool,
-    ) -> Result<Subscription> {
-        // A burst is buffered for a subscriber that keeps reading; one that
-        // stops is cut off: see the crate docs (slow consumers).
-        let (sink, rx) = Sink::for_reader(size);
-        let remove = self.add(channel, queue, sink).await?;
-        Ok(Subscription::new(rx, remove))
     }
 }

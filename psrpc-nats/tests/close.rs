@@ -168,3 +168,43 @@ async fn close_leaves_a_given_client_connected_and_unsubscribed() {
     let m = tokio::time::timeout(WITHIN, own.next()).await.unwrap();
     assert_eq!(m.expect("message").payload, "x");
 }
+
+/// A subscription outlives the bus handle it was made with, and dropping it
+/// unsubscribes on the server even then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_outlives_its_handle_and_leaves_when_dropped() {
+    let ns = NatsServer::start(&[]);
+    let raw = async_nats::connect(ns.url()).await.unwrap();
+    let bus = NatsBus::connect(&ns.url()).await.unwrap();
+    let mut subs = Vec::new();
+    for (ch, queue) in listened() {
+        let sub = if queue {
+            bus.subscribe_queue(&ch, 8).await
+        } else {
+            bus.subscribe(&ch, 8).await
+        };
+        subs.push(sub.unwrap());
+    }
+    drop(bus);
+    let routed = |local: &str| {
+        let msg = psrpc::wire::encode_msg(&psrpc::wire::Request {
+            request_id: "r".into(),
+            ..Default::default()
+        });
+        psrpc::wire::append_channel(&msg, local)
+    };
+    for ((ch, _), sub) in listened().iter().zip(&mut subs) {
+        raw.publish(ch.server.clone(), routed(&ch.local))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(WITHIN, sub.recv()).await;
+        assert!(got.expect("delivered").is_some(), "{}", ch.server);
+    }
+    drop(subs);
+    for (ch, _) in listened() {
+        psrpc_tests::eventually_async(&format!("{} unsubscribed", ch.server), WITHIN, async || {
+            no_responders(&raw, &ch.server).await
+        })
+        .await;
+    }
+}
