@@ -156,6 +156,29 @@ impl NatsBusBuilder {
     }
 }
 
+/// The servers `url` names (several may be comma-separated) and `options`
+/// with the URL's credentials (`user:password@` or `token@`, of the first
+/// server that has any), as async-nats' parser reads them: what a raw
+/// async-nats connection needs to connect as a [`NatsBus`] would, since
+/// async-nats itself does not send a URL's credentials.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let (servers, options) = psrpc_nats::servers_and_options(
+///     "nats://user:secret@127.0.0.1:4222",
+///     psrpc_nats::async_nats::ConnectOptions::new(),
+/// )?;
+/// let client = options.connect(servers).await?;
+/// # let _ = client; Ok(())
+/// # }
+/// ```
+pub fn servers_and_options(
+    url: &str,
+    options: ConnectOptions,
+) -> Result<(Vec<ServerAddr>, ConnectOptions)> {
+    credentials_into_options(parse_urls(url.split(','))?, options)
+}
+
 /// Parses server URLs with async-nats' own parser (`host:port` alone means
 /// `nats://host:port`); empty entries are skipped. A URL it refuses is not
 /// repeated in the error (it may hold a password).

@@ -281,7 +281,7 @@ mod subscribe;
 mod transport;
 
 pub use async_nats;
-pub use builder::NatsBusBuilder;
+pub use builder::{NatsBusBuilder, servers_and_options};
 pub use bus::{NatsBus, QUEUE_GROUP};
 pub use error::{BarrierError, Error};
 pub use subject::{DEFAULT_MAX_CONTROL_LINE, DEFAULT_MAX_SUBJECT_LEN};

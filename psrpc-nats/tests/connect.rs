@@ -43,6 +43,12 @@ async fn url_user_and_password_percent_encoded() {
     let ns = NatsServer::start(&["--user", "us@r", "--pass", "p:ss/w@rd%"]);
     let url = format!("nats://us%40r:p%3Ass%2Fw%40rd%25@127.0.0.1:{}", ns.port);
     calls_through(&url).await;
+    // The same for a raw async-nats connection (as the CLI's watch makes).
+    let (servers, options) =
+        psrpc_nats::servers_and_options(&url, psrpc_nats::async_nats::ConnectOptions::new())
+            .unwrap();
+    let raw = options.connect(servers).await.expect("raw connection");
+    raw.flush().await.unwrap();
     let wrong = format!("nats://us%40r:nope@127.0.0.1:{}", ns.port);
     let e = NatsBus::connect(&wrong).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
