@@ -101,3 +101,54 @@ async fn connect_error_keeps_its_source() {
         "{nats}"
     );
 }
+
+/// The builder's options are in force from the start: prefix, the control
+/// line's limit on subjects, the message size limit on what is sent and
+/// what arrives, compression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_options_in_force() {
+    use bytes::Bytes;
+    use psrpc::MessageBus;
+    use psrpc::bus::Channel;
+    use psrpc::drops::DropReason;
+
+    let ns = NatsServer::start(&[]);
+    let compression = psrpc::CompressionOptions::default().with_quality(6);
+    let bus = NatsBus::builder()
+        .prefix("pre.")
+        .max_control_line(200)
+        .max_message_size(1_000)
+        .compression(compression)
+        .connect(&ns.url())
+        .await
+        .unwrap();
+    assert_eq!(bus.prefix(), "pre");
+    assert_eq!(bus.max_subject_len(), 200 - 64);
+    assert_eq!(bus.max_message_size(), 1_000);
+    assert_eq!(bus.compression(), &compression);
+    let ch = |server: String| Channel {
+        legacy: server.clone(),
+        server,
+        local: String::new(),
+    };
+    let long = ch(format!("a.{}", "b".repeat(140)));
+    let e = bus.check_channel(&long).expect_err("subject too long");
+    assert_eq!(e.code(), &ErrorCode::InvalidArgument, "{e}");
+
+    let small = ch("opts.small".into());
+    let mut sub = bus.subscribe(&small, 8).await.unwrap();
+    let e = bus.publish(&small, Bytes::from(vec![0; 1_001])).await;
+    let e = e.expect_err("larger than the bus's maximum");
+    assert_eq!(e.code(), &ErrorCode::ResourceExhausted, "{e}");
+    // What arrives larger than the maximum is dropped and counted.
+    let raw = psrpc_nats::async_nats::connect(ns.url()).await.unwrap();
+    raw.publish("pre.opts.small", Bytes::from(vec![0; 2_000]))
+        .await
+        .unwrap();
+    raw.publish("pre.opts.small", Bytes::from_static(b"fits"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), sub.recv()).await;
+    assert_eq!(got.unwrap().unwrap(), "fits");
+    assert_eq!(bus.drops().count(DropReason::TooLarge), 1);
+}
