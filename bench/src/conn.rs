@@ -71,10 +71,11 @@ impl Connector {
                     .map_err(|e| format!("{who}: connecting to redis: {e}"))?,
             ),
             BusSpec::Nats(url) => Conn::Nats(
-                NatsBus::connect(url)
+                NatsBus::builder()
+                    .compression(c)
+                    .connect(url)
                     .await
-                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?
-                    .with_compression(c),
+                    .map_err(|e| format!("{who}: connecting to nats: {e}"))?,
             ),
         };
         let bus = conn.bus();

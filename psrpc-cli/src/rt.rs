@@ -71,9 +71,12 @@ pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<Dy
                 .map(|b| std::sync::Arc::new(b) as DynBus)
                 .map_err(psrpc::Error::from)
         } else if url.starts_with("nats://") || url.starts_with("tls://") {
-            psrpc_nats::NatsBus::connect(url)
+            psrpc_nats::NatsBus::builder()
+                .prefix(prefix)
+                .connect(url)
                 .await
-                .map(|b| std::sync::Arc::new(b.with_prefix(prefix)) as DynBus)
+                .map(|b| std::sync::Arc::new(b) as DynBus)
+                .map_err(psrpc::Error::from)
         } else {
             Err(psrpc::Error::new(
                 psrpc::ErrorCode::InvalidArgument,

@@ -109,7 +109,10 @@ async fn tap(
             }
         });
     } else if url.starts_with("nats://") || url.starts_with("tls://") {
-        let client = tokio::time::timeout(timeout, async_nats::connect(url))
+        let (servers, options) =
+            psrpc_nats::servers_and_options(url, async_nats::ConnectOptions::new())
+                .map_err(|e| CliError::input(format!("--bus: {e}")))?;
+        let client = tokio::time::timeout(timeout, options.connect(servers))
             .await
             .map_err(|_| fail(format!("no answer within {timeout:?}")))?
             .map_err(|e| fail(e.to_string()))?;

@@ -48,10 +48,11 @@ impl BusFactory for ClusterFactory {
         let nodes = nodes();
         let node = &nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         std::sync::Arc::new(
-            NatsBus::connect(&node.url())
+            NatsBus::builder()
+                .prefix(&self.prefix)
+                .connect(&node.url())
                 .await
-                .expect("connect")
-                .with_prefix(&self.prefix),
+                .expect("connect"),
         )
     }
 

@@ -180,13 +180,17 @@ async fn url_lists_fail_over() {
     let mut nodes = common::cluster(2);
     let urls = format!("{},{}", nodes[0].url(), nodes[1].url());
     let list = [nodes[0].url(), nodes[1].url()];
-    let sb = NatsBus::connect_with_options(
-        &urls,
-        async_nats::ConnectOptions::new().retain_servers_order(),
-    )
-    .await
-    .expect("comma-separated urls");
-    let cb = NatsBus::connect_urls(&list).await.expect("url list");
+    let sb = NatsBus::builder()
+        .connect_with_options(
+            &urls,
+            async_nats::ConnectOptions::new().retain_servers_order(),
+        )
+        .await
+        .expect("comma-separated urls");
+    let cb = NatsBus::builder()
+        .connect_urls(&list)
+        .await
+        .expect("url list");
     let s = echo_server(sb.clone(), "s", &[]).await.unwrap();
     let c = client(cb.clone()).await;
     until("a first call", async || {

@@ -22,6 +22,14 @@ async fn bus(url: &str) -> NatsBus {
     NatsBus::connect(url).await.expect("connect")
 }
 
+async fn prefixed(url: &str, prefix: &str) -> NatsBus {
+    NatsBus::builder()
+        .prefix(prefix)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
 async fn echo_server(b: NatsBus, id: &str) -> RpcServer {
     let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id));
     let sid = id.to_owned();
@@ -153,13 +161,13 @@ async fn credentials() {
     let err = NatsBus::connect(&ns.url()).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert!(
-        err.message().to_lowercase().contains("authorization"),
+        err.to_string().to_lowercase().contains("authorization"),
         "{err:?}"
     );
     let bad = format!("nats://u:wrong@127.0.0.1:{}", ns.port);
     let err = NatsBus::connect(&bad).await.unwrap_err();
     assert!(
-        !err.message().contains("wrong"),
+        !err.to_string().contains("wrong"),
         "password redacted: {err:?}"
     );
     assert!(t.elapsed() < Duration::from_secs(5), "fails fast");
@@ -185,10 +193,10 @@ async fn prefixes_isolate() {
     let raw = async_nats::connect(ns.url()).await.unwrap();
     let mut spy = raw.subscribe(">").await.unwrap();
     raw.flush().await.unwrap();
-    let sa = echo_server(bus(&ns.url()).await.with_prefix("depA"), "A").await;
-    let sb = echo_server(bus(&ns.url()).await.with_prefix("depB"), "B").await;
-    let ca = client(bus(&ns.url()).await.with_prefix("depA")).await;
-    let cb = client(bus(&ns.url()).await.with_prefix("depB")).await;
+    let sa = echo_server(prefixed(&ns.url(), "depA").await, "A").await;
+    let sb = echo_server(prefixed(&ns.url(), "depB").await, "B").await;
+    let ca = client(prefixed(&ns.url(), "depA").await).await;
+    let cb = client(prefixed(&ns.url(), "depB").await).await;
     for i in 0..10 {
         assert_eq!(call(&ca, i).await.unwrap().text, "A");
         assert_eq!(call(&cb, i).await.unwrap().text, "B");
@@ -244,7 +252,7 @@ async fn odd_topics_isolated() {
         "",
     ];
     let s = RpcServer::new(
-        Arc::new(bus(&ns.url()).await.with_prefix("topics")),
+        Arc::new(prefixed(&ns.url(), "topics").await),
         SERVICE,
         ServerOptions::default().server_id("t"),
     );
@@ -267,7 +275,7 @@ async fn odd_topics_isolated() {
         .await
         .unwrap();
     }
-    let c = client(bus(&ns.url()).await.with_prefix("topics")).await;
+    let c = client(prefixed(&ns.url(), "topics").await).await;
     for t in topics {
         let items: Vec<_> = c
             .multi::<Num, Num>(
@@ -295,8 +303,8 @@ async fn odd_topics_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_raw_bytes() {
     let ns = common::shared();
-    let s = echo_server(bus(&ns.url()).await.with_prefix("bad"), "bad").await;
-    let c = client(bus(&ns.url()).await.with_prefix("bad")).await;
+    let s = echo_server(prefixed(&ns.url(), "bad").await, "bad").await;
+    let c = client(prefixed(&ns.url(), "bad").await).await;
     assert_eq!(call(&c, 1).await.unwrap().n, 1);
     let raw = async_nats::connect(ns.url()).await.unwrap();
     let subjects = [
@@ -364,8 +372,8 @@ async fn server_restart_reconnects() {
 async fn subscribe_then_publish_never_lost() {
     use psrpc::{Channel, MessageBus};
     let ns = common::shared();
-    let sub_bus = bus(&ns.url()).await.with_prefix("churn");
-    let pub_bus = bus(&ns.url()).await.with_prefix("churn");
+    let sub_bus = prefixed(&ns.url(), "churn").await;
+    let pub_bus = prefixed(&ns.url(), "churn").await;
     let mut lost = Vec::new();
     for (kind, local, queue) in [
         ("direct", "", false),
@@ -421,21 +429,26 @@ async fn restart_mid_load() {
 /// the group `bus`, so NATS hands each of them requests for the other's
 /// method. By default a bus hands such a request back to the group (once),
 /// so most calls are served (a call is lost only when NATS picks the wrong
-/// server twice, one in four here); with `with_queue_hand_back(false)` it
+/// server twice, one in four here); with `queue_hand_back(false)` it
 /// drops it as Go does (one in two here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q1_foreign_queue_requests_are_handed_back() {
     let ns = NatsServer::start(&[]);
     for redeliveries in [None, Some(0)] {
-        let with = |b: NatsBus| match redeliveries {
-            Some(n) => b.with_queue_hand_back(n > 0),
-            None => b,
+        let url = ns.url();
+        let with = async || match redeliveries {
+            Some(n) => NatsBus::builder()
+                .queue_hand_back(n > 0)
+                .connect(&url)
+                .await
+                .expect("connect"),
+            None => bus(&url).await,
         };
         // Server A serves only another queue method of the service; B only
         // NormalRPC.
         static OTHER: psrpc::MethodInfo = psrpc::MethodInfo::queue("OtherQueueRPC");
         let a = RpcServer::new(
-            Arc::new(with(bus(&ns.url()).await)),
+            Arc::new(with().await),
             SERVICE,
             ServerOptions::default().server_id("A"),
         );
@@ -447,7 +460,7 @@ async fn q1_foreign_queue_requests_are_handed_back() {
         )
         .await
         .unwrap();
-        let b = echo_server(with(bus(&ns.url()).await), "B").await;
+        let b = echo_server(with().await, "B").await;
         let c = client(bus(&ns.url()).await).await;
         let mut served = 0;
         let mut unavailable = 0;
@@ -663,12 +676,13 @@ async fn queue_delivery_exactly_once_per_bus_instance() {
 async fn stuck_subscriber_losses_counted_by_every_layer() {
     const BATCH: usize = 1_000;
     let ns = NatsServer::start(&[]);
-    let b = NatsBus::connect_with_options(
-        &ns.url(),
-        async_nats::ConnectOptions::new().subscription_capacity(8),
-    )
-    .await
-    .unwrap();
+    let b = NatsBus::builder()
+        .connect_with_options(
+            &ns.url(),
+            async_nats::ConnectOptions::new().subscription_capacity(8),
+        )
+        .await
+        .unwrap();
     let ch = psrpc::channels::rpc_channel(SERVICE, "Events", &[], true);
     let stuck = b.subscribe_queue(&ch, 16).await.unwrap();
     let publisher = bus(&ns.url()).await;

@@ -48,10 +48,11 @@ impl BusFactory for NatsFactory {
     async fn connect(&self) -> DynBus {
         let url = shared().url();
         std::sync::Arc::new(
-            NatsBus::connect(&url)
+            NatsBus::builder()
+                .prefix(&self.prefix)
+                .connect(&url)
                 .await
-                .expect("connect")
-                .with_prefix(&self.prefix),
+                .expect("connect"),
         )
     }
 }

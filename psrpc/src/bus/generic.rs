@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,9 +58,11 @@ impl<T: Transport> std::ops::Deref for Bus<T> {
     }
 }
 
-/// Takes one subscriber out of its route when dropped.
+/// Takes one subscriber out of its route when dropped. Holds the bus, so
+/// that a subscription outlives the handle it was made with and still
+/// leaves its route (and the transport's listening) when dropped.
 struct Leave<T: Transport> {
-    shared: Weak<Shared<T>>,
+    shared: Arc<Shared<T>>,
     key: String,
     id: u64,
     queue: bool,
@@ -68,9 +70,7 @@ struct Leave<T: Transport> {
 
 impl<T: Transport> Drop for Leave<T> {
     fn drop(&mut self) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
+        let shared = &self.shared;
         let stopped = {
             let mut routes = shared.routes.lock().unwrap_or_else(|e| e.into_inner());
             let Some(route) = routes.get(&self.key).cloned() else {
@@ -191,7 +191,7 @@ impl<T: Transport> Bus<T> {
         };
         // Made now, so that failing below takes the subscriber out again.
         let leave = Leave {
-            shared: Arc::downgrade(&self.shared),
+            shared: self.shared.clone(),
             key,
             id,
             queue,

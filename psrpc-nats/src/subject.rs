@@ -1,0 +1,83 @@
+//! Subjects: naming a channel's subject and checking it against what
+//! nats-server takes (its control line, tokens, wildcards).
+
+use psrpc::bus::Channel;
+use psrpc::drops::Truncated;
+
+use crate::error::{Error, Result};
+
+/// nats-server's default `max_control_line`: the longest protocol line
+/// (`PUB <subject> <size>`, `SUB <subject> <queue> <sid>`) it accepts before
+/// closing the connection.
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+
+/// What a `PUB` or `SUB` line needs besides its subject (operation, queue
+/// group, sizes, ids, separators), rounded up.
+pub(crate) const CONTROL_LINE_OVERHEAD: usize = 64;
+
+/// The longest subject (prefix included) the bus uses by default.
+pub const DEFAULT_MAX_SUBJECT_LEN: usize = DEFAULT_MAX_CONTROL_LINE - CONTROL_LINE_OVERHEAD;
+
+/// The longest subject a server with this `max_control_line` takes.
+pub(crate) fn max_subject_for(max_control_line: usize) -> usize {
+    max_control_line.saturating_sub(CONTROL_LINE_OVERHEAD)
+}
+
+/// The NATS subject of `channel` under `prefix` (empty for none).
+pub(crate) fn subject(prefix: &str, channel: &Channel) -> String {
+    if prefix.is_empty() {
+        channel.server.clone()
+    } else {
+        format!("{prefix}.{}", channel.server)
+    }
+}
+
+/// Checks that `subject` is one nats-server takes from this bus: at most
+/// `max` bytes, non-empty dot-separated tokens, none of them a wildcard
+/// (`*`, `>`), no whitespace or control characters.
+pub(crate) fn check_subject(subject: &str, max: usize) -> Result<()> {
+    let invalid = |why: String| {
+        Err(Error::InvalidSubject {
+            subject: Truncated(subject).to_string(),
+            why,
+        })
+    };
+    if subject.len() > max {
+        return invalid(format!(
+            "of {} bytes is longer than the bus's limit of {max} bytes \
+             (nats-server's max_control_line, {DEFAULT_MAX_CONTROL_LINE} by default, \
+             less protocol overhead)",
+            subject.len()
+        ));
+    }
+    if let Some(c) = subject
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return invalid(format!("contains {c:?}"));
+    }
+    for token in subject.split('.') {
+        match token {
+            "" => return invalid("has an empty token".into()),
+            "*" | ">" => return invalid(format!("has the wildcard token {token:?}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_subject;
+
+    #[test]
+    fn subjects_checked() {
+        assert!(check_subject("SRV.a.b", 100).is_ok());
+        for bad in ["", "a..b", "a.*", "a.>", "a b", "a\tb", ".a", "a."] {
+            let e = check_subject(bad, 100).unwrap_err();
+            assert_eq!(e.code(), psrpc::ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        let e = check_subject(&"a".repeat(101), 100).unwrap_err();
+        assert!(e.to_string().contains("101 bytes"), "{e}");
+    }
+}
