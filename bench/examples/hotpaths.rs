@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use futures::StreamExt;
 use psrpc::{
-    ClientOptions, ClientStream, Context, LocalBus, MethodInfo, RpcClient, RpcServer,
-    SelectionOptions, ServerOptions, ServerStream, Subscription,
+    ClientOptions, ClientStream, Context, LocalBus, Method, RpcClient, RpcServer, SelectionOptions,
+    ServerOptions, ServerStream, Subscription,
 };
 
 /// Messages generated from `proto/bench.proto` (package `psrpcbench`).
@@ -33,22 +33,22 @@ mod pb {
     include!(concat!(env!("OUT_DIR"), "/psrpcbench.rs"));
 }
 
-use pb::{Event, Msg, Req, Res};
+use pb::{Event, Ignored, Msg, Req, Res};
 
 /// `Bench.Unary`: queue routing with the claim handshake.
-static UNARY: MethodInfo = MethodInfo::queue("Unary");
+static UNARY: Method<Req, Res> = Method::queue("Unary");
 /// `Bench.Affinity`: affinity routing.
-static AFFINITY: MethodInfo = MethodInfo::affinity("Affinity");
+static AFFINITY: Method<Req, Res> = Method::affinity("Affinity");
 /// `Bench.Multi`: every server answers.
-static MULTI: MethodInfo = MethodInfo::multi("Multi");
+static MULTI: Method<Req, Res> = Method::multi("Multi");
 /// `Bench.Trigger`: makes a server publish one event and one broadcast.
-static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
+static TRIGGER: Method<Req, Res> = Method::queue("Trigger");
 /// `Bench.Broadcast`: fan-out subscription on a topic.
-static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
+static BROADCAST: Method<Ignored, Event> = Method::multi("Broadcast");
 /// `BenchEvents.Events`: queue subscription.
-static EVENTS: MethodInfo = MethodInfo::queue("Events");
+static EVENTS: Method<Ignored, Event> = Method::queue("Events");
 /// `Bench.Echo`: a stream.
-static ECHO: MethodInfo = MethodInfo::queue("Echo");
+static ECHO: Method<Msg, Msg> = Method::queue("Echo");
 
 /// Servers started, as psrpc-bench does by default.
 const SERVERS: usize = 3;
@@ -126,65 +126,55 @@ async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
     let bench = RpcServer::new(bus.clone(), "Bench", opts());
     let events = RpcServer::new(bus.clone(), "BenchEvents", opts());
     bench
-        .register_handler(&UNARY, &[], echo(id.clone()), None)
+        .route(&UNARY)
+        .handle(echo(id.clone()))
         .await
         .expect("register Unary");
     let affinity = (1.0 - 0.25 * i as f32).max(0.1);
     bench
-        .register_handler(
-            &AFFINITY,
-            &[],
-            echo(id.clone()),
-            Some(Arc::new(move |_: &Req| affinity)),
-        )
+        .route(&AFFINITY)
+        .affinity(move |_: &Req| affinity)
+        .handle(echo(id.clone()))
         .await
         .expect("register Affinity");
     bench
-        .register_handler(&MULTI, &[], echo(id.clone()), None)
+        .route(&MULTI)
+        .handle(echo(id.clone()))
         .await
         .expect("register Multi");
     bench
-        .register_stream_handler(
-            &ECHO,
-            &[],
-            |mut st: ServerStream<Msg, Msg>| async move {
-                while let Some(m) = st.recv().await {
-                    st.send(m).await?;
-                }
-                Ok(())
-            },
-            None,
-        )
+        .stream_route(&ECHO)
+        .handle(|mut st: ServerStream<Msg, Msg>| async move {
+            while let Some(m) = st.recv().await {
+                st.send(m).await?;
+            }
+            Ok(())
+        })
         .await
         .expect("register Echo");
     let counter = Arc::new(AtomicI64::new(0));
     let (b, e) = (bench.clone(), events.clone());
     bench
-        .register_handler(
-            &TRIGGER,
-            &[],
-            move |_ctx: Context, req: Req| {
-                let (bench, events, counter, id) =
-                    (b.clone(), e.clone(), counter.clone(), id.clone());
-                async move {
-                    let event = || Event {
-                        seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
-                        text: req.text.clone(),
-                        server_id: id.clone(),
-                    };
-                    events.publish(&EVENTS, &[], &event()).await?;
-                    bench
-                        .publish(&BROADCAST, std::slice::from_ref(&req.text), &event())
-                        .await?;
-                    Ok(Res {
-                        seq: req.seq,
-                        server_id: id,
-                        payload: Bytes::new(),
-                    })
-                }
-            },
-            None,
-        )
+        .route(&TRIGGER)
+        .handle(move |_ctx: Context, req: Req| {
+            let (bench, events, counter, id) = (b.clone(), e.clone(), counter.clone(), id.clone());
+            async move {
+                let event = || Event {
+                    seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
+                    text: req.text.clone(),
+                    server_id: id.clone(),
+                };
+                events.publish(&EVENTS, (), &event()).await?;
+                bench
+                    .publish(&BROADCAST, std::slice::from_ref(&req.text), &event())
+                    .await?;
+                Ok(Res {
+                    seq: req.seq,
+                    server_id: id,
+                    payload: Bytes::new(),
+                })
+            }
+        })
         .await
         .expect("register Trigger");
     (bench, events)
@@ -216,12 +206,7 @@ impl Fixture {
         };
         match path {
             Path::Stream => {
-                fx.stream = Some(
-                    fx.client
-                        .stream::<Msg, Msg>(&ECHO, vec![])
-                        .await
-                        .expect("open stream"),
-                );
+                fx.stream = Some(fx.client.stream(&ECHO, ()).await.expect("open stream"));
             }
             Path::Sub | Path::Trigger => {
                 let events_client = RpcClient::new(
@@ -233,13 +218,13 @@ impl Fixture {
                 .expect("events client");
                 fx.events = Some(
                     events_client
-                        .subscribe::<Event>(&EVENTS, &[])
+                        .subscribe(&EVENTS, ())
                         .await
                         .expect("subscribe Events"),
                 );
                 fx.bcast = Some(
                     fx.client
-                        .subscribe::<Event>(&BROADCAST, &[TOPIC.to_owned()])
+                        .subscribe(&BROADCAST, &[TOPIC.to_owned()])
                         .await
                         .expect("subscribe Broadcast"),
                 );
@@ -265,14 +250,14 @@ impl Fixture {
         match path {
             Path::Unary => {
                 let req = self.req("", 0);
-                let res: Res = self.client.unary(&UNARY, vec![], req).await.expect("unary");
+                let res: Res = self.client.unary(&UNARY, (), req).await.expect("unary");
                 assert_eq!(res.seq, self.seq);
             }
             Path::Affinity => {
                 let req = self.req("", 0);
                 let res: Res = self
                     .client
-                    .unary(&AFFINITY, vec![], req)
+                    .unary(&AFFINITY, (), req)
                     .selection(SelectionOptions {
                         maximum_affinity: 1.0,
                         ..Default::default()
@@ -283,11 +268,7 @@ impl Fixture {
             }
             Path::Multi => {
                 let req = self.req("", 0);
-                let mut s = self
-                    .client
-                    .multi::<Req, Res>(&MULTI, vec![], req)
-                    .await
-                    .expect("multi");
+                let mut s = self.client.multi(&MULTI, (), req).await.expect("multi");
                 for _ in 0..SERVERS {
                     let r = s.next().await.expect("multi response").expect("multi");
                     assert_eq!(r.seq, self.seq);
@@ -314,7 +295,7 @@ impl Fixture {
                 };
                 self.servers[0]
                     .1
-                    .publish(&EVENTS, &[], &event)
+                    .publish(&EVENTS, (), &event)
                     .await
                     .expect("publish");
                 let got = self.events.as_mut().expect("events").recv().await;
@@ -322,11 +303,7 @@ impl Fixture {
             }
             Path::Trigger => {
                 let req = self.req(TOPIC, 1);
-                let _: Res = self
-                    .client
-                    .unary(&TRIGGER, vec![], req)
-                    .await
-                    .expect("trigger");
+                let _: Res = self.client.unary(&TRIGGER, (), req).await.expect("trigger");
                 self.events.as_mut().expect("events").recv().await;
                 let b = self.bcast.as_mut().expect("bcast").recv().await;
                 assert_eq!(b.expect("broadcast").text, TOPIC);

@@ -32,7 +32,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use psrpc::MethodInfo;
+use psrpc::Method;
+
+use pb::{Event, Ignored, Msg, Req, Res};
 
 use args::{Args, BusSpec, Mode};
 use conn::Connector;
@@ -44,21 +46,21 @@ pub mod pb {
 }
 
 /// `Bench.Unary`: queue routing with the claim handshake.
-pub(crate) static UNARY: MethodInfo = MethodInfo::queue("Unary");
+pub(crate) static UNARY: Method<Req, Res> = Method::queue("Unary");
 /// `Bench.Affinity`: affinity routing.
-pub(crate) static AFFINITY: MethodInfo = MethodInfo::affinity("Affinity");
+pub(crate) static AFFINITY: Method<Req, Res> = Method::affinity("Affinity");
 /// `Bench.Multi`: every server answers.
-pub(crate) static MULTI: MethodInfo = MethodInfo::multi("Multi");
+pub(crate) static MULTI: Method<Req, Res> = Method::multi("Multi");
 /// `Bench.TopicUnary`: queue routing on a topic.
-pub(crate) static TOPIC_UNARY: MethodInfo = MethodInfo::queue("TopicUnary");
+pub(crate) static TOPIC_UNARY: Method<Req, Res> = Method::queue("TopicUnary");
 /// `Bench.Trigger`: makes a server publish events and broadcasts.
-pub(crate) static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
+pub(crate) static TRIGGER: Method<Req, Res> = Method::queue("Trigger");
 /// `Bench.Broadcast`: fan-out subscription on a topic.
-pub(crate) static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
+pub(crate) static BROADCAST: Method<Ignored, Event> = Method::multi("Broadcast");
 /// `BenchEvents.Events`: queue subscription.
-pub(crate) static EVENTS: MethodInfo = MethodInfo::queue("Events");
+pub(crate) static EVENTS: Method<Ignored, Event> = Method::queue("Events");
 /// `Bench.Echo`: a stream (queue flags: claimed by one server).
-pub(crate) static ECHO: MethodInfo = MethodInfo::queue("Echo");
+pub(crate) static ECHO: Method<Msg, Msg> = Method::queue("Echo");
 
 /// Timeout of every benchmark call and of every wait for an update.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(3);

@@ -55,21 +55,21 @@ impl Bench {
         let res: psrpc::Result<Res> = match op {
             Op::StreamOpenClose => {
                 let st = c
-                    .stream::<Msg, Msg>(&ECHO, vec![])
+                    .stream(&ECHO, ())
                     .timeout(CALL_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?;
                 st.close(None).await.map_err(|e| e.to_string())?;
                 return Ok(t0.elapsed());
             }
-            Op::Unary => c.unary(&UNARY, vec![], req).timeout(CALL_TIMEOUT).await,
+            Op::Unary => c.unary(&UNARY, (), req).timeout(CALL_TIMEOUT).await,
             Op::TopicUnary => {
                 c.unary(&TOPIC_UNARY, self.topic.clone(), req)
                     .timeout(CALL_TIMEOUT)
                     .await
             }
             Op::Affinity => {
-                c.unary(&AFFINITY, vec![], req)
+                c.unary(&AFFINITY, (), req)
                     .selection(SelectionOptions {
                         maximum_affinity: 1.0,
                         ..Default::default()
@@ -77,10 +77,10 @@ impl Bench {
                     .timeout(CALL_TIMEOUT)
                     .await
             }
-            Op::AffinityDefault => c.unary(&AFFINITY, vec![], req).timeout(CALL_TIMEOUT).await,
+            Op::AffinityDefault => c.unary(&AFFINITY, (), req).timeout(CALL_TIMEOUT).await,
             Op::Multi => {
                 let mut s = c
-                    .multi::<Req, Res>(&MULTI, vec![], req)
+                    .multi(&MULTI, (), req)
                     .timeout(CALL_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -178,12 +178,7 @@ pub(crate) async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Dur
             while Instant::now() < end {
                 let st = match &mut stream {
                     Some(st) => st,
-                    None => match bench
-                        .client
-                        .stream::<Msg, Msg>(&ECHO, vec![])
-                        .timeout(CALL_TIMEOUT)
-                        .await
-                    {
+                    None => match bench.client.stream(&ECHO, ()).timeout(CALL_TIMEOUT).await {
                         Ok(st) => stream.insert(st),
                         Err(e) => {
                             stats.record(Err(format!("open: {e}")));
@@ -242,20 +237,16 @@ mod tests {
         let bus: DynBus = Arc::new(LocalBus::new());
         let server = RpcServer::new(bus.clone(), "Bench", ServerOptions::default());
         server
-            .register_stream_handler(
-                &ECHO,
-                &[],
-                |mut st: ServerStream<Msg, Msg>| async move {
-                    for _ in 0..3 {
-                        match st.recv().await {
-                            Some(m) => st.send(m).await?,
-                            None => return Ok(()),
-                        }
+            .stream_route(&ECHO)
+            .handle(|mut st: ServerStream<Msg, Msg>| async move {
+                for _ in 0..3 {
+                    match st.recv().await {
+                        Some(m) => st.send(m).await?,
+                        None => return Ok(()),
                     }
-                    Err(psrpc::Error::new(psrpc::ErrorCode::Unavailable, "lost"))
-                },
-                None,
-            )
+                }
+                Err(psrpc::Error::new(psrpc::ErrorCode::Unavailable, "lost"))
+            })
             .await
             .unwrap();
         let client = RpcClient::new(bus, "Bench", ClientOptions::default())

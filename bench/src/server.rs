@@ -63,77 +63,58 @@ pub(crate) async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::R
             }
         }
     };
-    bench
-        .register_handler(&UNARY, &[], echo(id.clone()), None)
-        .await?;
+    bench.route(&UNARY).handle(echo(id.clone())).await?;
     let affinity = (1.0 - 0.25 * i as f32).max(0.1);
     bench
-        .register_handler(
-            &AFFINITY,
-            &[],
-            echo(id.clone()),
-            Some(Arc::new(move |_: &Req| affinity)),
-        )
+        .route(&AFFINITY)
+        .affinity(move |_: &Req| affinity)
+        .handle(echo(id.clone()))
         .await?;
+    bench.route(&MULTI).handle(echo(id.clone())).await?;
     bench
-        .register_handler(&MULTI, &[], echo(id.clone()), None)
-        .await?;
-    bench
-        .register_handler(
-            &TOPIC_UNARY,
-            std::slice::from_ref(&args.topic),
-            echo(id.clone()),
-            None,
-        )
+        .route(&TOPIC_UNARY)
+        .topic(std::slice::from_ref(&args.topic))
+        .handle(echo(id.clone()))
         .await?;
 
     bench
-        .register_stream_handler(
-            &ECHO,
-            &[],
-            |mut st: ServerStream<Msg, Msg>| async move {
-                while let Some(m) = st.recv().await {
-                    st.send(m).await?;
-                }
-                Ok(())
-            },
-            None,
-        )
+        .stream_route(&ECHO)
+        .handle(|mut st: ServerStream<Msg, Msg>| async move {
+            while let Some(m) = st.recv().await {
+                st.send(m).await?;
+            }
+            Ok(())
+        })
         .await?;
 
     let counter = Arc::new(AtomicI64::new(0));
     let (b, e) = (bench.clone(), events.clone());
     bench
-        .register_handler(
-            &TRIGGER,
-            &[],
-            move |_ctx: Context, req: Req| {
-                let (bench, events, counter, id) =
-                    (b.clone(), e.clone(), counter.clone(), id.clone());
-                async move {
-                    let event = |counter: &AtomicI64| Event {
-                        seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
-                        text: req.text.clone(),
-                        server_id: id.clone(),
-                    };
-                    for _ in 0..req.count.max(0) {
-                        events.publish(&EVENTS, &[], &event(&counter)).await?;
-                    }
-                    if !req.text.is_empty() {
-                        let topic = [req.text.clone()];
-                        for _ in 0..req.count.max(0) {
-                            bench.publish(&BROADCAST, &topic, &event(&counter)).await?;
-                        }
-                    }
-                    Ok(Res {
-                        seq: req.seq,
-                        server_id: id,
-                        payload: Bytes::new(),
-                    })
+        .route(&TRIGGER)
+        .handle(move |_ctx: Context, req: Req| {
+            let (bench, events, counter, id) = (b.clone(), e.clone(), counter.clone(), id.clone());
+            async move {
+                let event = |counter: &AtomicI64| Event {
+                    seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
+                    text: req.text.clone(),
+                    server_id: id.clone(),
+                };
+                for _ in 0..req.count.max(0) {
+                    events.publish(&EVENTS, (), &event(&counter)).await?;
                 }
-            },
-            None,
-        )
+                if !req.text.is_empty() {
+                    let topic = [req.text.clone()];
+                    for _ in 0..req.count.max(0) {
+                        bench.publish(&BROADCAST, &topic, &event(&counter)).await?;
+                    }
+                }
+                Ok(Res {
+                    seq: req.seq,
+                    server_id: id,
+                    payload: Bytes::new(),
+                })
+            }
+        })
         .await?;
     Ok(BenchServer { bench, events })
 }

@@ -5,32 +5,32 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use psrpc::{MethodInfo, RpcClient};
+use psrpc::{Method, RpcClient};
 
-use crate::pb::{Event, Req, Res};
+use crate::pb::{Event, Ignored, Req};
 use crate::rows::REOPEN_BACKOFF;
 use crate::stats::Stats;
 use crate::{CALL_TIMEOUT, TRIGGER};
 
 /// A subscription that reopens itself when it is lost.
-pub(crate) struct Resub<T: prost::Message + prost::Name + Default> {
+pub(crate) struct Resub<T: prost::Message + prost::Name + Default + 'static> {
     client: RpcClient,
-    method: &'static MethodInfo,
+    method: &'static Method<Ignored, T>,
     topic: Vec<String>,
     sub: Option<psrpc::Subscription<T>>,
 }
 
-impl<T: prost::Message + prost::Name + Default> Resub<T> {
+impl<T: prost::Message + prost::Name + Default + 'static> Resub<T> {
     /// Subscribes `method` on `topic`.
     pub(crate) async fn open(
         client: &RpcClient,
-        method: &'static MethodInfo,
+        method: &'static Method<Ignored, T>,
         topic: &[String],
     ) -> Result<Self, String> {
         let sub = client
-            .subscribe::<T>(method, topic)
+            .subscribe(method, topic)
             .await
-            .map_err(|e| format!("subscribe {}: {e}", method.name))?;
+            .map_err(|e| format!("subscribe {}: {e}", method.name()))?;
         Ok(Resub {
             client: client.clone(),
             method,
@@ -44,9 +44,9 @@ impl<T: prost::Message + prost::Name + Default> Resub<T> {
         if self.sub.is_none() {
             let sub = self
                 .client
-                .subscribe::<T>(self.method, &self.topic)
+                .subscribe(self.method, &self.topic)
                 .await
-                .map_err(|e| format!("resubscribe {}: {e}", self.method.name))?;
+                .map_err(|e| format!("resubscribe {}: {e}", self.method.name()))?;
             self.sub = Some(sub);
         }
         Ok(self.sub.as_mut().expect("just set"))
@@ -139,7 +139,7 @@ pub(crate) async fn run_sub_trigger(
                 count: 1,
             };
             client
-                .unary::<Req, Res>(&TRIGGER, vec![], req)
+                .unary(&TRIGGER, (), req)
                 .timeout(CALL_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -187,7 +187,7 @@ pub(crate) async fn run_sub_burst(
             count: burst as i32,
         };
         let call = client
-            .unary::<Req, Res>(&TRIGGER, vec![], req)
+            .unary(&TRIGGER, (), req)
             .timeout(CALL_TIMEOUT + duration);
         let read = async {
             let mut s = Stats::default();

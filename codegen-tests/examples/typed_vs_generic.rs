@@ -93,7 +93,7 @@ async fn main() -> psrpc::Result<()> {
         let start = Instant::now();
         for _ in 0..CALLS {
             let _: Response = generic
-                .unary(&kinds::kinds_methods::QUEUE, Vec::new(), req())
+                .unary(&kinds::kinds_methods::QUEUE, (), req())
                 .await?;
         }
         g_best = g_best.min(start.elapsed());

@@ -384,7 +384,7 @@ async fn generic_api_through_the_method_statics() {
         .await
         .unwrap();
     let res: Response = rpc
-        .unary(&kinds_methods::QUEUE, vec![], req("generic"))
+        .unary(&kinds_methods::QUEUE, (), req("generic"))
         .await
         .unwrap();
     assert_eq!(res.text, "generic");

@@ -344,8 +344,14 @@ pub async fn subscribe(g: &Global, a: SubscribeArgs) -> CliResult<u8> {
     let method = subscription_method(&schema, &a.method)?;
     let topic = topic(&method, &a.topic)?;
     let info = method.info();
-    let mut sub =
-        rt::subscribe(&bus, &method.service, &info, &topic, a.queue && info.queue).await?;
+    let mut sub = rt::subscribe(
+        &bus,
+        &method.service,
+        &info,
+        &topic,
+        a.queue && info.routing() == psrpc::Routing::Queue,
+    )
+    .await?;
     if g.verbose {
         eprintln!(
             "subscribed to {}.{}{}",

@@ -10,9 +10,13 @@ use futures::StreamExt;
 use psrpc::bus::DynBus;
 use psrpc::wire::{self, Response};
 use psrpc::{
-    CallOptions, ClientOptions, ClientStream, MessageBus, MethodInfo, RpcClient, SelectionOptions,
-    channels,
+    CallOptions, ClientOptions, ClientStream, MessageBus, Method, Routing, RpcClient,
+    SelectionOptions, channels,
 };
+
+/// A method as the tool calls it: built from the schema at run time, on raw
+/// messages.
+pub type DynMethod = Method<RawMsg, RawMsg>;
 
 use crate::error::{CliError, CliResult};
 
@@ -165,14 +169,14 @@ impl Caller {
         Ok(Caller { client, tap })
     }
 
-    fn options(&self, method: &MethodInfo, s: &CallSettings) -> CallOptions {
+    fn options(&self, method: &DynMethod, s: &CallSettings) -> CallOptions {
         let mut o = CallOptions {
             timeout: s.timeout,
             metadata: s.metadata.clone(),
             ..Default::default()
         };
         if s.min_affinity.is_some() || s.max_affinity.is_some() {
-            let mut sel = if method.affinity_enabled {
+            let mut sel = if method.routing() == Routing::Affinity {
                 SelectionOptions::affinity_defaults(psrpc::select::DEFAULT_SELECTION_TIMEOUT)
             } else {
                 SelectionOptions::queue_defaults(psrpc::select::DEFAULT_SELECTION_TIMEOUT)
@@ -204,14 +208,14 @@ impl Caller {
     /// A unary call: one answer.
     pub async fn unary(
         &mut self,
-        method: &MethodInfo,
+        method: &DynMethod,
         topic: &[String],
         req: Bytes,
         s: &CallSettings,
     ) -> Answer {
         let opts = self.options(method, s);
         let start = Instant::now();
-        let result = self.client.call_unary_raw(method, topic, req, &opts).await;
+        let result = self.client.unary_raw(method, topic, req, &opts).await;
         let elapsed = start.elapsed();
         let (request_id, server_id) = match self.tapped(Duration::from_millis(200)).await {
             Some(r) => (r.request_id, r.server_id),
@@ -229,7 +233,7 @@ impl Caller {
     /// timeout ends the call.
     pub async fn multi(
         &mut self,
-        method: &MethodInfo,
+        method: &DynMethod,
         topic: &[String],
         req: Bytes,
         s: &CallSettings,
@@ -237,10 +241,7 @@ impl Caller {
     ) -> Result<usize, psrpc::Error> {
         let opts = self.options(method, s);
         let start = Instant::now();
-        let mut stream = self
-            .client
-            .call_multi_raw(method, topic, req, &opts)
-            .await?;
+        let mut stream = self.client.multi_raw(method, topic, req, &opts).await?;
         let mut n = 0;
         while let Some(result) = stream.next().await {
             let elapsed = start.elapsed();
@@ -262,15 +263,12 @@ impl Caller {
     /// Opens a stream.
     pub async fn stream(
         &self,
-        method: &MethodInfo,
+        method: &DynMethod,
         topic: Vec<String>,
         s: &CallSettings,
     ) -> Result<ClientStream<RawMsg, RawMsg>, psrpc::Error> {
         let opts = self.options(method, s);
-        self.client
-            .stream::<RawMsg, RawMsg>(method, topic)
-            .options(opts)
-            .await
+        self.client.stream(method, topic).options(opts).await
     }
 
     /// Closes the client.
@@ -293,11 +291,16 @@ pub struct Update {
 pub async fn subscribe(
     bus: &DynBus,
     service: &str,
-    method: &MethodInfo,
+    method: &DynMethod,
     topic: &[String],
     queue: bool,
 ) -> CliResult<psrpc::bus::Subscription> {
-    let ch = channels::rpc_channel(service, &method.name, topic, method.queue);
+    let ch = channels::rpc_channel(
+        service,
+        method.name(),
+        topic,
+        method.routing() == Routing::Queue,
+    );
     let r = if queue {
         bus.subscribe_queue(&ch, 1024).await
     } else {
@@ -319,12 +322,17 @@ pub fn update(bytes: Bytes) -> Result<Update, String> {
 pub async fn publish(
     bus: &DynBus,
     service: &str,
-    method: &MethodInfo,
+    method: &DynMethod,
     topic: &[String],
     type_name: &str,
     value: &[u8],
 ) -> CliResult<()> {
-    let ch = channels::rpc_channel(service, &method.name, topic, method.queue);
+    let ch = channels::rpc_channel(
+        service,
+        method.name(),
+        topic,
+        method.routing() == Routing::Queue,
+    );
     let msg = wire::encode_msg_raw(&format!("{}{type_name}", wire::TYPE_URL_PREFIX), value);
     bus.publish(&ch, msg)
         .await
@@ -350,7 +358,7 @@ pub async fn describe_all(
         ..Default::default()
     };
     let mut answers = client
-        .call_multi_raw(&psrpc::discovery::DESCRIBE, &[], Bytes::new(), &opts)
+        .multi_raw(&psrpc::discovery::DESCRIBE, (), Bytes::new(), &opts)
         .await
         .map_err(|e| CliError::bus(format!("asking for descriptions: {}", e.message())))?;
     let mut out = Vec::new();

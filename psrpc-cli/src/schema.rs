@@ -74,15 +74,19 @@ pub struct Method {
 }
 
 impl Method {
-    /// The runtime's routing flags of the method.
-    pub fn info(&self) -> psrpc::MethodInfo {
-        psrpc::MethodInfo::new(
-            self.name.clone(),
-            self.routing == Routing::Affinity,
-            self.routing == Routing::Multi,
-            self.routing != Routing::Multi && !self.single_server,
-            self.routing == Routing::Queue,
-        )
+    /// The runtime's descriptor of the method, on raw messages.
+    pub fn info(&self) -> crate::rt::DynMethod {
+        let routing = match self.routing {
+            Routing::Queue => psrpc::Routing::Queue,
+            Routing::Affinity => psrpc::Routing::Affinity,
+            Routing::Multi => psrpc::Routing::Multi,
+        };
+        let m = psrpc::Method::dynamic(self.name.clone(), routing);
+        if self.single_server {
+            m.single_server()
+        } else {
+            m
+        }
     }
 
     /// The request (input) message.

@@ -17,17 +17,14 @@ async fn discovery(broker: Broker) {
     let (bench_a, _events_a) = bench_server(broker.connect().await, "srv-a", 1.0).await;
     let other = RpcServer::new(broker.connect().await, "Other", server_options("srv-b"));
     other
-        .register_handler(
-            &UNARY,
-            &["x".to_string()],
-            |_ctx: psrpc::Context, r: Req| async move {
-                Ok(Res {
-                    seq: r.seq,
-                    ..Default::default()
-                })
-            },
-            None,
-        )
+        .route(&UNARY)
+        .topic(&["x".to_string()])
+        .handle(|_ctx: psrpc::Context, r: Req| async move {
+            Ok(Res {
+                seq: r.seq,
+                ..Default::default()
+            })
+        })
         .await
         .unwrap();
     // A server that opted out is not listed.
@@ -35,17 +32,13 @@ async fn discovery(broker: Broker) {
     quiet.discovery.enabled = false;
     let quiet = RpcServer::new(broker.connect().await, "Quiet", quiet);
     quiet
-        .register_handler(
-            &UNARY,
-            &[],
-            |_ctx: psrpc::Context, r: Req| async move {
-                Ok(Res {
-                    seq: r.seq,
-                    ..Default::default()
-                })
-            },
-            None,
-        )
+        .route(&UNARY)
+        .handle(|_ctx: psrpc::Context, r: Req| async move {
+            Ok(Res {
+                seq: r.seq,
+                ..Default::default()
+            })
+        })
         .await
         .unwrap();
 

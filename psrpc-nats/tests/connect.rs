@@ -24,7 +24,7 @@ async fn calls_through(url: &str) {
     let r: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 7,
                 text: String::new(),

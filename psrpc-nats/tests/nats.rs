@@ -33,17 +33,13 @@ async fn prefixed(url: &str, prefix: &str) -> NatsBus {
 async fn echo_server(b: NatsBus, id: &str) -> RpcServer {
     let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id));
     let sid = id.to_owned();
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        move |_c: Context, r: Num| {
+    s.route(&NORMAL_RPC)
+        .handle(move |_c: Context, r: Num| {
             let sid = sid.clone();
             async move { Ok(Num { n: r.n, text: sid }) }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     s
 }
 
@@ -56,7 +52,7 @@ async fn client(b: NatsBus) -> RpcClient {
 async fn call(c: &RpcClient, n: i64) -> psrpc::Result<Num> {
     c.unary(
         &NORMAL_RPC,
-        vec![],
+        (),
         Num {
             n,
             text: String::new(),
@@ -260,25 +256,22 @@ async fn odd_topics_isolated() {
     for t in topics {
         let w = wrong.clone();
         let own = t.to_owned();
-        s.register_handler(
-            &GET_REGION_STATS,
-            &[t.to_owned()],
-            move |_c: Context, r: Num| {
+        s.route(&GET_REGION_STATS)
+            .topic(&[t.to_owned()])
+            .handle(move |_c: Context, r: Num| {
                 if r.text != own {
                     w.fetch_add(1, Ordering::SeqCst);
                 }
                 let own = own.clone();
                 async move { Ok(Num { n: 0, text: own }) }
-            },
-            None,
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
     }
     let c = client(prefixed(&ns.url(), "topics").await).await;
     for t in topics {
         let items: Vec<_> = c
-            .multi::<Num, Num>(
+            .multi(
                 &GET_REGION_STATS,
                 vec![t.to_owned()],
                 Num {
@@ -446,29 +439,25 @@ async fn q1_foreign_queue_requests_are_handed_back() {
         };
         // Server A serves only another queue method of the service; B only
         // NormalRPC.
-        static OTHER: psrpc::MethodInfo = psrpc::MethodInfo::queue("OtherQueueRPC");
+        static OTHER: psrpc::Method<Num, Num> = psrpc::Method::queue("OtherQueueRPC");
         let a = RpcServer::new(
             Arc::new(with().await),
             SERVICE,
             ServerOptions::default().server_id("A"),
         );
-        a.register_handler(
-            &OTHER,
-            &[],
-            |_c: Context, r: Num| async move { Ok(r) },
-            None,
-        )
-        .await
-        .unwrap();
+        a.route(&OTHER)
+            .handle(|_c: Context, r: Num| async move { Ok(r) })
+            .await
+            .unwrap();
         let b = echo_server(with().await, "B").await;
         let c = client(bus(&ns.url()).await).await;
         let mut served = 0;
         let mut unavailable = 0;
         for n in 0..24 {
             let r = c
-                .unary::<Num, Num>(
+                .unary(
                     &NORMAL_RPC,
-                    vec![],
+                    (),
                     Num {
                         n,
                         text: String::new(),
@@ -557,9 +546,10 @@ async fn hand_back_bounded_by_members_and_never_for_junk() {
             SERVICE,
             ServerOptions::default().server_id(format!("s{k}")),
         );
-        let name: &'static str = Box::leak(format!("Method{k}").into_boxed_str());
-        let m: &'static psrpc::MethodInfo = Box::leak(Box::new(psrpc::MethodInfo::queue(name)));
-        s.register_handler(m, &[], |_c: Context, r: Num| async move { Ok(r) }, None)
+        let m: psrpc::Method<Num, Num> =
+            psrpc::Method::dynamic(format!("Method{k}"), psrpc::Routing::Queue);
+        s.route(&m)
+            .handle(|_c: Context, r: Num| async move { Ok(r) })
             .await
             .unwrap();
         buses.push(b);

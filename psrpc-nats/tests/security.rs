@@ -102,12 +102,9 @@ async fn client_user_calls_but_cannot_serve() {
         Default::default(),
     );
     let registered = rogue
-        .register_handler(
-            &security::SAY_HELLO,
-            &["rogue".to_owned()],
-            |_c: Context, _r: Num| async move { Ok(Num::default()) },
-            None,
-        )
+        .route(&security::SAY_HELLO)
+        .topic(&["rogue".to_owned()])
+        .handle(|_c: Context, _r: Num| async move { Ok(Num::default()) })
         .await;
     eprintln!("registering as the client user: {registered:?}");
     let c = RpcClient::new(
@@ -118,7 +115,7 @@ async fn client_user_calls_but_cannot_serve() {
     .await
     .unwrap();
     let err = c
-        .unary::<Num, Num>(&security::SAY_HELLO, vec!["rogue".into()], Num::default())
+        .unary(&security::SAY_HELLO, vec!["rogue".into()], Num::default())
         .await
         .expect_err("nobody may serve as the client user");
     eprintln!("a call to the client user's server: {err}");

@@ -108,25 +108,21 @@ async fn oversized_response_fails_the_call_at_once() {
         SERVICE,
         ServerOptions::default().server_id("big"),
     );
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        |_c: Context, r: Num| async move {
+    s.route(&NORMAL_RPC)
+        .handle(|_c: Context, r: Num| async move {
             Ok(Num {
                 n: r.n,
                 text: "x".repeat(r.n as usize),
             })
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(cb).await;
     let big = psrpc_redis::DEFAULT_MAX_MESSAGE_SIZE as i64 + 1;
     let e = c
-        .unary::<Num, Num>(
+        .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: big,
                 text: String::new(),
@@ -140,7 +136,7 @@ async fn oversized_response_fails_the_call_at_once() {
     let ok: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 3,
                 text: String::new(),

@@ -13,7 +13,7 @@ use prost::Message;
 use psrpc::bus::Subscription;
 use psrpc::wire;
 use psrpc::{
-    Channel, ClientOptions, Context, ErrorCode, MessageBus, MethodInfo, RpcClient, RpcServer,
+    Channel, ClientOptions, Context, ErrorCode, MessageBus, Method, RpcClient, RpcServer,
     ServerOptions,
 };
 use psrpc_redis::{RedisBus, queue_lock_key};
@@ -267,7 +267,7 @@ async fn malformed_bytes_do_not_panic() {
     let res: Num = client
         .unary(
             &ECHO,
-            vec![],
+            (),
             Num {
                 n: 7,
                 text: "x".into(),
@@ -279,7 +279,7 @@ async fn malformed_bytes_do_not_panic() {
     drop(srv);
 }
 
-const ECHO: MethodInfo = MethodInfo::queue("Echo");
+const ECHO: Method<Num, Num> = Method::queue("Echo");
 
 async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, RpcClient) {
     let srv = RpcServer::new(
@@ -287,14 +287,10 @@ async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, Rp
         service,
         ServerOptions::default().server_id("s1"),
     );
-    srv.register_handler(
-        &ECHO,
-        &[],
-        |_ctx: Context, req: Num| async move { Ok(req) },
-        None,
-    )
-    .await
-    .unwrap();
+    srv.route(&ECHO)
+        .handle(|_ctx: Context, req: Num| async move { Ok(req) })
+        .await
+        .unwrap();
     let client = RpcClient::new(cb.clone(), service, ClientOptions::default())
         .await
         .unwrap();
@@ -337,7 +333,7 @@ async fn password_protected_server() {
     let res: Num = client
         .unary(
             &ECHO,
-            vec![],
+            (),
             Num {
                 n: 1,
                 text: "pw".into(),
@@ -416,22 +412,18 @@ async fn prefixes_are_isolated() {
     let srv_b = RpcServer::new(b.clone(), "svc", ServerOptions::default().server_id("sb"));
     let n = count.clone();
     srv_b
-        .register_handler(
-            &ECHO,
-            &[],
-            move |_ctx: Context, req: Num| {
-                n.fetch_add(1, Ordering::SeqCst);
-                async move { Ok(req) }
-            },
-            None,
-        )
+        .route(&ECHO)
+        .handle(move |_ctx: Context, req: Num| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(req) }
+        })
         .await
         .unwrap();
     for i in 0..5 {
         let r: Num = c1
             .unary(
                 &ECHO,
-                vec![],
+                (),
                 Num {
                     n: i,
                     text: String::new(),
@@ -455,7 +447,7 @@ async fn survives_server_restart() {
     let res: Num = client
         .unary(
             &ECHO,
-            vec![],
+            (),
             Num {
                 n: 1,
                 text: String::new(),
@@ -473,7 +465,7 @@ async fn survives_server_restart() {
         let r: psrpc::Result<Num> = client
             .unary(
                 &ECHO,
-                vec![],
+                (),
                 Num {
                     n: 2,
                     text: String::new(),
@@ -677,14 +669,11 @@ async fn go_channel_names_and_lock_key_observed() {
     let topic = vec!["us-east".to_string(), "room/1".to_string()];
     let srv = RpcServer::new(sb, SERVICE, ServerOptions::default().server_id("s1"));
     for m in [&NORMAL_RPC, &INTENSIVE_RPC] {
-        srv.register_handler(
-            m,
-            &topic,
-            |_ctx: Context, req: Num| async move { Ok(req) },
-            None,
-        )
-        .await
-        .unwrap();
+        srv.route(m)
+            .topic(&topic)
+            .handle(|_ctx: Context, req: Num| async move { Ok(req) })
+            .await
+            .unwrap();
     }
     let client = RpcClient::new(cb, SERVICE, ClientOptions::default().client_id("CLI_abc"))
         .await

@@ -6,18 +6,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use psrpc::{ClientOptions, Context, MethodInfo, RpcClient, RpcServer, ServerOptions};
+use psrpc::{ClientOptions, Context, Method, RpcClient, RpcServer, ServerOptions};
 use psrpc_redis::RedisBus;
 use psrpc_tests::Num;
 
 use common::{RedisServer, Sentinel, cli, wait_for};
 
-const ECHO: MethodInfo = MethodInfo::queue("Echo");
+const ECHO: Method<Num, Num> = Method::queue("Echo");
 
 async fn call(c: &RpcClient, n: i64, timeout: Duration) -> psrpc::Result<Num> {
     c.unary(
         &ECHO,
-        vec![],
+        (),
         Num {
             n,
             text: String::new(),
@@ -54,14 +54,10 @@ async fn follows_the_master_through_a_failover() {
         .await
         .unwrap();
     let srv = RpcServer::new(sb, "sentinel_svc", ServerOptions::default().server_id("s"));
-    srv.register_handler(
-        &ECHO,
-        &[],
-        |_ctx: Context, req: Num| async move { Ok(req) },
-        None,
-    )
-    .await
-    .unwrap();
+    srv.route(&ECHO)
+        .handle(|_ctx: Context, req: Num| async move { Ok(req) })
+        .await
+        .unwrap();
     let client = RpcClient::new(cb, "sentinel_svc", ClientOptions::default())
         .await
         .unwrap();

@@ -29,11 +29,13 @@ use crate::interceptor::{
     ClientInterceptor, ClientNext, ClientTerminal, MultiCallInterceptor, MultiInterceptor,
     MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
 };
+use crate::method::{SomeMethod, SomeSubscription};
 use crate::select::{
     DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt,
     select_server, sleep_until_opt,
 };
 use crate::stream::{self, ClientStream, StreamLiveness, StreamParams, StreamTable, spawn_publish};
+use crate::topic::Topic;
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamBody, StreamOpen};
 
 /// Default request timeout when neither the client, the context nor the call gives one.
@@ -365,12 +367,13 @@ impl RpcClient {
         self.inner.close();
     }
 
-    /// Starts a unary call of `method` with `req`; set options on the
-    /// returned builder and `.await` it.
+    /// Starts a unary call of `method` on `topic` (`()` for none) with
+    /// `req`; set options on the returned builder and `.await` it for the
+    /// method's response type.
     pub fn unary<'a, Req, Res>(
         &'a self,
-        method: &'a MethodInfo,
-        topic: Vec<String>,
+        method: &'a (impl SomeMethod<Req, Res> + ?Sized),
+        topic: impl Into<Topic>,
         req: Req,
     ) -> UnaryCall<'a, Req, Res>
     where
@@ -379,8 +382,8 @@ impl RpcClient {
     {
         UnaryCall {
             client: self,
-            method,
-            topic,
+            method: method.method_info(),
+            topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
             _res: PhantomData,
@@ -391,8 +394,8 @@ impl RpcClient {
     /// sends the request and gives a stream of per-server results.
     pub fn multi<'a, Req, Res>(
         &'a self,
-        method: &'a MethodInfo,
-        topic: Vec<String>,
+        method: &'a (impl SomeMethod<Req, Res> + ?Sized),
+        topic: impl Into<Topic>,
         req: Req,
     ) -> MultiCall<'a, Req, Res>
     where
@@ -401,22 +404,23 @@ impl RpcClient {
     {
         MultiCall {
             client: self,
-            method,
-            topic,
+            method: method.method_info(),
+            topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
             _res: PhantomData,
         }
     }
 
-    /// Starts opening a stream of `method` on `topic` that sends `S` and
-    /// receives `R`; set options on the returned builder and `.await` it.
-    /// The call timeout bounds the open and is the stream's default
-    /// per-message send timeout.
+    /// Starts opening a stream of `method` on `topic` (`()` for none) that
+    /// sends the method's request type `S` and receives its response type
+    /// `R`; set options on the returned builder and `.await` it. The call
+    /// timeout bounds the open and is the stream's default per-message send
+    /// timeout.
     pub fn stream<'a, S, R>(
         &'a self,
-        method: &'a MethodInfo,
-        topic: Vec<String>,
+        method: &'a (impl SomeMethod<S, R> + ?Sized),
+        topic: impl Into<Topic>,
     ) -> StreamCall<'a, S, R>
     where
         S: Message + Clone + 'static,
@@ -424,24 +428,27 @@ impl RpcClient {
     {
         StreamCall {
             client: self,
-            method,
-            topic,
+            method: method.method_info(),
+            topic: topic.into().into_parts(),
             opts: CallOptions::default(),
             _p: PhantomData,
         }
     }
 
-    /// Joins the subscription `method` on `topic`: a fan-out subscription for
+    /// Joins the subscription `method` on `topic` (`()` for none), which
+    /// receives the method's update type `T`: a fan-out subscription for
     /// multi methods (every subscriber gets every update), otherwise a queue
     /// subscription (one subscriber gets each update).
     pub async fn subscribe<T>(
         &self,
-        method: &MethodInfo,
-        topic: &[String],
+        method: &(impl SomeSubscription<T> + ?Sized),
+        topic: impl Into<Topic>,
     ) -> Result<Subscription<T>>
     where
         T: Message + prost::Name + Default,
     {
+        let (method, topic) = (method.method_info(), topic.into());
+        let topic = topic.parts();
         if self.is_closed() {
             return Err(Error::client_closed());
         }
@@ -561,7 +568,7 @@ impl RpcClient {
     }
 
     /// One unary call on raw request bytes; returns the raw response bytes.
-    pub async fn call_unary_raw(
+    pub(crate) async fn call_unary_raw(
         &self,
         method: &MethodInfo,
         topic: &[String],
@@ -678,7 +685,7 @@ impl RpcClient {
     }
 
     /// Sends one multi request on raw bytes; the stream yields raw results.
-    pub async fn call_multi_raw(
+    pub(crate) async fn call_multi_raw(
         &self,
         method: &MethodInfo,
         topic: &[String],

@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use crate::bus::DynBus;
 use crate::info::MethodInfo;
-use crate::{Context, RpcServer};
+use crate::{Context, Method, RpcServer};
 
 /// The reserved service name of discovery on the wire.
 pub const SERVICE: &str = "PsrpcDiscovery";
 
 /// `PsrpcDiscovery.Describe`: a multi method every Rust server answers.
-pub static DESCRIBE: MethodInfo = MethodInfo::multi("Describe");
+pub static DESCRIBE: Method<DescribeRequest, ServerDescription> = Method::multi("Describe");
 
 /// The (empty) request of `Describe`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -149,18 +149,14 @@ async fn start_responder(me: std::sync::Weak<Registry>, bus: DynBus) {
     let server = RpcServer::new(bus, SERVICE, opts);
     let weak = me.clone();
     let r = server
-        .register_handler(
-            &DESCRIBE,
-            &[],
-            move |_ctx: Context, _req: DescribeRequest| {
-                let me = weak.upgrade();
-                async move {
-                    me.map(|m| m.describe())
-                        .ok_or_else(crate::Error::server_closed)
-                }
-            },
-            None,
-        )
+        .route(&DESCRIBE)
+        .handle(move |_ctx: Context, _req: DescribeRequest| {
+            let me = weak.upgrade();
+            async move {
+                me.map(|m| m.describe())
+                    .ok_or_else(crate::Error::server_closed)
+            }
+        })
         .await;
     if let Err(e) = r {
         tracing::warn!(error = %e, "psrpc server: discovery not answered");

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 /// Request metadata: string keys and values, sent in `Request.metadata`.
 pub type Metadata = BTreeMap<String, String>;
 
-/// How a method is routed (docs/PROTOCOL.md). Both peers must agree on it.
+/// How a method is routed on the wire (docs/PROTOCOL.md): the flags a
+/// [`Method`](crate::Method) carries for the runtime. Both peers must agree
+/// on them.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodInfo {
     /// The method name on the wire (CamelCase of the proto name).

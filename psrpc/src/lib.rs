@@ -11,12 +11,16 @@ pub mod error;
 pub mod id;
 pub mod info;
 pub mod interceptor;
+mod method;
 pub mod middleware;
+mod raw;
+mod route;
 pub mod select;
 pub mod server;
 pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod topic;
 pub mod wire;
 
 pub use bus::{Channel, LocalBus, MessageBus};
@@ -26,14 +30,24 @@ pub use client::{
 };
 pub use codec::CompressionOptions;
 pub use error::{Error, ErrorCode, GrpcCode, Result};
+#[doc(hidden)]
+pub use info::MethodInfo;
 pub use info::{
-    BoxMessage, Context, DynMessage, IncomingHeader, Metadata, MethodInfo, RpcInfo,
-    downcast_message,
+    BoxMessage, Context, DynMessage, IncomingHeader, Metadata, RpcInfo, downcast_message,
 };
 pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
+pub use method::{Method, Routing};
+#[doc(hidden)]
+pub use method::{MethodName, SomeMethod, SomeSubscription};
+pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
-pub use server::{AffinityFn, ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
-pub use stream::{ClientStream, ServerStream, StreamAffinityFn, StreamLiveness, StreamSender};
+#[doc(hidden)]
+pub use server::AffinityFn;
+pub use server::{ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
+#[doc(hidden)]
+pub use stream::StreamAffinityFn;
+pub use stream::{ClientStream, ServerStream, StreamLiveness, StreamSender};
+pub use topic::Topic;
 
 pub use async_trait::async_trait;
 pub use prost;

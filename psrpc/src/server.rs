@@ -22,9 +22,12 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
 use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
+use crate::method::{Method, MethodName, SomeSubscription};
+use crate::route::{OpenAffinityFn, RequestAffinityFn, Route, StreamOpen, StreamRoute};
 use crate::stream::{
     self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
 };
+use crate::topic::Topic;
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
 
 /// Default server timeout (stream sends, stream close expiry).
@@ -193,11 +196,9 @@ pub trait RequestObserver: Send + Sync + 'static {
     fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
 }
 
-/// Scores a request for an affinity method: higher is better; a negative
-/// score means "do not claim" (the server stays silent); zero is a valid
-/// claim that the default selector never picks. It runs where the request
-/// arrives, before any task is started for it: keep it quick and never
-/// block in it.
+/// Interim (generated code until the generator emits [`Method`]s): the
+/// affinity function [`register_handler`](RpcServer::register_handler) takes.
+#[doc(hidden)]
 pub type AffinityFn<Req> = Arc<dyn Fn(&Req) -> f32 + Send + Sync>;
 
 /// What every handler task of a server shares.
@@ -517,19 +518,96 @@ impl RpcServer {
         self.inner.core.clock.suspected.load(Ordering::Relaxed)
     }
 
-    /// Registers `handler` for `method` on `topic` (empty: no topic) and
-    /// returns once its subscriptions are in effect. `affinity` scores
-    /// requests of affinity methods; without it a server claims with 1.0.
+    /// Starts registering a handler for the unary or multi method `method`:
+    /// set the topic and affinity function on the returned [`Route`], then
+    /// `.handle(handler).await` it. The handler takes the method's request
+    /// type and answers its response type.
     ///
-    /// Fails with `canceled` "server is closed" after shutdown, and with
-    /// `already_exists` "handler already exists" when the method and topic
-    /// are registered already.
+    /// ```
+    /// # use psrpc::{LocalBus, Method, RpcServer, ServerOptions, Context};
+    /// # #[derive(Clone, PartialEq, prost::Message)]
+    /// # struct Job { #[prost(uint32, tag = "1")] size: u32 }
+    /// static PLACE: Method<Job, Job> = Method::affinity("Place");
+    /// # #[tokio::main] async fn main() -> psrpc::Result<()> {
+    /// # let server = RpcServer::new(LocalBus::new(), "Jobs", ServerOptions::default());
+    /// server
+    ///     .route(&PLACE)
+    ///     .topic("eu")
+    ///     .affinity(|job: &Job| 1.0 / (1 + job.size) as f32)
+    ///     .handle(|_ctx: Context, job: Job| async move { Ok(job) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn route<'a, Req, Res>(&'a self, method: &'a Method<Req, Res>) -> Route<'a, Req, Res>
+    where
+        Req: Message + Default + Clone + 'static,
+        Res: Message + Clone + 'static,
+    {
+        Route::new(self, method)
+    }
+
+    /// Starts registering a stream handler for `method` (client messages
+    /// `Req`, server messages `Res`): set the topic and affinity function on
+    /// the returned [`StreamRoute`], then `.handle(handler).await` it.
+    pub fn stream_route<'a, Req, Res>(
+        &'a self,
+        method: &'a Method<Req, Res>,
+    ) -> StreamRoute<'a, Req, Res>
+    where
+        Req: Message + Default + Clone + 'static,
+        Res: Message + Clone + 'static,
+    {
+        StreamRoute::new(self, method)
+    }
+
+    /// Interim entry point of generated code (until the generator emits
+    /// [`Method`]s): [`route`](Self::route) for a bare method description.
+    #[doc(hidden)]
     pub async fn register_handler<Req, Res, H, Fut>(
         &self,
         method: &MethodInfo,
         topic: &[String],
         handler: H,
         affinity: Option<AffinityFn<Req>>,
+    ) -> Result<()>
+    where
+        Req: Message + Default + Clone + 'static,
+        Res: Message + Clone + 'static,
+        H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Res>> + Send + 'static,
+    {
+        self.register_unary(method, topic, handler, affinity).await
+    }
+
+    /// Interim entry point of generated code (until the generator emits
+    /// [`Method`]s): [`stream_route`](Self::stream_route) for a bare method
+    /// description, with an affinity function that does not see the open.
+    #[doc(hidden)]
+    pub async fn register_stream_handler<S, R, H, Fut>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        handler: H,
+        affinity: Option<StreamAffinityFn>,
+    ) -> Result<()>
+    where
+        S: Message + Clone + 'static,
+        R: Message + Default + Clone + 'static,
+        H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let affinity = affinity.map(|f| Arc::new(move |_: &StreamOpen<'_>| f()) as OpenAffinityFn);
+        self.register_stream(method, topic, handler, affinity).await
+    }
+
+    /// Registers `handler` for `method` on `topic` (empty: no topic) and
+    /// returns once its subscriptions are in effect (see [`Route`]).
+    pub(crate) async fn register_unary<Req, Res, H, Fut>(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        handler: H,
+        affinity: Option<RequestAffinityFn<Req>>,
     ) -> Result<()>
     where
         Req: Message + Default + Clone + 'static,
@@ -604,18 +682,14 @@ impl RpcServer {
     }
 
     /// Registers the stream handler `handler` for `method` on `topic`
-    /// (empty: no topic) and returns once its subscriptions are in effect.
-    /// The handler gets a [`ServerStream`] that sends `S` and receives `R`.
-    /// `affinity` decides, per open, whether and how eagerly this server
-    /// claims a stream (claimed methods only; default 1.0, negative: no claim).
-    ///
-    /// Errors as [`register_handler`](Self::register_handler).
-    pub async fn register_stream_handler<S, R, H, Fut>(
+    /// (empty: no topic) and returns once its subscriptions are in effect
+    /// (see [`StreamRoute`]).
+    pub(crate) async fn register_stream<S, R, H, Fut>(
         &self,
         method: &MethodInfo,
         topic: &[String],
         handler: H,
-        affinity: Option<StreamAffinityFn>,
+        affinity: Option<OpenAffinityFn>,
     ) -> Result<()>
     where
         S: Message + Clone + 'static,
@@ -747,7 +821,9 @@ impl RpcServer {
     /// Stops serving `method` on `topic`, without waiting for its in-flight
     /// requests (like [`kill`](Self::kill), for one handler). Unknown
     /// handlers are ignored.
-    pub fn deregister(&self, method: &str, topic: &[String]) {
+    pub fn deregister<M: MethodName + ?Sized>(&self, method: &M, topic: impl Into<Topic>) {
+        let (method, topic) = (method.method_name(), topic.into());
+        let topic = topic.parts();
         if let Some(d) = &self.inner.discovery {
             d.deregistered(method, topic);
         }
@@ -774,10 +850,12 @@ impl RpcServer {
     /// subscriber (multi) or one subscriber (queue) receives it.
     pub async fn publish<T: Message + prost::Name>(
         &self,
-        method: &MethodInfo,
-        topic: &[String],
+        method: &(impl SomeSubscription<T> + ?Sized),
+        topic: impl Into<Topic>,
         msg: &T,
     ) -> Result<()> {
+        let (method, topic) = (method.method_info(), topic.into());
+        let topic = topic.parts();
         let core = &self.inner.core;
         let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
         let bytes = core
@@ -905,7 +983,7 @@ struct UnaryHandler<Req, Res, H> {
     handler: Arc<H>,
     /// The interceptor chain ending in `handler`, when there are interceptors.
     chain: Option<ServerNext>,
-    affinity: Option<AffinityFn<Req>>,
+    affinity: Option<RequestAffinityFn<Req>>,
     _p: PhantomData<fn() -> Res>,
 }
 
@@ -1316,7 +1394,7 @@ struct StreamHandler<S, R, H> {
     /// The stream channel (legacy name), for drop reports.
     channel: String,
     handler: H,
-    affinity: Option<StreamAffinityFn>,
+    affinity: Option<OpenAffinityFn>,
     streams: Arc<StreamTable>,
     timeout: Duration,
     buffer: usize,
@@ -1349,7 +1427,13 @@ where
         };
         if self.method.require_claim {
             let deadline = Instant::now() + budget;
-            let affinity = self.affinity.as_ref().map_or(1.0, |f| f());
+            let affinity = self.affinity.as_ref().map_or(1.0, |f| {
+                f(&StreamOpen {
+                    remote_id: &open.node_id,
+                    metadata: &open.metadata,
+                    topic: &self.info.topic,
+                })
+            });
             let claim = chans.claim.clone();
             let (h, t) = (self.clone(), tracker.clone());
             self.core.claim_then(
@@ -1480,7 +1564,7 @@ mod tests {
     /// run: the caller, which never heard of it, may retry elsewhere.
     #[tokio::test]
     async fn failed_announcement_runs_nothing() {
-        static M: MethodInfo = MethodInfo::queue("M");
+        static M: Method<N, N> = Method::queue("M");
         let bus = LocalBus::new();
         let s = RpcServer::new(
             NoClaims(bus.clone()),
@@ -1489,22 +1573,18 @@ mod tests {
         );
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
-        s.register_handler(
-            &M,
-            &[],
-            move |_ctx: Context, req: N| {
+        s.route(&M)
+            .handle(move |_ctx: Context, req: N| {
                 r.fetch_add(1, Ordering::SeqCst);
                 async move { Ok(req) }
-            },
-            None,
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         let c = RpcClient::new(bus, "S", ClientOptions::default())
             .await
             .unwrap();
         let e = c
-            .unary::<N, N>(&M, vec![], N { n: 1 })
+            .unary(&M, (), N { n: 1 })
             .timeout(Duration::from_secs(2))
             .await
             .expect_err("nobody announced");

@@ -4,7 +4,7 @@
 //! A client opens a stream with [`RpcClient::stream`](crate::RpcClient::stream);
 //! the first server to claim it (or, for multi and single-server methods,
 //! every server that hears it) runs its stream handler, registered with
-//! [`RpcServer::register_stream_handler`](crate::RpcServer::register_stream_handler).
+//! [`RpcServer::stream_route`](crate::RpcServer::stream_route).
 //! After that both ends are alike:
 //!
 //! * `send(msg)` returns once the peer has *accepted* the message into its
@@ -200,10 +200,9 @@ pub fn presence_channel(service: &str, stream_id: &str, client_end: bool) -> Cha
     }
 }
 
-/// Decides whether this server claims a stream of an affinity (or queue)
-/// method: higher is better; negative means "do not claim". Like
-/// [`AffinityFn`](crate::AffinityFn), it runs where the open arrives: keep
-/// it quick.
+/// Interim (generated code until the generator emits `Method`s): the
+/// affinity function `register_stream_handler` takes.
+#[doc(hidden)]
 pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
 
 /// The open streams of a client, or of one server stream handler, by id.

@@ -8,8 +8,7 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use psrpc::middleware::otel::OtelTracing;
 use psrpc::{
-    ClientOptions, Context, Error, ErrorCode, LocalBus, MethodInfo, RpcClient, RpcServer,
-    ServerOptions,
+    ClientOptions, Context, Error, ErrorCode, LocalBus, Method, RpcClient, RpcServer, ServerOptions,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -18,7 +17,7 @@ struct Num {
     n: i64,
 }
 
-static CALL: MethodInfo = MethodInfo::queue("Call");
+static CALL: Method<Num, Num> = Method::queue("Call");
 
 #[tokio::test]
 async fn client_span_is_the_remote_parent_of_the_server_span() {
@@ -35,19 +34,15 @@ async fn client_span_is_the_remote_parent_of_the_server_span() {
         ServerOptions::default().interceptor(OtelTracing::new()),
     );
     server
-        .register_handler(
-            &CALL,
-            &[],
-            |ctx: Context, req: Num| async move {
-                // The handler's context continues the server span's trace.
-                assert!(ctx.traceparent().is_some());
-                if req.n < 0 {
-                    return Err(Error::new(ErrorCode::InvalidArgument, "negative"));
-                }
-                Ok(req)
-            },
-            None,
-        )
+        .route(&CALL)
+        .handle(|ctx: Context, req: Num| async move {
+            // The handler's context continues the server span's trace.
+            assert!(ctx.traceparent().is_some());
+            if req.n < 0 {
+                return Err(Error::new(ErrorCode::InvalidArgument, "negative"));
+            }
+            Ok(req)
+        })
         .await
         .unwrap();
     let client = RpcClient::new(
@@ -58,12 +53,12 @@ async fn client_span_is_the_remote_parent_of_the_server_span() {
     .await
     .unwrap();
     client
-        .unary::<Num, Num>(&CALL, vec![], Num { n: 1 })
+        .unary(&CALL, (), Num { n: 1 })
         .timeout(Duration::from_secs(2))
         .await
         .unwrap();
     let _ = client
-        .unary::<Num, Num>(&CALL, vec![], Num { n: -1 })
+        .unary(&CALL, (), Num { n: -1 })
         .await
         .expect_err("negative");
     provider.force_flush().unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use psrpc::testing::{FailureRate, LaggyBus, UnreliableBus};
 use psrpc::{
-    ClientOptions, Context, ErrorCode, LocalBus, MessageBus, MethodInfo, RpcClient, RpcServer,
+    ClientOptions, Context, ErrorCode, LocalBus, MessageBus, Method, RpcClient, RpcServer,
     ServerOptions,
 };
 
@@ -24,37 +24,27 @@ impl prost::Name for Echo {
 
 /// A queue method with the claim handshake: request, claim request, claim
 /// response and response each cross the bus once.
-const ECHO: MethodInfo = MethodInfo::queue("Echo");
+const ECHO: Method<Echo, Echo> = Method::queue("Echo");
 /// A queue method without claims: request and response only.
-const ECHO_NO_CLAIM: MethodInfo = MethodInfo {
-    name: std::borrow::Cow::Borrowed("EchoNoClaim"),
-    affinity_enabled: false,
-    multi: false,
-    require_claim: false,
-    queue: true,
-};
+const ECHO_NO_CLAIM: Method<Echo, Echo> = Method::queue("EchoNoClaim").single_server();
 
 async fn serve(bus: impl MessageBus) -> RpcServer {
     let server = RpcServer::new(bus, "echo", ServerOptions::default().server_id("server"));
     for m in [&ECHO, &ECHO_NO_CLAIM] {
         server
-            .register_handler(
-                m,
-                &[],
-                |_ctx: Context, req: Echo| async move {
-                    Ok(Echo {
-                        text: format!("echo {}", req.text),
-                    })
-                },
-                None,
-            )
+            .route(m)
+            .handle(|_ctx: Context, req: Echo| async move {
+                Ok(Echo {
+                    text: format!("echo {}", req.text),
+                })
+            })
             .await
             .expect("register");
     }
     server
 }
 
-async fn call(client: &RpcClient, m: &MethodInfo, text: &str) -> psrpc::Result<String> {
+async fn call(client: &RpcClient, m: &Method<Echo, Echo>, text: &str) -> psrpc::Result<String> {
     let res: Echo = client
         .unary(
             m,
@@ -189,7 +179,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
         .unwrap();
     let started = Instant::now();
     let e = client
-        .unary::<Echo, Echo>(&ECHO, vec![], Echo { text: "x".into() })
+        .unary(&ECHO, (), Echo { text: "x".into() })
         .timeout(Duration::from_millis(200))
         .await
         .expect_err("the publish never ends");
@@ -201,7 +191,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
     );
     let started = Instant::now();
     let e = client
-        .stream::<Echo, Echo>(&ECHO, vec![])
+        .stream(&ECHO, ())
         .timeout(Duration::from_millis(200))
         .await
         .expect_err("the open's publish never ends");

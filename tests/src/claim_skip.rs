@@ -18,8 +18,8 @@ use psrpc::channels;
 use psrpc::drops::DropReason;
 use psrpc::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
 use psrpc::{
-    ClaimOutcome, ClientOptions, Context, ErrorCode, MethodInfo, RequestObserver, RpcClient,
-    RpcInfo, RpcServer, SelectionOptions, ServerOptions,
+    ClaimOutcome, ClientOptions, Context, ErrorCode, Method, RequestObserver, RpcClient, RpcInfo,
+    RpcServer, SelectionOptions, ServerOptions,
 };
 
 use crate::my_service::*;
@@ -30,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const SEC: i64 = 1_000_000_000;
 
 /// A queue method served without the claim handshake.
-static SINGLE_RPC: MethodInfo = MethodInfo::queue("SingleRPC").single_server();
+static SINGLE_RPC: Method<Num, Num> = Method::queue("SingleRPC").single_server();
 
 async fn next_raw(sub: &mut Subscription, what: &str) -> Bytes {
     tokio::time::timeout(WAIT, sub.recv())
@@ -148,20 +148,16 @@ impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
 }
 
 /// Registers an echo of `Num` that counts its calls.
-async fn echo(s: &RpcServer, m: &MethodInfo, count: Arc<AtomicUsize>) {
+async fn echo(s: &RpcServer, m: &Method<Num, Num>, count: Arc<AtomicUsize>) {
     let id = s.id().to_owned();
-    s.register_handler(
-        m,
-        &[],
-        move |_ctx: Context, req: Num| {
+    s.route(m)
+        .handle(move |_ctx: Context, req: Num| {
             count.fetch_add(1, Ordering::SeqCst);
             let id = id.clone();
             async move { Ok(Num { n: req.n, text: id }) }
-        },
-        None,
-    )
-    .await
-    .expect("register");
+        })
+        .await
+        .expect("register");
 }
 
 fn raw_request(client_id: &str, n: i64, expiry_in: i64, skip_claim: bool) -> Request {
@@ -210,8 +206,8 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     );
     echo(&s, &NORMAL_RPC, count.clone()).await;
     let bus = f.connect().await;
-    let req_ch = channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true);
-    let rclaim_ch = channels::claim_response_channel(SERVICE, &NORMAL_RPC.name, &[]);
+    let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
+    let rclaim_ch = channels::claim_response_channel(SERVICE, NORMAL_RPC.name(), &[]);
     let mut rclaims = bus.subscribe(&rclaim_ch, 100).await.unwrap();
     let mut requests = bus.subscribe(&req_ch, 100).await.unwrap();
 
@@ -271,7 +267,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     let res: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 8,
                 text: "".into(),
@@ -318,7 +314,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     let res: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 9,
                 text: "".into(),
@@ -350,7 +346,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     let res: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 10,
                 text: "".into(),
@@ -371,14 +367,14 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     echo(&ms, &GET_STATS, count.clone()).await;
     let mut multi = bus
         .subscribe(
-            &channels::rpc_channel(SERVICE, &GET_STATS.name, &[], false),
+            &channels::rpc_channel(SERVICE, GET_STATS.name(), &[], false),
             10,
         )
         .await
         .unwrap();
     settle(f).await;
     let _ = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .multi(&GET_STATS, (), Num::default())
         .timeout(Duration::from_millis(200))
         .await
         .expect("multi");
@@ -395,7 +391,7 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
     // A hand-played server: answers before it announces, or announces and
     // never answers.
     let bus = f.connect().await;
-    let req_ch = channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true);
+    let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
     let mut requests = bus.subscribe(&req_ch, 10).await.unwrap();
     let c = client(f).await;
     settle(f).await;
@@ -405,9 +401,9 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
     let bus2 = bus.clone();
     let call = tokio::spawn(async move {
         let _ = &bus2;
-        c.unary::<Num, Num>(
+        c.unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 1,
                 text: "".into(),
@@ -444,7 +440,7 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
     let call = {
         let c = c.clone();
         tokio::spawn(async move {
-            c.unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+            c.unary(&NORMAL_RPC, (), Num::default())
                 .timeout(Duration::from_secs(10))
                 .await
         })
@@ -469,7 +465,7 @@ pub async fn claim_skip_response_first_and_timeout(f: &dyn BusFactory) {
     let call = {
         let c = c.clone();
         tokio::spawn(async move {
-            c.unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+            c.unary(&NORMAL_RPC, (), Num::default())
                 .timeout(Duration::from_secs(3))
                 .await
         })
@@ -518,31 +514,24 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     let b = mk("b").await;
     echo(&a, &NORMAL_RPC, count.clone()).await;
     for (s, score) in [(&a, 0.9f32), (&b, 0.5)] {
-        s.register_handler(
-            &INTENSIVE_RPC,
-            &[],
-            |_ctx: Context, r: Num| async move { Ok(r) },
-            Some(Arc::new(move |_: &Num| score)),
-        )
-        .await
-        .unwrap();
+        s.route(&INTENSIVE_RPC)
+            .affinity(move |_: &Num| score)
+            .handle(|_ctx: Context, r: Num| async move { Ok(r) })
+            .await
+            .unwrap();
     }
     let c = client(f).await;
     settle(f).await;
 
     // granted (classic queue call), skipped (the same with the switch on)
-    c.unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
-        .await
-        .unwrap();
+    c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
     skip.store(true, Ordering::SeqCst);
-    c.unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
-        .await
-        .unwrap();
+    c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
     // granted to a, lost by b
     let r: Num = c
         .unary(
             &INTENSIVE_RPC,
-            vec![],
+            (),
             Num {
                 n: 3,
                 text: "".into(),
@@ -554,7 +543,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     // timed out: a caller that never answers the bid
     let bus = f.connect().await;
     let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
-    let req_ch = channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true);
+    let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
     bus.publish(
         &req_ch,
         wire::encode_msg(&raw_request(&dead, 0, SEC / 2, false)),
@@ -608,12 +597,9 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
 pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
     let s = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
     let e = s
-        .register_handler(
-            &NORMAL_RPC,
-            &[],
-            |_ctx: Context, r: Num| async move { Ok(r) },
-            Some(Arc::new(|_: &Num| 1.0)),
-        )
+        .route(&NORMAL_RPC)
+        .affinity(|_: &Num| 1.0)
+        .handle(|_ctx: Context, r: Num| async move { Ok(r) })
         .await
         .expect_err("affinity function on a queue method");
     assert_eq!(
@@ -630,7 +616,7 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
     let bus = f.connect().await;
     let mut requests = bus
         .subscribe(
-            &channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true),
+            &channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true),
             10,
         )
         .await
@@ -653,9 +639,9 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
         },
     ] {
         let e = c
-            .unary::<Num, Num>(
+            .unary(
                 &NORMAL_RPC,
-                vec![],
+                (),
                 Num {
                     n: 1,
                     text: "".into(),
@@ -676,7 +662,7 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
     let r: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 2,
                 text: "".into(),
@@ -715,9 +701,9 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
     let bus: DynBus = f.connect().await;
     settle(f).await;
     let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
-    let queue = channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true);
-    let affinity = channels::rpc_channel(SERVICE, &INTENSIVE_RPC.name, &[], false);
-    let decisions = channels::claim_response_channel(SERVICE, &INTENSIVE_RPC.name, &[]);
+    let queue = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
+    let affinity = channels::rpc_channel(SERVICE, INTENSIVE_RPC.name(), &[], false);
+    let decisions = channels::claim_response_channel(SERVICE, INTENSIVE_RPC.name(), &[]);
     for i in 0..N {
         for ch in [&queue, &affinity] {
             let r = raw_request(&dead, i as i64, 4 * SEC, false);
@@ -753,25 +739,21 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
     let budgets = Arc::new(Mutex::new(Vec::<Duration>::new()));
     {
         let budgets = budgets.clone();
-        s.register_handler(
-            &SINGLE_RPC,
-            &[],
-            move |ctx: Context, r: Num| {
+        s.route(&SINGLE_RPC)
+            .handle(move |ctx: Context, r: Num| {
                 let left = ctx
                     .deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()));
                 budgets.lock().unwrap().push(left.expect("a deadline"));
                 async move { Ok(r) }
-            },
-            None,
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
     }
     let bus = f.connect().await;
     settle(f).await;
     let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
-    let ch = channels::rpc_channel(SERVICE, &SINGLE_RPC.name, &[], true);
+    let ch = channels::rpc_channel(SERVICE, SINGLE_RPC.name(), &[], true);
     let now = wire::now_ns();
 
     // The caller's clock is 5 s ahead of ours (ours is behind): it asked

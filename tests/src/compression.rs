@@ -16,12 +16,14 @@ use psrpc::codec::CompressionOptions;
 use psrpc::drops::{DropReason, Drops};
 use psrpc::wire::{self, Envelope, Request, Response};
 use psrpc::{
-    ClientOptions, Context, MessageBus, MethodInfo, RpcClient, RpcServer, ServerOptions,
-    async_trait,
+    ClientOptions, Context, MessageBus, Method, RpcClient, RpcServer, ServerOptions, async_trait,
 };
 
 use crate::my_service::*;
 use crate::{BusFactory, Num};
+
+/// `UpdateRegionState` carrying `Num` updates.
+static UPDATES: Method<Num, Num> = Method::multi("UpdateRegionState");
 
 /// How long a condition is waited for before a test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -148,13 +150,16 @@ pub fn bomb(type_url: &str, size: usize) -> Bytes {
     wire::encode_msg_gzip(type_url, &gzip(&vec![0; size]))
 }
 
-async fn echo_server(bus: DynBus, id: &str, m: &MethodInfo, count: Arc<AtomicUsize>) -> RpcServer {
+async fn echo_server(
+    bus: DynBus,
+    id: &str,
+    m: &Method<Num, Num>,
+    count: Arc<AtomicUsize>,
+) -> RpcServer {
     let s = RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
     let id = id.to_owned();
-    s.register_handler(
-        m,
-        &[],
-        move |_ctx: Context, req: Num| {
+    s.route(m)
+        .handle(move |_ctx: Context, req: Num| {
             count.fetch_add(1, Ordering::SeqCst);
             let id = id.clone();
             async move {
@@ -163,11 +168,9 @@ async fn echo_server(bus: DynBus, id: &str, m: &MethodInfo, count: Arc<AtomicUsi
                     text: format!("{id}:{}", req.text),
                 })
             }
-        },
-        None,
-    )
-    .await
-    .expect("register");
+        })
+        .await
+        .expect("register");
     s
 }
 
@@ -195,32 +198,25 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
         };
         let count = Arc::new(AtomicUsize::new(0));
         let s = echo_server(server_bus, "srv", &NORMAL_RPC, count.clone()).await;
-        s.register_handler(
-            &GET_STATS,
-            &[],
-            |_c: Context, r: Num| async move {
+        s.route(&GET_STATS)
+            .handle(|_c: Context, r: Num| async move {
                 Ok(Num {
                     n: r.n + 1,
                     text: r.text,
                 })
-            },
-            None,
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         let c = RpcClient::new(client_bus, SERVICE, ClientOptions::default())
             .await
             .unwrap();
-        let mut sub = c
-            .subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic())
-            .await
-            .unwrap();
+        let mut sub = c.subscribe(&UPDATES, &updates_topic()).await.unwrap();
         crate::suite::settle(f).await;
         let big = text(5000);
         let r: Num = c
             .unary(
                 &NORMAL_RPC,
-                vec![],
+                (),
                 Num {
                     n: 7,
                     text: big.clone(),
@@ -230,9 +226,9 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
             .unwrap();
         assert_eq!((r.n, r.text), (7, format!("srv:{big}")));
         let items: Vec<_> = c
-            .multi::<Num, Num>(
+            .multi(
                 &GET_STATS,
-                vec![],
+                (),
                 Num {
                     n: 1,
                     text: big.clone(),
@@ -246,7 +242,7 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].as_ref().unwrap().n, 2);
         s.publish(
-            &UPDATE_REGION_STATE,
+            &UPDATES,
             &updates_topic(),
             &Num {
                 n: 9,
@@ -273,7 +269,7 @@ pub async fn compression_mixed_peers(f: &dyn BusFactory) {
 /// `Msg.channel` stamped (as Go v0.8 does on every bus), to a server with
 /// default options: it is read and answered.
 pub async fn compression_raw_gzip_request_answered(f: &dyn BusFactory) {
-    let m = MethodInfo::queue("Gzipped").single_server();
+    let m = Method::queue("Gzipped").single_server();
     let count = Arc::new(AtomicUsize::new(0));
     let server_bus: DynBus = f.connect().await;
     let s = echo_server(server_bus.clone(), "plain", &m, count.clone()).await;
@@ -302,7 +298,7 @@ pub async fn compression_raw_gzip_request_answered(f: &dyn BusFactory) {
     let (a, b) = value.split_at(value.len() / 3);
     let gz = [gzip(a), gzip(b)].concat();
     assert!(gz.len() < value.len() / 4);
-    let ch = channels::rpc_channel(SERVICE, &m.name, &[], true);
+    let ch = channels::rpc_channel(SERVICE, m.name(), &[], true);
     // Msg.channel written into the bytes on every bus; the channel handed to
     // the bus has none, so no bus adds a second one.
     let bytes = wire::append_channel(&wire::encode_msg_gzip(Request::TYPE_URL, &gz), &ch.local);
@@ -344,10 +340,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
     let c = RpcClient::new(client_bus.clone(), SERVICE, ClientOptions::default())
         .await
         .unwrap();
-    let mut sub = c
-        .subscribe::<Num>(&UPDATE_REGION_STATE, &updates_topic())
-        .await
-        .unwrap();
+    let mut sub = c.subscribe(&UPDATES, &updates_topic()).await.unwrap();
     // Updates are decoded as they are read: read them all the time.
     let (tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
@@ -360,12 +353,12 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
     let num_url = wire::type_url_of::<Num>();
     let targets = [
         (
-            channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true),
+            channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true),
             Request::TYPE_URL,
             true,
         ),
         (
-            channels::claim_response_channel(SERVICE, &NORMAL_RPC.name, &[]),
+            channels::claim_response_channel(SERVICE, NORMAL_RPC.name(), &[]),
             wire::ClaimResponse::TYPE_URL,
             true,
         ),
@@ -380,7 +373,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
             false,
         ),
         (
-            channels::rpc_channel(SERVICE, &UPDATE_REGION_STATE.name, &updates_topic(), false),
+            channels::rpc_channel(SERVICE, UPDATES.name(), &updates_topic(), false),
             num_url.as_str(),
             false,
         ),
@@ -412,7 +405,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
     let r: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 5,
                 text: String::new(),
@@ -422,7 +415,7 @@ pub async fn compression_bomb_dropped_everywhere(f: &dyn BusFactory) {
         .unwrap();
     assert_eq!(r.n, 5);
     s.publish(
-        &UPDATE_REGION_STATE,
+        &UPDATES,
         &updates_topic(),
         &Num {
             n: 6,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use psrpc::bus::DynBus;
-use psrpc::{LocalBus, MethodInfo, ServerOptions};
+use psrpc::{LocalBus, Method, ServerOptions};
 
 pub mod claim_skip;
 pub mod compression;
@@ -137,21 +137,26 @@ impl prost::Name for Num {
 
 /// `MyService` methods (the service of Go psrpc's own tests).
 pub mod my_service {
-    use super::MethodInfo;
+    use super::{Method, MyRequest, MyResponse, MyUpdate, Num};
     /// The service name on the wire.
     pub const SERVICE: &str = "MyService";
     /// Queue-routed unary.
-    pub static NORMAL_RPC: MethodInfo = MethodInfo::queue("NormalRPC");
+    pub static NORMAL_RPC: Method<Num, Num> = Method::queue("NormalRPC");
+    /// `NormalRPC` with the request and response types of Go's tests.
+    pub static NORMAL_RPC_MY: Method<MyRequest, MyResponse> = Method::queue("NormalRPC");
     /// Affinity-routed unary.
-    pub static INTENSIVE_RPC: MethodInfo = MethodInfo::affinity("IntensiveRPC");
+    pub static INTENSIVE_RPC: Method<Num, Num> = Method::affinity("IntensiveRPC");
     /// Multi.
-    pub static GET_STATS: MethodInfo = MethodInfo::multi("GetStats");
+    pub static GET_STATS: Method<Num, Num> = Method::multi("GetStats");
     /// Multi with topics.
-    pub static GET_REGION_STATS: MethodInfo = MethodInfo::multi("GetRegionStats");
+    pub static GET_REGION_STATS: Method<Num, Num> = Method::multi("GetRegionStats");
     /// Queue subscription.
-    pub static PROCESS_UPDATE: MethodInfo = MethodInfo::queue("ProcessUpdate");
+    pub static PROCESS_UPDATE: Method<Num, Num> = Method::queue("ProcessUpdate");
+    /// `ProcessUpdate` with the update type of Go's tests.
+    pub static PROCESS_UPDATE_MY: Method<MyRequest, MyUpdate> = Method::queue("ProcessUpdate");
     /// Multi subscription with topics.
-    pub static UPDATE_REGION_STATE: MethodInfo = MethodInfo::multi("UpdateRegionState");
+    pub static UPDATE_REGION_STATE: Method<MyRequest, MyUpdate> =
+        Method::multi("UpdateRegionState");
 }
 
 /// Waits until `cond` holds, checking every 10 ms; panics with `what` if it
@@ -178,16 +183,13 @@ pub async fn echo_server(
     use my_service::{NORMAL_RPC, SERVICE};
     let s = psrpc::RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
     let sid = id.to_owned();
-    s.register_handler(
-        &NORMAL_RPC,
-        topic,
-        move |_c: psrpc::Context, r: Num| {
+    s.route(&NORMAL_RPC)
+        .topic(topic)
+        .handle(move |_c: psrpc::Context, r: Num| {
             let sid = sid.clone();
             async move { Ok(Num { n: r.n, text: sid }) }
-        },
-        None,
-    )
-    .await?;
+        })
+        .await?;
     Ok(s)
 }
 
@@ -270,6 +272,7 @@ macro_rules! conformance {
             stream_server_shutdown_and_kill_close_streams,
             stream_no_server_and_topics,
             stream_affinity_picks_best,
+            stream_affinity_sees_open,
             stream_client_close_and_context,
             stream_metadata_and_header,
             stream_malformed_message_closes,

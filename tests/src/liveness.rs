@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use psrpc::bus::DynBus;
-use psrpc::{ErrorCode, MethodInfo, RpcClient, RpcServer, ServerOptions, ServerStream};
+use psrpc::{ErrorCode, Method, RpcClient, RpcServer, ServerOptions, ServerStream};
 use tokio::sync::mpsc;
 
 use crate::Num;
@@ -18,7 +18,7 @@ use crate::Num;
 /// The service of these tests.
 pub const SERVICE: &str = "liveness";
 /// A claimed stream method.
-pub static LIVE: MethodInfo = MethodInfo::queue("Live");
+pub static LIVE: Method<Num, Num> = Method::queue("Live");
 
 /// The generous bound of every wait here (the default detection is ~5 s).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -110,10 +110,8 @@ enum Event {
 /// Registers the [`LIVE`] handler: sends `n = 0`, then echoes; reports on
 /// `events`.
 async fn register_pusher(s: &RpcServer, events: Option<mpsc::UnboundedSender<Event>>) {
-    s.register_stream_handler(
-        &LIVE,
-        &[],
-        move |mut st: ServerStream<Num, Num>| {
+    s.stream_route(&LIVE)
+        .handle(move |mut st: ServerStream<Num, Num>| {
             let events = events.clone();
             let report = move |e: Event| {
                 if let Some(tx) = &events {
@@ -134,18 +132,16 @@ async fn register_pusher(s: &RpcServer, events: Option<mpsc::UnboundedSender<Eve
                 report(Event::Ended(st.err(), Instant::now()));
                 Ok(())
             }
-        },
-        None,
-    )
-    .await
-    .expect("register stream handler");
+        })
+        .await
+        .expect("register stream handler");
 }
 
 /// Opens a [`LIVE`] stream, retrying until a server takes it.
 async fn open(c: &RpcClient) -> psrpc::ClientStream<Num, Num> {
     let start = Instant::now();
     loop {
-        match c.stream::<Num, Num>(&LIVE, vec![]).await {
+        match c.stream(&LIVE, ()).await {
             Ok(st) => return st,
             Err(e) => assert!(start.elapsed() < DEADLINE, "no server took the stream: {e}"),
         }

@@ -25,9 +25,9 @@ pub async fn call_while(c: &RpcClient, mut done: impl FnMut() -> bool) -> (u64, 
     let (mut ok, mut failed, mut peak) = (0, 0, status_kb("VmRSS:"));
     while !done() {
         let r = c
-            .unary::<Num, Num>(
+            .unary(
                 &NORMAL_RPC,
-                vec![],
+                (),
                 Num {
                     n: 1,
                     text: String::new(),

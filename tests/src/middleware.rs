@@ -16,8 +16,8 @@ use psrpc::middleware::retry::RetryOptions;
 use psrpc::middleware::trace::{TRACEPARENT, TraceParent};
 use psrpc::testing::{FailureRate, LaggyBus, UnreliableBus};
 use psrpc::{
-    BoxMessage, CallOptions, ClientOptions, Context, Error, ErrorCode, MethodInfo, RpcClient,
-    RpcInfo, RpcServer, ServerStream,
+    BoxMessage, CallOptions, ClientOptions, Context, Error, ErrorCode, Method, RpcClient, RpcInfo,
+    RpcServer, ServerStream,
 };
 
 use crate::streams::{PING_PONG, num};
@@ -26,8 +26,8 @@ use crate::{BusFactory, Num};
 
 const WAIT: Duration = Duration::from_secs(3);
 
-static UNARY: MethodInfo = MethodInfo::queue("Unary");
-static MULTI: MethodInfo = MethodInfo::multi("Multi");
+static UNARY: Method<Num, Num> = Method::queue("Unary");
+static MULTI: Method<Num, Num> = Method::multi("Multi");
 
 type Trace = Arc<Mutex<String>>;
 
@@ -91,10 +91,8 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
         .recovery();
     let s = RpcServer::new(f.connect().await, "icpt_server", opts);
     let t = trace.clone();
-    s.register_handler(
-        &UNARY,
-        &[],
-        move |_ctx: Context, req: Num| {
+    s.route(&UNARY)
+        .handle(move |_ctx: Context, req: Num| {
             let t = t.clone();
             async move {
                 push(&t, "4");
@@ -103,17 +101,15 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
                 }
                 Ok(num(req.n, "fine"))
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = RpcClient::new(f.connect().await, "icpt_server", ClientOptions::default())
         .await
         .unwrap();
     settle(f).await;
     let e = c
-        .unary::<Num, Num>(&UNARY, vec![], num(1, ""))
+        .unary(&UNARY, (), num(1, ""))
         .await
         .expect_err("the panic is an error");
     assert_eq!(e.code(), ErrorCode::Internal);
@@ -122,10 +118,7 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
     assert_eq!(*trace.lock().unwrap(), "1234321");
     assert_eq!(*logged.lock().unwrap(), Some(ErrorCode::Internal));
     // The server survived and serves the next call.
-    let ok = c
-        .unary::<Num, Num>(&UNARY, vec![], num(2, ""))
-        .await
-        .unwrap();
+    let ok = c.unary(&UNARY, (), num(2, "")).await.unwrap();
     assert_eq!(ok.text, "fine");
     s.shutdown().await;
 }
@@ -137,10 +130,8 @@ pub async fn interceptors_client_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
     let s = RpcServer::new(f.connect().await, "icpt_client", f.server_options());
     let t = trace.clone();
-    s.register_handler(
-        &UNARY,
-        &[],
-        move |ctx: Context, _req: Num| {
+    s.route(&UNARY)
+        .handle(move |ctx: Context, _req: Num| {
             let t = t.clone();
             async move {
                 push(&t, "4");
@@ -150,11 +141,9 @@ pub async fn interceptors_client_order(f: &dyn BusFactory) {
                     format!("no response; saw {}", keys.join(",")),
                 ))
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let opts = ClientOptions::default()
         .interceptor(client_tracer(&trace, "1"))
         .interceptor(client_tracer(&trace, "2"));
@@ -163,7 +152,7 @@ pub async fn interceptors_client_order(f: &dyn BusFactory) {
         .unwrap();
     settle(f).await;
     let e = c
-        .unary::<Num, Num>(&UNARY, vec![], num(0, ""))
+        .unary(&UNARY, (), num(0, ""))
         .interceptor(client_tracer(&trace, "3"))
         .await
         .expect_err("the server's error");
@@ -213,20 +202,16 @@ pub async fn interceptors_multi_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
     let s = RpcServer::new(f.connect().await, "icpt_multi", f.server_options());
     let t = trace.clone();
-    s.register_handler(
-        &MULTI,
-        &[],
-        move |ctx: Context, _req: Num| {
+    s.route(&MULTI)
+        .handle(move |ctx: Context, _req: Num| {
             let t = t.clone();
             async move {
                 push(&t, "4");
                 Ok(num(ctx.metadata().len() as i64, "from server"))
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     /// Rewrites every result's text.
     struct Rewrite;
     struct RewriteCall;
@@ -260,7 +245,7 @@ pub async fn interceptors_multi_order(f: &dyn BusFactory) {
         .unwrap();
     settle(f).await;
     let mut results = c
-        .multi::<Num, Num>(&MULTI, vec![], num(0, ""))
+        .multi(&MULTI, (), num(0, ""))
         .interceptor(MultiTracer(trace.clone(), "3"))
         .timeout(Duration::from_millis(500))
         .await
@@ -289,21 +274,17 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
             },
         ),
     );
-    s.register_handler(
-        &UNARY,
-        &[],
-        |_ctx: Context, req: Num| async move { Ok(num(req.n * 10, "handler")) },
-        None,
-    )
-    .await
-    .unwrap();
+    s.route(&UNARY)
+        .handle(|_ctx: Context, req: Num| async move { Ok(num(req.n * 10, "handler")) })
+        .await
+        .unwrap();
     let c = RpcClient::new(f.connect().await, "icpt_modify", ClientOptions::default())
         .await
         .unwrap();
     settle(f).await;
     // Changes the request on the way out.
     let doubled = c
-        .unary::<Num, Num>(&UNARY, vec![], num(2, ""))
+        .unary(&UNARY, (), num(2, ""))
         .interceptor(
             |mut req: BoxMessage, opts: CallOptions, next: ClientNext| async move {
                 if let Some(n) = req.as_any_mut().downcast_mut::<Num>() {
@@ -317,9 +298,9 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     assert_eq!(doubled.n, 40);
     assert_eq!(doubled.text, "handler+server-interceptor");
     // Answers from a cache: no server involved (another method, unserved).
-    static UNSERVED: MethodInfo = MethodInfo::queue("Unserved");
+    static UNSERVED: Method<Num, Num> = Method::queue("Unserved");
     let cached = c
-        .unary::<Num, Num>(&UNSERVED, vec![], num(1, ""))
+        .unary(&UNSERVED, (), num(1, ""))
         .interceptor(
             |_req: BoxMessage, _opts: CallOptions, _next: ClientNext| async move {
                 Ok(Box::new(num(99, "cached")) as BoxMessage)
@@ -330,7 +311,7 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     assert_eq!((cached.n, cached.text.as_str()), (99, "cached"));
     // A response of the wrong type is caught, not a panic.
     let e = c
-        .unary::<Num, Num>(&UNSERVED, vec![], num(1, ""))
+        .unary(&UNSERVED, (), num(1, ""))
         .interceptor(
             |_req: BoxMessage, _opts: CallOptions, _next: ClientNext| async move {
                 Ok(Box::new(crate::MyResponse {}) as BoxMessage)
@@ -349,10 +330,8 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
     let s = RpcServer::new(f.connect().await, "mw_retry", f.server_options());
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
-    s.register_handler(
-        &UNARY,
-        &[],
-        move |_ctx: Context, req: Num| {
+    s.route(&UNARY)
+        .handle(move |_ctx: Context, req: Num| {
             let n = c2.fetch_add(1, Ordering::SeqCst);
             async move {
                 match req.text.as_str() {
@@ -364,11 +343,9 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
                     _ => Ok(num(req.n, "ok")),
                 }
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = RpcClient::new(
         f.connect().await,
         "mw_retry",
@@ -383,21 +360,18 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
     .unwrap();
     settle(f).await;
     let e = c
-        .unary::<Num, Num>(&UNARY, vec![], num(1, "always"))
+        .unary(&UNARY, (), num(1, "always"))
         .await
         .expect_err("gives up");
     assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "busy"));
     assert_eq!(calls.swap(0, Ordering::SeqCst), 3, "exactly the bound");
     let ok = c
-        .unary::<Num, Num>(&UNARY, vec![], num(2, "once"))
+        .unary(&UNARY, (), num(2, "once"))
         .await
         .expect("second attempt");
     assert_eq!(ok.n, 2);
     assert_eq!(calls.swap(0, Ordering::SeqCst), 2);
-    let e = c
-        .unary::<Num, Num>(&UNARY, vec![], num(3, "fatal"))
-        .await
-        .unwrap_err();
+    let e = c.unary(&UNARY, (), num(3, "fatal")).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
     s.shutdown().await;
@@ -501,41 +475,29 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         "mw_metrics",
         f.server_options().metrics(server_rec.clone()),
     );
-    s.register_handler(
-        &UNARY,
-        &[],
-        |_ctx: Context, req: Num| async move {
+    s.route(&UNARY)
+        .handle(|_ctx: Context, req: Num| async move {
             if req.n < 0 {
                 return Err(Error::new(ErrorCode::OutOfRange, "negative"));
             }
             // A response of a different size than the request.
             Ok(num(req.n, "a much longer response text"))
-        },
-        None,
-    )
-    .await
-    .unwrap();
-    s.register_handler(
-        &MULTI,
-        &[],
-        |_ctx: Context, req: Num| async move { Ok(num(req.n, "multi answer")) },
-        None,
-    )
-    .await
-    .unwrap();
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        |mut st: ServerStream<Num, Num>| async move {
+        })
+        .await
+        .unwrap();
+    s.route(&MULTI)
+        .handle(|_ctx: Context, req: Num| async move { Ok(num(req.n, "multi answer")) })
+        .await
+        .unwrap();
+    s.stream_route(&PING_PONG)
+        .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await {
                 st.send(num(m.n, "pong!")).await?;
             }
             Ok(())
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = RpcClient::new(
         f.connect().await,
         "mw_metrics",
@@ -551,10 +513,8 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         prost::Message::encoded_len(&num(7, "a much longer response text")),
     );
     assert_ne!(req_len, res_len);
-    c.unary::<Num, Num>(&UNARY, vec![], req.clone())
-        .await
-        .unwrap();
-    let _ = c.unary::<Num, Num>(&UNARY, vec![], num(-1, "q")).await;
+    c.unary(&UNARY, (), req.clone()).await.unwrap();
+    let _ = c.unary(&UNARY, (), num(-1, "q")).await;
     let unary = |role, error: Option<&str>, response_bytes| Seen::Unary {
         role,
         method: "Unary".into(),
@@ -583,7 +543,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     );
 
     let results: Vec<_> = c
-        .multi::<Num, Num>(&MULTI, vec![], req.clone())
+        .multi(&MULTI, (), req.clone())
         .timeout(Duration::from_millis(300))
         .await
         .unwrap()
@@ -602,7 +562,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     assert_eq!(server_rec.take(), vec![multi(Role::Server)]);
     assert_eq!(client_rec.take(), vec![multi(Role::Client)]);
 
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(req.clone()).await.unwrap();
     st.recv().await.unwrap();
     st.close(None).await.unwrap();
@@ -648,10 +608,8 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
     let seen: Arc<Mutex<Seen>> = Default::default();
     let s = RpcServer::new(f.connect().await, "mw_trace", f.server_options().traced());
     let seen2 = seen.clone();
-    s.register_handler(
-        &UNARY,
-        &[],
-        move |ctx: Context, _req: Num| {
+    s.route(&UNARY)
+        .handle(move |ctx: Context, _req: Num| {
             let seen = seen2.clone();
             async move {
                 let span = tracing::Span::current()
@@ -665,11 +623,9 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
                 ));
                 Ok(num(0, ""))
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let sent: Arc<Mutex<Option<String>>> = Default::default();
     let sent2 = sent.clone();
     let c = RpcClient::new(
@@ -691,10 +647,7 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
     // The caller is itself part of a trace (e.g. a handler's context).
     let caller = TraceParent::root();
     let ctx = Context::new().with_traceparent(caller.to_string());
-    c.unary::<Num, Num>(&UNARY, vec![], num(0, ""))
-        .context(&ctx)
-        .await
-        .unwrap();
+    c.unary(&UNARY, (), num(0, "")).context(&ctx).await.unwrap();
     let client_span = TraceParent::parse(&sent.lock().unwrap().clone().expect("sent")).unwrap();
     let (span_name, incoming, server_ctx) = seen.lock().unwrap().clone().expect("served");
     assert!(
@@ -727,19 +680,15 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
         "laggy_stream",
         f.server_options(),
     );
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        |mut st: ServerStream<Num, Num>| async move {
+    s.stream_route(&PING_PONG)
+        .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await {
                 st.send(num(m.n, "pong")).await?;
             }
             Ok(())
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = RpcClient::new(
         LaggyBus::new(f.connect().await, "client", latency),
         "laggy_stream",
@@ -748,7 +697,7 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
     .await
     .unwrap();
     settle(f).await;
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     for i in 0..5 {
         let started = Instant::now();
         st.send(num(i, "ping")).await.unwrap();
@@ -774,17 +723,13 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
         "lossy_stream",
         f.server_options(),
     );
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        |mut st: ServerStream<Num, Num>| async move {
+    s.stream_route(&PING_PONG)
+        .handle(|mut st: ServerStream<Num, Num>| async move {
             while st.recv().await.is_some() {}
             Ok(())
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = RpcClient::new(
         UnreliableBus::new(f.connect().await, rate.clone()),
         "lossy_stream",
@@ -793,7 +738,7 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
     .await
     .unwrap();
     settle(f).await;
-    let st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let st = c.stream(&PING_PONG, ()).await.unwrap();
     rate.set(0.5);
     let (mut acked, mut timed_out) = (0, 0);
     for i in 0..20 {

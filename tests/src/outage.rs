@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use psrpc::{ErrorCode, MethodInfo, RpcClient};
+use psrpc::{ErrorCode, Method, RpcClient};
 
 use crate::Num;
 use crate::servers::Restart;
@@ -22,7 +22,7 @@ type Outcome = (Instant, Duration, Result<(), ErrorCode>);
 /// succeeded, without rebuilding anything.
 pub async fn calls_through_restart(
     client: Arc<RpcClient>,
-    method: &MethodInfo,
+    method: &Method<Num, Num>,
     server: &mut impl Restart,
 ) {
     const TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,9 +41,9 @@ pub async fn calls_through_restart(
                 let after_restart = counts.restarted.load(Ordering::SeqCst);
                 let t = Instant::now();
                 let r = c
-                    .unary::<Num, Num>(
-                        &method,
-                        vec![],
+                    .unary(
+                        &*method,
+                        (),
                         Num {
                             n: w * 1_000_000 + n,
                             text: String::new(),

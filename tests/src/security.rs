@@ -5,46 +5,38 @@
 use std::time::Duration;
 
 use psrpc::bus::DynBus;
-use psrpc::{Context, MethodInfo, RpcClient, RpcServer, ServerOptions, ServerStream};
+use psrpc::{Context, Method, RpcClient, RpcServer, ServerOptions, ServerStream};
 
 use crate::Num;
 
 /// The service the example configurations protect.
 pub const SERVICE: &str = "Greeter";
 /// Its unary method.
-pub static SAY_HELLO: MethodInfo = MethodInfo::queue("SayHello");
+pub static SAY_HELLO: Method<Num, Num> = Method::queue("SayHello");
 /// Its stream method.
-pub static CHAT: MethodInfo = MethodInfo::queue("Chat");
+pub static CHAT: Method<Num, Num> = Method::queue("Chat");
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Serves `Greeter` on `bus` (SayHello answers `n + 1`, Chat echoes).
 pub async fn serve(bus: DynBus) -> psrpc::Result<RpcServer> {
     let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
-    s.register_handler(
-        &SAY_HELLO,
-        &[],
-        |_c: Context, r: Num| async move {
+    s.route(&SAY_HELLO)
+        .handle(|_c: Context, r: Num| async move {
             Ok(Num {
                 n: r.n + 1,
                 text: "hello".into(),
             })
-        },
-        None,
-    )
-    .await?;
-    s.register_stream_handler(
-        &CHAT,
-        &[],
-        |mut st: ServerStream<Num, Num>| async move {
+        })
+        .await?;
+    s.stream_route(&CHAT)
+        .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await {
                 st.send(m).await?;
             }
             Ok(())
-        },
-        None,
-    )
-    .await?;
+        })
+        .await?;
     Ok(s)
 }
 
@@ -56,9 +48,9 @@ pub async fn call_and_chat(bus: DynBus) {
     let start = std::time::Instant::now();
     let res: Num = loop {
         match c
-            .unary::<Num, Num>(
+            .unary(
                 &SAY_HELLO,
-                vec![],
+                (),
                 Num {
                     n: 41,
                     ..Default::default()
@@ -72,7 +64,7 @@ pub async fn call_and_chat(bus: DynBus) {
     };
     assert_eq!(res.n, 42);
     let mut st = c
-        .stream::<Num, Num>(&CHAT, vec![])
+        .stream(&CHAT, ())
         .await
         .expect("the client user opens a stream");
     st.send(Num {

@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use psrpc::{Context, Error, ErrorCode, MethodInfo, RpcServer, ServerOptions, ServerStream};
+use psrpc::{Context, Error, ErrorCode, Method, RpcServer, ServerOptions, ServerStream};
 use tokio::sync::mpsc;
 
 use crate::suite::{client, settle, topic};
-use crate::{BusFactory, MyResponse, Num};
+use crate::{BusFactory, Num};
 
 const WAIT: Duration = Duration::from_secs(3);
 
 /// A queue-flagged stream method (the default kind: claimed by one server).
-pub static PING_PONG: MethodInfo = MethodInfo::queue("PingPong");
+pub static PING_PONG: Method<Num, Num> = Method::queue("PingPong");
 /// An affinity stream method.
-pub static AFFINITY_STREAM: MethodInfo = MethodInfo::affinity("AffinityStream");
+pub static AFFINITY_STREAM: Method<Num, Num> = Method::affinity("AffinityStream");
 
 async fn server(f: &dyn BusFactory, service: &str, opts: ServerOptions) -> RpcServer {
     RpcServer::new(f.connect().await, service, opts)
@@ -34,14 +34,13 @@ pub(crate) fn num(n: i64, text: &str) -> Num {
 /// reports on `done` when its stream ends, with the stream's error.
 async fn echo(
     s: &RpcServer,
-    m: &MethodInfo,
+    m: &Method<Num, Num>,
     t: &[String],
     done: mpsc::UnboundedSender<Option<Error>>,
 ) {
-    s.register_stream_handler(
-        m,
-        t,
-        move |mut st: ServerStream<Num, Num>| {
+    s.stream_route(m)
+        .topic(t)
+        .handle(move |mut st: ServerStream<Num, Num>| {
             let done = done.clone();
             async move {
                 let mut result = Ok(());
@@ -54,11 +53,9 @@ async fn echo(
                 let _ = done.send(st.err());
                 result
             }
-        },
-        None,
-    )
-    .await
-    .expect("register stream handler");
+        })
+        .await
+        .expect("register stream handler");
 }
 
 async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
@@ -76,10 +73,7 @@ pub async fn stream_ping_pong(f: &dyn BusFactory) {
     echo(&s, &PING_PONG, &[], done_tx).await;
     let c = client(f, "test_stream").await;
     settle(f).await;
-    let mut st = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
-        .await
-        .expect("open");
+    let mut st = c.stream(&PING_PONG, ()).await.expect("open");
     for i in 0..3 {
         st.send(num(i, "PING")).await.expect("send acked");
         let got = tokio::time::timeout(WAIT, st.recv())
@@ -105,10 +99,8 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
     for count in &counts {
         let s = server(f, "stream_two", f.server_options()).await;
         let count = count.clone();
-        s.register_stream_handler(
-            &PING_PONG,
-            &[],
-            move |mut st: ServerStream<MyResponse, Num>| {
+        s.stream_route(&PING_PONG)
+            .handle(move |mut st: ServerStream<Num, Num>| {
                 let count = count.clone();
                 async move {
                     while st.recv().await.is_some() {
@@ -116,19 +108,14 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
                     }
                     Ok(())
                 }
-            },
-            None,
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         servers.push(s);
     }
     let c = client(f, "stream_two").await;
     settle(f).await;
-    let st = c
-        .stream::<Num, MyResponse>(&PING_PONG, vec![])
-        .await
-        .unwrap();
+    let st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(1, "")).await.unwrap();
     st.send(num(2, "")).await.unwrap();
     st.close(None).await.unwrap();
@@ -157,10 +144,8 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
 pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
     let s = server(f, "stream_causes", f.server_options()).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |mut st: ServerStream<Num, Num>| {
+    s.stream_route(&PING_PONG)
+        .handle(move |mut st: ServerStream<Num, Num>| {
             let seen = seen_tx.clone();
             async move {
                 let first = st.recv().await;
@@ -176,15 +161,13 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
                     }
                 }
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_causes").await;
     settle(f).await;
 
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(0, "fail")).await.unwrap();
     assert!(
         tokio::time::timeout(WAIT, st.recv())
@@ -200,7 +183,7 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
     assert_eq!(send_err.message(), "handler refused");
     assert!(st.is_closed());
 
-    let st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(0, "hello")).await.unwrap();
     st.close(Some(Error::new(
         ErrorCode::ResourceExhausted,
@@ -220,10 +203,8 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
     const BUFFER: usize = 4;
     let s = server(f, "stream_slow", f.server_options().channel_size(BUFFER)).await;
     let (release_tx, release) = tokio::sync::watch::channel(false);
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |mut st: ServerStream<Num, Num>| {
+    s.stream_route(&PING_PONG)
+        .handle(move |mut st: ServerStream<Num, Num>| {
             let mut release = release.clone();
             async move {
                 // Do not read until told.
@@ -237,14 +218,12 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
                 st.send(num(n, "read")).await?;
                 Ok(())
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_slow").await;
     settle(f).await;
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     let mut acked = 0;
     let mut failure = None;
     for i in 0..(BUFFER as i64 + 3) {
@@ -280,10 +259,8 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
 pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
     const N: i64 = 1000;
     let s = server(f, "stream_thousand", f.server_options()).await;
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |mut st: ServerStream<Num, Num>| async move {
+    s.stream_route(&PING_PONG)
+        .handle(move |mut st: ServerStream<Num, Num>| async move {
             let tx = st.sender();
             let sending = tokio::spawn(async move {
                 for i in 0..N {
@@ -309,15 +286,13 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
             st.send(num(-1, "server got all")).await?;
             while st.recv().await.is_some() {}
             Ok(())
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_thousand").await;
     settle(f).await;
     let mut st = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
+        .stream(&PING_PONG, ())
         .timeout(Duration::from_secs(10))
         .await
         .unwrap();
@@ -350,24 +325,20 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
 pub async fn stream_hijack_keeps_stream(f: &dyn BusFactory) {
     let s = server(f, "stream_hijack", f.server_options()).await;
     let (keep_tx, mut keep) = mpsc::unbounded_channel();
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |st: ServerStream<Num, Num>| {
+    s.stream_route(&PING_PONG)
+        .handle(move |st: ServerStream<Num, Num>| {
             let keep = keep_tx.clone();
             async move {
                 st.hijack();
                 let _ = keep.send(st);
                 Ok(())
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_hijack").await;
     settle(f).await;
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     let mut kept = recv(&mut keep).await;
     // The handler has returned; the stream is still open both ways.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -402,8 +373,8 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
         echo(&s, &PING_PONG, &[], done_tx).await;
         let c = client(f, "stream_shutdown").await;
         settle(f).await;
-        let mut a = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
-        let mut b = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+        let mut a = c.stream(&PING_PONG, ()).await.unwrap();
+        let mut b = c.stream(&PING_PONG, ()).await.unwrap();
         a.send(num(1, "")).await.unwrap();
         assert_eq!(a.recv().await.unwrap().n, 1);
         let started = Instant::now();
@@ -433,10 +404,7 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
         let e = a.send(num(2, "")).await.unwrap_err();
         assert_eq!(e.message(), "EOF");
         // The server takes no new streams.
-        let e = c
-            .stream::<Num, Num>(&PING_PONG, vec![])
-            .await
-            .expect_err("no server");
+        let e = c.stream(&PING_PONG, ()).await.expect_err("no server");
         assert_eq!(e.code(), ErrorCode::Unavailable);
     }
 }
@@ -446,10 +414,7 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
 pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
     let c = client(f, "stream_topics").await;
     let started = Instant::now();
-    let e = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
-        .await
-        .expect_err("no server");
+    let e = c.stream(&PING_PONG, ()).await.expect_err("no server");
     assert_eq!(e.code(), ErrorCode::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(2500));
 
@@ -458,13 +423,13 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
     echo(&s, &PING_PONG, &topic(&["region", "a"]), done_tx).await;
     settle(f).await;
     let mut st = c
-        .stream::<Num, Num>(&PING_PONG, topic(&["region", "a"]))
+        .stream(&PING_PONG, topic(&["region", "a"]))
         .await
         .expect("topic a is served");
     st.send(num(5, "")).await.unwrap();
     assert_eq!(st.recv().await.unwrap().n, 5);
     let e = c
-        .stream::<Num, Num>(&PING_PONG, topic(&["region", "b"]))
+        .stream(&PING_PONG, topic(&["region", "b"]))
         .timeout(Duration::from_millis(500))
         .await
         .expect_err("topic b is not served");
@@ -478,6 +443,75 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
     s.shutdown().await;
 }
 
+/// A stream affinity function sees the open: the opening client, the
+/// metadata it opened with and the topic. Two servers on one topic score
+/// by a metadata entry, so the open's metadata picks the server.
+pub async fn stream_affinity_sees_open(f: &dyn BusFactory) {
+    type Seen = (String, Option<String>, Vec<String>);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
+    let mut servers = Vec::new();
+    for id in ["gold", "basic"] {
+        let s = server(f, "stream_open", f.server_options().server_id(id)).await;
+        let (me, seen_tx) = (id.to_string(), seen_tx.clone());
+        s.stream_route(&AFFINITY_STREAM)
+            .topic(["region", "a"])
+            .affinity(move |open| {
+                let tier = open.metadata().get("tier").cloned();
+                let _ = seen_tx.send((
+                    open.remote_id().to_owned(),
+                    tier.clone(),
+                    open.topic().to_vec(),
+                ));
+                match (me.as_str(), tier.as_deref()) {
+                    ("gold", Some("gold")) | ("basic", Some("basic")) => 0.9,
+                    _ => 0.1,
+                }
+            })
+            .handle(move |st: ServerStream<Num, Num>| {
+                let me = id.to_string();
+                async move {
+                    st.send(num(0, &me)).await?;
+                    st.closed().await;
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        servers.push(s);
+    }
+    let c = client(f, "stream_open").await;
+    settle(f).await;
+    for tier in ["gold", "basic", "gold"] {
+        let mut st = c
+            .stream(&AFFINITY_STREAM, ["region", "a"])
+            .metadata_entry("tier", tier)
+            .await
+            .unwrap();
+        let hello = tokio::time::timeout(WAIT, st.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hello.text, tier, "the open's metadata picks the server");
+        st.close(None).await.unwrap();
+    }
+    // Both servers scored every open, and saw it whole.
+    let mut tiers = Vec::new();
+    for _ in 0..6 {
+        let (remote, tier, topic) = tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .expect("every server scores every open")
+            .unwrap();
+        assert_eq!(remote, c.id());
+        assert_eq!(topic, ["region", "a"]);
+        tiers.push(tier.unwrap_or_default());
+    }
+    tiers.sort();
+    assert_eq!(tiers, ["basic", "basic", "gold", "gold", "gold", "gold"]);
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
 /// Affinity streams: the best-scoring server accepts; a negative score
 /// never claims.
 pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
@@ -485,29 +519,23 @@ pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
     for (id, score) in [("low", 0.2f32), ("high", 0.9), ("never", -1.0)] {
         let s = server(f, "stream_aff", f.server_options().server_id(id)).await;
         let me = id.to_string();
-        s.register_stream_handler(
-            &AFFINITY_STREAM,
-            &[],
-            move |st: ServerStream<Num, Num>| {
+        s.stream_route(&AFFINITY_STREAM)
+            .affinity(move |_open| score)
+            .handle(move |st: ServerStream<Num, Num>| {
                 let me = me.clone();
                 async move {
                     st.send(num(0, &me)).await?;
                     st.closed().await;
                     Ok(())
                 }
-            },
-            Some(Arc::new(move || score)),
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         servers.push(s);
     }
     let c = client(f, "stream_aff").await;
     settle(f).await;
-    let mut st = c
-        .stream::<Num, Num>(&AFFINITY_STREAM, vec![])
-        .await
-        .unwrap();
+    let mut st = c.stream(&AFFINITY_STREAM, ()).await.unwrap();
     let hello = tokio::time::timeout(WAIT, st.recv())
         .await
         .unwrap()
@@ -530,11 +558,7 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
 
     let token = psrpc::CancellationToken::new();
     let ctx = Context::new().with_cancel(token.clone());
-    let mut st = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
-        .context(&ctx)
-        .await
-        .unwrap();
+    let mut st = c.stream(&PING_PONG, ()).context(&ctx).await.unwrap();
     token.cancel();
     assert!(
         tokio::time::timeout(WAIT, st.recv())
@@ -546,7 +570,7 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
     let server_side = recv(&mut done).await.unwrap();
     assert_eq!(server_side.message(), "context canceled");
 
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     c.close();
     assert!(
         tokio::time::timeout(WAIT, st.recv())
@@ -557,10 +581,7 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
     assert_eq!(st.err().unwrap().message(), "stream closed");
     let server_side = recv(&mut done).await.unwrap();
     assert_eq!(server_side.message(), "stream closed");
-    let e = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
-        .await
-        .expect_err("closed client");
+    let e = c.stream(&PING_PONG, ()).await.expect_err("closed client");
     assert_eq!(e.message(), "client is closed");
     s.shutdown().await;
 }
@@ -569,10 +590,8 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
 pub async fn stream_metadata_and_header(f: &dyn BusFactory) {
     let s = server(f, "stream_md", f.server_options()).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |st: ServerStream<Num, Num>| {
+    s.stream_route(&PING_PONG)
+        .handle(move |st: ServerStream<Num, Num>| {
             let seen = seen_tx.clone();
             async move {
                 let ctx = st.context();
@@ -585,15 +604,13 @@ pub async fn stream_metadata_and_header(f: &dyn BusFactory) {
                 ));
                 Ok(())
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_md").await;
     settle(f).await;
     let _st = c
-        .stream::<Num, Num>(&PING_PONG, vec![])
+        .stream(&PING_PONG, ())
         .metadata_entry("k", "v")
         .await
         .unwrap();
@@ -614,26 +631,24 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
         #[prost(int64, tag = "2")]
         x: i64,
     }
+    /// `PingPong` as a server that expects `Wrong` sees it.
+    static WRONG: Method<Wrong, Num> = Method::queue("PingPong");
     let s = server(f, "stream_bad", f.server_options()).await;
     let (done_tx, mut done) = mpsc::unbounded_channel();
-    s.register_stream_handler(
-        &PING_PONG,
-        &[],
-        move |mut st: ServerStream<Num, Wrong>| {
+    s.stream_route(&WRONG)
+        .handle(move |mut st: ServerStream<Num, Wrong>| {
             let done = done_tx.clone();
             async move {
                 while st.recv().await.is_some() {}
                 let _ = done.send(st.err());
                 Ok(())
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "stream_bad").await;
     settle(f).await;
-    let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await.unwrap();
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     let e = st
         .send_timeout(num(1, "not a number"), Duration::from_secs(2))
         .await
@@ -661,7 +676,7 @@ pub async fn stream_many_concurrent(f: &dyn BusFactory) {
         .map(|k| {
             let c = c.clone();
             tokio::spawn(async move {
-                let mut st = c.stream::<Num, Num>(&PING_PONG, vec![]).await?;
+                let mut st = c.stream(&PING_PONG, ()).await?;
                 for i in 0..20 {
                     st.send(num(k * 100 + i, "")).await?;
                     let m = st.next().await.ok_or_else(|| st.err().unwrap())?;

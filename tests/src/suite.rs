@@ -14,7 +14,7 @@ use psrpc::bus::DynBus;
 use psrpc::channels::{self, Channel};
 use psrpc::wire::{self, Request, Response};
 use psrpc::{
-    CallOptions, CancellationToken, ClientOptions, Context, Error, ErrorCode, GrpcCode, MethodInfo,
+    CallOptions, CancellationToken, ClientOptions, Context, Error, ErrorCode, GrpcCode, Method,
     RpcClient, RpcServer, SelectionOptions,
 };
 
@@ -65,20 +65,17 @@ pub(crate) fn topic(t: &[&str]) -> Vec<String> {
 }
 
 /// Registers a handler that counts calls and answers `Num { text: server id }`.
-async fn counting(s: &RpcServer, m: &MethodInfo, t: &[String], count: Arc<AtomicUsize>) {
+async fn counting(s: &RpcServer, m: &Method<Num, Num>, t: &[String], count: Arc<AtomicUsize>) {
     let id = s.id().to_owned();
-    s.register_handler(
-        m,
-        t,
-        move |_ctx: Context, req: Num| {
+    s.route(m)
+        .topic(t)
+        .handle(move |_ctx: Context, req: Num| {
             count.fetch_add(1, Ordering::SeqCst);
             let id = id.clone();
             async move { Ok(Num { n: req.n, text: id }) }
-        },
-        None,
-    )
-    .await
-    .expect("register");
+        })
+        .await
+        .expect("register");
 }
 
 async fn recv_raw(sub: &mut psrpc::bus::Subscription, within: Duration) -> Option<Bytes> {
@@ -161,7 +158,7 @@ pub async fn bus_closed_subscription_reads_closed(f: &dyn BusFactory) {
 /// TestRPC step 1: a non-queue method that requires a claim, served by two
 /// servers: exactly one handles.
 pub async fn rpc_queue_claimed_by_one_of_two(f: &dyn BusFactory) {
-    let m = MethodInfo::new("add_one", false, false, true, false);
+    let m = Method::affinity("add_one");
     let count = Arc::new(AtomicUsize::new(0));
     let a = server(f, "test", "A").await;
     let b = server(f, "test", "B").await;
@@ -172,7 +169,7 @@ pub async fn rpc_queue_claimed_by_one_of_two(f: &dyn BusFactory) {
     let res: Num = c
         .unary(
             &m,
-            vec![],
+            (),
             Num {
                 n: 7,
                 text: String::new(),
@@ -200,9 +197,9 @@ pub async fn rpc_queue_routing_exactly_one_handles(f: &dyn BusFactory) {
     let c = client(f, SERVICE).await;
     settle(f).await;
     let calls = futures::future::join_all((0..30).map(|i| {
-        c.unary::<Num, Num>(
+        c.unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: i,
                 text: String::new(),
@@ -224,30 +221,26 @@ pub async fn rpc_queue_routing_exactly_one_handles(f: &dyn BusFactory) {
 /// TestRPC step 2: a multi call answered by three servers, one with an error;
 /// the stream ends at the timeout.
 pub async fn rpc_multi_three_servers_with_error(f: &dyn BusFactory) {
-    let m = MethodInfo::new("add_one_multi", false, true, false, false);
+    let m = Method::multi("add_one_multi");
     let count = Arc::new(AtomicUsize::new(0));
     let a = server(f, "test", "A").await;
     let b = server(f, "test", "B").await;
     let cs = server(f, "test", "C").await;
     counting(&a, &m, &[], count.clone()).await;
     counting(&b, &m, &[], count.clone()).await;
-    cs.register_handler(
-        &m,
-        &[],
-        |_ctx: Context, _req: Num| async move {
+    cs.route(&m)
+        .handle(|_ctx: Context, _req: Num| async move {
             Err::<Num, _>(Error::new(ErrorCode::Internal, "foo"))
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, "test").await;
     settle(f).await;
     let start = Instant::now();
     let mut results = c
-        .multi::<Num, Num>(
+        .multi(
             &m,
-            vec![],
+            (),
             Num {
                 n: 5,
                 text: String::new(),
@@ -290,20 +283,17 @@ async fn affinity_servers(
         let s = server(f, SERVICE, &format!("aff{i}")).await;
         let id = s.id().to_owned();
         let asked = asked.clone();
-        s.register_handler(
-            &INTENSIVE_RPC,
-            &[],
-            move |_ctx: Context, _req: Num| {
-                let id = id.clone();
-                async move { Ok(Num { n: 0, text: id }) }
-            },
-            Some(Arc::new(move |_req: &Num| {
+        s.route(&INTENSIVE_RPC)
+            .affinity(move |_req: &Num| {
                 asked.fetch_add(1, Ordering::SeqCst);
                 score
-            })),
-        )
-        .await
-        .unwrap();
+            })
+            .handle(move |_ctx: Context, _req: Num| {
+                let id = id.clone();
+                async move { Ok(Num { n: 0, text: id }) }
+            })
+            .await
+            .unwrap();
         out.push(s);
     }
     out
@@ -315,14 +305,11 @@ pub async fn rpc_affinity_picks_best_and_asks_everyone(f: &dyn BusFactory) {
     let servers = affinity_servers(f, &[0.2, 0.9, 0.5], asked.clone()).await;
     let c = client(f, SERVICE).await;
     settle(f).await;
-    let res: Num = c
-        .unary(&INTENSIVE_RPC, vec![], Num::default())
-        .await
-        .unwrap();
+    let res: Num = c.unary(&INTENSIVE_RPC, (), Num::default()).await.unwrap();
     assert_eq!(res.text, "aff1");
     assert_eq!(asked.load(Ordering::SeqCst), 3);
     let res: Num = c
-        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .selection(SelectionOptions {
             affinity_timeout: Duration::from_millis(250),
             ..Default::default()
@@ -344,7 +331,7 @@ pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
 
     let start = Instant::now();
     let res: Num = c
-        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .selection(SelectionOptions {
             maximum_affinity: 0.5,
             affinity_timeout: Duration::from_secs(5),
@@ -359,7 +346,7 @@ pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
     );
 
     let e = c
-        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .selection(SelectionOptions {
             minimum_affinity: 0.95,
             affinity_timeout: Duration::from_millis(300),
@@ -377,7 +364,7 @@ pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
             .ok_or_else(Error::no_response)
     });
     let res: Num = c
-        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .selection(SelectionOptions {
             affinity_timeout: Duration::from_millis(300),
             selection_fn: Some(lowest),
@@ -396,14 +383,11 @@ pub async fn rpc_affinity_max_and_min_and_custom_selection(f: &dyn BusFactory) {
 /// shutdown (which waits for in-flight requests) ends at once.
 pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
     let fast = server(f, SERVICE, "fast").await;
-    fast.register_handler(
-        &INTENSIVE_RPC,
-        &[],
-        |_c: Context, r: Num| async move { Ok(r) },
-        Some(Arc::new(|_: &Num| 1.0)),
-    )
-    .await
-    .unwrap();
+    fast.route(&INTENSIVE_RPC)
+        .affinity(|_: &Num| 1.0)
+        .handle(|_c: Context, r: Num| async move { Ok(r) })
+        .await
+        .unwrap();
     // The late server hears requests only once the client has chosen: its
     // request channel is held back until then (its claim responses are
     // not), so its claim comes after the decision.
@@ -428,21 +412,18 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
     let slow = RpcServer::new(late_bus, SERVICE, f.server_options().server_id("late"));
     let scored = Arc::new(AtomicUsize::new(0));
     let scored_in = scored.clone();
-    slow.register_handler(
-        &INTENSIVE_RPC,
-        &[],
-        |_c: Context, r: Num| async move { Ok(r) },
-        Some(Arc::new(move |_: &Num| {
+    slow.route(&INTENSIVE_RPC)
+        .affinity(move |_: &Num| {
             scored_in.fetch_add(1, Ordering::SeqCst);
             0.5
-        })),
-    )
-    .await
-    .unwrap();
+        })
+        .handle(|_c: Context, r: Num| async move { Ok(r) })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
     let _: Num = c
-        .unary(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .timeout(Duration::from_secs(10))
         .selection(SelectionOptions {
             maximum_affinity: 1.0,
@@ -480,15 +461,12 @@ pub async fn rpc_negative_affinity_never_claims(f: &dyn BusFactory) {
     .await;
     settle(f).await;
     for _ in 0..3 {
-        let res: Num = c
-            .unary(&INTENSIVE_RPC, vec![], Num::default())
-            .await
-            .unwrap();
+        let res: Num = c.unary(&INTENSIVE_RPC, (), Num::default()).await.unwrap();
         assert_eq!(res.text, "aff1");
     }
     servers[1].kill();
     let e = c
-        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .await
         .unwrap_err();
     assert_eq!(e, Error::no_response());
@@ -497,7 +475,7 @@ pub async fn rpc_negative_affinity_never_claims(f: &dyn BusFactory) {
     let zero = affinity_servers(f, &[0.0], Arc::new(AtomicUsize::new(0))).await;
     settle(f).await;
     let e = c
-        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .await
         .unwrap_err();
     assert_eq!(e, Error::no_servers_available(1));
@@ -508,10 +486,7 @@ pub async fn rpc_negative_affinity_never_claims(f: &dyn BusFactory) {
 pub async fn rpc_no_server_unavailable(f: &dyn BusFactory) {
     let c = client(f, "nobody_home").await;
     let start = Instant::now();
-    let e = c
-        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
-        .await
-        .unwrap_err();
+    let e = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap_err();
     let took = start.elapsed();
     assert_eq!(e, Error::no_response());
     assert!(
@@ -520,7 +495,7 @@ pub async fn rpc_no_server_unavailable(f: &dyn BusFactory) {
     );
     // Even when the call deadline is shorter than the selection timeout (Q6).
     let e = c
-        .unary::<Num, Num>(&INTENSIVE_RPC, vec![], Num::default())
+        .unary(&INTENSIVE_RPC, (), Num::default())
         .timeout(Duration::from_millis(200))
         .await
         .unwrap_err();
@@ -529,11 +504,11 @@ pub async fn rpc_no_server_unavailable(f: &dyn BusFactory) {
 
 /// No server for a method without claims: `deadline_exceeded` at the timeout.
 pub async fn rpc_single_server_no_server_deadline(f: &dyn BusFactory) {
-    let m = MethodInfo::queue("Lonely").single_server();
+    let m: Method<Num, Num> = Method::queue("Lonely").single_server();
     let c = client(f, "nobody_home").await;
     let start = Instant::now();
     let e = c
-        .unary::<Num, Num>(&m, vec![], Num::default())
+        .unary(&m, (), Num::default())
         .timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
@@ -543,7 +518,7 @@ pub async fn rpc_single_server_no_server_deadline(f: &dyn BusFactory) {
 
 /// single_server: the request goes straight to the server, no claim traffic.
 pub async fn rpc_single_server_without_claim(f: &dyn BusFactory) {
-    let m = MethodInfo::queue("Direct").single_server();
+    let m = Method::queue("Direct").single_server();
     let count = Arc::new(AtomicUsize::new(0));
     let s = server(f, SERVICE, "single").await;
     counting(&s, &m, &topic(&["t"]), count.clone()).await;
@@ -569,7 +544,7 @@ pub async fn rpc_multi_no_server_closes_empty(f: &dyn BusFactory) {
     let c = client(f, "nobody_home").await;
     let start = Instant::now();
     let results: Vec<_> = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .multi(&GET_STATS, (), Num::default())
         .timeout(Duration::from_millis(300))
         .await
         .unwrap()
@@ -582,10 +557,8 @@ pub async fn rpc_multi_no_server_closes_empty(f: &dyn BusFactory) {
 /// G7/G8: codes, messages and details reach the client; sources stay local.
 pub async fn rpc_errors_code_message_details(f: &dyn BusFactory) {
     let s = server(f, SERVICE, "err").await;
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        |_ctx: Context, req: MyRequest| async move {
+    s.route(&NORMAL_RPC_MY)
+        .handle(|_ctx: Context, req: MyRequest| async move {
             match req.return_error {
                 0 => Ok(MyResponse {}),
                 1 => {
@@ -604,15 +577,12 @@ pub async fn rpc_errors_code_message_details(f: &dyn BusFactory) {
                 4 => Err(Error::new(ErrorCode::Unknown, "")),
                 _ => Err(Error::from_wire("teapot", "short and stout", Vec::new())),
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
-    let call =
-        |n| c.unary::<MyRequest, MyResponse>(&NORMAL_RPC, vec![], MyRequest { return_error: n });
+    let call = |n| c.unary(&NORMAL_RPC_MY, (), MyRequest { return_error: n });
 
     assert_eq!(call(0).await.unwrap(), MyResponse {});
     for n in [1, 2] {
@@ -649,32 +619,28 @@ pub async fn rpc_errors_code_message_details(f: &dyn BusFactory) {
 /// Per-call timeout, and the request expiry clamped to the caller's deadline.
 pub async fn rpc_timeout_and_deadline_clamp(f: &dyn BusFactory) {
     let s = server(f, SERVICE, "slow").await;
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        |ctx: Context, req: Num| async move {
+    s.route(&NORMAL_RPC)
+        .handle(|ctx: Context, req: Num| async move {
             let left = ctx.remaining().expect("handler has a deadline");
             tokio::time::sleep(Duration::from_millis(req.n as u64)).await;
             Ok(Num {
                 n: left.as_millis() as i64,
                 text: String::new(),
             })
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
 
     // Default timeout is 3 s: the handler sees about that much.
-    let r: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    let r: Num = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
     assert!((2000..=3000).contains(&r.n), "{}", r.n);
 
     // A longer per-call timeout than the context allows: clamped.
     let ctx = Context::new().with_timeout(Duration::from_millis(800));
     let r: Num = c
-        .unary(&NORMAL_RPC, vec![], Num::default())
+        .unary(&NORMAL_RPC, (), Num::default())
         .context(&ctx)
         .timeout(Duration::from_secs(10))
         .await
@@ -688,9 +654,9 @@ pub async fn rpc_timeout_and_deadline_clamp(f: &dyn BusFactory) {
     // A handler slower than the timeout: deadline_exceeded at the timeout.
     let start = Instant::now();
     let e = c
-        .unary::<Num, Num>(
+        .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 1500,
                 text: String::new(),
@@ -707,17 +673,13 @@ pub async fn rpc_timeout_and_deadline_clamp(f: &dyn BusFactory) {
 /// Canceling the caller's context cancels the call.
 pub async fn rpc_context_cancel(f: &dyn BusFactory) {
     let s = server(f, SERVICE, "slow").await;
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        |_ctx: Context, _req: Num| async move {
+    s.route(&NORMAL_RPC)
+        .handle(|_ctx: Context, _req: Num| async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Ok(Num::default())
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
     let token = CancellationToken::new();
@@ -729,7 +691,7 @@ pub async fn rpc_context_cancel(f: &dyn BusFactory) {
     });
     let start = Instant::now();
     let e = c
-        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+        .unary(&NORMAL_RPC, (), Num::default())
         .context(&ctx)
         .await
         .unwrap_err();
@@ -741,10 +703,8 @@ pub async fn rpc_context_cancel(f: &dyn BusFactory) {
 /// Metadata and the incoming header reach the handler.
 pub async fn rpc_metadata_round_trip(f: &dyn BusFactory) {
     let s = server(f, SERVICE, "meta").await;
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        |ctx: Context, _req: Num| async move {
+    s.route(&NORMAL_RPC)
+        .handle(|ctx: Context, _req: Num| async move {
             let h = ctx.incoming().expect("incoming header");
             let age = std::time::SystemTime::now()
                 .duration_since(h.sent_at)
@@ -761,15 +721,13 @@ pub async fn rpc_metadata_round_trip(f: &dyn BusFactory) {
                     info.method
                 ),
             })
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
     let r: Num = c
-        .unary(&NORMAL_RPC, vec![], Num::default())
+        .unary(&NORMAL_RPC, (), Num::default())
         .metadata_entry("k", "v")
         .metadata_entry("trace", "first")
         .metadata_entry("trace", "second")
@@ -777,7 +735,7 @@ pub async fn rpc_metadata_round_trip(f: &dyn BusFactory) {
         .unwrap();
     assert_eq!(r.n, 2);
     assert_eq!(r.text, format!("{}|v|second|NormalRPC", c.id()));
-    let r: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    let r: Num = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
     assert_eq!(r.n, 0);
     s.shutdown().await;
 }
@@ -810,13 +768,13 @@ pub async fn rpc_hooks(f: &dyn BusFactory) {
     )
     .await;
     settle(f).await;
-    let _: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    let _: Num = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
     assert_eq!(
         (reqs.load(Ordering::SeqCst), resps.load(Ordering::SeqCst)),
         (1, 1)
     );
     let items: Vec<_> = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .multi(&GET_STATS, (), Num::default())
         .timeout(Duration::from_millis(500))
         .await
         .unwrap()
@@ -840,14 +798,14 @@ pub async fn rpc_topics_isolate_and_deregister(f: &dyn BusFactory) {
     let sb = server(f, SERVICE, "tB").await;
     counting(&sa, &GET_REGION_STATS, &topic(&["regionA"]), ca.clone()).await;
     counting(&sa, &GET_REGION_STATS, &topic(&["regionB"]), ca.clone()).await;
-    sa.deregister(&GET_REGION_STATS.name, &topic(&["regionB"]));
+    sa.deregister(&GET_REGION_STATS, topic(&["regionB"]));
     counting(&sb, &GET_REGION_STATS, &topic(&["regionB"]), cb.clone()).await;
     let odd = topic(&["room/1 é*>.Q", "🚀"]);
     counting(&sb, &NORMAL_RPC, &odd, cb.clone()).await;
     let c = client(f, SERVICE).await;
     settle(f).await;
     let mut results = c
-        .multi::<Num, Num>(&GET_REGION_STATS, topic(&["regionB"]), Num::default())
+        .multi(&GET_REGION_STATS, topic(&["regionB"]), Num::default())
         .timeout(Duration::from_millis(500))
         .await
         .unwrap();
@@ -873,7 +831,7 @@ pub async fn rpc_topics_isolate_and_deregister(f: &dyn BusFactory) {
     assert_eq!(r.text, "tB");
     // The same method on another topic has no server.
     let e = c
-        .unary::<Num, Num>(&NORMAL_RPC, topic(&["room/1 é*>", "Q"]), Num::default())
+        .unary(&NORMAL_RPC, topic(&["room/1 é*>", "Q"]), Num::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable);
@@ -888,28 +846,21 @@ pub async fn rpc_registration_errors(f: &dyn BusFactory) {
     let t = topic(&["x"]);
     counting(&s, &GET_REGION_STATS, &t, count.clone()).await;
     let e = s
-        .register_handler(
-            &GET_REGION_STATS,
-            &t,
-            |_c: Context, r: Num| async move { Ok(r) },
-            None,
-        )
+        .route(&GET_REGION_STATS)
+        .topic(&t)
+        .handle(|_c: Context, r: Num| async move { Ok(r) })
         .await
         .unwrap_err();
     assert_eq!(
         e,
         Error::new(ErrorCode::AlreadyExists, "handler already exists")
     );
-    s.deregister(&GET_REGION_STATS.name, &t);
+    s.deregister(&GET_REGION_STATS, &t);
     counting(&s, &GET_REGION_STATS, &t, count.clone()).await;
     s.shutdown().await;
     let e = s
-        .register_handler(
-            &NORMAL_RPC,
-            &[],
-            |_c: Context, r: Num| async move { Ok(r) },
-            None,
-        )
+        .route(&NORMAL_RPC)
+        .handle(|_c: Context, r: Num| async move { Ok(r) })
         .await
         .unwrap_err();
     assert_eq!(e, Error::server_closed());
@@ -924,20 +875,18 @@ pub async fn rpc_malformed_request_and_result(f: &dyn BusFactory) {
         #[prost(bytes = "vec", tag = "2")]
         bad: Vec<u8>,
     }
+    /// `GetStats` as a server that answers `NotUtf8` sees it.
+    static GET_STATS_NOT_UTF8: Method<Num, NotUtf8> = Method::multi("GetStats");
     let s = server(f, SERVICE, "mal").await;
     counting(&s, &NORMAL_RPC, &[], Arc::new(AtomicUsize::new(0))).await;
-    s.register_handler(
-        &GET_STATS,
-        &[],
-        |_c: Context, _r: Num| async move {
+    s.route(&GET_STATS_NOT_UTF8)
+        .handle(|_c: Context, _r: Num| async move {
             Ok(NotUtf8 {
                 bad: vec![0xff, 0xfe],
             })
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     settle(f).await;
     let garbage = Bytes::from(
@@ -947,12 +896,12 @@ pub async fn rpc_malformed_request_and_result(f: &dyn BusFactory) {
         .encode_to_vec(),
     );
     let e = c
-        .call_unary_raw(&NORMAL_RPC, &[], garbage, &CallOptions::default())
+        .unary_raw(&NORMAL_RPC, (), garbage, &CallOptions::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MalformedRequest);
     let mut items = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .multi(&GET_STATS, (), Num::default())
         .timeout(Duration::from_millis(300))
         .await
         .unwrap();
@@ -982,7 +931,7 @@ pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
         multi: true,
         ..Default::default()
     };
-    let ch = channels::rpc_channel(SERVICE, &GET_STATS.name, &[], false);
+    let ch = channels::rpc_channel(SERVICE, GET_STATS.name(), &[], false);
     bus.publish(&ch, wire::encode_msg(&mk(now - 1_000_000_000)))
         .await
         .unwrap();
@@ -1014,10 +963,8 @@ async fn slow_server(f: &dyn BusFactory, id: &str) -> (RpcServer, Arc<Progress>)
     let s = server(f, SERVICE, id).await;
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
-    s.register_handler(
-        &NORMAL_RPC,
-        &[],
-        move |_c: Context, r: Num| {
+    s.route(&NORMAL_RPC)
+        .handle(move |_c: Context, r: Num| {
             let p = p.clone();
             async move {
                 p.started.fetch_add(1, Ordering::SeqCst);
@@ -1025,11 +972,9 @@ async fn slow_server(f: &dyn BusFactory, id: &str) -> (RpcServer, Arc<Progress>)
                 p.finished.fetch_add(1, Ordering::SeqCst);
                 Ok(r)
             }
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     (s, progress)
 }
 
@@ -1043,9 +988,9 @@ pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
         let call = {
             let c = c.clone();
             tokio::spawn(async move {
-                c.unary::<Num, Num>(
+                c.unary(
                     &NORMAL_RPC,
-                    vec![],
+                    (),
                     Num {
                         n: 1500,
                         text: String::new(),
@@ -1076,7 +1021,7 @@ pub async fn server_shutdown_waits_kill_does_not(f: &dyn BusFactory) {
         assert_eq!(call.await.unwrap().unwrap().n, 1500);
         // No longer serving.
         let e = c
-            .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
+            .unary(&NORMAL_RPC, (), Num::default())
             .timeout(Duration::from_millis(300))
             .await
             .unwrap_err();
@@ -1093,9 +1038,9 @@ pub async fn client_close_fails_pending(f: &dyn BusFactory) {
         .map(|_| {
             let c = c.clone();
             tokio::spawn(async move {
-                c.unary::<Num, Num>(
+                c.unary(
                     &NORMAL_RPC,
-                    vec![],
+                    (),
                     Num {
                         n: 2000,
                         text: String::new(),
@@ -1105,10 +1050,7 @@ pub async fn client_close_fails_pending(f: &dyn BusFactory) {
             })
         })
         .collect();
-    let multi = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
-        .await
-        .unwrap();
+    let multi = c.multi(&GET_STATS, (), Num::default()).await.unwrap();
     crate::eventually(
         "the three calls reached the handler",
         Duration::from_secs(20),
@@ -1124,12 +1066,9 @@ pub async fn client_close_fails_pending(f: &dyn BusFactory) {
     let items: Vec<_> = multi.collect().await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].as_ref().unwrap_err(), &Error::client_closed());
-    let e = c
-        .unary::<Num, Num>(&NORMAL_RPC, vec![], Num::default())
-        .await
-        .unwrap_err();
+    let e = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap_err();
     assert_eq!(e, Error::client_closed());
-    assert!(c.subscribe::<MyUpdate>(&PROCESS_UPDATE, &[]).await.is_err());
+    assert!(c.subscribe(&PROCESS_UPDATE, ()).await.is_err());
     s.kill();
 }
 
@@ -1139,15 +1078,15 @@ pub async fn subscription_multi_topic_fanout(f: &dyn BusFactory) {
     let ca = client(f, SERVICE).await;
     let cb = client(f, SERVICE).await;
     let mut a = ca
-        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionA"]))
+        .subscribe(&UPDATE_REGION_STATE, &topic(&["regionA"]))
         .await
         .unwrap();
     let mut b = cb
-        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionA"]))
+        .subscribe(&UPDATE_REGION_STATE, &topic(&["regionA"]))
         .await
         .unwrap();
     let mut other = cb
-        .subscribe::<MyUpdate>(&UPDATE_REGION_STATE, &topic(&["regionB"]))
+        .subscribe(&UPDATE_REGION_STATE, &topic(&["regionB"]))
         .await
         .unwrap();
     let s = server(f, SERVICE, "pub").await;
@@ -1167,13 +1106,13 @@ pub async fn subscription_multi_topic_fanout(f: &dyn BusFactory) {
     a.close();
     assert_eq!(a.recv().await, None);
 
-    let m = MethodInfo::multi("Broadcast");
-    let mut x = ca.subscribe::<Num>(&m, &[]).await.unwrap();
-    let mut y = cb.subscribe::<Num>(&m, &[]).await.unwrap();
+    let m: Method<Num, Num> = Method::multi("Broadcast");
+    let mut x = ca.subscribe(&m, ()).await.unwrap();
+    let mut y = cb.subscribe(&m, ()).await.unwrap();
     settle(f).await;
     s.publish(
         &m,
-        &[],
+        (),
         &Num {
             n: 9,
             text: "hi".into(),
@@ -1193,8 +1132,8 @@ pub async fn subscription_multi_topic_fanout(f: &dyn BusFactory) {
 pub async fn subscription_queue_one_subscriber(f: &dyn BusFactory) {
     let ca = client(f, SERVICE).await;
     let cb = client(f, SERVICE).await;
-    let mut a = ca.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
-    let mut b = cb.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    let mut a = ca.subscribe(&PROCESS_UPDATE, ()).await.unwrap();
+    let mut b = cb.subscribe(&PROCESS_UPDATE, ()).await.unwrap();
     let s = server(f, SERVICE, "qpub").await;
     settle(f).await;
     // Distinct payloads, also from another run of this test on the same
@@ -1203,7 +1142,7 @@ pub async fn subscription_queue_one_subscriber(f: &dyn BusFactory) {
     for n in 0..20 {
         s.publish(
             &PROCESS_UPDATE,
-            &[],
+            (),
             &Num {
                 n,
                 text: run.clone(),
@@ -1229,14 +1168,11 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     let s = server(f, SERVICE, "robust").await;
     counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     counting(&s, &GET_STATS, &[], count.clone()).await;
-    s.register_handler(
-        &INTENSIVE_RPC,
-        &[],
-        |_c: Context, r: Num| async move { Ok(r) },
-        Some(Arc::new(|_: &Num| 1.0)),
-    )
-    .await
-    .unwrap();
+    s.route(&INTENSIVE_RPC)
+        .affinity(|_: &Num| 1.0)
+        .handle(|_c: Context, r: Num| async move { Ok(r) })
+        .await
+        .unwrap();
     let c = client(f, SERVICE).await;
     // The queue subscription is of another service: on NATS a queue
     // subscription of a service shares its queue subject with the service's
@@ -1245,18 +1181,18 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     const UPDATES: &str = "Updates";
     let updates = server(f, UPDATES, "updates").await;
     let cu = client(f, UPDATES).await;
-    let mut sub = cu.subscribe::<Num>(&PROCESS_UPDATE, &[]).await.unwrap();
+    let mut sub = cu.subscribe(&PROCESS_UPDATE, ()).await.unwrap();
     settle(f).await;
     let bus: DynBus = f.connect().await;
     let chans = [
-        channels::rpc_channel(SERVICE, &NORMAL_RPC.name, &[], true),
-        channels::rpc_channel(SERVICE, &GET_STATS.name, &[], false),
-        channels::rpc_channel(SERVICE, &INTENSIVE_RPC.name, &[], false),
-        channels::claim_response_channel(SERVICE, &NORMAL_RPC.name, &[]),
-        channels::claim_response_channel(SERVICE, &INTENSIVE_RPC.name, &[]),
+        channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true),
+        channels::rpc_channel(SERVICE, GET_STATS.name(), &[], false),
+        channels::rpc_channel(SERVICE, INTENSIVE_RPC.name(), &[], false),
+        channels::claim_response_channel(SERVICE, NORMAL_RPC.name(), &[]),
+        channels::claim_response_channel(SERVICE, INTENSIVE_RPC.name(), &[]),
         channels::response_channel(SERVICE, c.id()),
         channels::claim_request_channel(SERVICE, c.id()),
-        channels::rpc_channel(UPDATES, &PROCESS_UPDATE.name, &[], true),
+        channels::rpc_channel(UPDATES, PROCESS_UPDATE.name(), &[], true),
     ];
     let wrong_type = wire::encode_msg(&wire::ClaimResponse {
         request_id: "x".into(),
@@ -1284,7 +1220,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     updates
         .publish(
             &PROCESS_UPDATE,
-            &[],
+            (),
             &Num {
                 n: 77,
                 text: String::new(),
@@ -1303,7 +1239,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     let r: Num = c
         .unary(
             &NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n: 1,
                 text: String::new(),
@@ -1315,7 +1251,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     let r: Num = c
         .unary(
             &INTENSIVE_RPC,
-            vec![],
+            (),
             Num {
                 n: 2,
                 text: String::new(),
@@ -1325,7 +1261,7 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
         .unwrap();
     assert_eq!(r.n, 2);
     let items: Vec<_> = c
-        .multi::<Num, Num>(&GET_STATS, vec![], Num::default())
+        .multi(&GET_STATS, (), Num::default())
         .timeout(Duration::from_millis(300))
         .await
         .unwrap()
@@ -1389,7 +1325,7 @@ pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
         let r: Num = c
             .unary(
                 &NORMAL_RPC,
-                vec![],
+                (),
                 Num {
                     n: calls,
                     text: String::new(),
@@ -1444,5 +1380,5 @@ pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
         f.name()
     );
     // A call after the flood still succeeds.
-    let _: Num = c.unary(&NORMAL_RPC, vec![], Num::default()).await.unwrap();
+    let _: Num = c.unary(&NORMAL_RPC, (), Num::default()).await.unwrap();
 }

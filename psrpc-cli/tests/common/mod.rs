@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use psrpc::bus::DynBus;
-use psrpc::{Context, Error, ErrorCode, MethodInfo, RpcServer, ServerOptions, ServerStream};
+use psrpc::{Context, Error, ErrorCode, Method, RpcServer, ServerOptions, ServerStream};
 use psrpc_tests::servers::{NatsServer, RedisServer};
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -57,14 +57,14 @@ impl prost::Name for Event {
     const PACKAGE: &'static str = "psrpcbench";
 }
 
-pub static UNARY: MethodInfo = MethodInfo::queue("Unary");
-pub static AFFINITY: MethodInfo = MethodInfo::affinity("Affinity");
-pub static MULTI: MethodInfo = MethodInfo::multi("Multi");
-pub static TOPIC_UNARY: MethodInfo = MethodInfo::queue("TopicUnary");
-pub static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
-pub static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
-pub static EVENTS: MethodInfo = MethodInfo::queue("Events");
-pub static ECHO: MethodInfo = MethodInfo::queue("Echo");
+pub static UNARY: Method<Req, Res> = Method::queue("Unary");
+pub static AFFINITY: Method<Req, Res> = Method::affinity("Affinity");
+pub static MULTI: Method<Req, Res> = Method::multi("Multi");
+pub static TOPIC_UNARY: Method<Req, Res> = Method::queue("TopicUnary");
+pub static TRIGGER: Method<Req, Res> = Method::queue("Trigger");
+pub static BROADCAST: Method<(), Event> = Method::multi("Broadcast");
+pub static EVENTS: Method<(), Event> = Method::queue("Events");
+pub static ECHO: Method<Msg, Msg> = Method::queue("Echo");
 
 /// A bus server (Redis or NATS) for one test.
 pub enum Broker {
@@ -131,73 +131,58 @@ pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, R
             }
         }
     };
+    bench.route(&UNARY).handle(echo(id.into())).await.unwrap();
     bench
-        .register_handler(&UNARY, &[], echo(id.into()), None)
+        .route(&AFFINITY)
+        .affinity(move |_: &Req| affinity)
+        .handle(echo(id.into()))
+        .await
+        .unwrap();
+    bench.route(&MULTI).handle(echo(id.into())).await.unwrap();
+    bench
+        .route(&TOPIC_UNARY)
+        .topic(&["t1".to_string()])
+        .handle(echo(id.into()))
         .await
         .unwrap();
     bench
-        .register_handler(
-            &AFFINITY,
-            &[],
-            echo(id.into()),
-            Some(Arc::new(move |_: &Req| affinity)),
-        )
-        .await
-        .unwrap();
-    bench
-        .register_handler(&MULTI, &[], echo(id.into()), None)
-        .await
-        .unwrap();
-    bench
-        .register_handler(&TOPIC_UNARY, &["t1".to_string()], echo(id.into()), None)
-        .await
-        .unwrap();
-    bench
-        .register_stream_handler(
-            &ECHO,
-            &[],
-            |mut st: ServerStream<Msg, Msg>| async move {
-                while let Some(m) = st.recv().await {
-                    if m.seq == 99 {
-                        st.close(Some(Error::new(ErrorCode::Aborted, "seq 99 refused")))
-                            .await?;
-                        return Ok(());
-                    }
-                    st.send(m).await?;
+        .stream_route(&ECHO)
+        .handle(|mut st: ServerStream<Msg, Msg>| async move {
+            while let Some(m) = st.recv().await {
+                if m.seq == 99 {
+                    st.close(Some(Error::new(ErrorCode::Aborted, "seq 99 refused")))
+                        .await?;
+                    return Ok(());
                 }
-                Ok(())
-            },
-            None,
-        )
+                st.send(m).await?;
+            }
+            Ok(())
+        })
         .await
         .unwrap();
     let (b, e, sid) = (bench.clone(), events.clone(), id.to_string());
     bench
-        .register_handler(
-            &TRIGGER,
-            &[],
-            move |_ctx: Context, req: Req| {
-                let (b, e, sid) = (b.clone(), e.clone(), sid.clone());
-                async move {
-                    for i in 0..req.count {
-                        let ev = Event {
-                            seq: i as i64 + 1,
-                            text: req.text.clone(),
-                            server_id: sid.clone(),
-                        };
-                        e.publish(&EVENTS, &[], &ev).await?;
-                        b.publish(&BROADCAST, std::slice::from_ref(&req.text), &ev)
-                            .await?;
-                    }
-                    Ok(Res {
-                        seq: req.seq,
-                        server_id: sid,
-                        payload: Vec::new(),
-                    })
+        .route(&TRIGGER)
+        .handle(move |_ctx: Context, req: Req| {
+            let (b, e, sid) = (b.clone(), e.clone(), sid.clone());
+            async move {
+                for i in 0..req.count {
+                    let ev = Event {
+                        seq: i as i64 + 1,
+                        text: req.text.clone(),
+                        server_id: sid.clone(),
+                    };
+                    e.publish(&EVENTS, (), &ev).await?;
+                    b.publish(&BROADCAST, std::slice::from_ref(&req.text), &ev)
+                        .await?;
                 }
-            },
-            None,
-        )
+                Ok(Res {
+                    seq: req.seq,
+                    server_id: sid,
+                    payload: Vec::new(),
+                })
+            }
+        })
         .await
         .unwrap();
     (bench, events)
