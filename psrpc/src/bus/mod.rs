@@ -38,9 +38,8 @@ mod transport;
 
 pub use crate::channels::Channel;
 pub use crate::codec::CompressionOptions;
-#[doc(hidden)]
-pub use dispatch::Members;
-pub use dispatch::{Offer, READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
+pub(crate) use dispatch::Members;
+pub use dispatch::{READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
 pub use generic::{AsBus, Bus};
 pub use local::{LocalBus, LocalTransport};
 pub(crate) use subscription::AbortOnDrop;
