@@ -467,9 +467,8 @@ fn server_impl(
                         ),
                         String::new(),
                         format!(
-                            "Default: -1, never claims; implement it together with \
-                             [`{}`](Self::{}).",
-                            m.spec.base, m.spec.base
+                            "Default: -1, never claims; implement it together with `{}`.",
+                            ident(&m.spec.base)
                         ),
                     ],
                 );
