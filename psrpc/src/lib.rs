@@ -14,6 +14,7 @@ pub mod interceptor;
 pub mod middleware;
 pub mod select;
 pub mod server;
+pub mod service;
 pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
