@@ -1,0 +1,385 @@
+//! The hot paths of psrpc on the local bus, one at a time, for an
+//! instruction count under callgrind (run through `bench/callgrind`, which
+//! documents how the figures are made repeatable to the instruction).
+//!
+//! ```text
+//! hotpaths PATH [OPS] [WARMUP]
+//! ```
+//!
+//! `PATH` is one of `unary`, `affinity`, `multi`, `stream`, `sub`,
+//! `trigger` (see [`Path`]). The process starts three servers and one
+//! client of the benchmark service on one [`LocalBus`], on a current-thread
+//! tokio runtime, does `WARMUP` operations (default 200) so that every lazy
+//! initialisation and buffer growth is behind it, then `OPS` operations
+//! (default 1000) inside [`measured_ops`], the one function whose
+//! instructions callgrind collects (`--toggle-collect=*measured_ops*`).
+//! Every operation checks its answer, so a path that breaks fails loudly
+//! instead of measuring something cheaper.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use psrpc::{
+    ClientOptions, ClientStream, Context, LocalBus, MethodInfo, RpcClient, RpcServer,
+    SelectionOptions, ServerOptions, ServerStream, Subscription,
+};
+
+/// Messages generated from `proto/bench.proto` (package `psrpcbench`).
+#[allow(missing_docs, unreachable_pub, dead_code, clippy::all)]
+mod pb {
+    include!(concat!(env!("OUT_DIR"), "/psrpcbench.rs"));
+}
+
+use pb::{Event, Msg, Req, Res};
+
+/// `Bench.Unary`: queue routing with the claim handshake.
+static UNARY: MethodInfo = MethodInfo::queue("Unary");
+/// `Bench.Affinity`: affinity routing.
+static AFFINITY: MethodInfo = MethodInfo::affinity("Affinity");
+/// `Bench.Multi`: every server answers.
+static MULTI: MethodInfo = MethodInfo::multi("Multi");
+/// `Bench.Trigger`: makes a server publish one event and one broadcast.
+static TRIGGER: MethodInfo = MethodInfo::queue("Trigger");
+/// `Bench.Broadcast`: fan-out subscription on a topic.
+static BROADCAST: MethodInfo = MethodInfo::multi("Broadcast");
+/// `BenchEvents.Events`: queue subscription.
+static EVENTS: MethodInfo = MethodInfo::queue("Events");
+/// `Bench.Echo`: a stream.
+static ECHO: MethodInfo = MethodInfo::queue("Echo");
+
+/// Servers started, as psrpc-bench does by default.
+const SERVERS: usize = 3;
+/// Topic of the broadcasts.
+const TOPIC: &str = "t1";
+/// Request payload: 16 bytes, psrpc-bench's default.
+const PAYLOAD: &[u8] = b"psrpc-bench-0123";
+
+/// One hot path; one operation of each is:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `unary`: one `Unary` call (queue routing, claim handshake).
+    Unary,
+    /// `affinity`: one `Affinity` call, selection ending at affinity 1.0.
+    Affinity,
+    /// `multi`: one `Multi` call, complete when all 3 servers answered.
+    Multi,
+    /// `stream`: one message echoed on an open `Echo` stream.
+    Stream,
+    /// `sub`: one event a server publishes on the queue subscription
+    /// `Events`, received by the client's subscription.
+    Sub,
+    /// `trigger`: psrpc-bench's `sub trigger->event+bcast` row: a `Trigger`
+    /// call whose handler publishes one event and one broadcast, complete
+    /// when both arrived.
+    Trigger,
+}
+
+impl Path {
+    const ALL: [(&'static str, Path); 6] = [
+        ("unary", Path::Unary),
+        ("affinity", Path::Affinity),
+        ("multi", Path::Multi),
+        ("stream", Path::Stream),
+        ("sub", Path::Sub),
+        ("trigger", Path::Trigger),
+    ];
+
+    fn parse(s: &str) -> Option<Path> {
+        Path::ALL.iter().find(|(n, _)| *n == s).map(|(_, p)| *p)
+    }
+}
+
+/// The servers and the client, and what a path keeps open.
+struct Fixture {
+    client: RpcClient,
+    /// The servers' `Bench` and `BenchEvents` halves.
+    servers: Vec<(RpcServer, RpcServer)>,
+    /// Open for the `stream` path.
+    stream: Option<ClientStream<Msg, Msg>>,
+    /// The `BenchEvents` client of the `sub` and `trigger` paths.
+    events_client: Option<RpcClient>,
+    /// Joined for the `sub` and `trigger` paths.
+    events: Option<Subscription<Event>>,
+    /// Joined for the `trigger` path.
+    bcast: Option<Subscription<Event>>,
+    seq: i64,
+}
+
+/// The handler of the unary methods: echoes the request.
+fn echo(id: String) -> impl Fn(Context, Req) -> std::future::Ready<psrpc::Result<Res>> {
+    move |_ctx: Context, req: Req| {
+        std::future::ready(Ok(Res {
+            seq: req.seq,
+            server_id: id.clone(),
+            payload: req.payload,
+        }))
+    }
+}
+
+/// Starts server `i` as psrpc-bench does (affinity 1.0, 0.75, 0.5).
+async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
+    let id = format!("bench-server-{i}");
+    let opts = || ServerOptions::default().server_id(&id);
+    let bench = RpcServer::new(bus.clone(), "Bench", opts());
+    let events = RpcServer::new(bus.clone(), "BenchEvents", opts());
+    bench
+        .register_handler(&UNARY, &[], echo(id.clone()), None)
+        .await
+        .expect("register Unary");
+    let affinity = (1.0 - 0.25 * i as f32).max(0.1);
+    bench
+        .register_handler(
+            &AFFINITY,
+            &[],
+            echo(id.clone()),
+            Some(Arc::new(move |_: &Req| affinity)),
+        )
+        .await
+        .expect("register Affinity");
+    bench
+        .register_handler(&MULTI, &[], echo(id.clone()), None)
+        .await
+        .expect("register Multi");
+    bench
+        .register_stream_handler(
+            &ECHO,
+            &[],
+            |mut st: ServerStream<Msg, Msg>| async move {
+                while let Some(m) = st.recv().await {
+                    st.send(m).await?;
+                }
+                Ok(())
+            },
+            None,
+        )
+        .await
+        .expect("register Echo");
+    let counter = Arc::new(AtomicI64::new(0));
+    let (b, e) = (bench.clone(), events.clone());
+    bench
+        .register_handler(
+            &TRIGGER,
+            &[],
+            move |_ctx: Context, req: Req| {
+                let (bench, events, counter, id) =
+                    (b.clone(), e.clone(), counter.clone(), id.clone());
+                async move {
+                    let event = || Event {
+                        seq: counter.fetch_add(1, Ordering::Relaxed) + 1,
+                        text: req.text.clone(),
+                        server_id: id.clone(),
+                    };
+                    events.publish(&EVENTS, &[], &event()).await?;
+                    bench
+                        .publish(&BROADCAST, std::slice::from_ref(&req.text), &event())
+                        .await?;
+                    Ok(Res {
+                        seq: req.seq,
+                        server_id: id,
+                        payload: Bytes::new(),
+                    })
+                }
+            },
+            None,
+        )
+        .await
+        .expect("register Trigger");
+    (bench, events)
+}
+
+impl Fixture {
+    /// The servers, the client, and what `path` keeps open.
+    async fn start(path: Path) -> Fixture {
+        let bus = LocalBus::new();
+        let mut servers = Vec::new();
+        for i in 0..SERVERS {
+            servers.push(start_server(&bus, i).await);
+        }
+        let client = RpcClient::new(
+            bus.clone(),
+            "Bench",
+            ClientOptions::default().client_id("bench-client"),
+        )
+        .await
+        .expect("client");
+        let mut fx = Fixture {
+            client,
+            servers,
+            stream: None,
+            events_client: None,
+            events: None,
+            bcast: None,
+            seq: 0,
+        };
+        match path {
+            Path::Stream => {
+                fx.stream = Some(
+                    fx.client
+                        .stream::<Msg, Msg>(&ECHO, vec![])
+                        .await
+                        .expect("open stream"),
+                );
+            }
+            Path::Sub | Path::Trigger => {
+                let events_client = RpcClient::new(
+                    bus.clone(),
+                    "BenchEvents",
+                    ClientOptions::default().client_id("bench-events-client"),
+                )
+                .await
+                .expect("events client");
+                fx.events = Some(
+                    events_client
+                        .subscribe::<Event>(&EVENTS, &[])
+                        .await
+                        .expect("subscribe Events"),
+                );
+                fx.bcast = Some(
+                    fx.client
+                        .subscribe::<Event>(&BROADCAST, &[TOPIC.to_owned()])
+                        .await
+                        .expect("subscribe Broadcast"),
+                );
+                fx.events_client = Some(events_client);
+            }
+            _ => {}
+        }
+        fx
+    }
+
+    fn req(&mut self, text: &str, count: i32) -> Req {
+        self.seq += 1;
+        Req {
+            seq: self.seq,
+            text: text.to_owned(),
+            payload: Bytes::from_static(PAYLOAD),
+            count,
+        }
+    }
+
+    /// One operation of `path`; panics on a wrong or missing answer.
+    async fn op(&mut self, path: Path) {
+        match path {
+            Path::Unary => {
+                let req = self.req("", 0);
+                let res: Res = self.client.unary(&UNARY, vec![], req).await.expect("unary");
+                assert_eq!(res.seq, self.seq);
+            }
+            Path::Affinity => {
+                let req = self.req("", 0);
+                let res: Res = self
+                    .client
+                    .unary(&AFFINITY, vec![], req)
+                    .selection(SelectionOptions {
+                        maximum_affinity: 1.0,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("affinity");
+                assert_eq!(res.seq, self.seq);
+            }
+            Path::Multi => {
+                let req = self.req("", 0);
+                let mut s = self
+                    .client
+                    .multi::<Req, Res>(&MULTI, vec![], req)
+                    .await
+                    .expect("multi");
+                for _ in 0..SERVERS {
+                    let r = s.next().await.expect("multi response").expect("multi");
+                    assert_eq!(r.seq, self.seq);
+                }
+            }
+            Path::Stream => {
+                self.seq += 1;
+                let st = self.stream.as_mut().expect("stream");
+                st.send(Msg {
+                    seq: self.seq,
+                    payload: Bytes::from_static(PAYLOAD),
+                })
+                .await
+                .expect("stream send");
+                let m = st.recv().await.expect("echo");
+                assert_eq!(m.seq, self.seq);
+            }
+            Path::Sub => {
+                self.seq += 1;
+                let event = Event {
+                    seq: self.seq,
+                    text: TOPIC.to_owned(),
+                    server_id: "bench-server-0".to_owned(),
+                };
+                self.servers[0]
+                    .1
+                    .publish(&EVENTS, &[], &event)
+                    .await
+                    .expect("publish");
+                let got = self.events.as_mut().expect("events").recv().await;
+                assert_eq!(got.expect("event").seq, self.seq);
+            }
+            Path::Trigger => {
+                let req = self.req(TOPIC, 1);
+                let _: Res = self
+                    .client
+                    .unary(&TRIGGER, vec![], req)
+                    .await
+                    .expect("trigger");
+                self.events.as_mut().expect("events").recv().await;
+                let b = self.bcast.as_mut().expect("bcast").recv().await;
+                assert_eq!(b.expect("broadcast").text, TOPIC);
+            }
+        }
+    }
+
+    async fn run(&mut self, path: Path, ops: usize) {
+        for _ in 0..ops {
+            self.op(path).await;
+        }
+    }
+}
+
+/// The measured operations: callgrind collects inside this function only.
+#[inline(never)]
+fn measured_ops(rt: &tokio::runtime::Runtime, fx: &mut Fixture, path: Path, ops: usize) {
+    rt.block_on(fx.run(path, ops));
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || {
+        let names: Vec<_> = Path::ALL.iter().map(|(n, _)| *n).collect();
+        eprintln!("usage: hotpaths {} [OPS] [WARMUP]", names.join("|"));
+        ExitCode::from(2)
+    };
+    let Some(path) = args.first().and_then(|a| Path::parse(a)) else {
+        return usage();
+    };
+    let num = |i: usize, default: usize| args.get(i).map_or(Some(default), |a| a.parse().ok());
+    let (Some(ops), Some(warmup)) = (num(1, 1000), num(2, 200)) else {
+        return usage();
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    let mut fx = rt.block_on(Fixture::start(path));
+    rt.block_on(fx.run(path, warmup));
+    measured_ops(&rt, &mut fx, path, std::hint::black_box(ops));
+    println!(
+        "{} {ops}",
+        Path::ALL.iter().find(|(_, p)| *p == path).unwrap().0
+    );
+    rt.block_on(async {
+        if let Some(st) = fx.stream.take() {
+            let _ = st.close(None).await;
+        }
+        for (b, e) in &fx.servers {
+            b.kill();
+            e.kill();
+        }
+    });
+    ExitCode::SUCCESS
+}
