@@ -350,6 +350,92 @@ fn fields_1_2_len(msg: &[u8]) -> Option<usize> {
     Some(msg.len() - rest.len())
 }
 
+/// One top-level field of an encoded message, as [`scan`] sees it.
+enum Field<'a> {
+    /// Wire type 0.
+    Varint(u64),
+    /// Wire type 2: the bytes of the field.
+    Len(&'a [u8]),
+    /// Wire types 1 and 5 (skipped).
+    Fixed,
+}
+
+/// Walks the top-level fields of an encoded message without copying
+/// anything, calling `f(tag, field)` for each; `f` returns `false` to give
+/// up. `None` when the framing is anything but plain (a group, a bad
+/// varint, a length past the end) or `f` gave up: the caller then decodes
+/// with prost, which reports the error exactly as before.
+fn scan<'a>(mut b: &'a [u8], mut f: impl FnMut(u32, Field<'a>) -> bool) -> Option<()> {
+    while !b.is_empty() {
+        let key = encoding::decode_varint(&mut b).ok()?;
+        let tag = u32::try_from(key >> 3).ok().filter(|t| *t > 0)?;
+        let field = match key & 7 {
+            0 => Field::Varint(encoding::decode_varint(&mut b).ok()?),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                b = b.get(n..)?;
+                Field::Fixed
+            }
+            2 => {
+                let n = usize::try_from(encoding::decode_varint(&mut b).ok()?).ok()?;
+                let v = b.get(..n)?;
+                b = &b[n..];
+                Field::Len(v)
+            }
+            _ => return None,
+        };
+        if !f(tag, field) {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Where the fields of an encoded `Msg` are, as offsets into its bytes.
+pub(crate) struct MsgParts {
+    /// `Msg.type_url` (field 1).
+    pub(crate) type_url: std::ops::Range<usize>,
+    /// `Msg.value` (field 2); empty when absent.
+    pub(crate) value: std::ops::Range<usize>,
+    /// `Msg.compression` (field 4).
+    pub(crate) compression: i32,
+}
+
+/// Reads a `Msg` envelope without copying (the runtime reads every message
+/// this way): what prost would decode, as offsets into `b`, or `None` when
+/// prost should decode it instead (anything unusual, which prost then
+/// accepts or reports). A later occurrence of a field wins, as in prost.
+pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
+    let at = |v: &[u8]| {
+        let start = v.as_ptr() as usize - b.as_ptr() as usize;
+        start..start + v.len()
+    };
+    let mut parts = MsgParts {
+        type_url: 0..0,
+        value: 0..0,
+        compression: 0,
+    };
+    scan(b, |tag, field| match (tag, field) {
+        (1, Field::Len(v)) => {
+            parts.type_url = at(v);
+            true
+        }
+        (2, Field::Len(v)) => {
+            parts.value = at(v);
+            true
+        }
+        // The channel is not read here, but prost checks it is UTF-8.
+        (3, Field::Len(v)) => std::str::from_utf8(v).is_ok(),
+        (4, Field::Varint(n)) => {
+            parts.compression = n as i32;
+            true
+        }
+        (1..=4, _) => false,
+        _ => true,
+    })?;
+    Some(parts)
+}
+
 /// Reads only `Msg.channel` (field 3), as the NATS router does.
 pub fn read_channel(msg: &[u8]) -> Result<String, WireError> {
     Ok(ChannelField::decode(msg)?.channel)
