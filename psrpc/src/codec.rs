@@ -323,6 +323,40 @@ pub fn receive<M: prost::Message + Default>(
     }
 }
 
+/// The first half of [`receive`]: the payload of a message of type
+/// `type_url` (inflated), or `None` when it is dropped (counted and logged).
+pub(crate) fn receive_payload(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    type_url: &str,
+    bytes: Bytes,
+) -> Option<Bytes> {
+    match bus.compression().decode_value(bytes, type_url) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            bus.drops().record(e.drop_reason(), &channel(), &e);
+            None
+        }
+    }
+}
+
+/// The second half of [`receive`]: decodes a payload as a `M`, or `None`
+/// when it does not decode (counted and logged).
+pub(crate) fn decode_payload<M: prost::Message + Default>(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    payload: Bytes,
+) -> Option<M> {
+    match M::decode(payload) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let e = WireError::from(e);
+            bus.drops().record(e.drop_reason(), &channel(), &e);
+            None
+        }
+    }
+}
+
 /// [`receive`] for an envelope message, whose type URL is known.
 pub fn receive_envelope<M: Envelope>(
     bus: &(impl MessageBus + ?Sized),

@@ -25,7 +25,9 @@ use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_ch
 use crate::stream::{
     self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
 };
-use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
+use crate::wire::{
+    self, ClaimRequest, ClaimResponse, Envelope, Request, Response, StreamAck, StreamBody,
+};
 
 /// Default server timeout (stream sends, stream close expiry).
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -650,8 +652,31 @@ impl RpcServer {
                     let (c, i) = (&h.core, &h.info);
                     channels::stream_server_channel(&c.service, &h.method.name, &i.topic).legacy
                 };
-                let Some(m) =
-                    crate::codec::receive_envelope::<wire::Stream>(&*h.core.bus, name, bytes)
+                let bus = &*h.core.bus;
+                let Some(payload) =
+                    crate::codec::receive_payload(bus, name, wire::Stream::TYPE_URL, bytes)
+                else {
+                    return;
+                };
+                // Every server of the method hears every message of every
+                // stream: those of streams this server does not hold are
+                // passed over without being decoded.
+                if let Some((id, body)) = wire::peek_stream(&payload)
+                    && body != wire::STREAM_OPEN_TAG
+                {
+                    match stream::lookup(&h.streams, id) {
+                        Some(entry) => {
+                            if let Some(m) = crate::codec::decode_payload(bus, name, payload) {
+                                entry.on_stream(m);
+                            }
+                        }
+                        None => {
+                            tracing::trace!(stream_id = %id, "psrpc stream: message for unknown stream dropped")
+                        }
+                    }
+                    return;
+                }
+                let Some(m) = crate::codec::decode_payload::<wire::Stream>(bus, name, payload)
                 else {
                     return;
                 };
@@ -974,21 +999,35 @@ impl Core {
 
     fn on_claim_response(
         self: &Arc<Self>,
-        channel: impl FnOnce() -> String,
+        channel: impl Fn() -> String,
         bytes: Bytes,
         remember: bool,
     ) {
-        let Some(claim) =
-            crate::codec::receive_envelope::<ClaimResponse>(&*self.bus, channel, bytes)
+        let bus = &*self.bus;
+        let Some(payload) =
+            crate::codec::receive_payload(bus, &channel, ClaimResponse::TYPE_URL, bytes)
         else {
             return;
         };
+        // Read in place: every server of the method hears every claim
+        // response, and most find no claim of theirs.
+        let decoded: ClaimResponse;
+        let (request_id, server_id) = match wire::peek_claim_response(&payload) {
+            Some(ids) => ids,
+            None => {
+                let Some(c) = crate::codec::decode_payload(bus, &channel, payload.clone()) else {
+                    return;
+                };
+                decoded = c;
+                (decoded.request_id.as_str(), decoded.server_id.as_str())
+            }
+        };
         let mut table = self.lock_claims();
-        match table.waiters.remove(&claim.request_id) {
+        match table.waiters.remove(request_id) {
             Some(w) => {
                 drop(table);
                 let wait = w.bid_at.elapsed();
-                if claim.server_id == self.id {
+                if server_id == self.id {
                     self.observe(|o| o.on_claim(&w.info, ClaimOutcome::Granted, wait));
                     (w.then)();
                 } else {
@@ -996,7 +1035,7 @@ impl Core {
                 }
             }
             None if remember => {
-                table.remember(claim.request_id, claim.server_id);
+                table.remember(request_id.to_owned(), server_id.to_owned());
                 self.ensure_sweeper(&mut table);
             }
             None => {}

@@ -221,13 +221,17 @@ pub(crate) trait StreamEntry: Send + Sync {
 /// Routes an incoming stream message to its stream. Messages of unknown
 /// streams are dropped.
 pub(crate) fn dispatch(table: &StreamTable, m: wire::Stream) {
-    let entry = lock(table).get(&m.stream_id).cloned();
-    match entry {
+    match lookup(table, &m.stream_id) {
         Some(e) => e.on_stream(m),
         None => {
             tracing::trace!(stream_id = %m.stream_id, "psrpc stream: message for unknown stream dropped")
         }
     }
+}
+
+/// The open stream `stream_id` of `table`.
+pub(crate) fn lookup(table: &StreamTable, stream_id: &str) -> Option<Arc<dyn StreamEntry>> {
+    lock(table).get(stream_id).cloned()
 }
 
 /// Closes every stream of `table` with `cause`; returns the publishes.

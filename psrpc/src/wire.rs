@@ -436,6 +436,58 @@ pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
     Some(parts)
 }
 
+/// The string field `tag` of an encoded message (its last occurrence, as
+/// prost reads it; empty when absent), without decoding the rest.
+fn peek_str(b: &[u8], tags: [u32; 2]) -> Option<[&str; 2]> {
+    let mut found: [&[u8]; 2] = [&[], &[]];
+    scan(b, |tag, field| {
+        match (tags.iter().position(|t| *t == tag), field) {
+            (Some(i), Field::Len(v)) => {
+                found[i] = v;
+                true
+            }
+            (Some(_), _) => false,
+            (None, _) => true,
+        }
+    })?;
+    Some([
+        std::str::from_utf8(found[0]).ok()?,
+        std::str::from_utf8(found[1]).ok()?,
+    ])
+}
+
+/// The request id and server id of an encoded `ClaimResponse`, read
+/// without decoding it; `None` when prost should decode it (see [`scan`]).
+pub(crate) fn peek_claim_response(b: &[u8]) -> Option<(&str, &str)> {
+    let [request_id, server_id] = peek_str(b, [1, 2])?;
+    Some((request_id, server_id))
+}
+
+/// The tag of `Stream.open` in the `body` oneof.
+pub(crate) const STREAM_OPEN_TAG: u32 = 6;
+
+/// The stream id of an encoded `Stream` and the tag of its body (0 when
+/// none), read without decoding it; `None` when prost should decode it
+/// (see [`scan`]). Servers use it to pass over the messages of streams
+/// they do not hold without decoding them.
+pub(crate) fn peek_stream(b: &[u8]) -> Option<(&str, u32)> {
+    let mut id: &[u8] = &[];
+    let mut body = 0;
+    scan(b, |tag, field| match (tag, field) {
+        (1, Field::Len(v)) => {
+            id = v;
+            true
+        }
+        (6..=9, Field::Len(_)) => {
+            body = tag;
+            true
+        }
+        (1 | 6..=9, _) => false,
+        _ => true,
+    })?;
+    Some((std::str::from_utf8(id).ok()?, body))
+}
+
 /// Reads only `Msg.channel` (field 3), as the NATS router does.
 pub fn read_channel(msg: &[u8]) -> Result<String, WireError> {
     Ok(ChannelField::decode(msg)?.channel)
@@ -497,6 +549,96 @@ pub fn now_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Envelopes and their mutations: duplicated fields, unknown fields
+    /// around them, every truncation.
+    fn mutations(whole: Bytes) -> Vec<Bytes> {
+        let mut out = vec![whole.clone()];
+        let mut twice = whole.to_vec();
+        twice.extend_from_slice(&whole);
+        out.push(twice.into());
+        let mut unknown = vec![15 << 3, 1, 16 << 3 | 2, 1, b'x'];
+        unknown.extend_from_slice(&whole);
+        unknown.extend([17 << 3 | 5, 0, 0, 0, 0]);
+        out.push(unknown.into());
+        let mut group = whole.to_vec();
+        group.extend([9 << 3 | 3, 9 << 3 | 4]);
+        out.push(group.into());
+        let mut bad_utf8 = whole.to_vec();
+        bad_utf8.extend([1 << 3 | 2, 1, 0xff]);
+        out.push(bad_utf8.into());
+        for n in 0..whole.len() {
+            out.push(whole.slice(..n));
+        }
+        out
+    }
+
+    /// Reading a claim response's ids in place gives what prost decodes,
+    /// and whatever it reads, prost reads too.
+    #[test]
+    fn claim_response_peek_matches_prost() {
+        let whole = encode(&ClaimResponse {
+            request_id: "REQ_abc".into(),
+            server_id: "SRV_xyz".into(),
+        });
+        let mut empty_ids = 0;
+        for b in mutations(whole) {
+            let decoded = ClaimResponse::decode(b.clone());
+            match peek_claim_response(&b) {
+                Some((r, s)) => {
+                    let d = decoded.expect("peeked, so prost reads it");
+                    assert_eq!((r, s), (d.request_id.as_str(), d.server_id.as_str()));
+                    empty_ids += usize::from(r.is_empty());
+                }
+                None => assert!(decoded.is_err() || b.ends_with(&[9 << 3 | 4]), "{b:?}"),
+            }
+        }
+        assert!(empty_ids > 0);
+    }
+
+    /// Reading a stream message's id and body in place gives what prost
+    /// decodes.
+    #[test]
+    fn stream_peek_matches_prost() {
+        let bodies = [
+            None,
+            Some(StreamBody::Open(StreamOpen {
+                node_id: "CLI_1".into(),
+                metadata: Default::default(),
+            })),
+            Some(StreamBody::Message(StreamMessage {
+                raw_message: Bytes::from_static(b"m"),
+                ..Default::default()
+            })),
+            Some(StreamBody::Ack(StreamAck {})),
+            Some(StreamBody::Close(StreamClose {
+                error: "e".into(),
+                code: "c".into(),
+            })),
+        ];
+        for body in bodies {
+            let whole = encode(&Stream {
+                stream_id: "STR_1".into(),
+                request_id: "REQ_1".into(),
+                sent_at: 1,
+                expiry: 2,
+                body,
+            });
+            for b in mutations(whole) {
+                let (Some((id, tag)), Ok(d)) = (peek_stream(&b), Stream::decode(b.clone())) else {
+                    continue;
+                };
+                let want = match d.body {
+                    None => 0,
+                    Some(StreamBody::Open(_)) => STREAM_OPEN_TAG,
+                    Some(StreamBody::Message(_)) => 7,
+                    Some(StreamBody::Ack(_)) => 8,
+                    Some(StreamBody::Close(_)) => 9,
+                };
+                assert_eq!((id, tag), (d.stream_id.as_str(), want), "{b:?}");
+            }
+        }
+    }
 
     #[test]
     fn empty_map_values_are_written_like_go() {
