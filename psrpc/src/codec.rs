@@ -498,8 +498,14 @@ mod tests {
         for n in 1..whole.len() {
             cases.push(whole[..n].to_vec());
         }
-        // A tag of zero, and an overlong varint.
+        // A tag of zero, the largest tag, one past it, and an overlong varint.
         cases.push(vec![0, 0]);
+        for key in [((1u64 << 29) - 1) << 3, 1 << 32] {
+            let mut b = wire::encode_msg_raw(url, b"p").to_vec();
+            prost::encoding::encode_varint(key, &mut b);
+            b.push(0);
+            cases.push(b);
+        }
         let mut overlong = vec![0x0a];
         overlong.put_slice(&[0xff; 11]);
         cases.push(overlong);

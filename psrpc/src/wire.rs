@@ -352,12 +352,22 @@ fn fields_1_2_len(msg: &[u8]) -> Option<usize> {
 
 /// One top-level field of an encoded message, as [`scan`] sees it.
 enum Field<'a> {
-    /// Wire type 0.
-    Varint(u64),
+    /// Wire type 0: its bytes (see [`Field::value`]).
+    Varint(&'a [u8]),
     /// Wire type 2: the bytes of the field.
     Len(&'a [u8]),
     /// Wire types 1 and 5 (skipped).
     Fixed,
+}
+
+impl Field<'_> {
+    /// The value of a varint field.
+    fn value(&self) -> u64 {
+        match self {
+            Field::Varint(v) => varint(&mut &v[..]).unwrap_or_default(),
+            _ => 0,
+        }
+    }
 }
 
 /// Walks the top-level fields of an encoded message without copying
@@ -367,17 +377,25 @@ enum Field<'a> {
 /// with prost, which reports the error exactly as before.
 fn scan<'a>(mut b: &'a [u8], mut f: impl FnMut(u32, Field<'a>) -> bool) -> Option<()> {
     while !b.is_empty() {
-        let key = encoding::decode_varint(&mut b).ok()?;
-        let tag = u32::try_from(key >> 3).ok().filter(|t| *t > 0)?;
+        let key = varint(&mut b)?;
+        // prost's limits: a key within 32 bits, a tag of at least 1.
+        if key > u64::from(u32::MAX) || key >> 3 == 0 {
+            return None;
+        }
+        let tag = (key >> 3) as u32;
         let field = match key & 7 {
-            0 => Field::Varint(encoding::decode_varint(&mut b).ok()?),
+            0 => {
+                let start = b;
+                skip_varint(&mut b)?;
+                Field::Varint(&start[..start.len() - b.len()])
+            }
             1 | 5 => {
                 let n = if key & 7 == 1 { 8 } else { 4 };
                 b = b.get(n..)?;
                 Field::Fixed
             }
             2 => {
-                let n = usize::try_from(encoding::decode_varint(&mut b).ok()?).ok()?;
+                let n = usize::try_from(varint(&mut b)?).ok()?;
                 let v = b.get(..n)?;
                 b = &b[n..];
                 Field::Len(v)
@@ -388,6 +406,39 @@ fn scan<'a>(mut b: &'a [u8], mut f: impl FnMut(u32, Field<'a>) -> bool) -> Optio
             return None;
         }
     }
+    Some(())
+}
+
+/// A varint off the front of `b`; `None` where prost would fail (past the
+/// end, more than 64 bits).
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    if let Some(&byte) = b.first()
+        && byte < 0x80
+    {
+        *b = &b[1..];
+        return Some(u64::from(byte));
+    }
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == 9 && byte > 1 {
+                return None;
+            }
+            *b = &b[i + 1..];
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Skips a varint off the front of `b` (as [`varint`], without its value).
+fn skip_varint(b: &mut &[u8]) -> Option<()> {
+    let n = b.iter().take(10).position(|&byte| byte < 0x80)?;
+    if n == 9 && b[9] > 1 {
+        return None;
+    }
+    *b = &b[n + 1..];
     Some(())
 }
 
@@ -426,8 +477,8 @@ pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
         }
         // The channel is not read here, but prost checks it is UTF-8.
         (3, Field::Len(v)) => std::str::from_utf8(v).is_ok(),
-        (4, Field::Varint(n)) => {
-            parts.compression = n as i32;
+        (4, f @ Field::Varint(_)) => {
+            parts.compression = f.value() as i32;
             true
         }
         (1..=4, _) => false,
