@@ -545,14 +545,14 @@ impl RpcClient {
         m: &M,
         deadline: Instant,
     ) -> Result<()> {
-        match tokio::time::timeout_at(
-            deadline,
-            self.inner
-                .bus
-                .publish(ch, self.inner.bus.compression().encode(m)),
-        )
-        .await
-        {
+        let bus = &*self.inner.bus;
+        let mut sent = bus.publish(ch, bus.compression().encode(m));
+        // Most publishes are done when first polled (always on the local
+        // bus): those need no timer.
+        if let Poll::Ready(r) = futures::poll!(sent.as_mut()) {
+            return r;
+        }
+        match tokio::time::timeout_at(deadline, sent).await {
             // The bus's error as it is: `unavailable` when the bus is down,
             // `invalid_argument` or `resource_exhausted` over its limits.
             Ok(r) => r,

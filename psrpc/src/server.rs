@@ -384,7 +384,10 @@ impl ClaimTable {
 
 impl Core {
     async fn publish<M: wire::Envelope>(&self, ch: &Channel, m: &M) {
-        if let Err(e) = self.bus.publish(ch, self.bus.compression().encode(m)).await {
+        if let Err(e) = (*self.bus)
+            .publish(ch, self.bus.compression().encode(m))
+            .await
+        {
             tracing::warn!(channel = %ch.legacy, error = %e, "psrpc server: publish failed");
         }
     }
@@ -809,7 +812,7 @@ impl RpcServer {
             .bus
             .compression()
             .encode_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
-        core.bus.publish(&ch, bytes).await
+        (*core.bus).publish(&ch, bytes).await
     }
 
     /// Stops taking requests, closes every open stream with `unavailable`
@@ -1248,7 +1251,7 @@ where
         };
         let sent = tokio::time::timeout_at(
             deadline,
-            self.core.bus.publish(
+            (*self.core.bus).publish(
                 &chans.claim,
                 self.core.bus.compression().encode(&announcement),
             ),
@@ -1300,7 +1303,7 @@ where
         };
         let response = self.response(&req, result);
         let bytes = core.bus.compression().encode(&response);
-        match core.bus.publish(&chans.response, bytes).await {
+        match (*core.bus).publish(&chans.response, bytes).await {
             Ok(()) => {}
             // A response the bus cannot carry: the caller gets that error
             // at once rather than waiting for its deadline.

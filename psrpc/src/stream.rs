@@ -267,7 +267,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) fn publish_detached(bus: &DynBus, ch: &Arc<Channel>, msg: Bytes) {
     let (bus, ch) = (bus.clone(), ch.clone());
     let mut fut: BoxFuture<'static, Result<()>> =
-        Box::pin(async move { bus.publish(&ch, msg).await });
+        Box::pin(async move { (*bus).publish(&ch, msg).await });
     let mut cx = TaskContext::from_waker(futures::task::noop_waker_ref());
     match fut.as_mut().poll(&mut cx) {
         Poll::Ready(Err(e)) => tracing::warn!(error = %e, "psrpc stream: publish failed"),
@@ -550,7 +550,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             }
         }
         let msg = self.end(cause.unwrap_or_else(Error::stream_closed))?;
-        self.bus.publish(&self.out, msg).await
+        (*self.bus).publish(&self.out, msg).await
     }
 
     /// [`close`](Self::close) without waiting for the publish.
@@ -592,7 +592,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 ..Default::default()
             })),
         });
-        self.bus.publish(&self.out, msg).await?;
+        (*self.bus).publish(&self.out, msg).await?;
         tokio::select! {
             biased;
             r = ack => match r {
@@ -771,7 +771,7 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
     fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>> {
         let msg = self.end(cause).ok()?;
         let (bus, out) = (self.bus.clone(), self.out.clone());
-        Some(Box::pin(async move { bus.publish(&out, msg).await }))
+        Some(Box::pin(async move { (*bus).publish(&out, msg).await }))
     }
 }
 
