@@ -2,7 +2,6 @@
 //! affinity routing, multi calls, and subscriptions. Generated clients are
 //! thin typed wrappers over it.
 
-use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -198,7 +197,7 @@ impl std::fmt::Debug for CallOptions {
     }
 }
 
-type PendingMap = Mutex<HashMap<String, mpsc::Sender<Incoming>>>;
+type PendingMap = Mutex<id::IdMap<mpsc::Sender<Incoming>>>;
 
 struct Shared {
     pending: PendingMap,
@@ -215,7 +214,7 @@ struct MethodChannels {
 struct ClientInner {
     /// The client's channels; dropping them unsubscribes.
     subs: Mutex<Vec<crate::bus::HandlerSubscription>>,
-    channel_cache: Mutex<HashMap<String, Arc<MethodChannels>>>,
+    channel_cache: Mutex<id::IdMap<Arc<MethodChannels>>>,
     bus: DynBus,
     service: String,
     id: String,
@@ -298,7 +297,7 @@ impl RpcClient {
             .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
         channels::check_client_id(&id)?;
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
@@ -319,7 +318,7 @@ impl RpcClient {
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
                 subs: Mutex::new(subs),
-                channel_cache: Mutex::new(HashMap::new()),
+                channel_cache: Mutex::default(),
                 bus,
                 service,
                 id,
@@ -331,7 +330,7 @@ impl RpcClient {
                 opts,
                 shared,
                 closed,
-                streams: Arc::new(Mutex::new(HashMap::new())),
+                streams: Arc::default(),
                 stream_sub: tokio::sync::OnceCell::new(),
             }),
         })

@@ -210,7 +210,7 @@ struct Core {
     /// Claim waiters by request id: the claim-response dispatcher completes them.
     claims: Mutex<ClaimTable>,
     /// Response and claim-request channels by client id.
-    client_channels: Mutex<HashMap<String, Arc<ClientChannels>>>,
+    client_channels: Mutex<id::IdMap<Arc<ClientChannels>>>,
     interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
     stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
     /// The claim-skip opt-in.
@@ -316,8 +316,8 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 /// costs nothing beyond its entry while it is pending.
 #[derive(Default)]
 struct ClaimTable {
-    waiters: HashMap<String, ClaimWaiter>,
-    decided: HashMap<String, String>,
+    waiters: id::IdMap<ClaimWaiter>,
+    decided: id::IdMap<String>,
     order: VecDeque<(Instant, String)>,
     /// Whether the sweeper task is running.
     sweeping: bool,
@@ -464,7 +464,7 @@ impl RpcServer {
                     service,
                     id,
                     claims: Mutex::new(ClaimTable::default()),
-                    client_channels: Mutex::new(HashMap::new()),
+                    client_channels: Mutex::default(),
                     interceptors: to_chain(&opts.interceptors),
                     discovery: discovery.clone(),
                     stream_interceptors: to_chain(&opts.stream_interceptors),
@@ -630,7 +630,7 @@ impl RpcServer {
     {
         let key = self.reserve(&method.name, topic)?;
         let core = &self.inner.core;
-        let streams: Arc<StreamTable> = Arc::new(Mutex::new(HashMap::new()));
+        let streams: Arc<StreamTable> = Arc::default();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ch = channels::stream_server_channel(&core.service, &method.name, topic);

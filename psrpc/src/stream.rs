@@ -103,7 +103,6 @@
 //! `ServerOptions::stream_liveness`; [`StreamLiveness::disabled`] turns it
 //! off.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,7 +206,7 @@ pub fn presence_channel(service: &str, stream_id: &str, client_end: bool) -> Cha
 pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
 
 /// The open streams of a client, or of one server stream handler, by id.
-pub(crate) type StreamTable = Mutex<HashMap<String, Arc<dyn StreamEntry>>>;
+pub(crate) type StreamTable = Mutex<id::IdMap<Arc<dyn StreamEntry>>>;
 
 /// A stream as the table holds it, without its message types.
 pub(crate) trait StreamEntry: Send + Sync {
@@ -308,7 +307,7 @@ pub(crate) struct Shared<R> {
     out: Arc<Channel>,
     /// Default send timeout, and the expiry of the close message.
     timeout: Duration,
-    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    acks: Mutex<id::IdMap<oneshot::Sender<()>>>,
     state: Mutex<State<R>>,
     /// Canceled when the stream closes (wakes pending sends; ends the
     /// server handler's context).
@@ -338,7 +337,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             bus: p.bus,
             out: p.out,
             timeout: p.timeout,
-            acks: Mutex::new(HashMap::new()),
+            acks: Mutex::default(),
             state: Mutex::new(State {
                 cause: None,
                 tx: Some(tx),
@@ -671,7 +670,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
 }
 
 struct AckGuard<'a> {
-    acks: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    acks: &'a Mutex<id::IdMap<oneshot::Sender<()>>>,
     request_id: &'a str,
 }
 
