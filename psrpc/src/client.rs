@@ -538,14 +538,26 @@ impl RpcClient {
 
     /// Publishes `m`, giving up at `deadline`: a bus whose publish waits
     /// (a full buffer, a reconnect) cannot make a call overrun it.
-    async fn publish<M: wire::Envelope>(
-        &self,
-        ch: &channels::Channel,
+    /// The message is encoded before the returned future, which holds only
+    /// its bytes.
+    fn publish<'a, M: wire::Envelope>(
+        &'a self,
+        ch: &'a channels::Channel,
         m: &M,
         deadline: Instant,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let bytes = self.inner.bus.compression().encode(m);
+        self.publish_bytes(ch, bytes, deadline)
+    }
+
+    /// [`publish`](Self::publish) of an encoded message.
+    async fn publish_bytes(
+        &self,
+        ch: &channels::Channel,
+        bytes: Bytes,
+        deadline: Instant,
     ) -> Result<()> {
-        let bus = &*self.inner.bus;
-        let mut sent = bus.publish(ch, bus.compression().encode(m));
+        let mut sent = (*self.inner.bus).publish(ch, bytes);
         // Most publishes are done when first polled (always on the local
         // bus): those need no timer.
         if let Poll::Ready(r) = futures::poll!(sent.as_mut()) {
@@ -591,24 +603,29 @@ impl RpcClient {
             // Clamp the expiry to the caller's deadline (Go HEAD 220fe5f).
             expiry = expiry.min(now_ns.saturating_add(rem.as_nanos() as i64));
         }
-        let request_id = id::new_request_id();
-        let req = Request {
-            request_id: request_id.clone(),
-            client_id: self.inner.id.clone(),
-            sent_at: now_ns,
-            expiry,
-            multi: false,
-            metadata: opts.metadata.clone(),
-            raw_request,
-            // Advertises that this client understands announcements (claim
-            // skip), on every unary request of a queue method, as Go does.
-            skip_claim: method.queue,
-            ..Default::default()
+        // Encoded here, so that the call's future does not hold the request.
+        let (request_id, request) = {
+            let req = Request {
+                request_id: id::new_request_id(),
+                client_id: self.inner.id.clone(),
+                sent_at: now_ns,
+                expiry,
+                multi: false,
+                metadata: opts.metadata.clone(),
+                raw_request,
+                // Advertises that this client understands announcements (claim
+                // skip), on every unary request of a queue method, as Go does.
+                skip_claim: method.queue,
+                ..Default::default()
+            };
+            let bytes = self.inner.bus.compression().encode(&req);
+            (req.request_id, bytes)
         };
         let (mut rx, _guard) = self.register(&request_id)?;
         let chans = self.method_channels(method, topic);
         let deadline = call_deadline(t, opts);
-        self.publish(&chans.request, &req, deadline).await?;
+        self.publish_bytes(&chans.request, request, deadline)
+            .await?;
 
         let cancel = opts.context.cancel_token();
 
@@ -689,23 +706,27 @@ impl RpcClient {
         }
         let t = self.timeout(opts);
         let now_ns = wire::now_ns();
-        let request_id = id::new_request_id();
-        let req = Request {
-            request_id: request_id.clone(),
-            client_id: self.inner.id.clone(),
-            sent_at: now_ns,
-            // Multi requests are not clamped, as in Go.
-            expiry: now_ns.saturating_add(t.as_nanos() as i64),
-            multi: true,
-            metadata: opts.metadata.clone(),
-            raw_request,
-            ..Default::default()
+        let (request_id, request) = {
+            let req = Request {
+                request_id: id::new_request_id(),
+                client_id: self.inner.id.clone(),
+                sent_at: now_ns,
+                // Multi requests are not clamped, as in Go.
+                expiry: now_ns.saturating_add(t.as_nanos() as i64),
+                multi: true,
+                metadata: opts.metadata.clone(),
+                raw_request,
+                ..Default::default()
+            };
+            let bytes = self.inner.bus.compression().encode(&req);
+            (req.request_id, bytes)
         };
         let (rx, guard) = self.register(&request_id)?;
         // Quirk Q16: the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
         let deadline = call_deadline(t, opts);
-        self.publish(&self.method_channels(method, topic).request, &req, deadline)
+        let chans = self.method_channels(method, topic);
+        self.publish_bytes(&chans.request, request, deadline)
             .await?;
         let cancel = opts.context.cancel_token().cloned();
         Ok(RawMultiResponses {
