@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +28,8 @@ use crate::interceptor::{
     MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
 };
 use crate::select::{
-    DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt,
-    select_server, sleep_until_opt,
+    CallReceiver, CallSender, DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected,
+    SelectionOptions, call_queue, cancelled_opt, select_server, sleep_until_opt,
 };
 use crate::stream::{self, ClientStream, StreamLiveness, StreamParams, StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamBody, StreamOpen};
@@ -197,7 +196,7 @@ impl std::fmt::Debug for CallOptions {
     }
 }
 
-type PendingMap = Mutex<id::IdMap<mpsc::Sender<Incoming>>>;
+type PendingMap = Mutex<id::IdMap<CallSender>>;
 
 struct Shared {
     pending: PendingMap,
@@ -514,8 +513,8 @@ impl RpcClient {
             .clone()
     }
 
-    fn register(&self, request_id: &str) -> Result<(mpsc::Receiver<Incoming>, PendingGuard)> {
-        let (tx, rx) = mpsc::channel(self.inner.opts.channel_size.max(1));
+    fn register(&self, request_id: &str) -> Result<(CallReceiver, PendingGuard)> {
+        let (tx, rx) = call_queue(self.inner.opts.channel_size);
         let mut p = self
             .inner
             .shared
@@ -1060,7 +1059,7 @@ fn route<M: wire::Envelope>(
         // Never block on one call (Go quirks Q8, Q12): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+        if tx.try_send(ev).is_err() {
             let why = format_args!("buffer of pending call {request_id} full");
             bus.drops()
                 .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
@@ -1302,7 +1301,7 @@ where
 /// The raw results of a multi call: one item per server response, until the
 /// call's timeout (or the caller's context) ends it.
 pub struct RawMultiResponses {
-    rx: mpsc::Receiver<Incoming>,
+    rx: CallReceiver,
     _guard: PendingGuard,
     end: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
