@@ -815,10 +815,12 @@ impl RpcClient {
                 let (bus, name) = (Arc::downgrade(&self.inner.bus), ch.legacy.clone());
                 let on_stream: crate::bus::Handler = Arc::new(move |b| {
                     let Some(bus) = bus.upgrade() else { return };
-                    let m =
-                        crate::codec::receive_envelope::<wire::Stream>(&*bus, || name.clone(), b);
-                    if let Some(m) = m {
-                        stream::dispatch(&table, m);
+                    let channel = || name.clone();
+                    let url = <wire::Stream as wire::Envelope>::TYPE_URL;
+                    if let Some(p) = crate::codec::receive_payload(&*bus, channel, url, b) {
+                        stream::with_stream(&*bus, channel, p, |p, m| {
+                            stream::dispatch(&table, p, m)
+                        });
                     }
                 });
                 let sub = self
@@ -885,7 +887,7 @@ impl RpcClient {
             if self.is_closed() {
                 return Err(Error::client_closed());
             }
-            table.insert(stream_id.clone(), shared.clone());
+            table.insert(stream_id.as_bytes().into(), shared.clone());
         }
         let claims = if method.require_claim {
             Some(self.register(&request_id)?)

@@ -663,35 +663,27 @@ impl RpcServer {
                 };
                 // Every server of the method hears every message of every
                 // stream: those of streams this server does not hold are
-                // passed over without being decoded.
-                if let Some((id, body)) = wire::peek_stream(&payload)
-                    && body != wire::STREAM_OPEN_TAG
-                {
-                    match stream::lookup(&h.streams, id) {
-                        Some(entry) => {
-                            if let Some(m) = crate::codec::decode_payload(bus, name, payload) {
-                                entry.on_stream(m);
+                // passed over once their stream id is read.
+                stream::with_stream(bus, name, payload, |payload, v| {
+                    if v.body != wire::STREAM_OPEN_TAG {
+                        // In arrival order.
+                        match stream::lookup(&h.streams, v.stream_id) {
+                            Some(entry) => entry.on_stream(payload, v),
+                            None => {
+                                tracing::trace!(stream_id = %String::from_utf8_lossy(v.stream_id), "psrpc stream: message for unknown stream dropped")
                             }
                         }
-                        None => {
-                            tracing::trace!(stream_id = %id, "psrpc stream: message for unknown stream dropped")
-                        }
+                        return;
                     }
-                    return;
-                }
-                let Some(m) = crate::codec::decode_payload::<wire::Stream>(bus, name, payload)
-                else {
-                    return;
-                };
-                if matches!(m.body, Some(StreamBody::Open(_))) {
                     // Opens are handled concurrently; none while draining.
-                    if !stop.is_cancelled() {
+                    let open =
+                        crate::codec::decode_payload::<wire::Stream>(bus, name, payload.clone());
+                    if let Some(m) = open
+                        && !stop.is_cancelled()
+                    {
                         h.on_open(m, &tracker);
                     }
-                } else {
-                    // Everything else in arrival order.
-                    stream::dispatch(&h.streams, m);
-                }
+                });
             })
         };
         let parts = HandlerParts {
@@ -1434,7 +1426,7 @@ where
             if self.stop.is_cancelled() {
                 return;
             }
-            t.insert(m.stream_id.clone(), shared.clone());
+            t.insert(m.stream_id.as_bytes().into(), shared.clone());
         }
         let ack = wire::Stream {
             stream_id: m.stream_id,

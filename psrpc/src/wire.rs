@@ -434,7 +434,13 @@ fn varint(b: &mut &[u8]) -> Option<u64> {
 
 /// Skips a varint off the front of `b` (as [`varint`], without its value).
 fn skip_varint(b: &mut &[u8]) -> Option<()> {
-    let n = b.iter().take(10).position(|&byte| byte < 0x80)?;
+    // The end is the first byte below 0x80: eight bytes at a time.
+    let n = match b.first_chunk::<8>() {
+        Some(w) if u64::from_le_bytes(*w) & 0x8080_8080_8080_8080 != 0x8080_8080_8080_8080 => {
+            (!u64::from_le_bytes(*w) & 0x8080_8080_8080_8080).trailing_zeros() as usize / 8
+        }
+        _ => b.iter().take(10).position(|&byte| byte < 0x80)?,
+    };
     if n == 9 && b[9] > 1 {
         return None;
     }
@@ -516,27 +522,84 @@ pub(crate) fn peek_claim_response(b: &[u8]) -> Option<(&str, &str)> {
 
 /// The tag of `Stream.open` in the `body` oneof.
 pub(crate) const STREAM_OPEN_TAG: u32 = 6;
+/// The tag of `Stream.message`.
+pub(crate) const STREAM_MESSAGE_TAG: u32 = 7;
+/// The tag of `Stream.ack`.
+pub(crate) const STREAM_ACK_TAG: u32 = 8;
+/// The tag of `Stream.close`.
+pub(crate) const STREAM_CLOSE_TAG: u32 = 9;
 
-/// The stream id of an encoded `Stream` and the tag of its body (0 when
-/// none), read without decoding it; `None` when prost should decode it
-/// (see [`scan`]). Servers use it to pass over the messages of streams
-/// they do not hold without decoding them.
-pub(crate) fn peek_stream(b: &[u8]) -> Option<(&str, u32)> {
-    let mut id: &[u8] = &[];
-    let mut body = 0;
+/// A `Stream` envelope read in place: its ids borrowed and not yet checked
+/// to be UTF-8, its times and body left encoded (the receiver reads what
+/// it needs: most read only the stream id).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamView<'a> {
+    pub(crate) stream_id: &'a [u8],
+    pub(crate) request_id: &'a [u8],
+    sent_at: &'a [u8],
+    expiry: &'a [u8],
+    /// The tag of the body (`STREAM_*_TAG`), 0 when there is none.
+    pub(crate) body: u32,
+    /// Where the body's bytes are in the message.
+    pub(crate) body_bytes: std::ops::Range<usize>,
+}
+
+/// Reads a `Stream` envelope in place: what prost would decode, or `None`
+/// when prost should decode it (see [`scan`]; also when the body occurs
+/// more than once, which prost merges).
+pub(crate) fn read_stream(b: &[u8]) -> Option<StreamView<'_>> {
+    let mut v = StreamView {
+        stream_id: &[],
+        request_id: &[],
+        sent_at: &[],
+        expiry: &[],
+        body: 0,
+        body_bytes: 0..0,
+    };
     scan(b, |tag, field| match (tag, field) {
-        (1, Field::Len(v)) => {
-            id = v;
+        (1, Field::Len(x)) => {
+            v.stream_id = x;
             true
         }
-        (6..=9, Field::Len(_)) => {
-            body = tag;
+        (2, Field::Len(x)) => {
+            v.request_id = x;
             true
         }
-        (1 | 6..=9, _) => false,
+        (3, Field::Varint(x)) => {
+            v.sent_at = x;
+            true
+        }
+        (4, Field::Varint(x)) => {
+            v.expiry = x;
+            true
+        }
+        (6..=9, Field::Len(x)) if v.body == 0 => {
+            v.body = tag;
+            let start = x.as_ptr() as usize - b.as_ptr() as usize;
+            v.body_bytes = start..start + x.len();
+            true
+        }
+        (1..=4 | 6..=9, _) => false,
         _ => true,
     })?;
-    Some((std::str::from_utf8(id).ok()?, body))
+    Some(v)
+}
+
+impl StreamView<'_> {
+    /// `Stream.sent_at`.
+    pub(crate) fn sent_at(&self) -> i64 {
+        Field::Varint(self.sent_at).value() as i64
+    }
+
+    /// `Stream.expiry`.
+    pub(crate) fn expiry(&self) -> i64 {
+        Field::Varint(self.expiry).value() as i64
+    }
+
+    /// `Stream.request_id`, if it is UTF-8 (prost requires it).
+    pub(crate) fn request_id_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.request_id).ok()
+    }
 }
 
 /// Reads only `Msg.channel` (field 3), as the NATS router does.
@@ -647,10 +710,9 @@ mod tests {
         assert!(empty_ids > 0);
     }
 
-    /// Reading a stream message's id and body in place gives what prost
-    /// decodes.
+    /// Reading a stream message in place gives what prost decodes.
     #[test]
-    fn stream_peek_matches_prost() {
+    fn stream_read_matches_prost() {
         let bodies = [
             None,
             Some(StreamBody::Open(StreamOpen {
@@ -676,17 +738,41 @@ mod tests {
                 body,
             });
             for b in mutations(whole) {
-                let (Some((id, tag)), Ok(d)) = (peek_stream(&b), Stream::decode(b.clone())) else {
+                let (Some(v), Ok(d)) = (read_stream(&b), Stream::decode(b.clone())) else {
+                    // Read in place but not by prost: only for ids that
+                    // are not UTF-8, which the readers check or match to
+                    // nothing.
+                    if let Some(v) = read_stream(&b) {
+                        let bad = std::str::from_utf8(v.stream_id).is_err();
+                        assert!(bad || v.request_id_str().is_none(), "{b:?}");
+                    }
                     continue;
                 };
+                assert_eq!(
+                    (v.request_id_str(), v.sent_at(), v.expiry()),
+                    (Some(d.request_id.as_str()), d.sent_at, d.expiry)
+                );
                 let want = match d.body {
                     None => 0,
                     Some(StreamBody::Open(_)) => STREAM_OPEN_TAG,
-                    Some(StreamBody::Message(_)) => 7,
-                    Some(StreamBody::Ack(_)) => 8,
-                    Some(StreamBody::Close(_)) => 9,
+                    Some(StreamBody::Message(_)) => STREAM_MESSAGE_TAG,
+                    Some(StreamBody::Ack(_)) => STREAM_ACK_TAG,
+                    Some(StreamBody::Close(_)) => STREAM_CLOSE_TAG,
                 };
-                assert_eq!((id, tag), (d.stream_id.as_str(), want), "{b:?}");
+                assert_eq!(
+                    (v.stream_id, v.body),
+                    (d.stream_id.as_bytes(), want),
+                    "{b:?}"
+                );
+                // The body's bytes decode to the body prost decoded.
+                let body = b.slice(v.body_bytes.clone());
+                match d.body {
+                    Some(StreamBody::Message(m)) => {
+                        assert_eq!(StreamMessage::decode(body).unwrap(), m)
+                    }
+                    Some(StreamBody::Close(c)) => assert_eq!(StreamClose::decode(body).unwrap(), c),
+                    _ => {}
+                }
             }
         }
     }
