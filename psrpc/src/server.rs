@@ -1188,7 +1188,7 @@ where
                 let err = Error::wrap(ErrorCode::MalformedRequest, e);
                 let h = self.clone();
                 tracker.spawn(async move {
-                    let r = h.response(&req, Err(err));
+                    let r = h.response(req.request_id, Err(err));
                     h.core.publish(&chans.response, &r).await;
                 });
                 return;
@@ -1268,17 +1268,25 @@ where
     /// Runs the handler for a request this server has, and answers.
     async fn run(
         self: Arc<Self>,
-        mut req: Request,
+        req: Request,
         msg: Req,
         deadline: Instant,
         chans: Arc<ClientChannels>,
     ) {
         let core = &*self.core;
         let _counted = core.discovery.as_ref().map(|d| d.call_started());
+        // Only the request id is kept while the handler runs.
+        let Request {
+            request_id,
+            client_id,
+            sent_at,
+            metadata,
+            ..
+        } = req;
         let header = IncomingHeader {
-            remote_id: req.client_id.clone(),
-            sent_at: UNIX_EPOCH + Duration::from_nanos(req.sent_at.max(0) as u64),
-            metadata: std::mem::take(&mut req.metadata),
+            remote_id: client_id,
+            sent_at: UNIX_EPOCH + Duration::from_nanos(sent_at.max(0) as u64),
+            metadata,
         };
         let ctx = Context::new()
             .with_deadline(deadline.into_std())
@@ -1293,8 +1301,11 @@ where
                 .await
                 .map(|r| Bytes::from(r.to_bytes())),
         };
-        let response = self.response(&req, result);
-        let bytes = core.bus.compression().encode(&response);
+        let (request_id, bytes) = {
+            let response = self.response(request_id, result);
+            let bytes = core.bus.compression().encode(&response);
+            (response.request_id, bytes)
+        };
         match (*core.bus).publish(&chans.response, bytes).await {
             Ok(()) => {}
             // A response the bus cannot carry: the caller gets that error
@@ -1304,7 +1315,7 @@ where
                     ErrorCode::ResourceExhausted,
                     format!("the response cannot be sent: {}", e.message()),
                 );
-                core.publish(&chans.response, &self.response(&req, Err(err)))
+                core.publish(&chans.response, &self.response(request_id, Err(err)))
                     .await;
             }
             Err(e) => {
@@ -1313,9 +1324,9 @@ where
         }
     }
 
-    fn response(&self, req: &Request, result: Result<Bytes>) -> Response {
+    fn response(&self, request_id: String, result: Result<Bytes>) -> Response {
         let mut r = Response {
-            request_id: req.request_id.clone(),
+            request_id,
             server_id: self.core.id.clone(),
             sent_at: wire::now_ns(),
             ..Default::default()
