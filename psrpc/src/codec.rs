@@ -181,6 +181,16 @@ impl CompressionOptions {
         wire::encode_msg_raw(type_url, value)
     }
 
+    /// [`encode_raw`](Self::encode_raw) of a user message whose type URL
+    /// is `type_url`'s parts concatenated: encoded straight into the
+    /// envelope when it is not compressed.
+    pub(crate) fn encode_message(&self, type_url: &[&str], m: &impl prost::Message) -> Bytes {
+        if self.compresses(m.encoded_len()) {
+            return self.encode_raw(&type_url.concat(), &m.encode_to_vec());
+        }
+        wire::encode_msg_message(type_url, m)
+    }
+
     /// Decodes a `Msg` envelope and returns its payload, inflated if it was
     /// compressed, after checking that its type is `type_url` (compared as
     /// Go does, by the part after the last `/`).
@@ -519,6 +529,34 @@ mod tests {
                 _ => panic!("{b:?}: in place {fast:?}, prost {slow:?}"),
             }
         }
+    }
+
+    /// A user message encoded straight into its envelope gives the bytes
+    /// of encoding it first and wrapping the bytes, compressed or not.
+    #[test]
+    fn message_encoded_in_place_is_wrapped_alike() {
+        let m = wire::Response {
+            request_id: "r".repeat(3000),
+            ..Default::default()
+        };
+        let parts = ["type.googleapis.com/", "pkg.Msg"];
+        for c in [
+            CompressionOptions::DEFAULT,
+            CompressionOptions::DEFAULT.with_quality(6),
+        ] {
+            assert_eq!(
+                c.encode_message(&parts, &m),
+                c.encode_raw(
+                    "type.googleapis.com/pkg.Msg",
+                    &prost::Message::encode_to_vec(&m)
+                )
+            );
+        }
+        let empty = wire::Response::default();
+        assert_eq!(
+            CompressionOptions::DEFAULT.encode_message(&parts, &empty),
+            wire::encode_msg_raw("type.googleapis.com/pkg.Msg", &[])
+        );
     }
 
     #[test]

@@ -219,6 +219,8 @@ struct Core {
     clock: ClockCheck,
     /// Counts calls for discovery (when it is on).
     discovery: Option<Arc<crate::discovery::Registry>>,
+    /// The channels of topic-less publishes by method (with its queue flag).
+    publish_channels: Mutex<id::IdMap<(bool, Arc<Channel>)>>,
 }
 
 /// How far a request may look off (arrived this long after its expiry, or
@@ -471,6 +473,7 @@ impl RpcServer {
                     skip_claim: opts.skip_claim.clone(),
                     observers: opts.observers.iter().cloned().collect(),
                     clock: ClockCheck::default(),
+                    publish_channels: Mutex::default(),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -799,11 +802,27 @@ impl RpcServer {
         msg: &T,
     ) -> Result<()> {
         let core = &self.inner.core;
-        let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
-        let bytes = core
-            .bus
-            .compression()
-            .encode_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
+        let make = || channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+        let ch = if topic.is_empty() {
+            // Without a topic, the channel is computed once per method.
+            let mut cache = core
+                .publish_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match cache.get(method.name.as_ref()) {
+                Some((queue, ch)) if *queue == method.queue => ch.clone(),
+                _ => {
+                    let ch = Arc::new(make());
+                    cache.insert(method.name.to_string(), (method.queue, ch.clone()));
+                    ch
+                }
+            }
+        } else {
+            Arc::new(make())
+        };
+        let name = T::full_name();
+        let url = [wire::TYPE_URL_PREFIX, name.as_str()];
+        let bytes = core.bus.compression().encode_message(&url, msg);
         (*core.bus).publish(&ch, bytes).await
     }
 

@@ -272,26 +272,40 @@ pub fn encode<M: Envelope>(m: &M) -> Bytes {
 /// which comes here when it does not compress.
 pub fn encode_msg<M: Envelope>(m: &M) -> Bytes {
     let len = m.go_encoded_len();
-    write_msg(M::TYPE_URL, len, false, |buf| m.go_encode(buf))
+    write_msg(&[M::TYPE_URL], len, false, |buf| m.go_encode(buf))
 }
 
 /// Wraps already encoded user message bytes in `Msg` with `type_url`
 /// (subscription updates: the user message is the payload itself).
 pub fn encode_msg_raw(type_url: &str, value: &[u8]) -> Bytes {
-    write_msg(type_url, value.len(), false, |buf| buf.put_slice(value))
+    write_msg(&[type_url], value.len(), false, |buf| buf.put_slice(value))
 }
 
 /// Wraps a gzipped payload in `Msg` with `type_url` and
 /// `compression = COMPRESSION_GZIP` (field 4, written last as Go does).
 pub fn encode_msg_gzip(type_url: &str, gz: &[u8]) -> Bytes {
-    write_msg(type_url, gz.len(), true, |buf| buf.put_slice(gz))
+    write_msg(&[type_url], gz.len(), true, |buf| buf.put_slice(gz))
 }
 
 /// `Msg.compression = COMPRESSION_GZIP`: key of field 4 (varint), value 1.
 const GZIP_FIELD: [u8; 2] = [0x20, 0x01];
 
-fn write_msg(type_url: &str, len: usize, gzip: bool, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut cap = key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len();
+/// Wraps a user message in `Msg` (uncompressed) with the type URL made of
+/// `type_url`'s parts, encoding it straight into the envelope.
+pub(crate) fn encode_msg_message(type_url: &[&str], m: &impl Message) -> Bytes {
+    write_msg(type_url, m.encoded_len(), false, |buf| m.encode_raw(buf))
+}
+
+/// Writes `Msg` with the type URL made of `type_url`'s parts (concatenated)
+/// and a payload of `len` bytes that `write` writes.
+fn write_msg(
+    type_url: &[&str],
+    len: usize,
+    gzip: bool,
+    write: impl FnOnce(&mut BytesMut),
+) -> Bytes {
+    let url_len: usize = type_url.iter().map(|p| p.len()).sum();
+    let mut cap = key_len(1) + encoded_len_varint(url_len as u64) + url_len;
     if len > 0 {
         cap += key_len(2) + encoded_len_varint(len as u64) + len;
     }
@@ -300,8 +314,10 @@ fn write_msg(type_url: &str, len: usize, gzip: bool, write: impl FnOnce(&mut Byt
     }
     let mut buf = BytesMut::with_capacity(cap);
     encode_key(1, WireType::LengthDelimited, &mut buf);
-    encode_varint(type_url.len() as u64, &mut buf);
-    buf.put_slice(type_url.as_bytes());
+    encode_varint(url_len as u64, &mut buf);
+    for part in type_url {
+        buf.put_slice(part.as_bytes());
+    }
     // An empty payload leaves field 2 out (proto3 implicit presence).
     if len > 0 {
         encode_key(2, WireType::LengthDelimited, &mut buf);
