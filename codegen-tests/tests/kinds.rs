@@ -1,7 +1,7 @@
 //! Every method kind of `kinds.proto` through the generated API, on the local
 //! bus: routing, topics (several parameters, typed, single server), topic
-//! groups with rollback, subscriptions, the deprecated routing oneof, and the
-//! unimplemented server.
+//! groups with rollback, subscriptions, the deprecated routing oneof, the
+//! trait's unimplemented defaults and the method table.
 
 use std::time::Duration;
 
@@ -348,30 +348,163 @@ async fn subscriptions_queue_and_fan_out() {
     s.shutdown().await;
 }
 
+/// Implements one method; the trait's defaults answer the others.
+struct OnlyQueue;
+
+#[psrpc::async_trait]
+impl KindsServerImpl for OnlyQueue {
+    async fn queue(&self, _ctx: psrpc::Context, req: Request) -> psrpc::Result<Response> {
+        Ok(Response {
+            text: req.text,
+            server: "only-queue".into(),
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unimplemented_server() {
+async fn default_methods_answer_unimplemented() {
     let bus = LocalBus::new();
-    let s = KindsServer::new(UnimplementedKindsServer, bus.clone())
-        .await
-        .unwrap();
+    let s = KindsServer::new(OnlyQueue, bus.clone()).await.unwrap();
+    s.register_all_node_topics("eu", "n1").await.unwrap();
     let client = KindsClient::new(bus.clone()).await.unwrap();
 
-    let e = client.queue(req("x")).await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Unimplemented);
-    assert_eq!(e.message(), "method is not implemented");
+    // The one method implemented answers.
+    assert_eq!(client.queue(req("x")).await.unwrap().server, "only-queue");
+
+    // The others answer with the trait's default.
+    for e in [
+        client.direct(req("x")).await.unwrap_err(),
+        client.old_queue(req("x")).await.unwrap_err(),
+        client.node_queue("eu", "n1", req("x")).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), ErrorCode::Unimplemented);
+        assert_eq!(e.message(), "method is not implemented");
+    }
+    // A multi call gets the one server's `unimplemented`.
+    let multi: Vec<_> = client
+        .multi(req("x"))
+        .timeout(Duration::from_secs(2))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(multi.len(), 1, "{multi:?}");
+    assert_eq!(
+        multi[0].as_ref().unwrap_err().code(),
+        ErrorCode::Unimplemented
+    );
 
     // Streams are opened, then closed with `unimplemented`.
     let mut chat = client.chat().await.unwrap();
     assert!(chat.recv().await.is_none());
     assert_eq!(chat.err().unwrap().code(), ErrorCode::Unimplemented);
 
-    // Its affinity is -1: it never claims, so nobody takes the call.
+    // The default affinity is -1: it never claims, so nobody takes the call.
     let e = client
         .affinity(req("x"))
         .timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable);
+    s.kill();
+}
+
+#[test]
+fn the_method_table_lists_every_method() {
+    use psrpc::service::{MethodKind as K, Routing as R, Service};
+
+    let listed: Vec<(&str, K, R, bool, &[&str])> = kinds_methods::METHODS
+        .iter()
+        .map(|m| {
+            (
+                m.name(),
+                m.kind,
+                m.routing(),
+                m.single_server(),
+                m.topic_params,
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, K, R, bool, &[&str])> = vec![
+        ("Queue", K::Unary, R::Queue, false, &[]),
+        ("Affinity", K::Unary, R::Affinity, false, &[]),
+        ("Multi", K::Multi, R::Multi, false, &[]),
+        ("Direct", K::Unary, R::Queue, true, &[]),
+        ("Chat", K::Stream, R::Queue, false, &[]),
+        ("PickyChat", K::Stream, R::Affinity, false, &["topic"]),
+        (
+            "NodeQueue",
+            K::Unary,
+            R::Queue,
+            false,
+            &["region", "node_id"],
+        ),
+        (
+            "NodeMulti",
+            K::Multi,
+            R::Multi,
+            false,
+            &["region", "node_id"],
+        ),
+        ("RoomCall", K::Unary, R::Queue, true, &["room"]),
+        ("Jobs", K::Subscription, R::Queue, false, &[]),
+        ("RoomEvents", K::Subscription, R::Multi, false, &["room"]),
+        ("OldMulti", K::Multi, R::Multi, false, &[]),
+        ("OldAffinity", K::Unary, R::Affinity, false, &[]),
+        ("OldQueue", K::Unary, R::Queue, false, &[]),
+    ];
+    assert_eq!(listed, expected);
+
+    // Each entry describes its method's static; only subscriptions have no
+    // handler, and only methods with topic parameters are served per topic.
+    let m = &kinds_methods::METHODS;
+    assert!(std::ptr::eq(m[6].info, &kinds_methods::NODE_QUEUE));
+    assert_eq!(m.iter().filter(|m| !m.has_handler()).count(), 2);
+    assert_eq!(
+        m.iter()
+            .filter(|m| m.has_topics())
+            .map(|m| m.name())
+            .collect::<Vec<_>>(),
+        [
+            "PickyChat",
+            "NodeQueue",
+            "NodeMulti",
+            "RoomCall",
+            "RoomEvents"
+        ]
+    );
+
+    // The runtime reaches the same table through the implementation trait.
+    assert_eq!(<dyn KindsServerImpl as Service>::NAME, "Kinds");
+    assert_eq!(<dyn KindsServerImpl as Service>::METHODS.len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_what_cannot_be_registered_fails_clearly() {
+    // The runtime entry point checks the method against the table.
+    let bus = LocalBus::new();
+    let s = KindsServer::new(OnlyQueue, bus.clone()).await.unwrap();
+    let inner = psrpc::service::ServiceServer::<dyn KindsServerImpl>::start(
+        std::sync::Arc::new(OnlyQueue),
+        bus.clone(),
+        psrpc::ServerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let e = inner.register(&kinds_methods::JOBS, &[]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let e = inner
+        .register(&psrpc::MethodInfo::queue("Nope"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    // A method without topics is served already.
+    let e = inner
+        .register(&kinds_methods::QUEUE, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
+    inner.kill();
     s.kill();
 }
 

@@ -46,6 +46,18 @@ async fn main() -> psrpc::Result<()> {
     while let Some(reply) = replies.next().await {
         println!("{}", reply?.message);
     }
+
+    // The method table, for tools: wire name, kind, routing, topic parameters.
+    for m in greeter_methods::METHODS {
+        println!(
+            "{} {:?} {:?} {:?}",
+            m.name(),
+            m.kind,
+            m.routing(),
+            m.topic_params
+        );
+    }
+    assert_eq!(greeter_methods::METHODS[1].topic_params, ["region"]);
     server.shutdown().await;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Rust code for one service: the method descriptors, the client, the
-//! server-implementation trait, an unimplemented server and the server.
+//! Rust code for one service: the method descriptors and table, the client,
+//! the server-implementation trait (every method with an `unimplemented`
+//! default), its registration adapters and the server.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -115,24 +116,18 @@ fn kind_text(m: &MethodSpec) -> String {
     format!("{kind} `{}`{topics}: {}.", m.wire_name, routing_text(m))
 }
 
-/// The function parameters and wire-topic expression of a method's topics.
+/// The function parameters and wire-topic expressions of a method's topics.
 struct Topics {
     params: Vec<TokenStream>,
     /// Expression of type `Vec<String>`.
     vec: TokenStream,
     /// Expression of type `[String; N]`.
     array: TokenStream,
-    /// Statements turning the parameters into owned values, for groups.
-    owned: Vec<TokenStream>,
-    /// The owned values cloned, as arguments of a member call.
-    clones: Vec<TokenStream>,
 }
 
 fn topics(topics: &[TopicParam]) -> Topics {
     let mut params = Vec::new();
     let mut values = Vec::new();
-    let mut owned = Vec::new();
-    let mut clones = Vec::new();
     for t in topics {
         let name = ident(&t.rust_name);
         match &t.typed {
@@ -140,19 +135,14 @@ fn topics(topics: &[TopicParam]) -> Topics {
                 let ty = format_ident!("{}", ty);
                 params.push(quote! { #name: impl ::core::convert::Into<#ty> });
                 values.push(quote! { ::core::convert::Into::<#ty>::into(#name).0 });
-                owned.push(quote! { let #name: #ty = ::core::convert::Into::into(#name); });
             }
             None => {
                 params.push(quote! {
                     #name: impl ::core::convert::Into<::std::string::String>
                 });
                 values.push(quote! { ::core::convert::Into::into(#name) });
-                owned.push(quote! {
-                    let #name: ::std::string::String = ::core::convert::Into::into(#name);
-                });
             }
         }
-        clones.push(quote! { ::core::clone::Clone::clone(&#name) });
     }
     let vec = if values.is_empty() {
         quote! { ::std::vec::Vec::new() }
@@ -160,13 +150,7 @@ fn topics(topics: &[TopicParam]) -> Topics {
         quote! { ::std::vec![#(#values),*] }
     };
     let array = quote! { [#(#values),*] };
-    Topics {
-        params,
-        vec,
-        array,
-        owned,
-        clones,
-    }
+    Topics { params, vec, array }
 }
 
 /// The generated code of one service.
@@ -204,7 +188,7 @@ pub(crate) fn service(svc: &prost_build::Service, spec: &ServiceSpec, o: &GenOpt
     }
     if o.server {
         out.extend(server_impl(spec, &service_comments, &methods, o));
-        out.extend(unimplemented(spec, &methods, o));
+        out.extend(service_impl(spec, &methods, o));
         out.extend(server(spec, &service_comments, &methods, o));
     }
     format(out)
@@ -224,7 +208,8 @@ fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) ->
             ),
             String::new(),
             "The generated client and server use these; they are public for the generic \
-             `RpcClient` and `RpcServer` API."
+             `RpcClient` and `RpcServer` API, and `METHODS` lists the \
+             service for tools."
                 .to_owned(),
         ],
     );
@@ -250,6 +235,14 @@ fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) ->
             pub static #name: #psrpc::MethodInfo = #init;
         }
     });
+    let entries = methods.iter().map(|m| {
+        let name = format_ident!("{}", m.spec.static_name());
+        let kind = format_ident!("{}", method_kind(m.spec));
+        let params = m.spec.topics.iter().map(|t| &t.proto_name);
+        quote! {
+            #psrpc::service::MethodDesc::new(&#name, #psrpc::service::MethodKind::#kind, &[#(#params),*])
+        }
+    });
     quote! {
         #module_doc
         pub mod #module {
@@ -258,8 +251,25 @@ fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) ->
             /// The encoded `FileDescriptorSet` of the service's proto files
             /// (servers hand it to discovery).
             pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(#fds);
+            /// Every method of the service, in proto order: its wire name and
+            /// routing, its kind and its topic parameters (the order of the
+            /// topic segments).
+            pub static METHODS: &[#psrpc::service::MethodDesc] = &[#(#entries),*];
             #(#statics)*
         }
+    }
+}
+
+/// The `psrpc::service::MethodKind` variant of a method.
+fn method_kind(m: &MethodSpec) -> &'static str {
+    if m.opts.subscription {
+        "Subscription"
+    } else if m.opts.stream {
+        "Stream"
+    } else if m.opts.routing == Routing::Multi {
+        "Multi"
+    } else {
+        "Unary"
     }
 }
 
@@ -432,7 +442,10 @@ fn server_impl(
                 spec.wire_name
             ),
             String::new(),
-            "Implement it with `#[psrpc::async_trait]` on the `impl` block.".to_owned(),
+            "Every method has a default that answers `unimplemented` \"method is not \
+             implemented\" (and every affinity function one that never claims): implement \
+             only the methods you serve, with `#[psrpc::async_trait]` on the `impl` block."
+                .to_owned(),
         ],
     );
     let fns = methods
@@ -445,17 +458,30 @@ fn server_impl(
                 let a = ident(&a);
                 let doc = docs(
                     &[],
-                    &[format!(
-                        "This server's affinity for `{}` requests: higher is better; \
+                    &[
+                        format!(
+                            "This server's affinity for `{}` requests: higher is better; \
                              a negative score means \"do not claim\" (the server stays \
                              silent) and 0 is a claim the default selector never picks.",
-                        m.spec.wire_name
-                    )],
+                            m.spec.wire_name
+                        ),
+                        String::new(),
+                        format!(
+                            "Default: -1, never claims; implement it together with `{}`.",
+                            ident(&m.spec.base)
+                        ),
+                    ],
                 );
                 if m.spec.opts.stream {
-                    quote! { #doc fn #a(&self) -> f32; }
+                    quote! { #doc fn #a(&self) -> f32 { -1.0 } }
                 } else {
-                    quote! { #doc fn #a(&self, req: &#input) -> f32; }
+                    quote! {
+                        #doc
+                        fn #a(&self, req: &#input) -> f32 {
+                            let _ = req;
+                            -1.0
+                        }
+                    }
                 }
             });
             if m.spec.opts.stream {
@@ -465,22 +491,38 @@ fn server_impl(
                         kind_text(m.spec),
                         String::new(),
                         "Serves one stream; it closes when this returns (with the error, if \
-                         any), unless it was hijacked."
+                         any), unless it was hijacked. Default: closes it with \
+                         `unimplemented`."
                             .to_owned(),
                     ],
                 );
                 quote! {
                     #doc
                     async fn #name(&self, stream: #psrpc::ServerStream<#output, #input>)
-                        -> #psrpc::Result<()>;
+                        -> #psrpc::Result<()>
+                    {
+                        let _ = stream;
+                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
+                    }
                     #affinity
                 }
             } else {
-                let doc = docs(&m.comments, &doc(kind_text(m.spec)));
+                let doc = docs(
+                    &m.comments,
+                    &[
+                        kind_text(m.spec),
+                        String::new(),
+                        "Default: answers `unimplemented`.".to_owned(),
+                    ],
+                );
                 quote! {
                     #doc
                     async fn #name(&self, ctx: #psrpc::Context, req: #input)
-                        -> #psrpc::Result<#output>;
+                        -> #psrpc::Result<#output>
+                    {
+                        let _ = (ctx, req);
+                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
+                    }
                     #affinity
                 }
             }
@@ -494,123 +536,54 @@ fn server_impl(
     }
 }
 
-fn unimplemented(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) -> TokenStream {
-    let psrpc = &o.psrpc;
-    let tr = format_ident!("{}", spec.server_impl_trait());
-    let ty = format_ident!("{}", spec.unimplemented_type());
-    let fns = methods
-        .iter()
-        .filter(|m| !m.spec.opts.subscription)
-        .map(|m| {
-            let name = ident(&m.spec.base);
-            let (input, output) = (&m.input, &m.output);
-            let affinity = m.spec.affinity_fn().map(|a| {
-                let a = ident(&a);
-                if m.spec.opts.stream {
-                    quote! { fn #a(&self) -> f32 { -1.0 } }
-                } else {
-                    quote! { fn #a(&self, _req: &#input) -> f32 { -1.0 } }
-                }
-            });
-            if m.spec.opts.stream {
-                quote! {
-                    async fn #name(&self, _stream: #psrpc::ServerStream<#output, #input>)
-                        -> #psrpc::Result<()>
-                    {
-                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
-                    }
-                    #affinity
-                }
-            } else {
-                quote! {
-                    async fn #name(&self, _ctx: #psrpc::Context, _req: #input)
-                        -> #psrpc::Result<#output>
-                    {
-                        ::core::result::Result::Err(#psrpc::Error::method_not_implemented())
-                    }
-                    #affinity
-                }
-            }
-        });
-    let doc = docs(
-        &[],
-        &[format!(
-            "A [`{tr}`] that answers every call with `unimplemented` \"method is not \
-             implemented\" and never claims an affinity call (its score is -1)."
-        )],
-    );
-    quote! {
-        #doc
-        #[derive(Debug, Clone, Copy, Default)]
-        pub struct #ty;
-
-        #[#psrpc::async_trait]
-        impl #tr for #ty {
-            #(#fns)*
-        }
-    }
-}
-
-/// A block registering method `m` of the server `this` on the topic `topic`
-/// (a `Vec<String>` or array in scope), evaluating to the registration's `Result`.
-fn register(m: &Method<'_>, spec: &ServiceSpec, o: &GenOptions, this: &TokenStream) -> TokenStream {
+/// The registration adapters: `psrpc::service::Service` for `dyn <Svc>ServerImpl`,
+/// one match arm per method with a handler.
+fn service_impl(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) -> TokenStream {
     let psrpc = &o.psrpc;
     let tr = format_ident!("{}", spec.server_impl_trait());
     let module = ident(&spec.methods_module());
-    let stat = format_ident!("{}", m.spec.static_name());
-    let name = ident(&m.spec.base);
-    let (input, output) = (&m.input, &m.output);
-    let affinity = match m.spec.affinity_fn() {
-        Some(a) => {
-            let a = ident(&a);
+    let arms: Vec<TokenStream> = methods
+        .iter()
+        .filter(|m| !m.spec.opts.subscription)
+        .map(|m| {
+            let wire = &m.spec.wire_name;
+            let name = ident(&m.spec.base);
+            let affinity = match m.spec.affinity_fn() {
+                Some(a) => {
+                    let a = ident(&a);
+                    quote! { ::core::option::Option::Some(<dyn #tr as #tr>::#a) }
+                }
+                None => quote! { ::core::option::Option::None },
+            };
             if m.spec.opts.stream {
-                quote! {{
-                    let svc = ::std::sync::Arc::clone(&#this.svc);
-                    let affinity: #psrpc::StreamAffinityFn =
-                        ::std::sync::Arc::new(move || #tr::#a(&*svc));
-                    ::core::option::Option::Some(affinity)
-                }}
+                quote! { #wire => r.stream(|s, stream| #tr::#name(s, stream), #affinity), }
             } else {
-                quote! {{
-                    let svc = ::std::sync::Arc::clone(&#this.svc);
-                    let affinity: #psrpc::AffinityFn<#input> =
-                        ::std::sync::Arc::new(move |req: &#input| #tr::#a(&*svc, req));
-                    ::core::option::Option::Some(affinity)
-                }}
+                quote! { #wire => r.rpc(|s, ctx, req| #tr::#name(s, ctx, req), #affinity), }
+            }
+        })
+        .collect();
+    let body = if arms.is_empty() {
+        quote! { r.unknown() }
+    } else {
+        quote! {
+            match r.method().name() {
+                #(#arms)*
+                _ => r.unknown(),
             }
         }
-        None => quote! { ::core::option::Option::None },
     };
-    if m.spec.opts.stream {
-        quote! {{
-            let svc = ::std::sync::Arc::clone(&#this.svc);
-            #this.server
-                .register_stream_handler(
-                    &#module::#stat,
-                    &topic,
-                    move |stream: #psrpc::ServerStream<#output, #input>| {
-                        let svc = ::std::sync::Arc::clone(&svc);
-                        async move { #tr::#name(&*svc, stream).await }
-                    },
-                    #affinity,
-                )
-                .await
-        }}
-    } else {
-        quote! {{
-            let svc = ::std::sync::Arc::clone(&#this.svc);
-            #this.server
-                .register_handler(
-                    &#module::#stat,
-                    &topic,
-                    move |ctx: #psrpc::Context, req: #input| {
-                        let svc = ::std::sync::Arc::clone(&svc);
-                        async move { #tr::#name(&*svc, ctx, req).await }
-                    },
-                    #affinity,
-                )
-                .await
-        }}
+    quote! {
+        impl #psrpc::service::Service for dyn #tr {
+            const NAME: &'static str = #module::SERVICE;
+            const METHODS: &'static [#psrpc::service::MethodDesc] = #module::METHODS;
+            const FILE_DESCRIPTOR_SET: &'static [u8] = #module::FILE_DESCRIPTOR_SET;
+
+            fn register(
+                r: #psrpc::service::Registration<'_, Self>,
+            ) -> #psrpc::service::BoxFuture<'_, #psrpc::Result<()>> {
+                #body
+            }
+        }
     }
 }
 
@@ -624,43 +597,9 @@ fn server(
     let tr = format_ident!("{}", spec.server_impl_trait());
     let ty = format_ident!("{}", spec.server_type());
     let module = ident(&spec.methods_module());
-    let name_str = spec.server_type();
-
-    let fixed: Vec<TokenStream> = methods
-        .iter()
-        .filter(|m| !m.spec.opts.subscription && !m.spec.opts.topics)
-        .map(|m| {
-            let reg = register(m, spec, o, &quote! { this });
-            quote! {
-                #reg?;
-            }
-        })
-        .collect();
-    let register_fixed = if fixed.is_empty() {
-        quote! {}
-    } else {
-        quote! {
-            let registered = async {
-                let topic: [::std::string::String; 0] = [];
-                #(#fixed)*
-                ::core::result::Result::Ok::<(), #psrpc::Error>(())
-            }
-            .await;
-            if let ::core::result::Result::Err(e) = registered {
-                this.server.kill();
-                return ::core::result::Result::Err(e);
-            }
-        }
-    };
 
     let per_method = methods.iter().map(|m| {
-        let t = topics(&m.spec.topics);
-        let Topics {
-            params,
-            vec: topic,
-            array,
-            ..
-        } = &t;
+        let Topics { params, array, .. } = topics(&m.spec.topics);
         let stat = format_ident!("{}", m.spec.static_name());
         let too_many = (params.len() > 5).then(|| quote! { #[allow(clippy::too_many_arguments)] });
         if m.spec.opts.subscription {
@@ -684,7 +623,6 @@ fn server(
         } else if m.spec.opts.topics {
             let reg_name = ident(&m.spec.register_fn());
             let dereg_name = ident(&m.spec.deregister_fn());
-            let reg = register(m, spec, o, &quote! { self });
             let reg_doc = docs(
                 &m.comments,
                 &[
@@ -707,15 +645,13 @@ fn server(
                 #reg_doc
                 #too_many
                 pub async fn #reg_name(&self, #(#params),*) -> #psrpc::Result<()> {
-                    let topic: ::std::vec::Vec<::std::string::String> = #topic;
-                    #reg
+                    self.server.register(&#module::#stat, &#array).await
                 }
 
                 #dereg_doc
                 #too_many
                 pub fn #dereg_name(&self, #(#params),*) {
-                    let topic: ::std::vec::Vec<::std::string::String> = #topic;
-                    self.server.deregister(&#module::#stat.name, &topic);
+                    self.server.deregister(&#module::#stat, &#array);
                 }
             }
         } else {
@@ -724,34 +660,17 @@ fn server(
     });
 
     let groups = spec.groups.iter().map(|g| {
-        let t = topics(&g.topics);
-        let Topics {
-            params,
-            owned,
-            clones,
-            ..
-        } = &t;
+        let Topics { params, array, .. } = topics(&g.topics);
         let reg_all = ident(&g.register_all_fn());
         let dereg_all = ident(&g.deregister_all_fn());
         let members: Vec<&MethodSpec> = g.members.iter().map(|&i| &spec.methods[i]).collect();
-        let mut steps = Vec::new();
-        for (k, m) in members.iter().enumerate() {
-            let reg = ident(&m.register_fn());
-            let undo = members[..k].iter().rev().map(|done| {
-                let dereg = ident(&done.deregister_fn());
-                quote! { self.#dereg(#(#clones),*); }
-            });
-            steps.push(quote! {
-                if let ::core::result::Result::Err(e) = self.#reg(#(#clones),*).await {
-                    #(#undo)*
-                    return ::core::result::Result::Err(e);
-                }
-            });
-        }
-        let deregs = members.iter().map(|m| {
-            let dereg = ident(&m.deregister_fn());
-            quote! { self.#dereg(#(#clones),*); }
-        });
+        let stats: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let stat = format_ident!("{}", m.static_name());
+                quote! { &#module::#stat }
+            })
+            .collect();
         let list = members
             .iter()
             .map(|m| format!("`{}`", m.wire_name))
@@ -782,25 +701,17 @@ fn server(
             #reg_doc
             #too_many
             pub async fn #reg_all(&self, #(#params),*) -> #psrpc::Result<()> {
-                #(#owned)*
-                #(#steps)*
-                ::core::result::Result::Ok(())
+                self.server.register_all(&[#(#stats),*], &#array).await
             }
 
             #dereg_doc
             #too_many
             pub fn #dereg_all(&self, #(#params),*) {
-                #(#owned)*
-                #(#deregs)*
+                self.server.deregister_all(&[#(#stats),*], &#array);
             }
         }
     });
 
-    // A service of subscriptions only never calls its implementation.
-    let unused_svc = methods
-        .iter()
-        .all(|m| m.spec.opts.subscription)
-        .then(|| quote! { #[allow(dead_code)] });
     let type_doc = docs(
         service_comments,
         &[
@@ -817,17 +728,9 @@ fn server(
     );
     quote! {
         #type_doc
-        #[derive(Clone)]
+        #[derive(Debug, Clone)]
         pub struct #ty {
-            server: #psrpc::RpcServer,
-            #unused_svc
-            svc: ::std::sync::Arc<dyn #tr>,
-        }
-
-        impl ::core::fmt::Debug for #ty {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(#name_str).field("server", &self.server).finish_non_exhaustive()
-            }
+            server: #psrpc::service::ServiceServer<dyn #tr>,
         }
 
         impl #ty {
@@ -853,22 +756,13 @@ fn server(
                 bus: impl #psrpc::MessageBus,
                 options: #psrpc::ServerOptions,
             ) -> #psrpc::Result<Self> {
-                let mut options = options;
-                options
-                    .discovery
-                    .file_descriptor_set
-                    .get_or_insert(#module::FILE_DESCRIPTOR_SET);
-                let this = Self {
-                    server: #psrpc::RpcServer::new(bus, #module::SERVICE, options),
-                    svc,
-                };
-                #register_fixed
-                ::core::result::Result::Ok(this)
+                let server = #psrpc::service::ServiceServer::start(svc, bus, options).await?;
+                ::core::result::Result::Ok(Self { server })
             }
 
             /// The generic server this one wraps.
             pub fn rpc_server(&self) -> &#psrpc::RpcServer {
-                &self.server
+                self.server.rpc_server()
             }
 
             /// Stops taking requests, waits for those in flight, then leaves the bus.

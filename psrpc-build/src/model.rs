@@ -131,9 +131,6 @@ impl ServiceSpec {
     pub(crate) fn server_type(&self) -> String {
         format!("{}Server", self.rust_name)
     }
-    pub(crate) fn unimplemented_type(&self) -> String {
-        format!("Unimplemented{}Server", self.rust_name)
-    }
     pub(crate) fn methods_module(&self) -> String {
         format!("{}_methods", snake(&self.rust_name))
     }
@@ -144,7 +141,6 @@ impl ServiceSpec {
             self.client_type(),
             self.server_impl_trait(),
             self.server_type(),
-            self.unimplemented_type(),
             self.methods_module(),
         ];
         names.extend(self.typed_topic_types());
@@ -208,7 +204,7 @@ fn reserved(scope: Scope) -> Vec<&'static str> {
             "kill",
         ],
         Scope::ServerImpl => &[],
-        Scope::Methods => return vec!["SERVICE"],
+        Scope::Methods => return vec!["SERVICE", "FILE_DESCRIPTOR_SET", "METHODS"],
     };
     own.iter().chain(TRAIT_METHODS).copied().collect()
 }

@@ -187,8 +187,8 @@ fn routing_flags_follow_the_options() {
         assert!(code.contains(expected), "missing {expected}");
     }
     // Only affinity methods get an affinity function.
-    assert!(code.contains("fnaff_affinity(&self,req:&Req)->f32;"));
-    assert!(code.contains("fnold_affinity_affinity(&self,req:&Req)->f32;"));
+    assert!(code.contains("fnaff_affinity(&self,req:&Req)->f32{let_=req;-1.0}"));
+    assert!(code.contains("fnold_affinity_affinity(&self,req:&Req)->f32{"));
     assert!(!code.contains("fnplain_affinity"));
 }
 
@@ -466,4 +466,24 @@ fn unknown_imports_fail_with_protox_errors() {
         "syntax = \"proto3\";\nimport \"missing.proto\";\n",
     )]);
     assert!(e.contains("missing.proto"), "{e}");
+}
+
+#[test]
+fn methods_named_like_the_module_items_are_renamed() {
+    // `METHODS`, `SERVICE` and `FILE_DESCRIPTOR_SET` are the module's own.
+    let out = generate(&[(
+        "a.proto",
+        &service(
+            "rpc Methods(Req) returns (Res); rpc Service(Req) returns (Res);
+             rpc FileDescriptorSet(Req) returns (Res);",
+        ),
+    )])
+    .unwrap();
+    let code = squash(&out["test.pkg.rs"]);
+    assert!(code.contains(
+        r#"pubstaticMETHODS_2:::psrpc::MethodInfo=::psrpc::MethodInfo::queue("Methods");"#
+    ));
+    assert!(code.contains(r#"pubstaticSERVICE_2:::psrpc::MethodInfo"#));
+    assert!(code.contains(r#"pubstaticFILE_DESCRIPTOR_SET_2:::psrpc::MethodInfo"#));
+    assert!(code.contains("pubstaticMETHODS:&[::psrpc::service::MethodDesc]=&["));
 }

@@ -401,6 +401,22 @@ async fn subscribe_then_publish_never_lost() {
     assert!(lost.is_empty(), "lost {} message(s): {lost:?}", lost.len());
 }
 
+/// nats-server is killed: a call fails with a code the default retry policy
+/// retries, and it is tried as often as the policy allows; calls succeed
+/// once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_retry_policy_retries_an_outage() {
+    let mut ns = NatsServer::start(&[]);
+    let sb = bus(&ns.url()).await;
+    let cb = bus(&ns.url()).await;
+    psrpc_tests::outage::default_retry_policy_retries_an_outage(
+        Arc::new(sb),
+        Arc::new(cb),
+        &mut ns,
+    )
+    .await;
+}
+
 /// One call of a load worker: when it started, how long it took, and its
 /// outcome.
 /// nats-server is killed and started again while 16 callers keep calling

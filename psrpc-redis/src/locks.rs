@@ -73,7 +73,7 @@ impl Locks {
                     for c in &cmds {
                         pipe.add_command(c.clone());
                     }
-                    m.query_pipe(&pipe).await
+                    m.query(&pipe).await
                 }
                 Locks::Cluster(c) => futures::future::join_all(cmds.iter().map(|cmd| {
                     let mut c = c.clone();

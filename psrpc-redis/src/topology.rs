@@ -163,15 +163,16 @@ impl Managed {
         }
     }
 
-    /// Runs `cmd`, reconnecting once if the connection turns out dead.
+    /// Runs `query` (a command or a pipeline), reconnecting once if the
+    /// connection turns out dead.
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
-        cmd: &redis::Cmd,
+        query: &impl Query,
     ) -> redis::RedisResult<T> {
         let mut retried = false;
         loop {
             let (g, mut c) = self.get().await?;
-            match cmd.query_async(&mut c).await {
+            match query.run(&mut c).await {
                 Err(e) if is_connection_error(&e) => {
                     self.failed(g);
                     if retried {
@@ -185,25 +186,29 @@ impl Managed {
     }
 }
 
-impl Managed {
-    /// Runs `pipe`, reconnecting once if the connection turns out dead.
-    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+/// What [`Managed::query`] runs: a command or a pipeline.
+pub(crate) trait Query: Sync {
+    /// Runs it on `c`.
+    fn run<T: redis::FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<T> {
-        let mut retried = false;
-        loop {
-            let (g, mut c) = self.get().await?;
-            match pipe.query_async(&mut c).await {
-                Err(e) if is_connection_error(&e) => {
-                    self.failed(g);
-                    if retried {
-                        return Err(e);
-                    }
-                    retried = true;
-                }
-                r => return r,
-            }
-        }
+        c: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Query for redis::Cmd {
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        c: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(c)
+    }
+}
+
+impl Query for redis::Pipeline {
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        c: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(c)
     }
 }

@@ -651,6 +651,22 @@ async fn restart_mid_load() {
     drop(srv);
 }
 
+/// redis-server is killed: a call fails with `unavailable` and the default
+/// retry policy tries it again, as often as it allows; calls succeed once
+/// the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_retry_policy_retries_an_outage() {
+    let mut server = RedisServer::start();
+    let sb = RedisBus::connect(&server.url()).await.unwrap();
+    let cb = RedisBus::connect(&server.url()).await.unwrap();
+    psrpc_tests::outage::default_retry_policy_retries_an_outage(
+        Arc::new(sb),
+        Arc::new(cb),
+        &mut server,
+    )
+    .await;
+}
+
 /// A raw `PSUBSCRIBE *` sees the exact Go channel names of a queue call and
 /// an affinity call on a topic (docs/PROTOCOL.md, "Channels"), payloads without `Msg.channel`,
 /// and the request's Go queue lock key set on the server.

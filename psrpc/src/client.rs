@@ -2,7 +2,6 @@
 //! affinity routing, multi calls, and subscriptions. Generated clients are
 //! thin typed wrappers over it.
 
-use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -13,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +29,8 @@ use crate::interceptor::{
 };
 use crate::method::{SomeMethod, SomeSubscription};
 use crate::select::{
-    DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt,
-    select_server, sleep_until_opt,
+    CallReceiver, CallSender, DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected,
+    SelectionOptions, call_queue, cancelled_opt, select_server, sleep_until_opt,
 };
 use crate::stream::{self, ClientStream, StreamLiveness, StreamParams, StreamTable, spawn_publish};
 use crate::topic::Topic;
@@ -200,7 +198,7 @@ impl std::fmt::Debug for CallOptions {
     }
 }
 
-type PendingMap = Mutex<HashMap<String, mpsc::Sender<Incoming>>>;
+type PendingMap = Mutex<id::IdMap<CallSender>>;
 
 struct Shared {
     pending: PendingMap,
@@ -217,7 +215,7 @@ struct MethodChannels {
 struct ClientInner {
     /// The client's channels; dropping them unsubscribes.
     subs: Mutex<Vec<crate::bus::HandlerSubscription>>,
-    channel_cache: Mutex<HashMap<String, Arc<MethodChannels>>>,
+    channel_cache: Mutex<id::IdMap<Arc<MethodChannels>>>,
     bus: DynBus,
     service: String,
     id: String,
@@ -300,7 +298,7 @@ impl RpcClient {
             .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
         channels::check_client_id(&id)?;
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size.max(1);
@@ -321,7 +319,7 @@ impl RpcClient {
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
                 subs: Mutex::new(subs),
-                channel_cache: Mutex::new(HashMap::new()),
+                channel_cache: Mutex::default(),
                 bus,
                 service,
                 id,
@@ -333,7 +331,7 @@ impl RpcClient {
                 opts,
                 shared,
                 closed,
-                streams: Arc::new(Mutex::new(HashMap::new())),
+                streams: Arc::default(),
                 stream_sub: tokio::sync::OnceCell::new(),
             }),
         })
@@ -522,8 +520,8 @@ impl RpcClient {
             .clone()
     }
 
-    fn register(&self, request_id: &str) -> Result<(mpsc::Receiver<Incoming>, PendingGuard)> {
-        let (tx, rx) = mpsc::channel(self.inner.opts.channel_size.max(1));
+    fn register(&self, request_id: &str) -> Result<(CallReceiver, PendingGuard)> {
+        let (tx, rx) = call_queue(self.inner.opts.channel_size);
         let mut p = self
             .inner
             .shared
@@ -546,20 +544,32 @@ impl RpcClient {
 
     /// Publishes `m`, giving up at `deadline`: a bus whose publish waits
     /// (a full buffer, a reconnect) cannot make a call overrun it.
-    async fn publish<M: wire::Envelope>(
-        &self,
-        ch: &channels::Channel,
+    /// The message is encoded before the returned future, which holds only
+    /// its bytes.
+    fn publish<'a, M: wire::Envelope>(
+        &'a self,
+        ch: &'a channels::Channel,
         m: &M,
         deadline: Instant,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let bytes = self.inner.bus.compression().encode(m);
+        self.publish_bytes(ch, bytes, deadline)
+    }
+
+    /// [`publish`](Self::publish) of an encoded message.
+    async fn publish_bytes(
+        &self,
+        ch: &channels::Channel,
+        bytes: Bytes,
+        deadline: Instant,
     ) -> Result<()> {
-        match tokio::time::timeout_at(
-            deadline,
-            self.inner
-                .bus
-                .publish(ch, self.inner.bus.compression().encode(m)),
-        )
-        .await
-        {
+        let mut sent = (*self.inner.bus).publish(ch, bytes);
+        // Most publishes are done when first polled (always on the local
+        // bus): those need no timer.
+        if let Poll::Ready(r) = futures::poll!(sent.as_mut()) {
+            return r;
+        }
+        match tokio::time::timeout_at(deadline, sent).await {
             // The bus's error as it is: `unavailable` when the bus is down,
             // `invalid_argument` or `resource_exhausted` over its limits.
             Ok(r) => r,
@@ -599,24 +609,29 @@ impl RpcClient {
             // Clamp the expiry to the caller's deadline (Go HEAD 220fe5f).
             expiry = expiry.min(now_ns.saturating_add(rem.as_nanos() as i64));
         }
-        let request_id = id::new_request_id();
-        let req = Request {
-            request_id: request_id.clone(),
-            client_id: self.inner.id.clone(),
-            sent_at: now_ns,
-            expiry,
-            multi: false,
-            metadata: opts.metadata.clone(),
-            raw_request,
-            // Advertises that this client understands announcements (claim
-            // skip), on every unary request of a queue method, as Go does.
-            skip_claim: method.queue,
-            ..Default::default()
+        // Encoded here, so that the call's future does not hold the request.
+        let (request_id, request) = {
+            let req = Request {
+                request_id: id::new_request_id(),
+                client_id: self.inner.id.clone(),
+                sent_at: now_ns,
+                expiry,
+                multi: false,
+                metadata: opts.metadata.clone(),
+                raw_request,
+                // Advertises that this client understands announcements (claim
+                // skip), on every unary request of a queue method, as Go does.
+                skip_claim: method.queue,
+                ..Default::default()
+            };
+            let bytes = self.inner.bus.compression().encode(&req);
+            (req.request_id, bytes)
         };
         let (mut rx, _guard) = self.register(&request_id)?;
         let chans = self.method_channels(method, topic);
         let deadline = call_deadline(t, opts);
-        self.publish(&chans.request, &req, deadline).await?;
+        self.publish_bytes(&chans.request, request, deadline)
+            .await?;
 
         let cancel = opts.context.cancel_token();
 
@@ -697,23 +712,27 @@ impl RpcClient {
         }
         let t = self.timeout(opts);
         let now_ns = wire::now_ns();
-        let request_id = id::new_request_id();
-        let req = Request {
-            request_id: request_id.clone(),
-            client_id: self.inner.id.clone(),
-            sent_at: now_ns,
-            // Multi requests are not clamped, as in Go.
-            expiry: now_ns.saturating_add(t.as_nanos() as i64),
-            multi: true,
-            metadata: opts.metadata.clone(),
-            raw_request,
-            ..Default::default()
+        let (request_id, request) = {
+            let req = Request {
+                request_id: id::new_request_id(),
+                client_id: self.inner.id.clone(),
+                sent_at: now_ns,
+                // Multi requests are not clamped, as in Go.
+                expiry: now_ns.saturating_add(t.as_nanos() as i64),
+                multi: true,
+                metadata: opts.metadata.clone(),
+                raw_request,
+                ..Default::default()
+            };
+            let bytes = self.inner.bus.compression().encode(&req);
+            (req.request_id, bytes)
         };
         let (rx, guard) = self.register(&request_id)?;
         // Quirk Q16: the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
         let deadline = call_deadline(t, opts);
-        self.publish(&self.method_channels(method, topic).request, &req, deadline)
+        let chans = self.method_channels(method, topic);
+        self.publish_bytes(&chans.request, request, deadline)
             .await?;
         let cancel = opts.context.cancel_token().cloned();
         Ok(RawMultiResponses {
@@ -803,10 +822,12 @@ impl RpcClient {
                 let (bus, name) = (Arc::downgrade(&self.inner.bus), ch.legacy.clone());
                 let on_stream: crate::bus::Handler = Arc::new(move |b| {
                     let Some(bus) = bus.upgrade() else { return };
-                    let m =
-                        crate::codec::receive_envelope::<wire::Stream>(&*bus, || name.clone(), b);
-                    if let Some(m) = m {
-                        stream::dispatch(&table, m);
+                    let channel = || name.clone();
+                    let url = <wire::Stream as wire::Envelope>::TYPE_URL;
+                    if let Some(p) = crate::codec::receive_payload(&*bus, channel, url, b) {
+                        stream::with_stream(&*bus, channel, p, |p, m| {
+                            stream::dispatch(&table, p, m)
+                        });
                     }
                 });
                 let sub = self
@@ -873,7 +894,7 @@ impl RpcClient {
             if self.is_closed() {
                 return Err(Error::client_closed());
             }
-            table.insert(stream_id.clone(), shared.clone());
+            table.insert(stream_id.as_bytes().into(), shared.clone());
         }
         let claims = if method.require_claim {
             Some(self.register(&request_id)?)
@@ -1047,7 +1068,7 @@ fn route<M: wire::Envelope>(
         // Never block on one call (Go quirks Q8, Q12): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+        if tx.try_send(ev).is_err() {
             let why = format_args!("buffer of pending call {request_id} full");
             bus.drops()
                 .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
@@ -1289,7 +1310,7 @@ where
 /// The raw results of a multi call: one item per server response, until the
 /// call's timeout (or the caller's context) ends it.
 pub struct RawMultiResponses {
-    rx: mpsc::Receiver<Incoming>,
+    rx: CallReceiver,
     _guard: PendingGuard,
     end: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,

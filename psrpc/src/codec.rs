@@ -54,7 +54,7 @@
 
 use std::io::Read;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 
 use crate::bus::MessageBus;
@@ -181,10 +181,37 @@ impl CompressionOptions {
         wire::encode_msg_raw(type_url, value)
     }
 
+    /// [`encode_raw`](Self::encode_raw) of a user message whose type URL
+    /// is `type_url`'s parts concatenated: encoded straight into the
+    /// envelope when it is not compressed.
+    pub(crate) fn encode_message(&self, type_url: &[&str], m: &impl prost::Message) -> Bytes {
+        if self.compresses(m.encoded_len()) {
+            return self.encode_raw(&type_url.concat(), &m.encode_to_vec());
+        }
+        wire::encode_msg_message(type_url, m)
+    }
+
     /// Decodes a `Msg` envelope and returns its payload, inflated if it was
     /// compressed, after checking that its type is `type_url` (compared as
     /// Go does, by the part after the last `/`).
-    pub fn decode_value(&self, bytes: Bytes, type_url: &str) -> Result<Bytes, WireError> {
+    pub fn decode_value(&self, mut bytes: Bytes, type_url: &str) -> Result<Bytes, WireError> {
+        // The usual case, read in place: the expected type and a plain
+        // envelope. The payload is a slice of `bytes`, taken without the
+        // reference-counted copy of the buffer that slicing makes when the
+        // payload ends the message (it always does but on NATS).
+        if let Some(m) = wire::scan_msg(&bytes)
+            && bytes[m.type_url] == *type_url.as_bytes()
+        {
+            let value = if m.value.is_empty() {
+                Bytes::new()
+            } else if m.value.end == bytes.len() {
+                bytes.advance(m.value.start);
+                bytes
+            } else {
+                bytes.slice(m.value)
+            };
+            return self.inflate(value, m.compression);
+        }
         let msg = wire::decode_msg(bytes)?;
         wire::check_type(&msg.type_url, type_url)?;
         self.payload(msg)
@@ -192,9 +219,13 @@ impl CompressionOptions {
 
     /// The payload of a decoded `Msg`, inflated if it was compressed.
     pub fn payload(&self, msg: Msg) -> Result<Bytes, WireError> {
-        match msg.compression {
-            0 => Ok(msg.value),
-            1 => gunzip(&msg.value, self.max_decompressed_size),
+        self.inflate(msg.value, msg.compression)
+    }
+
+    fn inflate(&self, value: Bytes, compression: i32) -> Result<Bytes, WireError> {
+        match compression {
+            0 => Ok(value),
+            1 => gunzip(&value, self.max_decompressed_size),
             n => Err(WireError::UnknownCompression(n)),
         }
     }
@@ -302,6 +333,40 @@ pub fn receive<M: prost::Message + Default>(
     }
 }
 
+/// The first half of [`receive`]: the payload of a message of type
+/// `type_url` (inflated), or `None` when it is dropped (counted and logged).
+pub(crate) fn receive_payload(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    type_url: &str,
+    bytes: Bytes,
+) -> Option<Bytes> {
+    match bus.compression().decode_value(bytes, type_url) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            bus.drops().record(e.drop_reason(), &channel(), &e);
+            None
+        }
+    }
+}
+
+/// The second half of [`receive`]: decodes a payload as a `M`, or `None`
+/// when it does not decode (counted and logged).
+pub(crate) fn decode_payload<M: prost::Message + Default>(
+    bus: &(impl MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    payload: Bytes,
+) -> Option<M> {
+    match M::decode(payload) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let e = WireError::from(e);
+            bus.drops().record(e.drop_reason(), &channel(), &e);
+            None
+        }
+    }
+}
+
 /// [`receive`] for an envelope message, whose type URL is known.
 pub fn receive_envelope<M: Envelope>(
     bus: &(impl MessageBus + ?Sized),
@@ -367,6 +432,131 @@ mod tests {
                 assert_eq!(gunzip(&gz, 0).unwrap(), text);
             }
         }
+    }
+
+    /// The in-place read of `Msg` gives what prost's decode gives (value or
+    /// error kind), on plain envelopes and on every unusual one, which it
+    /// leaves to prost.
+    #[test]
+    fn in_place_read_matches_prost() {
+        use bytes::BufMut;
+        let url = "type.googleapis.com/internal.Request";
+        let by_prost = |b: Bytes| -> Result<Bytes, WireError> {
+            let msg = wire::decode_msg(b)?;
+            wire::check_type(&msg.type_url, url)?;
+            CompressionOptions::DEFAULT.payload(msg)
+        };
+        let field = |tag: u8, v: &[u8]| {
+            let mut b = vec![tag << 3 | 2, v.len() as u8];
+            b.extend_from_slice(v);
+            b
+        };
+        let gz = gzip(&[b'x'; 200], 6).unwrap();
+        let mut cases: Vec<Vec<u8>> = vec![
+            wire::encode_msg_raw(url, b"payload").to_vec(),
+            wire::encode_msg_raw(url, b"").to_vec(),
+            wire::encode_msg_gzip(url, &gz).to_vec(),
+            // NATS form: the payload does not end the message.
+            wire::append_channel(&wire::encode_msg_raw(url, b"payload"), "ch").to_vec(),
+            wire::append_channel(&wire::encode_msg_gzip(url, &gz), "ch").to_vec(),
+            // Another prefix: same type by its last part.
+            wire::encode_msg_raw("x.y/internal.Request", b"p").to_vec(),
+            wire::encode_msg_raw("type.googleapis.com/internal.Response", b"p").to_vec(),
+            Vec::new(),
+        ];
+        // Repeated fields: the last wins.
+        let mut dup = field(1, b"wrong");
+        dup.extend(field(2, b"first"));
+        dup.extend(field(1, url.as_bytes()));
+        dup.extend(field(2, b"second"));
+        cases.push(dup);
+        // Unknown fields (varint, fixed64, bytes, fixed32) are skipped.
+        let mut unknown = field(1, url.as_bytes());
+        unknown.extend([5 << 3, 7, 6 << 3 | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        unknown.extend(field(15, b"?"));
+        unknown.extend([7 << 3 | 5, 1, 2, 3, 4]);
+        unknown.extend(field(2, b"v"));
+        cases.push(unknown);
+        // A group (wire types 3 and 4): prost's to read.
+        let mut group = field(1, url.as_bytes());
+        group.extend([9 << 3 | 3, 5 << 3, 1, 9 << 3 | 4]);
+        group.extend(field(2, b"v"));
+        cases.push(group);
+        // Compression 7, and gzip flagged on plain bytes.
+        let mut bad_comp = wire::encode_msg_raw(url, b"p").to_vec();
+        bad_comp.extend([4 << 3, 7]);
+        cases.push(bad_comp);
+        let mut not_gzip = wire::encode_msg_raw(url, b"plain").to_vec();
+        not_gzip.extend([4 << 3, 1]);
+        cases.push(not_gzip);
+        // A channel that is not UTF-8; a type URL that is not.
+        let mut bad_channel = wire::encode_msg_raw(url, b"p").to_vec();
+        bad_channel.extend(field(3, &[0xff, 0xfe]));
+        cases.push(bad_channel);
+        let mut bad_url = field(1, &[0xff]);
+        bad_url.extend(field(2, b"p"));
+        cases.push(bad_url);
+        // Wrong wire types for known fields.
+        let mut wrong = field(1, url.as_bytes());
+        wrong.extend([2 << 3, 1]);
+        cases.push(wrong);
+        let mut wrong4 = wire::encode_msg_raw(url, b"p").to_vec();
+        wrong4.extend(field(4, b"1"));
+        cases.push(wrong4);
+        // Truncated anywhere.
+        let whole = wire::encode_msg_raw(url, b"payload");
+        for n in 1..whole.len() {
+            cases.push(whole[..n].to_vec());
+        }
+        // A tag of zero, the largest tag, one past it, and an overlong varint.
+        cases.push(vec![0, 0]);
+        for key in [((1u64 << 29) - 1) << 3, 1 << 32] {
+            let mut b = wire::encode_msg_raw(url, b"p").to_vec();
+            prost::encoding::encode_varint(key, &mut b);
+            b.push(0);
+            cases.push(b);
+        }
+        let mut overlong = vec![0x0a];
+        overlong.put_slice(&[0xff; 11]);
+        cases.push(overlong);
+        for case in cases {
+            let b = Bytes::from(case);
+            let fast = CompressionOptions::DEFAULT.decode_value(b.clone(), url);
+            let slow = by_prost(b.clone());
+            match (&fast, &slow) {
+                (Ok(f), Ok(s)) => assert_eq!(f, s, "{b:?}"),
+                (Err(f), Err(s)) => assert_eq!(f.drop_reason(), s.drop_reason(), "{b:?}"),
+                _ => panic!("{b:?}: in place {fast:?}, prost {slow:?}"),
+            }
+        }
+    }
+
+    /// A user message encoded straight into its envelope gives the bytes
+    /// of encoding it first and wrapping the bytes, compressed or not.
+    #[test]
+    fn message_encoded_in_place_is_wrapped_alike() {
+        let m = wire::Response {
+            request_id: "r".repeat(3000),
+            ..Default::default()
+        };
+        let parts = ["type.googleapis.com/", "pkg.Msg"];
+        for c in [
+            CompressionOptions::DEFAULT,
+            CompressionOptions::DEFAULT.with_quality(6),
+        ] {
+            assert_eq!(
+                c.encode_message(&parts, &m),
+                c.encode_raw(
+                    "type.googleapis.com/pkg.Msg",
+                    &prost::Message::encode_to_vec(&m)
+                )
+            );
+        }
+        let empty = wire::Response::default();
+        assert_eq!(
+            CompressionOptions::DEFAULT.encode_message(&parts, &empty),
+            wire::encode_msg_raw("type.googleapis.com/pkg.Msg", &[])
+        );
     }
 
     #[test]

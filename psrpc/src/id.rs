@@ -7,6 +7,18 @@ use std::hash::{BuildHasher, Hasher};
 
 const ALPHABET: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
+/// A table keyed by ids (pending calls, claims, streams, acks, clients):
+/// hashed with foldhash, several times cheaper than the standard library's
+/// SipHash on these short keys, and seeded per process and per table, so
+/// that ids a peer chooses cannot be made to collide on purpose.
+pub(crate) type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
+
+/// An [`IdMap`] keyed by the id's bytes, for ids read in place off the
+/// wire: looked up without checking that they are UTF-8 (an id that is not
+/// matches no key, all of which are).
+pub(crate) type IdBytesMap<V> =
+    std::collections::HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
 /// Prefix of client ids.
 pub const CLIENT_PREFIX: &str = "CLI_";
 /// Prefix of server ids.

@@ -17,6 +17,7 @@ mod raw;
 mod route;
 pub mod select;
 pub mod server;
+pub mod service;
 pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,11 +1,13 @@
 //! Server selection: the client's side of the claim handshake (docs/PROTOCOL.md,
 //! "Unary calls and the claim handshake").
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -126,11 +128,122 @@ pub(crate) struct SelectFlags {
     pub(crate) errors_final: bool,
 }
 
+/// What a pending call receives (claims and responses, in arrival order):
+/// a bounded queue with one writer (the client's router) and one reader
+/// (the call). A call makes one each time, which costs one small
+/// allocation here against two for a tokio channel, one of them aligned
+/// to a cache line (an expensive path of the allocator).
+struct CallQueue {
+    state: Mutex<QueueState>,
+    waker: AtomicWaker,
+}
+
+struct QueueState {
+    items: VecDeque<Incoming>,
+    cap: usize,
+    /// The writer is gone: once `items` is drained, the reader gets `None`.
+    writer_gone: bool,
+    /// The reader is gone: what is sent is dropped.
+    reader_gone: bool,
+}
+
+impl CallQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A pending call's queue of at most `cap` (at least 1) undelivered items:
+/// its writing and reading ends.
+pub(crate) fn call_queue(cap: usize) -> (CallSender, CallReceiver) {
+    let q = Arc::new(CallQueue {
+        state: Mutex::new(QueueState {
+            items: VecDeque::new(),
+            cap: cap.max(1),
+            writer_gone: false,
+            reader_gone: false,
+        }),
+        waker: AtomicWaker::new(),
+    });
+    (CallSender(q.clone()), CallReceiver(q))
+}
+
+/// The writing end of a [`call_queue`]; dropping it ends the queue.
+pub(crate) struct CallSender(Arc<CallQueue>);
+
+impl CallSender {
+    /// Queues `ev` without waiting; gives it back when the queue is full.
+    /// Once the reader is gone, `ev` is dropped.
+    pub(crate) fn try_send(&self, ev: Incoming) -> std::result::Result<(), Incoming> {
+        {
+            let mut st = self.0.lock();
+            if st.reader_gone {
+                return Ok(());
+            }
+            if st.items.len() >= st.cap {
+                return Err(ev);
+            }
+            st.items.push_back(ev);
+        }
+        self.0.waker.wake();
+        Ok(())
+    }
+}
+
+impl Drop for CallSender {
+    fn drop(&mut self) {
+        self.0.lock().writer_gone = true;
+        self.0.waker.wake();
+    }
+}
+
+/// The reading end of a [`call_queue`].
+pub(crate) struct CallReceiver(Arc<CallQueue>);
+
+impl CallReceiver {
+    /// The next item if there is one (`Some(None)`: the writer is gone and
+    /// everything was read).
+    fn try_next(&self) -> Option<Option<Incoming>> {
+        let mut st = self.0.lock();
+        match st.items.pop_front() {
+            Some(ev) => Some(Some(ev)),
+            None if st.writer_gone => Some(None),
+            None => None,
+        }
+    }
+
+    /// Polls for the next item; `None` once the writer is gone and
+    /// everything was read.
+    pub(crate) fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Incoming>> {
+        if let Some(r) = self.try_next() {
+            return Poll::Ready(r);
+        }
+        self.0.waker.register(cx.waker());
+        match self.try_next() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next item; `None` once the writer is gone and everything was read.
+    pub(crate) async fn recv(&mut self) -> Option<Incoming> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl Drop for CallReceiver {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.reader_gone = true;
+        st.items.clear();
+    }
+}
+
 /// Runs selection over the claims arriving on `rx` (the rules of Go's selection), ending at
 /// the affinity timeout, the short-circuit timeout, `deadline` or `cancel`.
 /// `Ok(None)` from `rx` (all senders gone) means the client closed.
 pub(crate) async fn select_server(
-    rx: &mut mpsc::Receiver<Incoming>,
+    rx: &mut CallReceiver,
     opts: &SelectionOptions,
     deadline: Option<Instant>,
     cancel: Option<&tokio_util::sync::CancellationToken>,
@@ -253,17 +366,46 @@ mod tests {
     }
 
     /// Go's selection test: t=0 "1" 0.1; t=100 "2" 0.5; t=300 "3" 0.7 and "4" 0.1; t=500 "5" 0.9.
+    /// The call queue: in order, bounded, the rest read after the writer
+    /// left and then the end; a waiting reader is woken.
+    #[tokio::test]
+    async fn call_queue_order_bound_end() {
+        let id = |ev: Option<Incoming>| match ev {
+            Some(Incoming::Claim(c)) => c.server_id,
+            other => panic!("{other:?}"),
+        };
+        let (tx, mut rx) = call_queue(2);
+        assert!(tx.try_send(claim("a", 1.0)).is_ok());
+        assert!(tx.try_send(claim("b", 1.0)).is_ok());
+        assert!(tx.try_send(claim("c", 1.0)).is_err(), "over the bound");
+        assert_eq!(id(rx.recv().await), "a");
+        assert!(tx.try_send(claim("c", 1.0)).is_ok());
+        drop(tx);
+        assert_eq!(id(rx.recv().await), "b");
+        assert_eq!(id(rx.recv().await), "c");
+        assert!(rx.recv().await.is_none());
+
+        let (tx, mut rx) = call_queue(1);
+        let reader = tokio::spawn(async move { rx.recv().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert!(tx.try_send(claim("d", 1.0)).is_ok());
+        assert_eq!(reader.await.unwrap(), Some(()));
+        // The reader is gone: sends are dropped, never "full".
+        assert!(tx.try_send(claim("e", 1.0)).is_ok());
+        assert!(tx.try_send(claim("f", 1.0)).is_ok());
+    }
+
     async fn run(opts: SelectionOptions) -> Result<String> {
-        let (tx, mut rx) = mpsc::channel(100);
+        let (tx, mut rx) = call_queue(100);
         let feeder = tokio::spawn(async move {
-            let _ = tx.send(claim("1", 0.1)).await;
+            let _ = tx.try_send(claim("1", 0.1));
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = tx.send(claim("2", 0.5)).await;
+            let _ = tx.try_send(claim("2", 0.5));
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = tx.send(claim("3", 0.7)).await;
-            let _ = tx.send(claim("4", 0.1)).await;
+            let _ = tx.try_send(claim("3", 0.7));
+            let _ = tx.try_send(claim("4", 0.1));
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = tx.send(claim("5", 0.9)).await;
+            let _ = tx.try_send(claim("5", 0.9));
             // keep the channel open past every selection window
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
@@ -366,7 +508,7 @@ mod tests {
         assert_eq!(e, Error::no_servers_available(5));
 
         // no claims at all
-        let (_tx, mut rx) = mpsc::channel(1);
+        let (_tx, mut rx) = call_queue(1);
         let opts = SelectionOptions::queue_defaults(DEFAULT_SELECTION_TIMEOUT);
         let e = select_server(&mut rx, &opts, None, None, SelectFlags::default())
             .await
@@ -375,8 +517,8 @@ mod tests {
         assert_eq!(e, Error::no_response());
 
         // affinity 0 never wins with the default selector (Q5)
-        let (tx, mut rx) = mpsc::channel(4);
-        tx.send(claim("z", 0.0)).await.unwrap();
+        let (tx, mut rx) = call_queue(4);
+        assert!(tx.try_send(claim("z", 0.0)).is_ok());
         let opts = SelectionOptions::affinity_defaults(DEFAULT_SELECTION_TIMEOUT);
         let e = select_server(&mut rx, &opts, None, None, SelectFlags::default())
             .await

@@ -28,7 +28,9 @@ use crate::stream::{
     self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
 };
 use crate::topic::Topic;
-use crate::wire::{self, ClaimRequest, ClaimResponse, Request, Response, StreamAck, StreamBody};
+use crate::wire::{
+    self, ClaimRequest, ClaimResponse, Envelope, Request, Response, StreamAck, StreamBody,
+};
 
 /// Default server timeout (stream sends, stream close expiry).
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -209,7 +211,7 @@ struct Core {
     /// Claim waiters by request id: the claim-response dispatcher completes them.
     claims: Mutex<ClaimTable>,
     /// Response and claim-request channels by client id.
-    client_channels: Mutex<HashMap<String, Arc<ClientChannels>>>,
+    client_channels: Mutex<id::IdMap<Arc<ClientChannels>>>,
     interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
     stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
     /// The claim-skip opt-in.
@@ -218,6 +220,8 @@ struct Core {
     clock: ClockCheck,
     /// Counts calls for discovery (when it is on).
     discovery: Option<Arc<crate::discovery::Registry>>,
+    /// The channels of topic-less publishes by method (with its queue flag).
+    publish_channels: Mutex<id::IdMap<(bool, Arc<Channel>)>>,
 }
 
 /// How far a request may look off (arrived this long after its expiry, or
@@ -315,8 +319,8 @@ const DECIDED_TTL: Duration = Duration::from_secs(1);
 /// costs nothing beyond its entry while it is pending.
 #[derive(Default)]
 struct ClaimTable {
-    waiters: HashMap<String, ClaimWaiter>,
-    decided: HashMap<String, String>,
+    waiters: id::IdMap<ClaimWaiter>,
+    decided: id::IdMap<String>,
     order: VecDeque<(Instant, String)>,
     /// Whether the sweeper task is running.
     sweeping: bool,
@@ -383,7 +387,10 @@ impl ClaimTable {
 
 impl Core {
     async fn publish<M: wire::Envelope>(&self, ch: &Channel, m: &M) {
-        if let Err(e) = self.bus.publish(ch, self.bus.compression().encode(m)).await {
+        if let Err(e) = (*self.bus)
+            .publish(ch, self.bus.compression().encode(m))
+            .await
+        {
             tracing::warn!(channel = %ch.legacy, error = %e, "psrpc server: publish failed");
         }
     }
@@ -460,13 +467,14 @@ impl RpcServer {
                     service,
                     id,
                     claims: Mutex::new(ClaimTable::default()),
-                    client_channels: Mutex::new(HashMap::new()),
+                    client_channels: Mutex::default(),
                     interceptors: to_chain(&opts.interceptors),
                     discovery: discovery.clone(),
                     stream_interceptors: to_chain(&opts.stream_interceptors),
                     skip_claim: opts.skip_claim.clone(),
                     observers: opts.observers.iter().cloned().collect(),
                     clock: ClockCheck::default(),
+                    publish_channels: Mutex::default(),
                 }),
                 opts,
                 handlers: Mutex::new(HashMap::new()),
@@ -699,7 +707,7 @@ impl RpcServer {
     {
         let key = self.reserve(&method.name, topic)?;
         let core = &self.inner.core;
-        let streams: Arc<StreamTable> = Arc::new(Mutex::new(HashMap::new()));
+        let streams: Arc<StreamTable> = Arc::default();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ch = channels::stream_server_channel(&core.service, &method.name, topic);
@@ -724,20 +732,35 @@ impl RpcServer {
                     let (c, i) = (&h.core, &h.info);
                     channels::stream_server_channel(&c.service, &h.method.name, &i.topic).legacy
                 };
-                let Some(m) =
-                    crate::codec::receive_envelope::<wire::Stream>(&*h.core.bus, name, bytes)
+                let bus = &*h.core.bus;
+                let Some(payload) =
+                    crate::codec::receive_payload(bus, name, wire::Stream::TYPE_URL, bytes)
                 else {
                     return;
                 };
-                if matches!(m.body, Some(StreamBody::Open(_))) {
+                // Every server of the method hears every message of every
+                // stream: those of streams this server does not hold are
+                // passed over once their stream id is read.
+                stream::with_stream(bus, name, payload, |payload, v| {
+                    if v.body != wire::STREAM_OPEN_TAG {
+                        // In arrival order.
+                        match stream::lookup(&h.streams, v.stream_id) {
+                            Some(entry) => entry.on_stream(payload, v),
+                            None => {
+                                tracing::trace!(stream_id = %String::from_utf8_lossy(v.stream_id), "psrpc stream: message for unknown stream dropped")
+                            }
+                        }
+                        return;
+                    }
                     // Opens are handled concurrently; none while draining.
-                    if !stop.is_cancelled() {
+                    let open =
+                        crate::codec::decode_payload::<wire::Stream>(bus, name, payload.clone());
+                    if let Some(m) = open
+                        && !stop.is_cancelled()
+                    {
                         h.on_open(m, &tracker);
                     }
-                } else {
-                    // Everything else in arrival order.
-                    stream::dispatch(&h.streams, m);
-                }
+                });
             })
         };
         let parts = HandlerParts {
@@ -857,12 +880,28 @@ impl RpcServer {
         let (method, topic) = (method.method_info(), topic.into());
         let topic = topic.parts();
         let core = &self.inner.core;
-        let ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
-        let bytes = core
-            .bus
-            .compression()
-            .encode_raw(&wire::type_url_of::<T>(), &msg.encode_to_vec());
-        core.bus.publish(&ch, bytes).await
+        let make = || channels::rpc_channel(&core.service, &method.name, topic, method.queue);
+        let ch = if topic.is_empty() {
+            // Without a topic, the channel is computed once per method.
+            let mut cache = core
+                .publish_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match cache.get(method.name.as_ref()) {
+                Some((queue, ch)) if *queue == method.queue => ch.clone(),
+                _ => {
+                    let ch = Arc::new(make());
+                    cache.insert(method.name.to_string(), (method.queue, ch.clone()));
+                    ch
+                }
+            }
+        } else {
+            Arc::new(make())
+        };
+        let name = T::full_name();
+        let url = [wire::TYPE_URL_PREFIX, name.as_str()];
+        let bytes = core.bus.compression().encode_message(&url, msg);
+        (*core.bus).publish(&ch, bytes).await
     }
 
     /// Stops taking requests, closes every open stream with `unavailable`
@@ -1052,21 +1091,35 @@ impl Core {
 
     fn on_claim_response(
         self: &Arc<Self>,
-        channel: impl FnOnce() -> String,
+        channel: impl Fn() -> String,
         bytes: Bytes,
         remember: bool,
     ) {
-        let Some(claim) =
-            crate::codec::receive_envelope::<ClaimResponse>(&*self.bus, channel, bytes)
+        let bus = &*self.bus;
+        let Some(payload) =
+            crate::codec::receive_payload(bus, &channel, ClaimResponse::TYPE_URL, bytes)
         else {
             return;
         };
+        // Read in place: every server of the method hears every claim
+        // response, and most find no claim of theirs.
+        let decoded: ClaimResponse;
+        let (request_id, server_id) = match wire::peek_claim_response(&payload) {
+            Some(ids) => ids,
+            None => {
+                let Some(c) = crate::codec::decode_payload(bus, &channel, payload.clone()) else {
+                    return;
+                };
+                decoded = c;
+                (decoded.request_id.as_str(), decoded.server_id.as_str())
+            }
+        };
         let mut table = self.lock_claims();
-        match table.waiters.remove(&claim.request_id) {
+        match table.waiters.remove(request_id) {
             Some(w) => {
                 drop(table);
                 let wait = w.bid_at.elapsed();
-                if claim.server_id == self.id {
+                if server_id == self.id {
                     self.observe(|o| o.on_claim(&w.info, ClaimOutcome::Granted, wait));
                     (w.then)();
                 } else {
@@ -1074,7 +1127,7 @@ impl Core {
                 }
             }
             None if remember => {
-                table.remember(claim.request_id, claim.server_id);
+                table.remember(request_id.to_owned(), server_id.to_owned());
                 self.ensure_sweeper(&mut table);
             }
             None => {}
@@ -1232,7 +1285,7 @@ where
                 let err = Error::wrap(ErrorCode::MalformedRequest, e);
                 let h = self.clone();
                 tracker.spawn(async move {
-                    let r = h.response(&req, Err(err));
+                    let r = h.response(req.request_id, Err(err));
                     h.core.publish(&chans.response, &r).await;
                 });
                 return;
@@ -1287,7 +1340,7 @@ where
         };
         let sent = tokio::time::timeout_at(
             deadline,
-            self.core.bus.publish(
+            (*self.core.bus).publish(
                 &chans.claim,
                 self.core.bus.compression().encode(&announcement),
             ),
@@ -1312,17 +1365,25 @@ where
     /// Runs the handler for a request this server has, and answers.
     async fn run(
         self: Arc<Self>,
-        mut req: Request,
+        req: Request,
         msg: Req,
         deadline: Instant,
         chans: Arc<ClientChannels>,
     ) {
         let core = &*self.core;
         let _counted = core.discovery.as_ref().map(|d| d.call_started());
+        // Only the request id is kept while the handler runs.
+        let Request {
+            request_id,
+            client_id,
+            sent_at,
+            metadata,
+            ..
+        } = req;
         let header = IncomingHeader {
-            remote_id: req.client_id.clone(),
-            sent_at: UNIX_EPOCH + Duration::from_nanos(req.sent_at.max(0) as u64),
-            metadata: std::mem::take(&mut req.metadata),
+            remote_id: client_id,
+            sent_at: UNIX_EPOCH + Duration::from_nanos(sent_at.max(0) as u64),
+            metadata,
         };
         let ctx = Context::new()
             .with_deadline(deadline.into_std())
@@ -1337,9 +1398,12 @@ where
                 .await
                 .map(|r| Bytes::from(r.to_bytes())),
         };
-        let response = self.response(&req, result);
-        let bytes = core.bus.compression().encode(&response);
-        match core.bus.publish(&chans.response, bytes).await {
+        let (request_id, bytes) = {
+            let response = self.response(request_id, result);
+            let bytes = core.bus.compression().encode(&response);
+            (response.request_id, bytes)
+        };
+        match (*core.bus).publish(&chans.response, bytes).await {
             Ok(()) => {}
             // A response the bus cannot carry: the caller gets that error
             // at once rather than waiting for its deadline.
@@ -1348,7 +1412,7 @@ where
                     ErrorCode::ResourceExhausted,
                     format!("the response cannot be sent: {}", e.message()),
                 );
-                core.publish(&chans.response, &self.response(&req, Err(err)))
+                core.publish(&chans.response, &self.response(request_id, Err(err)))
                     .await;
             }
             Err(e) => {
@@ -1357,9 +1421,9 @@ where
         }
     }
 
-    fn response(&self, req: &Request, result: Result<Bytes>) -> Response {
+    fn response(&self, request_id: String, result: Result<Bytes>) -> Response {
         let mut r = Response {
-            request_id: req.request_id.clone(),
+            request_id,
             server_id: self.core.id.clone(),
             sent_at: wire::now_ns(),
             ..Default::default()
@@ -1476,7 +1540,7 @@ where
             if self.stop.is_cancelled() {
                 return;
             }
-            t.insert(m.stream_id.clone(), shared.clone());
+            t.insert(m.stream_id.as_bytes().into(), shared.clone());
         }
         let ack = wire::Stream {
             stream_id: m.stream_id,

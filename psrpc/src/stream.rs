@@ -103,7 +103,6 @@
 //! `ServerOptions::stream_liveness`; [`StreamLiveness::disabled`] turns it
 //! off.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,12 +205,13 @@ pub fn presence_channel(service: &str, stream_id: &str, client_end: bool) -> Cha
 pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
 
 /// The open streams of a client, or of one server stream handler, by id.
-pub(crate) type StreamTable = Mutex<HashMap<String, Arc<dyn StreamEntry>>>;
+pub(crate) type StreamTable = Mutex<id::IdBytesMap<Arc<dyn StreamEntry>>>;
 
 /// A stream as the table holds it, without its message types.
 pub(crate) trait StreamEntry: Send + Sync {
-    /// Handles an incoming message of this stream (never an open).
-    fn on_stream(self: Arc<Self>, m: wire::Stream);
+    /// Handles an incoming message of this stream (never an open): `m`
+    /// read in place from `payload`.
+    fn on_stream(self: Arc<Self>, payload: &Bytes, m: wire::StreamView<'_>);
     /// Closes the stream with `cause` and returns the publish of the close
     /// message (`None` when it was closed already).
     fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>>;
@@ -219,14 +219,37 @@ pub(crate) trait StreamEntry: Send + Sync {
 
 /// Routes an incoming stream message to its stream. Messages of unknown
 /// streams are dropped.
-pub(crate) fn dispatch(table: &StreamTable, m: wire::Stream) {
-    let entry = lock(table).get(&m.stream_id).cloned();
-    match entry {
-        Some(e) => e.on_stream(m),
+pub(crate) fn dispatch(table: &StreamTable, payload: &Bytes, m: wire::StreamView<'_>) {
+    match lookup(table, m.stream_id) {
+        Some(e) => e.on_stream(payload, m),
         None => {
-            tracing::trace!(stream_id = %m.stream_id, "psrpc stream: message for unknown stream dropped")
+            tracing::trace!(stream_id = %String::from_utf8_lossy(m.stream_id), "psrpc stream: message for unknown stream dropped")
         }
     }
+}
+
+/// Reads the stream message `payload` in place and runs `f` on it. A
+/// message prost reads but this reader does not (fields repeated or in an
+/// unusual form) is decoded by prost and re-encoded plainly first; one that
+/// is not a `Stream` at all is dropped, counted and logged as at any read.
+pub(crate) fn with_stream<T>(
+    bus: &(impl crate::bus::MessageBus + ?Sized),
+    channel: impl FnOnce() -> String,
+    payload: Bytes,
+    f: impl FnOnce(&Bytes, wire::StreamView<'_>) -> T,
+) -> Option<T> {
+    if let Some(v) = wire::read_stream(&payload) {
+        return Some(f(&payload, v));
+    }
+    let m: wire::Stream = crate::codec::decode_payload(bus, channel, payload)?;
+    let plain = wire::encode(&m);
+    let v = wire::read_stream(&plain)?;
+    Some(f(&plain, v))
+}
+
+/// The open stream `stream_id` of `table`.
+pub(crate) fn lookup(table: &StreamTable, stream_id: &[u8]) -> Option<Arc<dyn StreamEntry>> {
+    lock(table).get(stream_id).cloned()
 }
 
 /// Closes every stream of `table` with `cause`; returns the publishes.
@@ -262,7 +285,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) fn publish_detached(bus: &DynBus, ch: &Arc<Channel>, msg: Bytes) {
     let (bus, ch) = (bus.clone(), ch.clone());
     let mut fut: BoxFuture<'static, Result<()>> =
-        Box::pin(async move { bus.publish(&ch, msg).await });
+        Box::pin(async move { (*bus).publish(&ch, msg).await });
     let mut cx = TaskContext::from_waker(futures::task::noop_waker_ref());
     match fut.as_mut().poll(&mut cx) {
         Poll::Ready(Err(e)) => tracing::warn!(error = %e, "psrpc stream: publish failed"),
@@ -303,7 +326,7 @@ pub(crate) struct Shared<R> {
     out: Arc<Channel>,
     /// Default send timeout, and the expiry of the close message.
     timeout: Duration,
-    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    acks: Mutex<id::IdBytesMap<oneshot::Sender<()>>>,
     state: Mutex<State<R>>,
     /// Canceled when the stream closes (wakes pending sends; ends the
     /// server handler's context).
@@ -333,7 +356,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             bus: p.bus,
             out: p.out,
             timeout: p.timeout,
-            acks: Mutex::new(HashMap::new()),
+            acks: Mutex::default(),
             state: Mutex::new(State {
                 cause: None,
                 tx: Some(tx),
@@ -358,12 +381,12 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
     /// Waits for the ack of `request_id` (the open's, pre-seeded).
     pub(crate) fn expect_ack(&self, request_id: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.acks).insert(request_id.to_owned(), tx);
+        lock(&self.acks).insert(request_id.as_bytes().into(), tx);
         rx
     }
 
     pub(crate) fn forget_ack(&self, request_id: &str) {
-        lock(&self.acks).remove(request_id);
+        lock(&self.acks).remove(request_id.as_bytes());
     }
 
     /// Subscribes this end's presence channel (see [Dead
@@ -509,8 +532,8 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         if let Some(t) = self.table.upgrade() {
             let mut t = lock(&t);
             // Only this stream's own entry (ids are unique, but be exact).
-            if t.get(&self.stream_id).is_some() {
-                t.remove(&self.stream_id);
+            if t.get(self.stream_id.as_bytes()).is_some() {
+                t.remove(self.stream_id.as_bytes());
             }
         }
         self.done.cancel();
@@ -545,7 +568,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             }
         }
         let msg = self.end(cause.unwrap_or_else(Error::stream_closed))?;
-        self.bus.publish(&self.out, msg).await
+        (*self.bus).publish(&self.out, msg).await
     }
 
     /// [`close`](Self::close) without waiting for the publish.
@@ -587,7 +610,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 ..Default::default()
             })),
         });
-        self.bus.publish(&self.out, msg).await?;
+        (*self.bus).publish(&self.out, msg).await?;
         tokio::select! {
             biased;
             r = ack => match r {
@@ -601,12 +624,12 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         }
     }
 
-    fn ack(&self, a: AckOf) {
+    fn ack(&self, request_id: &str, sent_at: i64, expiry: i64) {
         let ack = self.bus.compression().encode(&wire::Stream {
             stream_id: self.stream_id.clone(),
-            request_id: a.request_id,
-            sent_at: a.sent_at,
-            expiry: a.expiry,
+            request_id: request_id.to_owned(),
+            sent_at,
+            expiry,
             body: Some(StreamBody::Ack(StreamAck {})),
         });
         publish_detached(&self.bus, &self.out, ack);
@@ -645,7 +668,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                     if st.cause.is_none() {
                         // The sender clone goes right away: a close must end the buffer.
                         drop(p.send(msg));
-                        self.ack(ack);
+                        self.ack(&ack.request_id, ack.sent_at, ack.expiry);
                     }
                 }
                 None => {
@@ -666,25 +689,34 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
 }
 
 struct AckGuard<'a> {
-    acks: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    acks: &'a Mutex<id::IdBytesMap<oneshot::Sender<()>>>,
     request_id: &'a str,
 }
 
 impl Drop for AckGuard<'_> {
     fn drop(&mut self) {
-        lock(self.acks).remove(self.request_id);
+        lock(self.acks).remove(self.request_id.as_bytes());
     }
 }
 
 impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
-    fn on_stream(self: Arc<Self>, m: wire::Stream) {
+    fn on_stream(self: Arc<Self>, payload: &Bytes, m: wire::StreamView<'_>) {
         match m.body {
-            Some(StreamBody::Ack(_)) => {
-                if let Some(w) = lock(&self.acks).remove(&m.request_id) {
+            wire::STREAM_ACK_TAG => {
+                if let Some(w) = lock(&self.acks).remove(m.request_id) {
                     let _ = w.send(());
                 }
             }
-            Some(StreamBody::Message(body)) => {
+            wire::STREAM_MESSAGE_TAG => {
+                let body = match StreamMessage::decode(payload.slice(m.body_bytes.clone())) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let why = format_args!("stream {}: {e}", self.stream_id);
+                        let reason = crate::drops::DropReason::Malformed;
+                        self.bus.drops().record(reason, "(stream)", &why);
+                        return;
+                    }
+                };
                 let msg = match R::decode(body.raw_message) {
                     Ok(msg) => msg,
                     Err(e) => {
@@ -704,10 +736,11 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                         return;
                     }
                 }
-                let ack = AckOf {
-                    request_id: m.request_id,
-                    sent_at: m.sent_at,
-                    expiry: m.expiry,
+                let Some(request_id) = m.request_id_str() else {
+                    let why = format_args!("stream {}: request id not UTF-8", self.stream_id);
+                    let reason = crate::drops::DropReason::Malformed;
+                    self.bus.drops().record(reason, "(stream)", &why);
+                    return;
                 };
                 {
                     // Under the state lock, so a concurrent close either
@@ -722,7 +755,7 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                                 // Acknowledged before the lock is released,
                                 // so a close that follows is published after
                                 // the ack.
-                                self.ack(ack);
+                                self.ack(request_id, m.sent_at(), m.expiry());
                                 return;
                             }
                             Err(mpsc::error::TrySendError::Full(msg)) => msg,
@@ -742,6 +775,11 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                             .record(reason, "(stream receive buffer)", &why);
                         return;
                     }
+                    let ack = AckOf {
+                        request_id: request_id.to_owned(),
+                        sent_at: m.sent_at(),
+                        expiry: m.expiry(),
+                    };
                     st.overflow.push_back((msg, ack));
                     if st.draining {
                         return;
@@ -750,7 +788,16 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                 }
                 tokio::spawn(self.clone().drain_overflow());
             }
-            Some(StreamBody::Close(c)) => {
+            wire::STREAM_CLOSE_TAG => {
+                let c = match StreamClose::decode(payload.slice(m.body_bytes.clone())) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let why = format_args!("stream {}: {e}", self.stream_id);
+                        let reason = crate::drops::DropReason::Malformed;
+                        self.bus.drops().record(reason, "(stream)", &why);
+                        return;
+                    }
+                };
                 let code = if c.code.is_empty() {
                     ErrorCode::Unknown.as_str()
                 } else {
@@ -759,14 +806,14 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                 let cause = Error::from_wire(code, c.error, Vec::new());
                 let _ = self.mark_closed(cause);
             }
-            Some(StreamBody::Open(_)) | None => {}
+            _ => {}
         }
     }
 
     fn close_now(&self, cause: Error) -> Option<BoxFuture<'static, Result<()>>> {
         let msg = self.end(cause).ok()?;
         let (bus, out) = (self.bus.clone(), self.out.clone());
-        Some(Box::pin(async move { bus.publish(&out, msg).await }))
+        Some(Box::pin(async move { (*bus).publish(&out, msg).await }))
     }
 }
 
@@ -1071,6 +1118,12 @@ mod tests {
         })
     }
 
+    /// Hands `m` to `s` as the bus would.
+    fn deliver(s: Arc<Shared<wire::Response>>, m: wire::Stream) {
+        let b = wire::encode(&m);
+        s.on_stream(&b, wire::read_stream(&b).expect("a plain Stream"));
+    }
+
     fn incoming(body: StreamBody) -> wire::Stream {
         wire::Stream {
             stream_id: "STR_test".into(),
@@ -1091,10 +1144,13 @@ mod tests {
             tokio::spawn(async move { s.send_raw(Bytes::new(), None).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        s.clone().on_stream(incoming(StreamBody::Close(StreamClose {
-            error: "stream closed".into(),
-            code: "canceled".into(),
-        })));
+        deliver(
+            s.clone(),
+            incoming(StreamBody::Close(StreamClose {
+                error: "stream closed".into(),
+                code: "canceled".into(),
+            })),
+        );
         let started = std::time::Instant::now();
         let err = sending.await.unwrap().expect_err("released by the close");
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -1121,7 +1177,7 @@ mod tests {
             }));
             let feeder = {
                 let s = s.clone();
-                tokio::spawn(async move { s.on_stream(msg) })
+                tokio::spawn(async move { deliver(s, msg) })
             };
             let closer = {
                 let s = s.clone();
@@ -1148,11 +1204,13 @@ mod tests {
                 request_id: n.to_string(),
                 ..Default::default()
             };
-            s.clone()
-                .on_stream(incoming(StreamBody::Message(StreamMessage {
+            deliver(
+                s.clone(),
+                incoming(StreamBody::Message(StreamMessage {
                     raw_message: Bytes::from(m.encode_to_vec()),
                     ..Default::default()
-                })));
+                })),
+            );
         }
         // One buffered, one held, one dropped (holding area = buffer size).
         for want in ["0", "1"] {

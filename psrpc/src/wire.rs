@@ -272,26 +272,40 @@ pub fn encode<M: Envelope>(m: &M) -> Bytes {
 /// which comes here when it does not compress.
 pub fn encode_msg<M: Envelope>(m: &M) -> Bytes {
     let len = m.go_encoded_len();
-    write_msg(M::TYPE_URL, len, false, |buf| m.go_encode(buf))
+    write_msg(&[M::TYPE_URL], len, false, |buf| m.go_encode(buf))
 }
 
 /// Wraps already encoded user message bytes in `Msg` with `type_url`
 /// (subscription updates: the user message is the payload itself).
 pub fn encode_msg_raw(type_url: &str, value: &[u8]) -> Bytes {
-    write_msg(type_url, value.len(), false, |buf| buf.put_slice(value))
+    write_msg(&[type_url], value.len(), false, |buf| buf.put_slice(value))
 }
 
 /// Wraps a gzipped payload in `Msg` with `type_url` and
 /// `compression = COMPRESSION_GZIP` (field 4, written last as Go does).
 pub fn encode_msg_gzip(type_url: &str, gz: &[u8]) -> Bytes {
-    write_msg(type_url, gz.len(), true, |buf| buf.put_slice(gz))
+    write_msg(&[type_url], gz.len(), true, |buf| buf.put_slice(gz))
 }
 
 /// `Msg.compression = COMPRESSION_GZIP`: key of field 4 (varint), value 1.
 const GZIP_FIELD: [u8; 2] = [0x20, 0x01];
 
-fn write_msg(type_url: &str, len: usize, gzip: bool, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut cap = key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len();
+/// Wraps a user message in `Msg` (uncompressed) with the type URL made of
+/// `type_url`'s parts, encoding it straight into the envelope.
+pub(crate) fn encode_msg_message(type_url: &[&str], m: &impl Message) -> Bytes {
+    write_msg(type_url, m.encoded_len(), false, |buf| m.encode_raw(buf))
+}
+
+/// Writes `Msg` with the type URL made of `type_url`'s parts (concatenated)
+/// and a payload of `len` bytes that `write` writes.
+fn write_msg(
+    type_url: &[&str],
+    len: usize,
+    gzip: bool,
+    write: impl FnOnce(&mut BytesMut),
+) -> Bytes {
+    let url_len: usize = type_url.iter().map(|p| p.len()).sum();
+    let mut cap = key_len(1) + encoded_len_varint(url_len as u64) + url_len;
     if len > 0 {
         cap += key_len(2) + encoded_len_varint(len as u64) + len;
     }
@@ -300,8 +314,10 @@ fn write_msg(type_url: &str, len: usize, gzip: bool, write: impl FnOnce(&mut Byt
     }
     let mut buf = BytesMut::with_capacity(cap);
     encode_key(1, WireType::LengthDelimited, &mut buf);
-    encode_varint(type_url.len() as u64, &mut buf);
-    buf.put_slice(type_url.as_bytes());
+    encode_varint(url_len as u64, &mut buf);
+    for part in type_url {
+        buf.put_slice(part.as_bytes());
+    }
     // An empty payload leaves field 2 out (proto3 implicit presence).
     if len > 0 {
         encode_key(2, WireType::LengthDelimited, &mut buf);
@@ -348,6 +364,258 @@ fn fields_1_2_len(msg: &[u8]) -> Option<usize> {
         rest = after_key.get(n..)?;
     }
     Some(msg.len() - rest.len())
+}
+
+/// One top-level field of an encoded message, as [`scan`] sees it.
+enum Field<'a> {
+    /// Wire type 0: its bytes (see [`Field::value`]).
+    Varint(&'a [u8]),
+    /// Wire type 2: the bytes of the field.
+    Len(&'a [u8]),
+    /// Wire types 1 and 5 (skipped).
+    Fixed,
+}
+
+impl Field<'_> {
+    /// The value of a varint field.
+    fn value(&self) -> u64 {
+        match self {
+            Field::Varint(v) => varint(&mut &v[..]).unwrap_or_default(),
+            _ => 0,
+        }
+    }
+}
+
+/// Walks the top-level fields of an encoded message without copying
+/// anything, calling `f(tag, field)` for each; `f` returns `false` to give
+/// up. `None` when the framing is anything but plain (a group, a bad
+/// varint, a length past the end) or `f` gave up: the caller then decodes
+/// with prost, which reports the error exactly as before.
+fn scan<'a>(mut b: &'a [u8], mut f: impl FnMut(u32, Field<'a>) -> bool) -> Option<()> {
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        // prost's limits: a key within 32 bits, a tag of at least 1.
+        if key > u64::from(u32::MAX) || key >> 3 == 0 {
+            return None;
+        }
+        let tag = (key >> 3) as u32;
+        let field = match key & 7 {
+            0 => {
+                let start = b;
+                skip_varint(&mut b)?;
+                Field::Varint(&start[..start.len() - b.len()])
+            }
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                b = b.get(n..)?;
+                Field::Fixed
+            }
+            2 => {
+                let n = usize::try_from(varint(&mut b)?).ok()?;
+                let v = b.get(..n)?;
+                b = &b[n..];
+                Field::Len(v)
+            }
+            _ => return None,
+        };
+        if !f(tag, field) {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// A varint off the front of `b`; `None` where prost would fail (past the
+/// end, more than 64 bits).
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    if let Some(&byte) = b.first()
+        && byte < 0x80
+    {
+        *b = &b[1..];
+        return Some(u64::from(byte));
+    }
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == 9 && byte > 1 {
+                return None;
+            }
+            *b = &b[i + 1..];
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Skips a varint off the front of `b` (as [`varint`], without its value).
+fn skip_varint(b: &mut &[u8]) -> Option<()> {
+    // The end is the first byte below 0x80: eight bytes at a time.
+    let n = match b.first_chunk::<8>() {
+        Some(w) if u64::from_le_bytes(*w) & 0x8080_8080_8080_8080 != 0x8080_8080_8080_8080 => {
+            (!u64::from_le_bytes(*w) & 0x8080_8080_8080_8080).trailing_zeros() as usize / 8
+        }
+        _ => b.iter().take(10).position(|&byte| byte < 0x80)?,
+    };
+    if n == 9 && b[9] > 1 {
+        return None;
+    }
+    *b = &b[n + 1..];
+    Some(())
+}
+
+/// Where the fields of an encoded `Msg` are, as offsets into its bytes.
+pub(crate) struct MsgParts {
+    /// `Msg.type_url` (field 1).
+    pub(crate) type_url: std::ops::Range<usize>,
+    /// `Msg.value` (field 2); empty when absent.
+    pub(crate) value: std::ops::Range<usize>,
+    /// `Msg.compression` (field 4).
+    pub(crate) compression: i32,
+}
+
+/// Reads a `Msg` envelope without copying (the runtime reads every message
+/// this way): what prost would decode, as offsets into `b`, or `None` when
+/// prost should decode it instead (anything unusual, which prost then
+/// accepts or reports). A later occurrence of a field wins, as in prost.
+pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
+    let at = |v: &[u8]| {
+        let start = v.as_ptr() as usize - b.as_ptr() as usize;
+        start..start + v.len()
+    };
+    let mut parts = MsgParts {
+        type_url: 0..0,
+        value: 0..0,
+        compression: 0,
+    };
+    scan(b, |tag, field| match (tag, field) {
+        (1, Field::Len(v)) => {
+            parts.type_url = at(v);
+            true
+        }
+        (2, Field::Len(v)) => {
+            parts.value = at(v);
+            true
+        }
+        // The channel is not read here, but prost checks it is UTF-8.
+        (3, Field::Len(v)) => std::str::from_utf8(v).is_ok(),
+        (4, f @ Field::Varint(_)) => {
+            parts.compression = f.value() as i32;
+            true
+        }
+        (1..=4, _) => false,
+        _ => true,
+    })?;
+    Some(parts)
+}
+
+/// The string field `tag` of an encoded message (its last occurrence, as
+/// prost reads it; empty when absent), without decoding the rest.
+fn peek_str(b: &[u8], tags: [u32; 2]) -> Option<[&str; 2]> {
+    let mut found: [&[u8]; 2] = [&[], &[]];
+    scan(b, |tag, field| {
+        match (tags.iter().position(|t| *t == tag), field) {
+            (Some(i), Field::Len(v)) => {
+                found[i] = v;
+                true
+            }
+            (Some(_), _) => false,
+            (None, _) => true,
+        }
+    })?;
+    Some([
+        std::str::from_utf8(found[0]).ok()?,
+        std::str::from_utf8(found[1]).ok()?,
+    ])
+}
+
+/// The request id and server id of an encoded `ClaimResponse`, read
+/// without decoding it; `None` when prost should decode it (see [`scan`]).
+pub(crate) fn peek_claim_response(b: &[u8]) -> Option<(&str, &str)> {
+    let [request_id, server_id] = peek_str(b, [1, 2])?;
+    Some((request_id, server_id))
+}
+
+/// The tag of `Stream.open` in the `body` oneof.
+pub(crate) const STREAM_OPEN_TAG: u32 = 6;
+/// The tag of `Stream.message`.
+pub(crate) const STREAM_MESSAGE_TAG: u32 = 7;
+/// The tag of `Stream.ack`.
+pub(crate) const STREAM_ACK_TAG: u32 = 8;
+/// The tag of `Stream.close`.
+pub(crate) const STREAM_CLOSE_TAG: u32 = 9;
+
+/// A `Stream` envelope read in place: its ids borrowed and not yet checked
+/// to be UTF-8, its times and body left encoded (the receiver reads what
+/// it needs: most read only the stream id).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamView<'a> {
+    pub(crate) stream_id: &'a [u8],
+    pub(crate) request_id: &'a [u8],
+    sent_at: &'a [u8],
+    expiry: &'a [u8],
+    /// The tag of the body (`STREAM_*_TAG`), 0 when there is none.
+    pub(crate) body: u32,
+    /// Where the body's bytes are in the message.
+    pub(crate) body_bytes: std::ops::Range<usize>,
+}
+
+/// Reads a `Stream` envelope in place: what prost would decode, or `None`
+/// when prost should decode it (see [`scan`]; also when the body occurs
+/// more than once, which prost merges).
+pub(crate) fn read_stream(b: &[u8]) -> Option<StreamView<'_>> {
+    let mut v = StreamView {
+        stream_id: &[],
+        request_id: &[],
+        sent_at: &[],
+        expiry: &[],
+        body: 0,
+        body_bytes: 0..0,
+    };
+    scan(b, |tag, field| match (tag, field) {
+        (1, Field::Len(x)) => {
+            v.stream_id = x;
+            true
+        }
+        (2, Field::Len(x)) => {
+            v.request_id = x;
+            true
+        }
+        (3, Field::Varint(x)) => {
+            v.sent_at = x;
+            true
+        }
+        (4, Field::Varint(x)) => {
+            v.expiry = x;
+            true
+        }
+        (6..=9, Field::Len(x)) if v.body == 0 => {
+            v.body = tag;
+            let start = x.as_ptr() as usize - b.as_ptr() as usize;
+            v.body_bytes = start..start + x.len();
+            true
+        }
+        (1..=4 | 6..=9, _) => false,
+        _ => true,
+    })?;
+    Some(v)
+}
+
+impl StreamView<'_> {
+    /// `Stream.sent_at`.
+    pub(crate) fn sent_at(&self) -> i64 {
+        Field::Varint(self.sent_at).value() as i64
+    }
+
+    /// `Stream.expiry`.
+    pub(crate) fn expiry(&self) -> i64 {
+        Field::Varint(self.expiry).value() as i64
+    }
+
+    /// `Stream.request_id`, if it is UTF-8 (prost requires it).
+    pub(crate) fn request_id_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.request_id).ok()
+    }
 }
 
 /// Reads only `Msg.channel` (field 3), as the NATS router does.
@@ -411,6 +679,119 @@ pub fn now_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Envelopes and their mutations: duplicated fields, unknown fields
+    /// around them, every truncation.
+    fn mutations(whole: Bytes) -> Vec<Bytes> {
+        let mut out = vec![whole.clone()];
+        let mut twice = whole.to_vec();
+        twice.extend_from_slice(&whole);
+        out.push(twice.into());
+        let mut unknown = vec![15 << 3, 1, 16 << 3 | 2, 1, b'x'];
+        unknown.extend_from_slice(&whole);
+        unknown.extend([17 << 3 | 5, 0, 0, 0, 0]);
+        out.push(unknown.into());
+        let mut group = whole.to_vec();
+        group.extend([9 << 3 | 3, 9 << 3 | 4]);
+        out.push(group.into());
+        let mut bad_utf8 = whole.to_vec();
+        bad_utf8.extend([1 << 3 | 2, 1, 0xff]);
+        out.push(bad_utf8.into());
+        for n in 0..whole.len() {
+            out.push(whole.slice(..n));
+        }
+        out
+    }
+
+    /// Reading a claim response's ids in place gives what prost decodes,
+    /// and whatever it reads, prost reads too.
+    #[test]
+    fn claim_response_peek_matches_prost() {
+        let whole = encode(&ClaimResponse {
+            request_id: "REQ_abc".into(),
+            server_id: "SRV_xyz".into(),
+        });
+        let mut empty_ids = 0;
+        for b in mutations(whole) {
+            let decoded = ClaimResponse::decode(b.clone());
+            match peek_claim_response(&b) {
+                Some((r, s)) => {
+                    let d = decoded.expect("peeked, so prost reads it");
+                    assert_eq!((r, s), (d.request_id.as_str(), d.server_id.as_str()));
+                    empty_ids += usize::from(r.is_empty());
+                }
+                None => assert!(decoded.is_err() || b.ends_with(&[9 << 3 | 4]), "{b:?}"),
+            }
+        }
+        assert!(empty_ids > 0);
+    }
+
+    /// Reading a stream message in place gives what prost decodes.
+    #[test]
+    fn stream_read_matches_prost() {
+        let bodies = [
+            None,
+            Some(StreamBody::Open(StreamOpen {
+                node_id: "CLI_1".into(),
+                metadata: Default::default(),
+            })),
+            Some(StreamBody::Message(StreamMessage {
+                raw_message: Bytes::from_static(b"m"),
+                ..Default::default()
+            })),
+            Some(StreamBody::Ack(StreamAck {})),
+            Some(StreamBody::Close(StreamClose {
+                error: "e".into(),
+                code: "c".into(),
+            })),
+        ];
+        for body in bodies {
+            let whole = encode(&Stream {
+                stream_id: "STR_1".into(),
+                request_id: "REQ_1".into(),
+                sent_at: 1,
+                expiry: 2,
+                body,
+            });
+            for b in mutations(whole) {
+                let (Some(v), Ok(d)) = (read_stream(&b), Stream::decode(b.clone())) else {
+                    // Read in place but not by prost: only for ids that
+                    // are not UTF-8, which the readers check or match to
+                    // nothing.
+                    if let Some(v) = read_stream(&b) {
+                        let bad = std::str::from_utf8(v.stream_id).is_err();
+                        assert!(bad || v.request_id_str().is_none(), "{b:?}");
+                    }
+                    continue;
+                };
+                assert_eq!(
+                    (v.request_id_str(), v.sent_at(), v.expiry()),
+                    (Some(d.request_id.as_str()), d.sent_at, d.expiry)
+                );
+                let want = match d.body {
+                    None => 0,
+                    Some(StreamBody::Open(_)) => STREAM_OPEN_TAG,
+                    Some(StreamBody::Message(_)) => STREAM_MESSAGE_TAG,
+                    Some(StreamBody::Ack(_)) => STREAM_ACK_TAG,
+                    Some(StreamBody::Close(_)) => STREAM_CLOSE_TAG,
+                };
+                assert_eq!(
+                    (v.stream_id, v.body),
+                    (d.stream_id.as_bytes(), want),
+                    "{b:?}"
+                );
+                // The body's bytes decode to the body prost decoded.
+                let body = b.slice(v.body_bytes.clone());
+                match d.body {
+                    Some(StreamBody::Message(m)) => {
+                        assert_eq!(StreamMessage::decode(body).unwrap(), m)
+                    }
+                    Some(StreamBody::Close(c)) => assert_eq!(StreamClose::decode(body).unwrap(), c),
+                    _ => {}
+                }
+            }
+        }
+    }
 
     #[test]
     fn empty_map_values_are_written_like_go() {

@@ -26,7 +26,6 @@ pub async fn calls_through_restart(
     server: &mut impl Restart,
 ) {
     const TIMEOUT: Duration = Duration::from_secs(1);
-    const PATIENCE: Duration = Duration::from_secs(30);
     let halt = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
     let method = Arc::new(method.clone());
@@ -129,3 +128,83 @@ fn check_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
         .min();
     eprintln!("first success {first:?} after the restart");
 }
+
+/// The broker goes away: a call fails with a code the default retry policy
+/// retries (`unavailable` for a bus that knows it lost its connection,
+/// `deadline_exceeded` for one that buffers while reconnecting), and
+/// [`RetryOptions::default`](psrpc::middleware::retry::RetryOptions) tries
+/// it [`DEFAULT_MAX_ATTEMPTS`](psrpc::middleware::retry::DEFAULT_MAX_ATTEMPTS)
+/// times, counted by an interceptor inside the retry; once the broker is
+/// back, the same client's calls succeed again.
+pub async fn default_retry_policy_retries_an_outage(
+    server_bus: psrpc::bus::DynBus,
+    client_bus: psrpc::bus::DynBus,
+    server: &mut impl Restart,
+) {
+    use psrpc::interceptor::ClientNext;
+    use psrpc::middleware::retry::{DEFAULT_MAX_ATTEMPTS, RetryOptions};
+    use psrpc::{BoxMessage, CallOptions};
+
+    let srv = crate::echo_server(server_bus, "retried", &[])
+        .await
+        .expect("echo server");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let opts = psrpc::ClientOptions::default()
+        .timeout(Duration::from_millis(500))
+        .retries(RetryOptions::default())
+        .interceptor(
+            move |req: BoxMessage, opts: CallOptions, next: ClientNext| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                next.run(req, opts)
+            },
+        );
+    let client = RpcClient::new(client_bus, crate::my_service::SERVICE, opts)
+        .await
+        .expect("client");
+    let call = |n| {
+        client.unary::<Num, Num>(
+            &crate::my_service::NORMAL_RPC,
+            vec![],
+            Num {
+                n,
+                text: String::new(),
+            },
+        )
+    };
+    assert_eq!(call(1).await.expect("a call before the outage").n, 1);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+
+    server.stop();
+    let mut failed = None;
+    crate::eventually_async("a call fails during the outage", PATIENCE, async || {
+        attempts.store(0, Ordering::SeqCst);
+        match call(2).await {
+            Ok(_) => false,
+            Err(e) => {
+                failed = Some((e, attempts.load(Ordering::SeqCst)));
+                true
+            }
+        }
+    })
+    .await;
+    let (e, tried) = failed.expect("a failed call");
+    assert!(
+        matches!(
+            e.code(),
+            ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
+        ),
+        "a bus outage must be retryable: {e:?}"
+    );
+    assert_eq!(tried, DEFAULT_MAX_ATTEMPTS as usize, "attempts for {e}");
+
+    server.restart();
+    crate::eventually_async("calls succeed after the restart", PATIENCE, async || {
+        call(3).await.is_ok()
+    })
+    .await;
+    drop(srv);
+}
+
+/// How long the outage checks wait for the bus to notice a change.
+const PATIENCE: Duration = Duration::from_secs(30);

@@ -21,8 +21,8 @@ use crate::drops::{DropReason, Drops};
 /// - a subscriber whose buffer is full is *behind*. A bus whose shared
 ///   reader must never wait (Redis, NATS) lets it buffer up to `overflow`
 ///   more, so that a burst costs a subscriber that keeps reading nothing;
-///   the local bus has no overflow and its publisher waits for room instead
-///   ([`Sink::wait`]);
+///   the local bus has no overflow and its publisher waits for room
+///   instead;
 /// - a subscriber that took nothing for `stuck_after` while behind is
 ///   *stuck*: every message for it that does not fit its buffer is dropped
 ///   at once, until it reads again;
@@ -51,7 +51,7 @@ struct SinkInner {
 
 /// What became of a message offered to a [`Sink`].
 #[derive(Debug)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// In the subscriber's buffer.
     Taken,
     /// The buffer and its overflow are full but the subscriber is not stuck
@@ -183,7 +183,7 @@ impl Sink {
     }
 
     /// Offers `msg` without waiting (see the policy above).
-    pub fn offer(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
+    pub(crate) fn offer(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
         let msg = match self.offer_room(msg) {
             Offer::Full(b) => b,
             other => return other,
@@ -201,7 +201,8 @@ impl Sink {
 
     /// Offers `msg` without waiting, dropping it (counted) when it does not
     /// fit: what a bus's shared reader does.
-    pub fn offer_or_drop(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
+    #[cfg(test)]
+    fn offer_or_drop(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
         match self.offer(msg, drops, channel) {
             Offer::Full(_) => {
                 self.drop_full(drops, channel);
@@ -212,7 +213,7 @@ impl Sink {
     }
 
     /// Counts a message dropped because the buffer and overflow were full.
-    pub fn drop_full(&self, drops: &Drops, channel: &str) {
+    pub(crate) fn drop_full(&self, drops: &Drops, channel: &str) {
         drops.record(
             DropReason::SlowConsumer,
             channel,
@@ -223,7 +224,7 @@ impl Sink {
     /// After [`Offer::Full`]: waits for room until the subscriber counts as
     /// stuck, then drops `msg` for it (counted). Only for a publisher that
     /// may wait (the local bus); never in a shared reader.
-    pub async fn wait(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
+    pub(crate) async fn wait(&self, msg: Bytes, drops: &Drops, channel: &str) -> Offer {
         let left = self.inner.stuck_after.saturating_sub(self.stalled_for());
         match tokio::time::timeout(left, self.inner.tx.send(msg)).await {
             Ok(Ok(())) => {
@@ -253,7 +254,7 @@ impl Sink {
 /// A bus keeps one per channel, replaced whole (copy on write) when a
 /// subscriber comes or goes, so dispatching reads it without a lock.
 #[derive(Default, Clone)]
-pub struct Members {
+pub(crate) struct Members {
     fanout: Vec<(u64, Sink)>,
     queue: Vec<(u64, Sink)>,
     fanout_handlers: Vec<(u64, Handler)>,
@@ -263,7 +264,7 @@ pub struct Members {
 
 impl Members {
     /// Adds subscriber `id`, as a queue member when `queue`.
-    pub fn add(&mut self, id: u64, sink: Sink, queue: bool) {
+    pub(crate) fn add(&mut self, id: u64, sink: Sink, queue: bool) {
         if queue {
             self.queue.push((id, sink));
         } else {
@@ -272,7 +273,7 @@ impl Members {
     }
 
     /// Adds handler `id`, as a queue member when `queue`.
-    pub fn add_handler(&mut self, id: u64, handler: Handler, queue: bool) {
+    pub(crate) fn add_handler(&mut self, id: u64, handler: Handler, queue: bool) {
         if queue {
             self.queue_handlers.push((id, handler));
         } else {
@@ -281,7 +282,7 @@ impl Members {
     }
 
     /// Removes subscriber `id`.
-    pub fn remove(&mut self, id: u64) {
+    pub(crate) fn remove(&mut self, id: u64) {
         self.fanout.retain(|(i, _)| *i != id);
         self.queue.retain(|(i, _)| *i != id);
         self.fanout_handlers.retain(|(i, _)| *i != id);
@@ -289,12 +290,12 @@ impl Members {
     }
 
     /// Whether there is no subscriber.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.has_fanout() && !self.has_queue()
     }
 
     /// How many subscribers there are, fan-out and queue.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.fanout.len()
             + self.queue.len()
             + self.fanout_handlers.len()
@@ -302,18 +303,18 @@ impl Members {
     }
 
     /// Whether there are fan-out subscribers.
-    pub fn has_fanout(&self) -> bool {
+    pub(crate) fn has_fanout(&self) -> bool {
         !self.fanout.is_empty() || !self.fanout_handlers.is_empty()
     }
 
     /// Whether there are queue members.
-    pub fn has_queue(&self) -> bool {
+    pub(crate) fn has_queue(&self) -> bool {
         !self.queue.is_empty() || !self.queue_handlers.is_empty()
     }
 
     /// Whether a queue message offered now would be taken by a member (see
     /// [`Sink::can_take`]).
-    pub fn queue_can_take(&self) -> bool {
+    pub(crate) fn queue_can_take(&self) -> bool {
         !self.queue_handlers.is_empty() || self.queue.iter().any(|(_, s)| s.can_take())
     }
 
@@ -356,7 +357,7 @@ impl Members {
 
     /// Gives `msg` to every fan-out subscriber, without waiting, dropping
     /// it (counted) for those that are full.
-    pub fn deliver_fanout(&self, msg: &Bytes, drops: &Drops, channel: &str) {
+    pub(crate) fn deliver_fanout(&self, msg: &Bytes, drops: &Drops, channel: &str) {
         for (sink, _) in self.offer_fanout(msg, drops, channel) {
             sink.drop_full(drops, channel);
         }
@@ -366,7 +367,7 @@ impl Members {
     /// a member with room in its buffer, then one behind but not stuck with
     /// room in its overflow; if all are full it is dropped (counted).
     /// `Err(msg)` when there is no member left.
-    pub fn deliver_queue(
+    pub(crate) fn deliver_queue(
         &self,
         msg: Bytes,
         drops: &Drops,
@@ -386,7 +387,7 @@ impl Members {
     /// member (when `queue`) without waiting, as a publisher that may wait
     /// does: returns the full buffers (not yet stuck) with the message, to
     /// wait for ([`Sink::wait`]) until each makes room or counts as stuck.
-    pub fn offer_all(
+    pub(crate) fn offer_all(
         &self,
         msg: Bytes,
         fanout: bool,

@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use super::transport::Route;
 use super::{
-    AbortOnDrop, Channel, CompressionOptions, Handler, HandlerSubscription, Inbox, Members,
-    MessageBus, Subscription, Transport,
+    Channel, CompressionOptions, Handler, HandlerSubscription, Inbox, Members, MessageBus,
+    Subscription, Transport,
 };
 use crate::drops::Drops;
 use crate::error::{Error, ErrorCode, Result};
@@ -272,13 +272,8 @@ impl<T: Transport> MessageBus for Bus<T> {
                 .await?;
             return Ok(HandlerSubscription::new(leave));
         }
-        let mut sub = self.subscribe_buffer(channel, size, queue).await?;
-        let task = tokio::spawn(async move {
-            while let Some(b) = sub.recv().await {
-                handler(b);
-            }
-        });
-        Ok(HandlerSubscription::new(AbortOnDrop(task)))
+        let sub = self.subscribe_buffer(channel, size, queue).await?;
+        Ok(super::read_in_task(sub, handler))
     }
 
     fn drops(&self) -> &Drops {

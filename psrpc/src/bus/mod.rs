@@ -38,12 +38,11 @@ mod transport;
 
 pub use crate::channels::Channel;
 pub use crate::codec::CompressionOptions;
-#[doc(hidden)]
-pub use dispatch::Members;
-pub use dispatch::{Offer, READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
+pub(crate) use dispatch::Members;
+pub use dispatch::{READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
 pub use generic::{AsBus, Bus};
 pub use local::{LocalBus, LocalTransport};
-pub(crate) use subscription::AbortOnDrop;
+use subscription::AbortOnDrop;
 pub use subscription::{Handler, HandlerSubscription, Subscription};
 pub use transport::{Inbox, Listening, Transport};
 
@@ -83,17 +82,12 @@ pub trait MessageBus: Send + Sync + 'static {
         queue: bool,
         handler: Handler,
     ) -> Result<HandlerSubscription> {
-        let mut sub = if queue {
+        let sub = if queue {
             self.subscribe_queue(channel, size).await?
         } else {
             self.subscribe(channel, size).await?
         };
-        let task = tokio::spawn(async move {
-            while let Some(b) = sub.recv().await {
-                handler(b);
-            }
-        });
-        Ok(HandlerSubscription::new(AbortOnDrop(task)))
+        Ok(read_in_task(sub, handler))
     }
 
     /// What this bus, and the runtime above it, dropped (see
@@ -167,5 +161,15 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
         (**self).listeners(channel).await
     }
 }
+/// A handler subscription that reads `sub` in a task of its own.
+fn read_in_task(mut sub: Subscription, handler: Handler) -> HandlerSubscription {
+    let task = tokio::spawn(async move {
+        while let Some(b) = sub.recv().await {
+            handler(b);
+        }
+    });
+    HandlerSubscription::new(AbortOnDrop(task))
+}
+
 /// A shared, type-erased bus, as the runtime holds it.
 pub type DynBus = Arc<dyn MessageBus>;
