@@ -42,7 +42,7 @@ impl kinds::KindsServerImpl for Echo {
     ) -> psrpc::Result<()> {
         Ok(())
     }
-    fn picky_chat_affinity(&self) -> f32 {
+    fn picky_chat_affinity(&self, _open: &psrpc::StreamOpen<'_>) -> f32 {
         -1.0
     }
     async fn node_queue(&self, _: Context, _: Request) -> psrpc::Result<Response> {

@@ -99,11 +99,11 @@ async fn every_name_reaches_its_own_method() {
 
     // Wire names are Go's, whatever the Rust names became.
     assert_eq!(ping_methods::SERVICE, "Ping");
-    assert_eq!(ping_methods::PING_2.name, "PING");
-    assert_eq!(ping_methods::TYPE.name, "Type");
-    assert_eq!(ping_methods::SELF.name, "Self");
-    assert_eq!(ping_methods::CLOSE_2.name, "Close");
-    assert_eq!(ping_methods::WEIGH_AFFINITY_2.name, "WeighAffinity");
+    assert_eq!(ping_methods::PING_2.name(), "PING");
+    assert_eq!(ping_methods::TYPE.name(), "Type");
+    assert_eq!(ping_methods::SELF.name(), "Self");
+    assert_eq!(ping_methods::CLOSE_2.name(), "Close");
+    assert_eq!(ping_methods::WEIGH_AFFINITY_2.name(), "WeighAffinity");
 
     client.close();
     server.shutdown().await;

@@ -24,7 +24,7 @@ async fn service_named_like_its_method() {
     let s = EchoServer::new(E, bus.clone()).await.unwrap();
     let c = EchoClient::new(bus).await.unwrap();
     c.echo(Msg {}).await.unwrap();
-    assert_eq!(echo_methods::ECHO.name, "Echo");
+    assert_eq!(echo_methods::ECHO.name(), "Echo");
     s.shutdown().await;
 }
 
@@ -56,7 +56,7 @@ async fn snake_case_names() {
     assert_eq!((hat.size, hat.name.as_str()), (7, "fedora"));
     // The wire names are protoc-gen-go's CamelCase.
     assert_eq!(haberdasher_v1_methods::SERVICE, "HaberdasherV1");
-    assert_eq!(haberdasher_v1_methods::MAKE_HAT_V1.name, "MakeHatV1");
+    assert_eq!(haberdasher_v1_methods::MAKE_HAT_V1.name(), "MakeHatV1");
     s.shutdown().await;
 }
 

@@ -70,8 +70,13 @@ impl KindsServerImpl for Server {
         }
         Ok(())
     }
-    fn picky_chat_affinity(&self) -> f32 {
-        self.affinity
+    fn picky_chat_affinity(&self, open: &psrpc::StreamOpen<'_>) -> f32 {
+        // The open is scored on its topic.
+        if open.topic().is_empty() {
+            -1.0
+        } else {
+            self.affinity
+        }
     }
     async fn node_queue(&self, ctx: psrpc::Context, req: Request) -> psrpc::Result<Response> {
         // The handler sees the call's topic.
@@ -147,11 +152,14 @@ async fn unary_routing_kinds() {
     servers.sort();
     assert_eq!(servers, ["high", "low"]);
 
-    // The deprecated oneof: `multi = false` is MULTI (Q11), `affinity_func`
+    // The deprecated oneof: `multi = false` is MULTI (as in Go), `affinity_func`
     // is AFFINITY and `queue` is QUEUE, whatever `type` says.
-    assert!(kinds_methods::OLD_MULTI.multi);
-    assert!(kinds_methods::OLD_AFFINITY.affinity_enabled);
-    assert!(kinds_methods::OLD_QUEUE.queue);
+    assert_eq!(kinds_methods::OLD_MULTI.routing(), psrpc::Routing::Multi);
+    assert_eq!(
+        kinds_methods::OLD_AFFINITY.routing(),
+        psrpc::Routing::Affinity
+    );
+    assert_eq!(kinds_methods::OLD_QUEUE.routing(), psrpc::Routing::Queue);
     let each = client
         .old_multi(req("om"))
         .timeout(Duration::from_millis(300))
@@ -458,7 +466,8 @@ fn the_method_table_lists_every_method() {
     // Each entry describes its method's static; only subscriptions have no
     // handler, and only methods with topic parameters are served per topic.
     let m = &kinds_methods::METHODS;
-    assert!(std::ptr::eq(m[6].info, &kinds_methods::NODE_QUEUE));
+    assert_eq!(m[6].name(), kinds_methods::NODE_QUEUE.name());
+    assert_eq!(m[6].routing(), kinds_methods::NODE_QUEUE.routing());
     assert_eq!(m.iter().filter(|m| !m.has_handler()).count(), 2);
     assert_eq!(
         m.iter()
@@ -494,7 +503,7 @@ async fn registering_what_cannot_be_registered_fails_clearly() {
     let e = inner.register(&kinds_methods::JOBS, &[]).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     let e = inner
-        .register(&psrpc::MethodInfo::queue("Nope"), &[])
+        .register(&psrpc::Method::<Request, Response>::queue("Nope"), ())
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
@@ -522,9 +531,9 @@ async fn generic_api_through_the_method_statics() {
         .unwrap();
     assert_eq!(res.text, "generic");
     assert_eq!(kinds_methods::SERVICE, "Kinds");
-    assert_eq!(kinds_methods::NODE_QUEUE.name, "NodeQueue");
-    assert!(!kinds_methods::DIRECT.require_claim);
-    assert!(!kinds_methods::ROOM_CALL.require_claim);
-    assert!(kinds_methods::QUEUE.require_claim);
+    assert_eq!(kinds_methods::NODE_QUEUE.name(), "NodeQueue");
+    assert!(kinds_methods::DIRECT.is_single_server());
+    assert!(kinds_methods::ROOM_CALL.is_single_server());
+    assert!(!kinds_methods::QUEUE.is_single_server());
     s.shutdown().await;
 }

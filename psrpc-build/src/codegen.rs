@@ -116,13 +116,28 @@ fn kind_text(m: &MethodSpec) -> String {
     format!("{kind} `{}`{topics}: {}.", m.wire_name, routing_text(m))
 }
 
+/// A message type as named from the service's `<service>_methods` module, a
+/// child of the module the type paths are relative to: relative paths get a
+/// `super::`, absolute ones (`::prost_types::Empty`, `crate::..`) stay.
+fn from_child(ty: &syn::Type) -> TokenStream {
+    match ty {
+        syn::Type::Path(p)
+            if p.qself.is_none()
+                && p.path.leading_colon.is_none()
+                && p.path.segments.first().is_some_and(|s| s.ident != "crate") =>
+        {
+            quote! { super::#ty }
+        }
+        _ => quote! { #ty },
+    }
+}
+
 /// The function parameters and wire-topic expressions of a method's topics.
 struct Topics {
     params: Vec<TokenStream>,
-    /// Expression of type `Vec<String>`.
-    vec: TokenStream,
-    /// Expression of type `[String; N]`.
-    array: TokenStream,
+    /// The topic, an expression of a type that is `Into<psrpc::Topic>`:
+    /// `()` without parameters, else a `[String; N]`.
+    topic: TokenStream,
 }
 
 fn topics(topics: &[TopicParam]) -> Topics {
@@ -144,13 +159,12 @@ fn topics(topics: &[TopicParam]) -> Topics {
             }
         }
     }
-    let vec = if values.is_empty() {
-        quote! { ::std::vec::Vec::new() }
+    let topic = if values.is_empty() {
+        quote! { () }
     } else {
-        quote! { ::std::vec![#(#values),*] }
+        quote! { [#(#values),*] }
     };
-    let array = quote! { [#(#values),*] };
-    Topics { params, vec, array }
+    Topics { params, topic }
 }
 
 /// The generated code of one service.
@@ -216,23 +230,22 @@ fn methods_module(spec: &ServiceSpec, methods: &[Method<'_>], o: &GenOptions) ->
     let statics = methods.iter().map(|m| {
         let name = format_ident!("{}", m.spec.static_name());
         let wire = &m.spec.wire_name;
-        let (affinity, multi, claim, queue) = m.spec.opts.flags();
-        let init = match (affinity, multi, claim, queue) {
-            (false, false, true, true) => quote! { #psrpc::MethodInfo::queue(#wire) },
-            (true, false, true, false) => quote! { #psrpc::MethodInfo::affinity(#wire) },
-            (false, true, false, false) => quote! { #psrpc::MethodInfo::multi(#wire) },
-            (false, false, false, true) => {
-                quote! { #psrpc::MethodInfo::queue(#wire).single_server() }
+        let o_ = &m.spec.opts;
+        let ctor = format_ident!(
+            "{}",
+            match o_.routing {
+                Routing::Queue => "queue",
+                Routing::Affinity => "affinity",
+                Routing::Multi => "multi",
             }
-            (true, false, false, false) => {
-                quote! { #psrpc::MethodInfo::affinity(#wire).single_server() }
-            }
-            _ => unreachable!("no routing gives these flags"),
-        };
+        );
+        let single =
+            (o_.single_server && o_.routing != Routing::Multi).then(|| quote! { .single_server() });
+        let (input, output) = (from_child(&m.input), from_child(&m.output));
         let doc = docs(&[], &doc(kind_text(m.spec)));
         quote! {
             #doc
-            pub static #name: #psrpc::MethodInfo = #init;
+            pub static #name: #psrpc::Method<#input, #output> = #psrpc::Method::#ctor(#wire)#single;
         }
     });
     let entries = methods.iter().map(|m| {
@@ -299,12 +312,7 @@ fn client(
         let name = ident(&m.spec.client_fn());
         let stat = format_ident!("{}", m.spec.static_name());
         let (input, output) = (&m.input, &m.output);
-        let Topics {
-            params,
-            vec: topic,
-            array,
-            ..
-        } = topics(&m.spec.topics);
+        let Topics { params, topic, .. } = topics(&m.spec.topics);
         let o_ = &m.spec.opts;
         let too_many = (params.len() > 5).then(|| quote! { #[allow(clippy::too_many_arguments)] });
         if o_.subscription {
@@ -324,7 +332,7 @@ fn client(
                 pub async fn #name(&self, #(#params),*)
                     -> #psrpc::Result<#psrpc::Subscription<#output>>
                 {
-                    self.client.subscribe(&#module::#stat, &#array).await
+                    self.client.subscribe(&#module::#stat, #topic).await
                 }
             }
         } else if o_.stream {
@@ -460,10 +468,15 @@ fn server_impl(
                     &[],
                     &[
                         format!(
-                            "This server's affinity for `{}` requests: higher is better; \
+                            "This server's affinity for `{}` {}: higher is better; \
                              a negative score means \"do not claim\" (the server stays \
                              silent) and 0 is a claim the default selector never picks.",
-                            m.spec.wire_name
+                            m.spec.wire_name,
+                            if m.spec.opts.stream {
+                                "streams, given the open (its metadata and topic)"
+                            } else {
+                                "requests"
+                            }
                         ),
                         String::new(),
                         format!(
@@ -473,7 +486,13 @@ fn server_impl(
                     ],
                 );
                 if m.spec.opts.stream {
-                    quote! { #doc fn #a(&self) -> f32 { -1.0 } }
+                    quote! {
+                        #doc
+                        fn #a(&self, open: &#psrpc::StreamOpen<'_>) -> f32 {
+                            let _ = open;
+                            -1.0
+                        }
+                    }
                 } else {
                     quote! {
                         #doc
@@ -599,7 +618,7 @@ fn server(
     let module = ident(&spec.methods_module());
 
     let per_method = methods.iter().map(|m| {
-        let Topics { params, array, .. } = topics(&m.spec.topics);
+        let Topics { params, topic } = topics(&m.spec.topics);
         let stat = format_ident!("{}", m.spec.static_name());
         let too_many = (params.len() > 5).then(|| quote! { #[allow(clippy::too_many_arguments)] });
         if m.spec.opts.subscription {
@@ -617,7 +636,7 @@ fn server(
                 #doc
                 #too_many
                 pub async fn #name(&self, #(#params,)* msg: &#output) -> #psrpc::Result<()> {
-                    self.server.publish(&#module::#stat, &#array, msg).await
+                    self.server.publish(&#module::#stat, #topic, msg).await
                 }
             }
         } else if m.spec.opts.topics {
@@ -645,13 +664,13 @@ fn server(
                 #reg_doc
                 #too_many
                 pub async fn #reg_name(&self, #(#params),*) -> #psrpc::Result<()> {
-                    self.server.register(&#module::#stat, &#array).await
+                    self.server.register(&#module::#stat, #topic).await
                 }
 
                 #dereg_doc
                 #too_many
                 pub fn #dereg_name(&self, #(#params),*) {
-                    self.server.deregister(&#module::#stat, &#array);
+                    self.server.deregister(&#module::#stat, #topic);
                 }
             }
         } else {
@@ -660,7 +679,7 @@ fn server(
     });
 
     let groups = spec.groups.iter().map(|g| {
-        let Topics { params, array, .. } = topics(&g.topics);
+        let Topics { params, topic } = topics(&g.topics);
         let reg_all = ident(&g.register_all_fn());
         let dereg_all = ident(&g.deregister_all_fn());
         let members: Vec<&MethodSpec> = g.members.iter().map(|&i| &spec.methods[i]).collect();
@@ -668,7 +687,7 @@ fn server(
             .iter()
             .map(|m| {
                 let stat = format_ident!("{}", m.static_name());
-                quote! { &#module::#stat }
+                quote! { #module::#stat.name() }
             })
             .collect();
         let list = members
@@ -701,13 +720,13 @@ fn server(
             #reg_doc
             #too_many
             pub async fn #reg_all(&self, #(#params),*) -> #psrpc::Result<()> {
-                self.server.register_all(&[#(#stats),*], &#array).await
+                self.server.register_all(&[#(#stats),*], #topic).await
             }
 
             #dereg_doc
             #too_many
             pub fn #dereg_all(&self, #(#params),*) {
-                self.server.deregister_all(&[#(#stats),*], &#array);
+                self.server.deregister_all(&[#(#stats),*], #topic);
             }
         }
     });

@@ -113,16 +113,6 @@ impl MethodOptions {
         }
     }
 
-    /// The four registration flags (see docs/PROTOCOL.md, "Unary calls and the claim handshake"):
-    /// `(affinity_enabled, multi, require_claim, queue)`.
-    pub(crate) fn flags(&self) -> (bool, bool, bool, bool) {
-        match self.routing {
-            Routing::Queue => (false, false, !self.single_server, true),
-            Routing::Affinity => (true, false, !self.single_server, false),
-            Routing::Multi => (false, true, false, false),
-        }
-    }
-
     /// Why these options cannot be generated, and how to fix them (`None`: valid).
     pub(crate) fn problem(&self) -> Option<String> {
         if let Some(n) = self.unknown_type {
@@ -201,7 +191,7 @@ mod tests {
         let o = MethodOptions::none();
         assert_eq!(o.routing, Routing::Queue);
         assert!(!o.subscription && !o.stream && !o.topics);
-        assert_eq!(o.flags(), (false, false, true, true));
+        assert!(!o.single_server);
         assert_eq!(o.problem(), None);
     }
 
@@ -212,12 +202,12 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(affinity.routing, Routing::Affinity);
-        assert_eq!(affinity.flags(), (true, false, true, false));
+        assert!(!affinity.single_server);
         let multi = opts(OptionsProto {
             r#type: 2,
             ..Default::default()
         });
-        assert_eq!(multi.flags(), (false, true, false, false));
+        assert_eq!(multi.routing, Routing::Multi);
         let single = opts(OptionsProto {
             topic_params: Some(TopicParamOptionsProto {
                 single_server: true,
@@ -225,12 +215,13 @@ mod tests {
             }),
             ..Default::default()
         });
-        assert_eq!(single.flags(), (false, false, false, true));
+        assert_eq!(single.routing, Routing::Queue);
+        assert!(single.single_server);
     }
 
     #[test]
     fn deprecated_oneof_presence_overrides_type() {
-        // Quirk Q11: `multi = false` still selects MULTI.
+        // As in Go, `multi = false` still selects MULTI: the field is present.
         for (routing, want) in [
             (DeprecatedRouting::Multi(false), Routing::Multi),
             (DeprecatedRouting::Multi(true), Routing::Multi),

@@ -114,7 +114,9 @@ fn messages_and_services_share_the_package_file() {
     assert!(code.contains("pub trait SvcServerImpl"));
     assert!(code.contains("pub struct SvcServer"));
     assert!(code.contains(r#"pub const SERVICE: &str = "Svc";"#));
-    assert!(code.contains(r#"::psrpc::MethodInfo::queue("Call")"#));
+    assert!(squash(code).contains(
+        r#"pubstaticCALL:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::queue("Call");"#
+    ));
     // The psrpc options themselves are not generated.
     assert!(!out.contains_key("psrpc.rs"));
 }
@@ -126,7 +128,7 @@ fn options_proto_is_importable_under_both_names() {
             .replace("psrpc/options.proto", import);
         let out = generate(&[("a.proto", &proto)]).unwrap();
         assert!(
-            out["test.pkg.rs"].contains(r#"::psrpc::MethodInfo::multi("Call")"#),
+            squash(&out["test.pkg.rs"]).contains(r#"::psrpc::Method::multi("Call")"#),
             "import {import:?}"
         );
     }
@@ -145,8 +147,8 @@ fn both_option_imports_compile_together() {
         out.keys().collect::<Vec<_>>(),
         ["go.style.rs", "test.pkg.rs"]
     );
-    assert!(out["go.style.rs"].contains(r#"MethodInfo::multi("Call")"#));
-    assert!(out["test.pkg.rs"].contains(r#"MethodInfo::affinity("Call")"#));
+    assert!(squash(&out["go.style.rs"]).contains(r#"Method::multi("Call")"#));
+    assert!(squash(&out["test.pkg.rs"]).contains(r#"Method::affinity("Call")"#));
 }
 
 #[test]
@@ -174,15 +176,15 @@ fn routing_flags_follow_the_options() {
     let out = generate(&[("a.proto", &proto)]).unwrap();
     let code = squash(&out["test.pkg.rs"]);
     for expected in [
-        r#"PLAIN:::psrpc::MethodInfo=::psrpc::MethodInfo::queue("Plain");"#,
-        r#"AFF:::psrpc::MethodInfo=::psrpc::MethodInfo::affinity("Aff");"#,
-        r#"ALL:::psrpc::MethodInfo=::psrpc::MethodInfo::multi("All");"#,
-        r#"DIRECT:::psrpc::MethodInfo=::psrpc::MethodInfo::queue("Direct").single_server();"#,
-        r#"DIRECT_AFF:::psrpc::MethodInfo=::psrpc::MethodInfo::affinity("DirectAff").single_server();"#,
-        // Quirk Q11: the presence of the deprecated `multi`, even false, selects MULTI.
-        r#"OLD_MULTI_FALSE:::psrpc::MethodInfo=::psrpc::MethodInfo::multi("OldMultiFalse");"#,
-        r#"OLD_AFFINITY:::psrpc::MethodInfo=::psrpc::MethodInfo::affinity("OldAffinity");"#,
-        r#"OLD_QUEUE:::psrpc::MethodInfo=::psrpc::MethodInfo::queue("OldQueue");"#,
+        r#"PLAIN:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::queue("Plain");"#,
+        r#"AFF:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::affinity("Aff");"#,
+        r#"ALL:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::multi("All");"#,
+        r#"DIRECT:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::queue("Direct").single_server();"#,
+        r#"DIRECT_AFF:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::affinity("DirectAff").single_server();"#,
+        // As in Go, the presence of the deprecated `multi`, even false, selects MULTI.
+        r#"OLD_MULTI_FALSE:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::multi("OldMultiFalse");"#,
+        r#"OLD_AFFINITY:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::affinity("OldAffinity");"#,
+        r#"OLD_QUEUE:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::queue("OldQueue");"#,
     ] {
         assert!(code.contains(expected), "missing {expected}");
     }
@@ -205,8 +207,8 @@ service Haberdasher_v1 {
     let out = generate(&[("a.proto", proto)]).unwrap();
     let code = squash(&out["my.pkg.v1.rs"]);
     assert!(code.contains(r#"pubconstSERVICE:&str="HaberdasherV1";"#));
-    assert!(code.contains(r#"MethodInfo::queue("MakeHatV1")"#));
-    assert!(code.contains(r#"MethodInfo::queue("GetStats")"#));
+    assert!(code.contains(r#"Method::queue("MakeHatV1")"#));
+    assert!(code.contains(r#"Method::queue("GetStats")"#));
     assert!(code.contains("pubstructHaberdasherV1Client"));
     assert!(code.contains("pubfnmake_hat_v1("));
     assert!(code.contains("pubfnget_stats("));
@@ -261,7 +263,7 @@ fn builder_knobs() {
     let code = &out["test.pkg.rs"];
     assert!(!code.contains("SvcClient"));
     assert!(code.contains("pub struct SvcServer"));
-    assert!(code.contains("crate::rt::MethodInfo::queue(\"Call\")"));
+    assert!(squash(code).contains("crate::rt::Method::queue(\"Call\")"));
     assert!(!code.contains("::psrpc::"));
     assert!(code.contains("#[derive(Default)]"));
     assert!(out.contains_key("all.rs"));
@@ -481,9 +483,9 @@ fn methods_named_like_the_module_items_are_renamed() {
     .unwrap();
     let code = squash(&out["test.pkg.rs"]);
     assert!(code.contains(
-        r#"pubstaticMETHODS_2:::psrpc::MethodInfo=::psrpc::MethodInfo::queue("Methods");"#
+        r#"pubstaticMETHODS_2:::psrpc::Method<super::Req,super::Res>=::psrpc::Method::queue("Methods");"#
     ));
-    assert!(code.contains(r#"pubstaticSERVICE_2:::psrpc::MethodInfo"#));
-    assert!(code.contains(r#"pubstaticFILE_DESCRIPTOR_SET_2:::psrpc::MethodInfo"#));
+    assert!(code.contains(r#"pubstaticSERVICE_2:::psrpc::Method<"#));
+    assert!(code.contains(r#"pubstaticFILE_DESCRIPTOR_SET_2:::psrpc::Method<"#));
     assert!(code.contains("pubstaticMETHODS:&[::psrpc::service::MethodDesc]=&["));
 }

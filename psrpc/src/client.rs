@@ -27,7 +27,7 @@ use crate::interceptor::{
     ClientInterceptor, ClientNext, ClientTerminal, MultiCallInterceptor, MultiInterceptor,
     MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
 };
-use crate::method::{SomeMethod, SomeSubscription};
+use crate::method::Method;
 use crate::select::{
     CallReceiver, CallSender, DEFAULT_SELECTION_TIMEOUT, Incoming, SelectFlags, Selected,
     SelectionOptions, call_queue, cancelled_opt, select_server, sleep_until_opt,
@@ -370,7 +370,7 @@ impl RpcClient {
     /// method's response type.
     pub fn unary<'a, Req, Res>(
         &'a self,
-        method: &'a (impl SomeMethod<Req, Res> + ?Sized),
+        method: &'a Method<Req, Res>,
         topic: impl Into<Topic>,
         req: Req,
     ) -> UnaryCall<'a, Req, Res>
@@ -380,7 +380,7 @@ impl RpcClient {
     {
         UnaryCall {
             client: self,
-            method: method.method_info(),
+            method: &method.info,
             topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
@@ -392,7 +392,7 @@ impl RpcClient {
     /// sends the request and gives a stream of per-server results.
     pub fn multi<'a, Req, Res>(
         &'a self,
-        method: &'a (impl SomeMethod<Req, Res> + ?Sized),
+        method: &'a Method<Req, Res>,
         topic: impl Into<Topic>,
         req: Req,
     ) -> MultiCall<'a, Req, Res>
@@ -402,7 +402,7 @@ impl RpcClient {
     {
         MultiCall {
             client: self,
-            method: method.method_info(),
+            method: &method.info,
             topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
@@ -417,7 +417,7 @@ impl RpcClient {
     /// timeout.
     pub fn stream<'a, S, R>(
         &'a self,
-        method: &'a (impl SomeMethod<S, R> + ?Sized),
+        method: &'a Method<S, R>,
         topic: impl Into<Topic>,
     ) -> StreamCall<'a, S, R>
     where
@@ -426,7 +426,7 @@ impl RpcClient {
     {
         StreamCall {
             client: self,
-            method: method.method_info(),
+            method: &method.info,
             topic: topic.into().into_parts(),
             opts: CallOptions::default(),
             _p: PhantomData,
@@ -437,15 +437,15 @@ impl RpcClient {
     /// receives the method's update type `T`: a fan-out subscription for
     /// multi methods (every subscriber gets every update), otherwise a queue
     /// subscription (one subscriber gets each update).
-    pub async fn subscribe<T>(
+    pub async fn subscribe<Req, T>(
         &self,
-        method: &(impl SomeSubscription<T> + ?Sized),
+        method: &Method<Req, T>,
         topic: impl Into<Topic>,
     ) -> Result<Subscription<T>>
     where
         T: Message + prost::Name + Default,
     {
-        let (method, topic) = (method.method_info(), topic.into());
+        let (method, topic) = (&method.info, topic.into());
         let topic = topic.parts();
         if self.is_closed() {
             return Err(Error::client_closed());
@@ -728,7 +728,7 @@ impl RpcClient {
             (req.request_id, bytes)
         };
         let (rx, guard) = self.register(&request_id)?;
-        // Quirk Q16: the client cannot know how many servers exist, so the
+        // As in Go, the client cannot know how many servers exist, so the
         // stream ends when the timeout (from the send) or the context ends.
         let deadline = call_deadline(t, opts);
         let chans = self.method_channels(method, topic);

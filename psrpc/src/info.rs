@@ -1,4 +1,5 @@
-//! What a call is: [`MethodInfo`] (routing flags), [`RpcInfo`] (one call's
+//! What a call is: the routing flags the runtime reads off a
+//! [`Method`](crate::Method), [`RpcInfo`] (one call's
 //! service, method and topic), [`Context`] (deadline, cancellation, incoming
 //! metadata) and [`DynMessage`] (a message seen through hooks).
 
@@ -17,24 +18,23 @@ pub type Metadata = BTreeMap<String, String>;
 /// How a method is routed on the wire (docs/PROTOCOL.md): the flags a
 /// [`Method`](crate::Method) carries for the runtime. Both peers must agree
 /// on them.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodInfo {
+pub(crate) struct MethodInfo {
     /// The method name on the wire (CamelCase of the proto name).
-    pub name: Cow<'static, str>,
+    pub(crate) name: Cow<'static, str>,
     /// Servers score each request with an affinity function.
-    pub affinity_enabled: bool,
+    pub(crate) affinity_enabled: bool,
     /// Every server answers.
-    pub multi: bool,
+    pub(crate) multi: bool,
     /// The claim handshake picks one server.
-    pub require_claim: bool,
+    pub(crate) require_claim: bool,
     /// Requests go to a bus queue (one server receives each).
-    pub queue: bool,
+    pub(crate) queue: bool,
 }
 
 impl MethodInfo {
     /// A queue-routed method (the default kind).
-    pub const fn queue(name: &'static str) -> Self {
+    pub(crate) const fn queue(name: &'static str) -> Self {
         MethodInfo {
             name: Cow::Borrowed(name),
             affinity_enabled: false,
@@ -45,7 +45,7 @@ impl MethodInfo {
     }
 
     /// An affinity-routed method.
-    pub const fn affinity(name: &'static str) -> Self {
+    pub(crate) const fn affinity(name: &'static str) -> Self {
         MethodInfo {
             name: Cow::Borrowed(name),
             affinity_enabled: true,
@@ -56,36 +56,13 @@ impl MethodInfo {
     }
 
     /// A multi method: every server answers.
-    pub const fn multi(name: &'static str) -> Self {
+    pub(crate) const fn multi(name: &'static str) -> Self {
         MethodInfo {
             name: Cow::Borrowed(name),
             affinity_enabled: false,
             multi: true,
             require_claim: false,
             queue: false,
-        }
-    }
-
-    /// The same method without the claim handshake (`topic_params.single_server`).
-    pub const fn single_server(mut self) -> Self {
-        self.require_claim = false;
-        self
-    }
-
-    /// A method with explicit flags and an owned name.
-    pub fn new(
-        name: impl Into<Cow<'static, str>>,
-        affinity_enabled: bool,
-        multi: bool,
-        require_claim: bool,
-        queue: bool,
-    ) -> Self {
-        MethodInfo {
-            name: name.into(),
-            affinity_enabled,
-            multi,
-            require_claim,
-            queue,
         }
     }
 }

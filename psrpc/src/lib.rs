@@ -31,22 +31,14 @@ pub use client::{
 };
 pub use codec::CompressionOptions;
 pub use error::{Error, ErrorCode, GrpcCode, Result};
-#[doc(hidden)]
-pub use info::MethodInfo;
 pub use info::{
     BoxMessage, Context, DynMessage, IncomingHeader, Metadata, RpcInfo, downcast_message,
 };
 pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
 pub use method::{Method, Routing};
-#[doc(hidden)]
-pub use method::{MethodName, SomeMethod, SomeSubscription};
 pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
-#[doc(hidden)]
-pub use server::AffinityFn;
 pub use server::{ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
-#[doc(hidden)]
-pub use stream::StreamAffinityFn;
 pub use stream::{ClientStream, ServerStream, StreamLiveness, StreamSender};
 pub use topic::Topic;
 

@@ -110,18 +110,25 @@ impl<Req, Res> Method<Req, Res> {
 
     /// How its requests are routed.
     pub fn routing(&self) -> Routing {
-        if self.info.multi {
-            Routing::Multi
-        } else if self.info.affinity_enabled {
-            Routing::Affinity
-        } else {
-            Routing::Queue
-        }
+        self.info.routing()
     }
 
     /// Whether it skips the claim handshake (never true of a multi method).
     pub fn is_single_server(&self) -> bool {
         !self.info.multi && !self.info.require_claim
+    }
+}
+
+impl MethodInfo {
+    /// The routing these flags describe.
+    pub(crate) fn routing(&self) -> Routing {
+        if self.multi {
+            Routing::Multi
+        } else if self.affinity_enabled {
+            Routing::Affinity
+        } else {
+            Routing::Queue
+        }
     }
 }
 
@@ -148,71 +155,6 @@ impl<Req, Res> fmt::Debug for Method<Req, Res> {
             .field("req", &std::any::type_name::<Req>())
             .field("res", &std::any::type_name::<Res>())
             .finish()
-    }
-}
-
-/// Interim (generated code until the generator emits [`Method`]s): what the
-/// call, subscribe and publish functions accept, a [`Method`] or a bare
-/// method description.
-#[doc(hidden)]
-pub trait SomeMethod<Req, Res> {
-    /// The wire description.
-    #[doc(hidden)]
-    fn method_info(&self) -> &MethodInfo;
-}
-
-impl<Req, Res> SomeMethod<Req, Res> for Method<Req, Res> {
-    fn method_info(&self) -> &MethodInfo {
-        &self.info
-    }
-}
-
-impl<Req, Res> SomeMethod<Req, Res> for MethodInfo {
-    fn method_info(&self) -> &MethodInfo {
-        self
-    }
-}
-
-/// Interim (generated code until the generator emits [`Method`]s): what
-/// subscribe and publish accept, a [`Method`] of update type `T` or a bare
-/// method description.
-#[doc(hidden)]
-pub trait SomeSubscription<T> {
-    /// The wire description.
-    #[doc(hidden)]
-    fn method_info(&self) -> &MethodInfo;
-}
-
-impl<Req, T> SomeSubscription<T> for Method<Req, T> {
-    fn method_info(&self) -> &MethodInfo {
-        &self.info
-    }
-}
-
-impl<T> SomeSubscription<T> for MethodInfo {
-    fn method_info(&self) -> &MethodInfo {
-        self
-    }
-}
-
-/// Interim (generated code until the generator emits [`Method`]s): what
-/// `deregister` accepts, a [`Method`] or a method name.
-#[doc(hidden)]
-pub trait MethodName {
-    /// The method name on the wire.
-    #[doc(hidden)]
-    fn method_name(&self) -> &str;
-}
-
-impl<Req, Res> MethodName for Method<Req, Res> {
-    fn method_name(&self) -> &str {
-        &self.info.name
-    }
-}
-
-impl MethodName for Cow<'static, str> {
-    fn method_name(&self) -> &str {
-        self
     }
 }
 

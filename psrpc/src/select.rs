@@ -333,7 +333,7 @@ pub(crate) async fn select_server(
     if count > 0 {
         return Err(Error::no_servers_available(count));
     }
-    // Quirk Q6: unavailable even when the call deadline is what ended
+    // As in Go: unavailable even when the call deadline is what ended
     // selection; kept so that callers see the same code from Rust and Go.
     Err(Error::no_response())
 }
@@ -516,7 +516,7 @@ mod tests {
             .unwrap();
         assert_eq!(e, Error::no_response());
 
-        // affinity 0 never wins with the default selector (Q5)
+        // affinity 0 never wins with the default selector (as in Go)
         let (tx, mut rx) = call_queue(4);
         assert!(tx.try_send(claim("z", 0.0)).is_ok());
         let opts = SelectionOptions::affinity_defaults(DEFAULT_SELECTION_TIMEOUT);

@@ -22,11 +22,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
 use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
-use crate::method::{Method, MethodName, SomeSubscription};
+use crate::method::Method;
 use crate::route::{OpenAffinityFn, RequestAffinityFn, Route, StreamOpen, StreamRoute};
-use crate::stream::{
-    self, ServerStream, StreamAffinityFn, StreamLiveness, StreamParams, StreamTable,
-};
+use crate::stream::{self, ServerStream, StreamLiveness, StreamParams, StreamTable};
 use crate::topic::Topic;
 use crate::wire::{
     self, ClaimRequest, ClaimResponse, Envelope, Request, Response, StreamAck, StreamBody,
@@ -197,11 +195,6 @@ pub trait RequestObserver: Send + Sync + 'static {
     /// server did not bid (negative affinity) or the bid was not sent.
     fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
 }
-
-/// Interim (generated code until the generator emits [`Method`]s): the
-/// affinity function [`register_handler`](RpcServer::register_handler) takes.
-#[doc(hidden)]
-pub type AffinityFn<Req> = Arc<dyn Fn(&Req) -> f32 + Send + Sync>;
 
 /// What every handler task of a server shares.
 struct Core {
@@ -568,46 +561,6 @@ impl RpcServer {
         StreamRoute::new(self, method)
     }
 
-    /// Interim entry point of generated code (until the generator emits
-    /// [`Method`]s): [`route`](Self::route) for a bare method description.
-    #[doc(hidden)]
-    pub async fn register_handler<Req, Res, H, Fut>(
-        &self,
-        method: &MethodInfo,
-        topic: &[String],
-        handler: H,
-        affinity: Option<AffinityFn<Req>>,
-    ) -> Result<()>
-    where
-        Req: Message + Default + Clone + 'static,
-        Res: Message + Clone + 'static,
-        H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Res>> + Send + 'static,
-    {
-        self.register_unary(method, topic, handler, affinity).await
-    }
-
-    /// Interim entry point of generated code (until the generator emits
-    /// [`Method`]s): [`stream_route`](Self::stream_route) for a bare method
-    /// description, with an affinity function that does not see the open.
-    #[doc(hidden)]
-    pub async fn register_stream_handler<S, R, H, Fut>(
-        &self,
-        method: &MethodInfo,
-        topic: &[String],
-        handler: H,
-        affinity: Option<StreamAffinityFn>,
-    ) -> Result<()>
-    where
-        S: Message + Clone + 'static,
-        R: Message + Default + Clone + 'static,
-        H: Fn(ServerStream<S, R>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<()>> + Send + 'static,
-    {
-        let affinity = affinity.map(|f| Arc::new(move |_: &StreamOpen<'_>| f()) as OpenAffinityFn);
-        self.register_stream(method, topic, handler, affinity).await
-    }
-
     /// Registers `handler` for `method` on `topic` (empty: no topic) and
     /// returns once its subscriptions are in effect (see [`Route`]).
     pub(crate) async fn register_unary<Req, Res, H, Fut>(
@@ -844,9 +797,12 @@ impl RpcServer {
     /// Stops serving `method` on `topic`, without waiting for its in-flight
     /// requests (like [`kill`](Self::kill), for one handler). Unknown
     /// handlers are ignored.
-    pub fn deregister<M: MethodName + ?Sized>(&self, method: &M, topic: impl Into<Topic>) {
-        let (method, topic) = (method.method_name(), topic.into());
-        let topic = topic.parts();
+    pub fn deregister<Req, Res>(&self, method: &Method<Req, Res>, topic: impl Into<Topic>) {
+        self.deregister_name(method.name(), topic.into().parts());
+    }
+
+    /// [`deregister`](Self::deregister) by wire name.
+    pub(crate) fn deregister_name(&self, method: &str, topic: &[String]) {
         if let Some(d) = &self.inner.discovery {
             d.deregistered(method, topic);
         }
@@ -871,13 +827,13 @@ impl RpcServer {
 
     /// Publishes `msg` for the subscription method `method` on `topic`: every
     /// subscriber (multi) or one subscriber (queue) receives it.
-    pub async fn publish<T: Message + prost::Name>(
+    pub async fn publish<Req, T: Message + prost::Name>(
         &self,
-        method: &(impl SomeSubscription<T> + ?Sized),
+        method: &Method<Req, T>,
         topic: impl Into<Topic>,
         msg: &T,
     ) -> Result<()> {
-        let (method, topic) = (method.method_info(), topic.into());
+        let (method, topic) = (&method.info, topic.into());
         let topic = topic.parts();
         let core = &self.inner.core;
         let make = || channels::rpc_channel(&core.service, &method.name, topic, method.queue);

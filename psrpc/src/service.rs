@@ -8,11 +8,13 @@
 //! The table is public so tools can list a service's methods:
 //!
 //! ```
-//! use psrpc::service::{MethodDesc, MethodKind, Routing};
-//! use psrpc::MethodInfo;
+//! use psrpc::service::{MethodDesc, MethodKind};
+//! use psrpc::{Method, Routing};
+//! # #[derive(Clone, PartialEq, prost::Message)] struct Key {}
+//! # #[derive(Clone, PartialEq, prost::Message)] struct Value {}
 //!
-//! static GET: MethodInfo = MethodInfo::queue("Get");
-//! static WATCH: MethodInfo = MethodInfo::multi("Watch");
+//! static GET: Method<Key, Value> = Method::queue("Get");
+//! static WATCH: Method<Key, Value> = Method::multi("Watch");
 //! static METHODS: &[MethodDesc] = &[
 //!     MethodDesc::new(&GET, MethodKind::Unary, &[]),
 //!     MethodDesc::new(&WATCH, MethodKind::Subscription, &["room"]),
@@ -29,9 +31,11 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use crate::info::MethodInfo;
+
 use crate::{
-    AffinityFn, Context, Error, MessageBus, MethodInfo, Result, RpcServer, ServerOptions,
-    ServerStream, StreamAffinityFn,
+    Context, Error, MessageBus, Method, Result, RpcServer, ServerOptions, ServerStream, StreamOpen,
+    Topic,
 };
 
 /// A boxed future that is `Send` (the return type of [`Service::register`]).
@@ -50,38 +54,15 @@ pub enum MethodKind {
     Subscription,
 }
 
-/// How requests of a method find their servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Routing {
-    /// One server, picked by the bus queue.
-    Queue,
-    /// One server, picked by the servers' affinity scores.
-    Affinity,
-    /// Every server (every subscriber, for a subscription).
-    Multi,
-}
-
-impl Routing {
-    /// The routing of `info`'s flags.
-    pub fn of(info: &MethodInfo) -> Routing {
-        if info.multi {
-            Routing::Multi
-        } else if info.affinity_enabled {
-            Routing::Affinity
-        } else {
-            Routing::Queue
-        }
-    }
-}
+pub use crate::method::Routing;
 
 /// One method of a generated service: its wire description, its kind and
 /// its topic parameters. Generated tables list every method of the service,
 /// in proto order.
 #[derive(Debug, Clone, Copy)]
 pub struct MethodDesc {
-    /// The wire name and routing flags (the static the generic client and
-    /// server API take).
-    pub info: &'static MethodInfo,
+    /// The wire name and routing flags of the method's static.
+    info: &'static MethodInfo,
     /// What kind of call the method is.
     pub kind: MethodKind,
     /// The names of its topic parameters, in order, as written in the proto
@@ -91,14 +72,14 @@ pub struct MethodDesc {
 }
 
 impl MethodDesc {
-    /// A method description (generated code builds these in a `static`).
-    pub const fn new(
-        info: &'static MethodInfo,
+    /// A description of `method` (generated code builds these in a `static`).
+    pub const fn new<Req, Res>(
+        method: &'static Method<Req, Res>,
         kind: MethodKind,
         topic_params: &'static [&'static str],
     ) -> Self {
         MethodDesc {
-            info,
+            info: &method.info,
             kind,
             topic_params,
         }
@@ -112,7 +93,7 @@ impl MethodDesc {
 
     /// How its requests (or updates) find their servers (or subscribers).
     pub fn routing(&self) -> Routing {
-        Routing::of(self.info)
+        self.info.routing()
     }
 
     /// Whether it skips the claim handshake (`topic_params.single_server`):
@@ -197,20 +178,20 @@ impl<'a, S: ?Sized + Send + Sync + 'static> Registration<'a, S> {
         };
         let affinity = affinity.map(|a| {
             let svc = Arc::clone(self.svc);
-            Arc::new(move |req: &Req| a(&*svc, req)) as AffinityFn<Req>
+            Arc::new(move |req: &Req| a(&*svc, req)) as crate::route::RequestAffinityFn<Req>
         });
         Box::pin(
             self.server
-                .register_handler(self.method.info, self.topic, serve, affinity),
+                .register_unary(self.method.info, self.topic, serve, affinity),
         )
     }
 
     /// Registers a stream method served by `handler`, claiming streams
-    /// with `affinity` (affinity methods only).
+    /// with `affinity`, which sees each open (affinity methods only).
     pub fn stream<Out, In>(
         self,
         handler: StreamFn<S, Out, In>,
-        affinity: Option<fn(&S) -> f32>,
+        affinity: Option<fn(&S, &StreamOpen<'_>) -> f32>,
     ) -> BoxFuture<'a, Result<()>>
     where
         Out: Message + Clone + 'static,
@@ -223,11 +204,11 @@ impl<'a, S: ?Sized + Send + Sync + 'static> Registration<'a, S> {
         };
         let affinity = affinity.map(|a| {
             let svc = Arc::clone(self.svc);
-            Arc::new(move || a(&*svc)) as StreamAffinityFn
+            Arc::new(move |open: &StreamOpen<'_>| a(&*svc, open)) as crate::route::OpenAffinityFn
         });
         Box::pin(
             self.server
-                .register_stream_handler(self.method.info, self.topic, serve, affinity),
+                .register_stream(self.method.info, self.topic, serve, affinity),
         )
     }
 
@@ -306,17 +287,10 @@ impl<S: ?Sized + Service> ServiceServer<S> {
         &self.svc
     }
 
-    fn desc(method: &MethodInfo) -> Result<&'static MethodDesc> {
-        S::METHODS
-            .iter()
-            .find(|m| m.info.name == method.name)
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "{}: no such method in service {}",
-                    method.name,
-                    S::NAME
-                ))
-            })
+    fn desc(name: &str) -> Result<&'static MethodDesc> {
+        S::METHODS.iter().find(|m| m.name() == name).ok_or_else(|| {
+            Error::not_found(format!("{name}: no such method in service {}", S::NAME))
+        })
     }
 
     async fn register_desc(&self, method: &MethodDesc, topic: &[String]) -> Result<()> {
@@ -335,27 +309,38 @@ impl<S: ?Sized + Service> ServiceServer<S> {
         .await
     }
 
-    /// Serves `method` on `topic` (empty: no topic); returns once requests
+    /// Serves `method` on `topic` (`()`: no topic); returns once requests
     /// on it reach this server. Fails with `already_exists` when it is
     /// served already, `not_found` when the service has no such method.
-    pub async fn register(&self, method: &MethodInfo, topic: &[String]) -> Result<()> {
-        self.register_desc(Self::desc(method)?, topic).await
+    pub async fn register<Req, Res>(
+        &self,
+        method: &Method<Req, Res>,
+        topic: impl Into<Topic>,
+    ) -> Result<()> {
+        let topic = topic.into();
+        self.register_desc(Self::desc(method.name())?, topic.parts())
+            .await
     }
 
     /// Stops serving `method` on `topic`, without waiting for the requests
     /// in flight.
-    pub fn deregister(&self, method: &MethodInfo, topic: &[String]) {
-        self.server.deregister(&method.name, topic);
+    pub fn deregister<Req, Res>(&self, method: &Method<Req, Res>, topic: impl Into<Topic>) {
+        self.server.deregister(method, topic);
     }
 
-    /// Serves every one of `methods` on `topic`, all or nothing: when one
-    /// registration fails, those already made are undone and its error is
-    /// returned.
-    pub async fn register_all(&self, methods: &[&MethodInfo], topic: &[String]) -> Result<()> {
-        for (k, m) in methods.iter().enumerate() {
-            if let Err(e) = self.register(m, topic).await {
+    /// Serves every one of the methods named `methods` (wire names) on
+    /// `topic`, all or nothing: when one registration fails, those already
+    /// made are undone and its error is returned.
+    pub async fn register_all(&self, methods: &[&str], topic: impl Into<Topic>) -> Result<()> {
+        let topic = topic.into();
+        for (k, name) in methods.iter().enumerate() {
+            let done = match Self::desc(name) {
+                Ok(m) => self.register_desc(m, topic.parts()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
                 for done in methods[..k].iter().rev() {
-                    self.deregister(done, topic);
+                    self.server.deregister_name(done, topic.parts());
                 }
                 return Err(e);
             }
@@ -363,18 +348,19 @@ impl<S: ?Sized + Service> ServiceServer<S> {
         Ok(())
     }
 
-    /// Stops serving every one of `methods` on `topic`.
-    pub fn deregister_all(&self, methods: &[&MethodInfo], topic: &[String]) {
-        for m in methods {
-            self.deregister(m, topic);
+    /// Stops serving every one of the methods named `methods` on `topic`.
+    pub fn deregister_all(&self, methods: &[&str], topic: impl Into<Topic>) {
+        let topic = topic.into();
+        for name in methods {
+            self.server.deregister_name(name, topic.parts());
         }
     }
 
     /// Publishes `msg` for the subscription `method` on `topic`.
-    pub async fn publish<T: Message + prost::Name>(
+    pub async fn publish<Req, T: Message + prost::Name>(
         &self,
-        method: &MethodInfo,
-        topic: &[String],
+        method: &Method<Req, T>,
+        topic: impl Into<Topic>,
         msg: &T,
     ) -> Result<()> {
         self.server.publish(method, topic, msg).await

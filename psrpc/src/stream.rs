@@ -199,11 +199,6 @@ pub fn presence_channel(service: &str, stream_id: &str, client_end: bool) -> Cha
     }
 }
 
-/// Interim (generated code until the generator emits `Method`s): the
-/// affinity function `register_stream_handler` takes.
-#[doc(hidden)]
-pub type StreamAffinityFn = Arc<dyn Fn() -> f32 + Send + Sync>;
-
 /// The open streams of a client, or of one server stream handler, by id.
 pub(crate) type StreamTable = Mutex<id::IdBytesMap<Arc<dyn StreamEntry>>>;
 

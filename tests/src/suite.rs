@@ -493,7 +493,7 @@ pub async fn rpc_no_server_unavailable(f: &dyn BusFactory) {
         took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "{took:?}"
     );
-    // Even when the call deadline is shorter than the selection timeout (Q6).
+    // Even when the call deadline is shorter than the selection timeout.
     let e = c
         .unary(&INTENSIVE_RPC, (), Num::default())
         .timeout(Duration::from_millis(200))
