@@ -349,7 +349,7 @@ pub async fn subscribe(g: &Global, a: SubscribeArgs) -> CliResult<u8> {
         &method.service,
         &info,
         &topic,
-        a.queue && info.routing() == psrpc::Routing::Queue,
+        a.queue && info.routing() == Routing::Queue,
     )
     .await?;
     if g.verbose {

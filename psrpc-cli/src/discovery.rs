@@ -150,7 +150,7 @@ pub fn proto_text(schema: &Schema, service: &ServiceDescriptor) -> String {
         let mut opts = Vec::new();
         match m.routing {
             crate::schema::Routing::Queue => {}
-            r => opts.push(format!("type = {}", r.as_str())),
+            r => opts.push(format!("type = {}", crate::schema::routing_name(r))),
         }
         if m.subscription {
             opts.push("subscription = true".into());

@@ -28,25 +28,15 @@ impl FileResolver for BuiltinOptions {
     }
 }
 
-/// How a method is routed, from its psrpc options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routing {
-    /// One server (bus queue, claim handshake).
-    Queue,
-    /// One server chosen by affinity.
-    Affinity,
-    /// Every server answers.
-    Multi,
-}
+/// How a method is routed, from its psrpc options (the runtime's enum).
+pub use psrpc::Routing;
 
-impl Routing {
-    /// The proto name of the routing.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Routing::Queue => "QUEUE",
-            Routing::Affinity => "AFFINITY",
-            Routing::Multi => "MULTI",
-        }
+/// The proto name of a routing (`QUEUE`, `AFFINITY`, `MULTI`).
+pub fn routing_name(r: Routing) -> &'static str {
+    match r {
+        Routing::Queue => "QUEUE",
+        Routing::Affinity => "AFFINITY",
+        Routing::Multi => "MULTI",
     }
 }
 
@@ -76,12 +66,7 @@ pub struct Method {
 impl Method {
     /// The runtime's descriptor of the method, on raw messages.
     pub fn info(&self) -> crate::rt::DynMethod {
-        let routing = match self.routing {
-            Routing::Queue => psrpc::Routing::Queue,
-            Routing::Affinity => psrpc::Routing::Affinity,
-            Routing::Multi => psrpc::Routing::Multi,
-        };
-        let m = psrpc::Method::dynamic(self.name.clone(), routing);
+        let m = psrpc::Method::dynamic(self.name.clone(), self.routing);
         if self.single_server {
             m.single_server()
         } else {

@@ -18,7 +18,7 @@ async fn discovery(broker: Broker) {
     let other = RpcServer::new(broker.connect().await, "Other", server_options("srv-b"));
     other
         .route(&UNARY)
-        .topic(&["x".to_string()])
+        .topic("x")
         .handle(|_ctx: psrpc::Context, r: Req| async move {
             Ok(Res {
                 seq: r.seq,

@@ -69,7 +69,7 @@ async fn client_user_calls_but_cannot_serve() {
     );
     let registered = rogue
         .route(&security::SAY_HELLO)
-        .topic(&["rogue".to_owned()])
+        .topic("rogue")
         .handle(|_c: Context, _r: Num| async move { Ok(Num::default()) })
         .await;
     eprintln!("registering as the client user: {registered:?}");

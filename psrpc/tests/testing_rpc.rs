@@ -48,7 +48,7 @@ async fn call(client: &RpcClient, m: &Method<Echo, Echo>, text: &str) -> psrpc::
     let res: Echo = client
         .unary(
             m,
-            vec![],
+            (),
             Echo {
                 text: text.to_owned(),
             },

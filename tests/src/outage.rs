@@ -163,9 +163,9 @@ pub async fn default_retry_policy_retries_an_outage(
         .await
         .expect("client");
     let call = |n| {
-        client.unary::<Num, Num>(
+        client.unary(
             &crate::my_service::NORMAL_RPC,
-            vec![],
+            (),
             Num {
                 n,
                 text: String::new(),

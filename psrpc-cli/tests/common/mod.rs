@@ -141,7 +141,7 @@ pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, R
     bench.route(&MULTI).handle(echo(id.into())).await.unwrap();
     bench
         .route(&TOPIC_UNARY)
-        .topic(&["t1".to_string()])
+        .topic("t1")
         .handle(echo(id.into()))
         .await
         .unwrap();
