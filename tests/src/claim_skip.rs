@@ -62,6 +62,27 @@ impl Events {
     fn all(&self) -> Vec<Event> {
         self.0.lock().unwrap().clone()
     }
+    /// How many claims settled, whatever the outcome.
+    pub(crate) fn decided(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Claim(..)))
+            .count()
+    }
+    /// How many requests were read off the bus, of any method.
+    pub(crate) fn received_any(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Received(_)))
+            .count()
+    }
+    /// How many requests arrived expired, of any method.
+    pub(crate) fn expired_any(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Expired(..)))
+            .count()
+    }
     fn claims(&self, method: &str, outcome: ClaimOutcome) -> usize {
         self.all()
             .iter()

@@ -168,6 +168,16 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// Waits `d`, to show that something does *not* happen by giving it time
+/// to. This is the one wait in the suite that is not for a condition: use
+/// it only where no later event can prove the absence (for example that no
+/// second member of a bus queue group also gets a message: the bus tells
+/// the others nothing), and say at the call why. Everything else waits for
+/// what it asserts with [`eventually`].
+pub async fn quiet_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
 /// A server of `MyService` on `bus` whose `NormalRPC` answers with the
 /// request's number and the server's id as text.
 pub async fn echo_server(

@@ -349,7 +349,8 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
     .expect("client");
     let mut st = open(&c).await;
     assert_eq!(st.recv().await.expect("first").n, 0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing would tell us that the client decided not to end the stream.
+    crate::quiet_for(Duration::from_secs(3)).await;
     assert!(st.err().is_none(), "ended: {:?}", st.err());
     st.send(Num {
         n: 7,
@@ -384,7 +385,9 @@ pub async fn one_watched_stream(bus: DynBus) {
     .expect("client");
     let mut st = open(&c).await;
     assert_eq!(st.recv().await.expect("first").n, 0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The stream runs, both ends watching, long enough for many rounds of
+    // watching traffic (twenty intervals) and four times `dead_after`.
+    crate::quiet_for(Duration::from_secs(2)).await;
     assert!(st.err().is_none(), "ended: {:?}", st.err());
     st.close(None).await.expect("close");
     s.shutdown().await;
