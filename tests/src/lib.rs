@@ -38,11 +38,10 @@ pub trait BusFactory: Send + Sync {
     fn name(&self) -> &str;
     /// A connection to the bus under test.
     async fn connect(&self) -> DynBus;
-    /// How long to wait after subscribing before a message sent by another
-    /// connection is sure to be heard (zero when subscribe awaits readiness).
-    fn settle(&self) -> Duration {
-        Duration::ZERO
-    }
+    /// Waits, after subscribing, until a message sent by another connection
+    /// is sure to be heard: it returns once that is so, never after a set
+    /// time (at once where subscribe awaits readiness, as on one broker).
+    async fn settle(&self) {}
     /// The options the suite's servers start from.
     fn server_options(&self) -> ServerOptions {
         ServerOptions::default()
@@ -62,8 +61,8 @@ impl<F: BusFactory> BusFactory for SkipClaim<F> {
     async fn connect(&self) -> DynBus {
         self.0.connect().await
     }
-    fn settle(&self) -> Duration {
-        self.0.settle()
+    async fn settle(&self) {
+        self.0.settle().await
     }
     fn server_options(&self) -> ServerOptions {
         self.0.server_options().skip_claim(|| true)

@@ -75,10 +75,7 @@ async fn client_with(f: &dyn BusFactory, service: &str, opts: ClientOptions) -> 
 }
 
 pub(crate) async fn settle(f: &dyn BusFactory) {
-    let d = f.settle();
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
+    f.settle().await;
 }
 
 pub(crate) fn topic(t: &[&str]) -> Vec<String> {
