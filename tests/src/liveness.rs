@@ -329,15 +329,16 @@ pub fn fast() -> psrpc::StreamLiveness {
     psrpc::StreamLiveness::new(Duration::from_millis(100), Duration::from_millis(500))
 }
 
-/// A peer that never subscribes a presence channel (as a Go peer: here a
-/// server with watching off) is never taken for dead: after many times
-/// `dead_after`, the stream still works both ways. The client watches
-/// fast. Proving an absence needs a wait: 3 s, six times `dead_after`.
-pub async fn peer_without_presence_is_kept(bus: DynBus) {
+/// A [`LIVE`] stream from a client that watches fast to a server that
+/// watches as `server` says, open and its first message read.
+async fn fast_watched_stream(
+    bus: DynBus,
+    server: psrpc::StreamLiveness,
+) -> (RpcServer, RpcClient, psrpc::ClientStream<Num, Num>) {
     let s = RpcServer::new(
         bus.clone(),
         SERVICE,
-        ServerOptions::default().stream_liveness(psrpc::StreamLiveness::disabled()),
+        ServerOptions::default().stream_liveness(server),
     );
     register_pusher(&s, None).await;
     let c = RpcClient::new(
@@ -349,6 +350,15 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
     .expect("client");
     let mut st = open(&c).await;
     assert_eq!(st.recv().await.expect("first").n, 0);
+    (s, c, st)
+}
+
+/// A peer that never subscribes a presence channel (as a Go peer: here a
+/// server with watching off) is never taken for dead: after many times
+/// `dead_after`, the stream still works both ways. The client watches
+/// fast. Proving an absence needs a wait: 3 s, six times `dead_after`.
+pub async fn peer_without_presence_is_kept(bus: DynBus) {
+    let (s, _c, mut st) = fast_watched_stream(bus, psrpc::StreamLiveness::disabled()).await;
     // Nothing would tell us that the client decided not to end the stream.
     crate::quiet_for(Duration::from_secs(3)).await;
     assert!(st.err().is_none(), "ended: {:?}", st.err());
@@ -370,21 +380,7 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
 /// Runs one stream for 2 s with both ends watching fast, then closes it:
 /// what a bus spy sees of it must be only psrpc envelopes.
 pub async fn one_watched_stream(bus: DynBus) {
-    let s = RpcServer::new(
-        bus.clone(),
-        SERVICE,
-        ServerOptions::default().stream_liveness(fast()),
-    );
-    register_pusher(&s, None).await;
-    let c = RpcClient::new(
-        bus,
-        SERVICE,
-        psrpc::ClientOptions::default().stream_liveness(fast()),
-    )
-    .await
-    .expect("client");
-    let mut st = open(&c).await;
-    assert_eq!(st.recv().await.expect("first").n, 0);
+    let (s, _c, st) = fast_watched_stream(bus, fast()).await;
     // The stream runs, both ends watching, long enough for many rounds of
     // watching traffic (twenty intervals) and four times `dead_after`.
     crate::quiet_for(Duration::from_secs(2)).await;

@@ -83,7 +83,7 @@ pub(crate) fn topic(t: &[&str]) -> Vec<String> {
 }
 
 /// Registers a handler that counts calls and answers `Num { text: server id }`.
-async fn counting(s: &RpcServer, m: &MethodInfo, t: &[String], count: Arc<AtomicUsize>) {
+pub(crate) async fn counting(s: &RpcServer, m: &MethodInfo, t: &[String], count: Arc<AtomicUsize>) {
     let id = s.id().to_owned();
     s.register_handler(
         m,
