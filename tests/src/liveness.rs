@@ -389,6 +389,7 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
     register_pusher(&s, Some(events_tx)).await;
     let rt = peer_runtime();
     let client_bus = bus;
+    let (leaked_tx, leaked) = tokio::sync::oneshot::channel();
     rt.spawn(async move {
         let c = RpcClient::new(client_bus, SERVICE, Default::default())
             .await
@@ -397,7 +398,14 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
         st.send(Num::default()).await.expect("send");
         std::mem::forget(st);
         std::mem::forget(c);
+        let _ = leaked_tx.send(());
     });
+    // Killed before it leaks them, the client's stream would be dropped
+    // and say goodbye (`canceled`), which is not what a dead process does.
+    tokio::time::timeout(DEADLINE, leaked)
+        .await
+        .expect("the client leaks its stream in time")
+        .expect("the client task ran");
     let took = server_sees_end(&mut events, &found, || kill_runtime(rt)).await;
     s.shutdown().await;
     took
