@@ -170,7 +170,16 @@ pub(crate) async fn client_rows(
         let mut bcast = Resub::open(&client, &BROADCAST, std::slice::from_ref(&args.topic)).await?;
         let name = "sub trigger->event+bcast seq";
         eprintln!("running {name} ...");
-        let s = run_sub_trigger(&client, &mut events, &mut bcast, &args.topic, d).await;
+        // Both sub rows run as tasks, as every other row's callers do: run
+        // on the main thread (not a runtime worker), each operation paid
+        // two wake-ups across threads that no caller in a service pays.
+        let (c, topic) = (client.clone(), args.topic.clone());
+        let (s, mut events) = tokio::spawn(async move {
+            let s = run_sub_trigger(&c, &mut events, &mut bcast, &topic, d).await;
+            (s, events)
+        })
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
         add_row(
             &mut rows,
             &mut floors,
@@ -183,7 +192,10 @@ pub(crate) async fn client_rows(
         )
         .await?;
         eprintln!("running sub burst ...");
-        let s = run_sub_burst(&client, &mut events, args.burst(), d).await;
+        let (c, burst) = (client.clone(), args.burst());
+        let s = tokio::spawn(async move { run_sub_burst(&c, &mut events, burst, d).await })
+            .await
+            .map_err(|e| format!("sub burst: {e}"))?;
         let kind = FloorKind::Stream { n: args.burst() };
         add_row(
             &mut rows,

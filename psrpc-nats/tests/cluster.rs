@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use psrpc::bus::DynBus;
 use psrpc_nats::NatsBus;
 use psrpc_tests::BusFactory;
@@ -57,9 +59,42 @@ impl BusFactory for ClusterFactory {
     }
 
     /// A subscription is confirmed by the node it was made on; the other
-    /// nodes learn of it over the routes a moment later.
-    fn settle(&self) -> Duration {
-        Duration::from_millis(50)
+    /// nodes learn of it over the routes a moment later, in the order the
+    /// node took the subscriptions. So a probe subscribed on a node now,
+    /// once heard from another node, shows that the other node knows of
+    /// every subscription made on this one before it; one probe per pair.
+    async fn settle(&self) {
+        let nodes = nodes();
+        for (i, a) in nodes.iter().enumerate() {
+            let here = async_nats::connect(a.url()).await.expect("connect");
+            for b in nodes.iter().take(i).chain(nodes.iter().skip(i + 1)) {
+                // A probe of its own per pair of nodes: a late copy of an
+                // earlier probe cannot stand in for this one.
+                let subject = format!("{}.settle.{}", self.prefix, psrpc::id::new_id(""));
+                let mut probe = here.subscribe(subject.clone()).await.expect("probe");
+                here.flush().await.expect("flush");
+                let there = async_nats::connect(b.url()).await.expect("connect");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    there
+                        .publish(subject.clone(), "".into())
+                        .await
+                        .expect("publish");
+                    there.flush().await.expect("flush");
+                    if tokio::time::timeout(Duration::from_millis(20), probe.next())
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "node {} never learned of subscriptions on node {i}",
+                        b.url()
+                    );
+                }
+            }
+        }
     }
 }
 

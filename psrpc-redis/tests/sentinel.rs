@@ -10,7 +10,8 @@ use psrpc::{ClientOptions, Context, Method, RpcClient, RpcServer, ServerOptions}
 use psrpc_redis::RedisBus;
 use psrpc_tests::Num;
 
-use common::{RedisServer, Sentinel, cli, wait_for};
+use common::{RedisServer, Sentinel, cli};
+use psrpc_tests::eventually;
 
 const ECHO: Method<Num, Num> = Method::queue("Echo");
 
@@ -31,19 +32,21 @@ async fn call(c: &RpcClient, n: i64, timeout: Duration) -> psrpc::Result<Num> {
 async fn follows_the_master_through_a_failover() {
     let mut master = RedisServer::start();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
-    wait_for("the replica to sync", Duration::from_secs(10), || {
+    eventually("the replica to sync", Duration::from_secs(20), || {
         cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
-    });
+    })
+    .await;
     let sentinel = Sentinel::start(master.port);
-    wait_for(
+    eventually(
         "the sentinel to see the replica",
-        Duration::from_secs(15),
+        Duration::from_secs(20),
         || {
             sentinel
                 .cli(&["sentinel", "replicas", "mymaster"])
                 .contains(&replica.port.to_string())
         },
-    );
+    )
+    .await;
 
     let sb = RedisBus::builder()
         .connect_sentinel(&[sentinel.url()], "mymaster")

@@ -43,7 +43,10 @@ async fn recv(sub: &mut Subscription) -> Bytes {
         .expect("subscription closed")
 }
 
-/// Everything that arrives until nothing has for `quiet`.
+/// Everything that arrives until nothing has for `quiet`. The tests that
+/// drain run in paused time, where the clock only moves on when every task
+/// is waiting: a quiet period then means that the bus had nothing left to
+/// deliver (and any delay it adds has passed), not that time ran out.
 async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<u32> {
     let mut got = Vec::new();
     while let Ok(Some(b)) = timeout(quiet, sub.recv()).await {
@@ -52,6 +55,7 @@ async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<u32> {
     got
 }
 
+/// Nothing arrives within `d` (of paused time: see [`drain`]).
 async fn nothing_within(sub: &mut Subscription, d: Duration) {
     if let Ok(m) = timeout(d, sub.recv()).await {
         panic!("expected nothing, got {m:?}");
@@ -60,7 +64,7 @@ async fn nothing_within(sub: &mut Subscription, d: Duration) {
 
 // ------------------------------------------------------------------ TestBus
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn publish_interceptor_alters_and_reroutes() {
     let local = LocalBus::new();
     let (a, b) = (channel(), channel());
@@ -77,7 +81,7 @@ async fn publish_interceptor_alters_and_reroutes() {
     nothing_within(&mut sa, Duration::from_millis(50)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn publish_interceptor_drops() {
     let local = LocalBus::new();
     let ch = channel();
@@ -136,7 +140,7 @@ async fn publish_interceptors_chain_first_outermost() {
     assert_eq!(*log.lock().unwrap(), ["first", "second"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn publish_interceptor_can_duplicate() {
     let local = LocalBus::new();
     let ch = channel();
@@ -162,7 +166,7 @@ async fn subscribe_interceptors_chain_first_outermost() {
     assert_eq!(num(&recv(&mut sub).await), 921);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn subscribe_interceptor_drops_and_reorders() {
     let local = LocalBus::new();
     let ch = channel();
@@ -236,7 +240,7 @@ async fn subscribe_interceptor_sees_every_kind_of_subscription() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ending_stream_closes_and_closing_unsubscribes() {
     let local = LocalBus::new();
     let ch = channel();
@@ -252,7 +256,13 @@ async fn ending_stream_closes_and_closing_unsubscribes() {
     let mut wrapped = bus.subscribe_queue(&q, 8).await.unwrap();
     let mut plain = local.subscribe_queue(&q, 8).await.unwrap();
     wrapped.close();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The wrapped member leaves the wrapped bus's queue once its
+    // forwarding ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while local.listeners(&q).await.unwrap() != Some(1) {
+        assert!(Instant::now() < deadline, "the closed member never left");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for n in 0..4 {
         local.publish(&q, msg(n)).await.unwrap();
     }
@@ -273,6 +283,11 @@ fn latency(from: &str, to: &str) -> Duration {
     })
 }
 
+/// Checks a delay. The tests that use it run in paused time, where a delay
+/// never comes out long, whatever the machine's load; it can come out
+/// short by the real time the bus took to hand the message on (the laggy
+/// bus counts from the wall-clock send time), so the lower bounds are
+/// about half the link's latency.
 fn assert_between(d: Duration, lo_ms: u64, hi_ms: u64) {
     assert!(
         d >= Duration::from_millis(lo_ms) && d <= Duration::from_millis(hi_ms),
@@ -280,7 +295,7 @@ fn assert_between(d: Duration, lo_ms: u64, hi_ms: u64) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn laggy_delays_per_link() {
     let local = LocalBus::new();
     let ch = channel();
@@ -292,16 +307,16 @@ async fn laggy_delays_per_link() {
     let start = Instant::now();
     a.publish(&ch, msg(1)).await.unwrap();
     assert_eq!(recv(&mut sb).await, msg(1));
-    assert_between(start.elapsed(), 99, 300);
+    assert_between(start.elapsed(), 50, 200);
     assert_eq!(recv(&mut sc).await, msg(1));
-    assert_between(start.elapsed(), 299, 600);
+    assert_between(start.elapsed(), 150, 400);
 
     // The other way round, the default 10 ms.
     let mut sa = a.subscribe(&ch, 8).await.unwrap();
     let start = Instant::now();
     c.publish(&ch, msg(2)).await.unwrap();
     assert_eq!(recv(&mut sa).await, msg(2));
-    assert_between(start.elapsed(), 9, 250);
+    assert_between(start.elapsed(), 0, 100);
 }
 
 #[tokio::test]
@@ -348,7 +363,7 @@ async fn laggy_works_in_paused_time() {
     assert_between(start.elapsed(), 59_000, 60_002);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn laggy_queue_and_handler_subscriptions_are_delayed() {
     let local = LocalBus::new();
     let ch = channel();
@@ -363,9 +378,9 @@ async fn laggy_queue_and_handler_subscriptions_are_delayed() {
     let start = Instant::now();
     a.publish(&ch, msg(5)).await.unwrap();
     assert_eq!(recv(&mut q).await, msg(5));
-    assert_between(start.elapsed(), 99, 300);
+    assert_between(start.elapsed(), 50, 200);
     assert_eq!(timeout(WAIT, rx.recv()).await.unwrap(), Some(msg(5)));
-    assert_between(start.elapsed(), 99, 300);
+    assert_between(start.elapsed(), 50, 200);
 }
 
 #[tokio::test]
@@ -502,7 +517,7 @@ async fn unreliable_filter_limits_loss_to_one_channel() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn wrappers_nest() {
     let local = LocalBus::new();
     let ch = channel();
@@ -513,7 +528,7 @@ async fn wrappers_nest() {
     let start = Instant::now();
     a.publish(&ch, msg(1)).await.unwrap();
     assert_eq!(recv(&mut sub).await, msg(1));
-    assert_between(start.elapsed(), 99, 300);
+    assert_between(start.elapsed(), 50, 200);
     rate.set(1.0);
     a.publish(&ch, msg(2)).await.unwrap();
     nothing_within(&mut sub, Duration::from_millis(300)).await;

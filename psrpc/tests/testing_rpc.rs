@@ -84,7 +84,7 @@ async fn unary_call_takes_the_link_latency() {
     assert_eq!(call(&client, &ECHO, "hi").await.unwrap(), "echo hi");
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_millis(159) && took < Duration::from_millis(1_500),
+        took >= Duration::from_millis(159) && took < Duration::from_secs(4),
         "claimed call took {took:?}, expected 2 x (30 + 50) ms"
     );
 
@@ -96,7 +96,7 @@ async fn unary_call_takes_the_link_latency() {
     );
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_millis(79) && took < Duration::from_millis(1_000),
+        took >= Duration::from_millis(79) && took < Duration::from_secs(4),
         "unclaimed call took {took:?}, expected 30 + 50 ms"
     );
     server.shutdown().await;
@@ -185,7 +185,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
         .expect_err("the publish never ends");
     assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -197,7 +197,7 @@ async fn a_hanging_publish_ends_at_the_call_deadline() {
         .expect_err("the open's publish never ends");
     assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );

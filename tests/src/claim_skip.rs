@@ -23,7 +23,7 @@ use psrpc::{
 };
 
 use crate::my_service::*;
-use crate::suite::settle;
+use crate::suite::{counting, settle};
 use crate::{BusFactory, Num};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -61,6 +61,27 @@ pub struct Events(Mutex<Vec<Event>>);
 impl Events {
     fn all(&self) -> Vec<Event> {
         self.0.lock().unwrap().clone()
+    }
+    /// How many claims settled, whatever the outcome.
+    pub(crate) fn decided(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Claim(..)))
+            .count()
+    }
+    /// How many requests were read off the bus, of any method.
+    pub(crate) fn received_any(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Received(_)))
+            .count()
+    }
+    /// How many requests arrived expired, of any method.
+    pub(crate) fn expired_any(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, Event::Expired(..)))
+            .count()
     }
     fn claims(&self, method: &str, outcome: ClaimOutcome) -> usize {
         self.all()
@@ -147,19 +168,6 @@ impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
     }
 }
 
-/// Registers an echo of `Num` that counts its calls.
-async fn echo(s: &RpcServer, m: &Method<Num, Num>, count: Arc<AtomicUsize>) {
-    let id = s.id().to_owned();
-    s.route(m)
-        .handle(move |_ctx: Context, req: Num| {
-            count.fetch_add(1, Ordering::SeqCst);
-            let id = id.clone();
-            async move { Ok(Num { n: req.n, text: id }) }
-        })
-        .await
-        .expect("register");
-}
-
 fn raw_request(client_id: &str, n: i64, expiry_in: i64, skip_claim: bool) -> Request {
     let now = wire::now_ns();
     Request {
@@ -204,7 +212,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
                 move || skip.load(Ordering::SeqCst)
             }),
     );
-    echo(&s, &NORMAL_RPC, count.clone()).await;
+    counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     let bus = f.connect().await;
     let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
     let rclaim_ch = channels::claim_response_channel(SERVICE, NORMAL_RPC.name(), &[]);
@@ -341,7 +349,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
         SERVICE,
         ServerOptions::default().server_id("classic"),
     );
-    echo(&classic, &NORMAL_RPC, count.clone()).await;
+    counting(&classic, &NORMAL_RPC, &[], count.clone()).await;
     settle(f).await;
     let res: Num = c
         .unary(
@@ -364,7 +372,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
 
     // Multi requests never advertise.
     let ms = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
-    echo(&ms, &GET_STATS, count.clone()).await;
+    counting(&ms, &GET_STATS, &[], count.clone()).await;
     let mut multi = bus
         .subscribe(
             &channels::rpc_channel(SERVICE, GET_STATS.name(), &[], false),
@@ -512,7 +520,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     };
     let a = mk("a").await;
     let b = mk("b").await;
-    echo(&a, &NORMAL_RPC, count.clone()).await;
+    counting(&a, &NORMAL_RPC, &[], count.clone()).await;
     for (s, score) in [(&a, 0.9f32), (&b, 0.5)] {
         s.route(&INTENSIVE_RPC)
             .affinity(move |_: &Num| score)
@@ -611,7 +619,7 @@ pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
     );
     // Nothing was reserved: the method registers without one.
     let count = Arc::new(AtomicUsize::new(0));
-    echo(&s, &NORMAL_RPC, count.clone()).await;
+    counting(&s, &NORMAL_RPC, &[], count.clone()).await;
 
     let bus = f.connect().await;
     let mut requests = bus
@@ -696,8 +704,8 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
         ServerOptions::default().server_id("mem"),
     );
     let count = Arc::new(AtomicUsize::new(0));
-    echo(&s, &NORMAL_RPC, count.clone()).await;
-    echo(&s, &INTENSIVE_RPC, count.clone()).await;
+    counting(&s, &NORMAL_RPC, &[], count.clone()).await;
+    counting(&s, &INTENSIVE_RPC, &[], count.clone()).await;
     let bus: DynBus = f.connect().await;
     settle(f).await;
     let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);

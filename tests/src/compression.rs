@@ -130,8 +130,8 @@ impl<F: BusFactory> BusFactory for Compressed<F> {
         bus.compressed = self.compressed.clone();
         Arc::new(bus)
     }
-    fn settle(&self) -> Duration {
-        self.inner.settle()
+    async fn settle(&self) {
+        self.inner.settle().await
     }
     fn server_options(&self) -> psrpc::ServerOptions {
         self.inner.server_options()
@@ -445,8 +445,8 @@ impl BusFactory for Forward<'_> {
     async fn connect(&self) -> DynBus {
         self.0.connect().await
     }
-    fn settle(&self) -> Duration {
-        self.0.settle()
+    async fn settle(&self) {
+        self.0.settle().await
     }
 }
 

@@ -38,11 +38,10 @@ pub trait BusFactory: Send + Sync {
     fn name(&self) -> &str;
     /// A connection to the bus under test.
     async fn connect(&self) -> DynBus;
-    /// How long to wait after subscribing before a message sent by another
-    /// connection is sure to be heard (zero when subscribe awaits readiness).
-    fn settle(&self) -> Duration {
-        Duration::ZERO
-    }
+    /// Waits, after subscribing, until a message sent by another connection
+    /// is sure to be heard: it returns once that is so, never after a set
+    /// time (at once where subscribe awaits readiness, as on one broker).
+    async fn settle(&self) {}
     /// The options the suite's servers start from.
     fn server_options(&self) -> ServerOptions {
         ServerOptions::default()
@@ -62,8 +61,8 @@ impl<F: BusFactory> BusFactory for SkipClaim<F> {
     async fn connect(&self) -> DynBus {
         self.0.connect().await
     }
-    fn settle(&self) -> Duration {
-        self.0.settle()
+    async fn settle(&self) {
+        self.0.settle().await
     }
     fn server_options(&self) -> ServerOptions {
         self.0.server_options().skip_claim(|| true)
@@ -171,6 +170,16 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits `d`, to show that something does *not* happen by giving it time
+/// to. This is the one wait in the suite that is not for a condition: use
+/// it only where no later event can prove the absence (for example that no
+/// second member of a bus queue group also gets a message: the bus tells
+/// the others nothing), and say at the call why. Everything else waits for
+/// what it asserts with [`eventually`].
+pub async fn quiet_for(d: Duration) {
+    tokio::time::sleep(d).await;
 }
 
 /// A server of `MyService` on `bus` whose `NormalRPC` answers with the

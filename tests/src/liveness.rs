@@ -7,6 +7,8 @@
 //! without closing anything ([`local_server_killed`]).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use psrpc::bus::DynBus;
@@ -23,11 +25,83 @@ pub static LIVE: Method<Num, Num> = Method::queue("Live");
 /// The generous bound of every wait here (the default detection is ~5 s).
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Watching is armed by the first look at the peer, made as soon as the
-/// stream is open; on NATS a peer that dies before that look is not
-/// noticed (it cannot be told from a Go peer, which never shows). The
-/// tests kill the peer after this, a little more than one interval.
-const ARMED: Duration = Duration::from_millis(1500);
+/// The bus of the end that watches, noting when a look at the peer's
+/// presence found it. Watching is armed by the first look that finds the
+/// peer; on NATS a peer that dies before that is not noticed (it cannot
+/// be told from a Go peer, which never shows), so the tests kill the peer
+/// only once [`Looks::armed`] says so.
+struct Looks {
+    bus: DynBus,
+    found: Arc<AtomicBool>,
+}
+
+impl Looks {
+    /// `bus`, watched; the flag turns true at the first look that finds a peer.
+    fn wrap(bus: DynBus) -> (DynBus, Arc<AtomicBool>) {
+        let found = Arc::new(AtomicBool::new(false));
+        let looks = Looks {
+            bus,
+            found: found.clone(),
+        };
+        (Arc::new(looks), found)
+    }
+
+    /// Waits until a look found the peer.
+    async fn armed(found: &AtomicBool) {
+        crate::eventually("a look at the peer found it", DEADLINE, || {
+            found.load(Ordering::SeqCst)
+        })
+        .await;
+    }
+}
+
+#[psrpc::async_trait]
+impl psrpc::MessageBus for Looks {
+    async fn publish(&self, channel: &psrpc::Channel, msg: bytes::Bytes) -> psrpc::Result<()> {
+        self.bus.publish(channel, msg).await
+    }
+    async fn subscribe(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+    ) -> psrpc::Result<psrpc::bus::Subscription> {
+        self.bus.subscribe(channel, size).await
+    }
+    async fn subscribe_queue(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+    ) -> psrpc::Result<psrpc::bus::Subscription> {
+        self.bus.subscribe_queue(channel, size).await
+    }
+    async fn subscribe_handler(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+        queue: bool,
+        handler: psrpc::bus::Handler,
+    ) -> psrpc::Result<psrpc::bus::HandlerSubscription> {
+        self.bus
+            .subscribe_handler(channel, size, queue, handler)
+            .await
+    }
+    fn drops(&self) -> &psrpc::drops::Drops {
+        self.bus.drops()
+    }
+    fn compression(&self) -> &psrpc::CompressionOptions {
+        self.bus.compression()
+    }
+    fn check_channel(&self, channel: &psrpc::Channel) -> psrpc::Result<()> {
+        self.bus.check_channel(channel)
+    }
+    async fn listeners(&self, channel: &psrpc::Channel) -> psrpc::Result<Option<usize>> {
+        let n = self.bus.listeners(channel).await;
+        if matches!(n, Ok(Some(n)) if n > 0) {
+            self.found.store(true, Ordering::SeqCst);
+        }
+        n
+    }
+}
 
 /// The environment variable naming the child's role (`server`/`client`).
 pub const ROLE_VAR: &str = "PSRPC_LIVENESS_ROLE";
@@ -152,6 +226,7 @@ async fn open(c: &RpcClient) -> psrpc::ClientStream<Num, Num> {
 /// only receives. Its `recv` must end with `unavailable` within the bound,
 /// and `is_closed()` be true. Returns the time from the kill to the end.
 pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Duration {
+    let (bus, found) = Looks::wrap(bus);
     let c = RpcClient::new(bus, SERVICE, Default::default())
         .await
         .expect("client");
@@ -161,7 +236,7 @@ pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Durat
         .expect("first message in time")
         .expect("first message");
     assert_eq!(first.n, 0);
-    tokio::time::sleep(ARMED).await;
+    Looks::armed(&found).await;
     server.kill();
     let killed = Instant::now();
     let end = tokio::time::timeout(DEADLINE, st.recv())
@@ -185,11 +260,12 @@ pub async fn server_learns_client_killed(
     bus: DynBus,
     spawn_client: impl FnOnce() -> Peer,
 ) -> Duration {
+    let (bus, found) = Looks::wrap(bus);
     let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let mut client = spawn_client();
-    let took = server_sees_end(&mut events, || client.kill()).await;
+    let took = server_sees_end(&mut events, &found, || client.kill()).await;
     s.shutdown().await;
     took
 }
@@ -198,13 +274,14 @@ pub async fn server_learns_client_killed(
 /// the stream, which must be `unavailable`; returns the time it took.
 async fn server_sees_end(
     events: &mut mpsc::UnboundedReceiver<Event>,
+    found: &AtomicBool,
     kill: impl FnOnce(),
 ) -> Duration {
     let got = tokio::time::timeout(DEADLINE, events.recv())
         .await
         .expect("the client opens and sends in time");
     assert!(matches!(got, Some(Event::Got)));
-    tokio::time::sleep(ARMED).await;
+    Looks::armed(found).await;
     kill();
     let killed = Instant::now();
     let ended = tokio::time::timeout(DEADLINE, events.recv())
@@ -279,12 +356,13 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
     })
     .await
     .expect("server up");
+    let (bus, found) = Looks::wrap(bus);
     let c = RpcClient::new(bus, SERVICE, Default::default())
         .await
         .expect("client");
     let mut st = open(&c).await;
     assert_eq!(st.recv().await.expect("first").n, 0);
-    tokio::time::sleep(ARMED).await;
+    Looks::armed(&found).await;
     kill_runtime(rt);
     let killed = Instant::now();
     let end = tokio::time::timeout(DEADLINE, st.recv())
@@ -301,11 +379,13 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
 /// stream) and the runtime is dropped. The server must end the stream.
 pub async fn local_client_killed(bus: DynBus) -> Duration {
     let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
-    let s = RpcServer::new(bus.clone(), SERVICE, ServerOptions::default());
+    let (server_bus, found) = Looks::wrap(bus.clone());
+    let s = RpcServer::new(server_bus, SERVICE, ServerOptions::default());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let rt = peer_runtime();
     let client_bus = bus;
+    let (leaked_tx, leaked) = tokio::sync::oneshot::channel();
     rt.spawn(async move {
         let c = RpcClient::new(client_bus, SERVICE, Default::default())
             .await
@@ -314,8 +394,15 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
         st.send(Num::default()).await.expect("send");
         std::mem::forget(st);
         std::mem::forget(c);
+        let _ = leaked_tx.send(());
     });
-    let took = server_sees_end(&mut events, || kill_runtime(rt)).await;
+    // Killed before it leaks them, the client's stream would be dropped
+    // and say goodbye (`canceled`), which is not what a dead process does.
+    tokio::time::timeout(DEADLINE, leaked)
+        .await
+        .expect("the client leaks its stream in time")
+        .expect("the client task ran");
+    let took = server_sees_end(&mut events, &found, || kill_runtime(rt)).await;
     s.shutdown().await;
     took
 }
@@ -325,15 +412,16 @@ pub fn fast() -> psrpc::StreamLiveness {
     psrpc::StreamLiveness::new(Duration::from_millis(100), Duration::from_millis(500))
 }
 
-/// A peer that never subscribes a presence channel (as a Go peer: here a
-/// server with watching off) is never taken for dead: after many times
-/// `dead_after`, the stream still works both ways. The client watches
-/// fast. Proving an absence needs a wait: 3 s, six times `dead_after`.
-pub async fn peer_without_presence_is_kept(bus: DynBus) {
+/// A [`LIVE`] stream from a client that watches fast to a server that
+/// watches as `server` says, open and its first message read.
+async fn fast_watched_stream(
+    bus: DynBus,
+    server: psrpc::StreamLiveness,
+) -> (RpcServer, RpcClient, psrpc::ClientStream<Num, Num>) {
     let s = RpcServer::new(
         bus.clone(),
         SERVICE,
-        ServerOptions::default().stream_liveness(psrpc::StreamLiveness::disabled()),
+        ServerOptions::default().stream_liveness(server),
     );
     register_pusher(&s, None).await;
     let c = RpcClient::new(
@@ -345,7 +433,17 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
     .expect("client");
     let mut st = open(&c).await;
     assert_eq!(st.recv().await.expect("first").n, 0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    (s, c, st)
+}
+
+/// A peer that never subscribes a presence channel (as a Go peer: here a
+/// server with watching off) is never taken for dead: after many times
+/// `dead_after`, the stream still works both ways. The client watches
+/// fast. Proving an absence needs a wait: 3 s, six times `dead_after`.
+pub async fn peer_without_presence_is_kept(bus: DynBus) {
+    let (s, _c, mut st) = fast_watched_stream(bus, psrpc::StreamLiveness::disabled()).await;
+    // Nothing would tell us that the client decided not to end the stream.
+    crate::quiet_for(Duration::from_secs(3)).await;
     assert!(st.err().is_none(), "ended: {:?}", st.err());
     st.send(Num {
         n: 7,
@@ -365,22 +463,10 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
 /// Runs one stream for 2 s with both ends watching fast, then closes it:
 /// what a bus spy sees of it must be only psrpc envelopes.
 pub async fn one_watched_stream(bus: DynBus) {
-    let s = RpcServer::new(
-        bus.clone(),
-        SERVICE,
-        ServerOptions::default().stream_liveness(fast()),
-    );
-    register_pusher(&s, None).await;
-    let c = RpcClient::new(
-        bus,
-        SERVICE,
-        psrpc::ClientOptions::default().stream_liveness(fast()),
-    )
-    .await
-    .expect("client");
-    let mut st = open(&c).await;
-    assert_eq!(st.recv().await.expect("first").n, 0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (s, _c, st) = fast_watched_stream(bus, fast()).await;
+    // The stream runs, both ends watching, long enough for many rounds of
+    // watching traffic (twenty intervals) and four times `dead_after`.
+    crate::quiet_for(Duration::from_secs(2)).await;
     assert!(st.err().is_none(), "ended: {:?}", st.err());
     st.close(None).await.expect("close");
     s.shutdown().await;

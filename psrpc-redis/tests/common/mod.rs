@@ -186,12 +186,3 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         .expect("redis-cli not found: install it with `apt-get install redis-tools`");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
-/// Polls `f` every 50 ms until it is true, failing with `what` after `within`.
-pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}

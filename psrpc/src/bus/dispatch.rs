@@ -320,23 +320,40 @@ impl Members {
 
     /// Gives `msg` to every fan-out subscriber, without waiting; returns
     /// the buffers that were full but not stuck, with the message, for a
-    /// publisher that may wait ([`Sink::wait`]).
+    /// publisher that may wait ([`Sink::wait`]), and `msg` itself when
+    /// `keep` (for a queue member). The last subscriber gets `msg` itself
+    /// unless it is kept: a clone of a message made from a `Vec` allocates.
     fn offer_fanout<'a>(
         &'a self,
-        msg: &Bytes,
+        msg: Bytes,
+        keep: bool,
         drops: &Drops,
         channel: &str,
-    ) -> Vec<(&'a Sink, Bytes)> {
+    ) -> (Vec<(&'a Sink, Bytes)>, Option<Bytes>) {
+        let mut left = self.fanout_handlers.len() + self.fanout.len();
+        let mut msg = Some(msg);
+        let mut next = || {
+            left -= 1;
+            match (&msg, left == 0 && !keep) {
+                (_, true) => msg.take(),
+                (Some(m), false) => Some(m.clone()),
+                (None, false) => None,
+            }
+        };
         for (_, h) in &self.fanout_handlers {
-            h(msg.clone());
+            if let Some(m) = next() {
+                h(m);
+            }
         }
         let mut full = Vec::new();
         for (_, sink) in &self.fanout {
-            if let Offer::Full(b) = sink.offer(msg.clone(), drops, channel) {
+            if let Some(m) = next()
+                && let Offer::Full(b) = sink.offer(m, drops, channel)
+            {
                 full.push((sink, b));
             }
         }
-        full
+        (full, msg)
     }
 
     /// Gives `msg` to one queue member without waiting (handlers and
@@ -357,8 +374,8 @@ impl Members {
 
     /// Gives `msg` to every fan-out subscriber, without waiting, dropping
     /// it (counted) for those that are full.
-    pub(crate) fn deliver_fanout(&self, msg: &Bytes, drops: &Drops, channel: &str) {
-        for (sink, _) in self.offer_fanout(msg, drops, channel) {
+    pub(crate) fn deliver_fanout(&self, msg: Bytes, drops: &Drops, channel: &str) {
+        for (sink, _) in self.offer_fanout(msg, false, drops, channel).0 {
             sink.drop_full(drops, channel);
         }
     }
@@ -395,16 +412,16 @@ impl Members {
         drops: &Drops,
         channel: &str,
     ) -> Vec<(Sink, Bytes)> {
-        let mut full: Vec<(Sink, Bytes)> = if fanout {
-            self.offer_fanout(&msg, drops, channel)
-                .into_iter()
-                .map(|(s, b)| (s.clone(), b))
-                .collect()
+        let queue = queue && self.has_queue();
+        let (mut full, msg): (Vec<(Sink, Bytes)>, _) = if fanout {
+            let (full, msg) = self.offer_fanout(msg, queue, drops, channel);
+            let full = full.into_iter().map(|(s, b)| (s.clone(), b)).collect();
+            (full, msg)
         } else {
-            Vec::new()
+            (Vec::new(), Some(msg))
         };
         if queue
-            && self.has_queue()
+            && let Some(msg) = msg
             && let QueuePick::Full(sink, b) = self.offer_queue(msg, drops, channel)
         {
             full.push((sink.clone(), b));

@@ -1,6 +1,5 @@
 //! The in-process transport and [`LocalBus`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -56,7 +55,7 @@ pub struct LocalTransport {
 }
 
 /// Who listens on each local channel, by flat name.
-type Table = RwLock<HashMap<String, Arc<Listeners>>>;
+type Table = RwLock<crate::id::IdMap<Arc<Listeners>>>;
 
 /// Who listens on one local channel: normally one inbox (the bus's), for
 /// fan-out, for its queue, or both.

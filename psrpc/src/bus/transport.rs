@@ -220,7 +220,7 @@ impl Inbox {
     pub fn deliver_fanout(&self, payload: Bytes) {
         if self.admits(&payload) {
             let r = &self.route;
-            r.members().deliver_fanout(&payload, &r.drops, &r.name);
+            r.members().deliver_fanout(payload, &r.drops, &r.name);
         }
     }
 
