@@ -389,8 +389,8 @@ impl RpcClient {
     }
 
     /// Starts a multi call of `method` on `topic` (`()` for none): every
-    /// server answers. Awaiting it
-    /// sends the request and gives a stream of per-server results.
+    /// server answers. Awaiting it sends the request and gives a stream of
+    /// per-server results.
     pub fn multi<'a, Req, Res>(
         &'a self,
         method: &'a Method<Req, Res>,
