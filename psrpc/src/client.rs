@@ -1456,6 +1456,7 @@ impl<Res: Message + Default + Clone + 'static> futures::Stream for MultiResponse
 /// A joined subscription: a `futures::Stream` of decoded updates. Updates
 /// that do not decode, or carry another type, are dropped and logged.
 /// Dropping it (or [`close`](Subscription::close)) leaves the subscription.
+#[must_use = "dropping a subscription leaves it"]
 pub struct Subscription<T> {
     raw: crate::bus::Subscription,
     type_url: String,

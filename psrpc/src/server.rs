@@ -430,6 +430,7 @@ struct ServerInner {
 /// clone; clones share the server. Dropping the last clone stops serving at
 /// once, like [`kill`](RpcServer::kill); call [`shutdown`](RpcServer::shutdown)
 /// first to drain.
+#[must_use = "a server stops serving when its last handle is dropped"]
 #[derive(Clone)]
 pub struct RpcServer {
     inner: Arc<ServerInner>,

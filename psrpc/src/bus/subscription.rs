@@ -14,6 +14,7 @@ use crate::error::Result;
 pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
 
 /// Keeps a handler subscription alive; dropping it unsubscribes.
+#[must_use = "dropping a handler subscription unsubscribes"]
 pub struct HandlerSubscription {
     _guard: Box<dyn Send + Sync>,
 }
@@ -46,6 +47,7 @@ type Closer = Box<dyn FnOnce() + Send + Sync>;
 /// The receiving end of a bus subscription: raw `Msg` bytes, in the order
 /// the bus delivered them. Dropping it (or [`Subscription::close`])
 /// unsubscribes.
+#[must_use = "dropping a subscription unsubscribes"]
 pub struct Subscription {
     rx: mpsc::Receiver<Bytes>,
     closer: Option<Closer>,
