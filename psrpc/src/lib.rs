@@ -34,7 +34,10 @@ pub use info::{
 pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
 pub use select::{Claim, SelectionOptions};
 pub use server::{AffinityFn, ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
-pub use stream::{ClientStream, ServerStream, StreamAffinityFn, StreamLiveness, StreamSender};
+pub use stream::{
+    ClientStream, CloseReason, ServerStream, StreamAffinityFn, StreamLiveness, StreamReceiver,
+    StreamSender,
+};
 
 pub use async_trait::async_trait;
 pub use prost;
