@@ -7,6 +7,7 @@
 //! without closing anything ([`local_server_killed`]).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use psrpc::bus::DynBus;
@@ -14,6 +15,7 @@ use psrpc::{ErrorCode, MethodInfo, RpcClient, RpcServer, ServerOptions, ServerSt
 use tokio::sync::mpsc;
 
 use crate::Num;
+use crate::stream_ends::Ends;
 
 /// The service of these tests.
 pub const SERVICE: &str = "liveness";
@@ -160,9 +162,12 @@ async fn open(c: &RpcClient) -> psrpc::ClientStream<Num, Num> {
 
 /// The client holds a stream whose server process is then SIGKILLed; it
 /// only receives. Its `recv` must end with `unavailable` within the bound,
-/// and `is_closed()` be true. Returns the time from the kill to the end.
+/// and `is_closed()` be true; its interceptors and metrics see the end as
+/// [`CloseReason::PeerGone`](psrpc::CloseReason::PeerGone). Returns the
+/// time from the kill to the end.
 pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Duration {
-    let c = RpcClient::new(bus, SERVICE, Default::default())
+    let ends = Arc::new(Ends::default());
+    let c = RpcClient::new(bus, SERVICE, ends.client(Default::default()))
         .await
         .expect("client");
     let mut st = open(&c).await;
@@ -185,7 +190,18 @@ pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Durat
     // And a send fails at once with that cause.
     let sent = st.send(Num::default()).await.expect_err("closed");
     assert_eq!(sent.code(), ErrorCode::Unavailable);
+    assert_peer_gone(&ends, "client").await;
     took
+}
+
+/// `ends` saw one stream end, for a dead peer, with `unavailable`.
+async fn assert_peer_gone(ends: &Ends, side: &str) {
+    let end = ends.one_end(side).await;
+    assert_eq!(
+        (end.reason, end.code),
+        (psrpc::CloseReason::PeerGone, ErrorCode::Unavailable),
+        "{end:?}"
+    );
 }
 
 /// A server holds a stream whose client process is then SIGKILLed: the
@@ -195,11 +211,13 @@ pub async fn server_learns_client_killed(
     bus: DynBus,
     spawn_client: impl FnOnce() -> Peer,
 ) -> Duration {
-    let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+    let ends = Arc::new(Ends::default());
+    let s = RpcServer::new(bus, SERVICE, ends.server(ServerOptions::default()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let mut client = spawn_client();
     let took = server_sees_end(&mut events, || client.kill()).await;
+    assert_peer_gone(&ends, "server").await;
     s.shutdown().await;
     took
 }
@@ -289,7 +307,8 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
     })
     .await
     .expect("server up");
-    let c = RpcClient::new(bus, SERVICE, Default::default())
+    let ends = Arc::new(Ends::default());
+    let c = RpcClient::new(bus, SERVICE, ends.client(Default::default()))
         .await
         .expect("client");
     let mut st = open(&c).await;
@@ -300,10 +319,12 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
     let end = tokio::time::timeout(DEADLINE, st.recv())
         .await
         .expect("the client learns that its server died");
+    let took = killed.elapsed();
     let err = end.expect_err("nothing more from a dead server");
     assert!(st.is_closed());
     assert_eq!(err.code(), ErrorCode::Unavailable);
-    killed.elapsed()
+    assert_peer_gone(&ends, "client").await;
+    took
 }
 
 /// The local bus, client side dies: the client runs on a runtime of its
@@ -311,7 +332,8 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
 /// stream) and the runtime is dropped. The server must end the stream.
 pub async fn local_client_killed(bus: DynBus) -> Duration {
     let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
-    let s = RpcServer::new(bus.clone(), SERVICE, ServerOptions::default());
+    let ends = Arc::new(Ends::default());
+    let s = RpcServer::new(bus.clone(), SERVICE, ends.server(ServerOptions::default()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let rt = peer_runtime();
@@ -326,6 +348,7 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
         std::mem::forget(c);
     });
     let took = server_sees_end(&mut events, || kill_runtime(rt)).await;
+    assert_peer_gone(&ends, "server").await;
     s.shutdown().await;
     took
 }
