@@ -583,4 +583,62 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// A peer's close as the receiver reads it: a close with `canceled`
+    /// "stream closed" (what Go and this crate send for a plain close) is a
+    /// clean end, `Ok(None)`, again and again; any other cause is the
+    /// error. The `futures::Stream` yields the error once, then ends.
+    #[tokio::test]
+    async fn peer_close_read_as_clean_end_or_error() {
+        use futures::StreamExt;
+        for (code, message, clean) in [
+            ("canceled", "stream closed", true),
+            ("canceled", "something else", false),
+            ("unavailable", "stream closed", false),
+            ("", "no code", false),
+        ] {
+            let (s, rx) = lonely(4);
+            let mut st = super::super::ClientStream::<wire::Response, wire::Response>::new(
+                s.clone(),
+                rx,
+                crate::Context::new(),
+            );
+            let msg = wire::Response {
+                request_id: "m".into(),
+                ..Default::default()
+            };
+            deliver(
+                s.clone(),
+                incoming(StreamBody::Message(StreamMessage {
+                    raw_message: Bytes::from(msg.encode_to_vec()),
+                    ..Default::default()
+                })),
+            );
+            deliver(
+                s.clone(),
+                incoming(StreamBody::Close(StreamClose {
+                    error: message.into(),
+                    code: code.into(),
+                })),
+            );
+            // What was buffered before the close is read first.
+            assert_eq!(st.recv().await.unwrap().unwrap().request_id, "m");
+            for _ in 0..2 {
+                match st.recv().await {
+                    Ok(None) => assert!(clean, "{code} {message}: not a clean end"),
+                    Ok(Some(m)) => panic!("a message after the close: {m:?}"),
+                    Err(e) => {
+                        assert!(!clean, "{code} {message}: a clean end read as {e}");
+                        assert_eq!(e.message(), message);
+                    }
+                }
+            }
+            match st.next().await {
+                None => assert!(clean),
+                Some(Err(e)) => assert_eq!((clean, e.message()), (false, message)),
+                Some(Ok(m)) => panic!("a message after the close: {m:?}"),
+            }
+            assert!(st.next().await.is_none(), "the stream has ended");
+        }
+    }
 }
