@@ -558,6 +558,11 @@ mod tests {
             let e = Error::new(ErrorCode::NotFound, "x");
             f.on_unary_request(Role::Server, &info, Duration::ZERO, Some(&e), 3, 0);
             f.on_stream_recv(Role::Server, &info, 5);
+            f.on_stream_open(Role::Client, &info);
+            let clean = Error::stream_closed();
+            f.on_stream_close(Role::Client, &info, CloseReason::Dropped, &clean);
+            let eof = Error::stream_eof();
+            f.on_stream_close(Role::Server, &info, CloseReason::Shutdown, &eof);
             f.on_request_received(&info);
             f.on_request_expired(&info, Duration::from_secs(2));
             for o in [
@@ -580,6 +585,11 @@ mod tests {
             "psrpc_stream_messages_total{direction=recv,method=Do,outcome=ok,role=server,service=Svc}"
                 .to_owned(),
             "psrpc_stream_message_bytes{direction=recv,method=Do,role=server,service=Svc}"
+                .to_owned(),
+            format!("psrpc_stream_opens_total{{{base}}}"),
+            "psrpc_stream_closes_total{method=Do,outcome=ok,reason=dropped,role=client,service=Svc}"
+                .to_owned(),
+            "psrpc_stream_closes_total{method=Do,outcome=unavailable,reason=shutdown,role=server,service=Svc}"
                 .to_owned(),
             "psrpc_server_requests_received_total{method=Do,service=Svc}".to_owned(),
             "psrpc_server_requests_expired_total{method=Do,service=Svc}".to_owned(),
