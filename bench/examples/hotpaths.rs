@@ -145,7 +145,7 @@ async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
     bench
         .stream_route(&ECHO)
         .handle(|mut st: ServerStream<Msg, Msg>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 st.send(m).await?;
             }
             Ok(())
@@ -283,7 +283,7 @@ impl Fixture {
                 })
                 .await
                 .expect("stream send");
-                let m = st.recv().await.expect("echo");
+                let m = st.recv().await.expect("echo").expect("a message");
                 assert_eq!(m.seq, self.seq);
             }
             Path::Sub => {
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
     );
     rt.block_on(async {
         if let Some(st) = fx.stream.take() {
-            let _ = st.close(None).await;
+            let _ = st.close().await;
         }
         for (b, e) in &fx.servers {
             b.kill();

@@ -59,7 +59,7 @@ impl Bench {
                     .timeout(CALL_TIMEOUT)
                     .await
                     .map_err(|e| e.to_string())?;
-                st.close(None).await.map_err(|e| e.to_string())?;
+                st.close().await.map_err(|e| e.to_string())?;
                 return Ok(t0.elapsed());
             }
             Op::Unary => c.unary(&UNARY, (), req).timeout(CALL_TIMEOUT).await,
@@ -197,9 +197,10 @@ pub(crate) async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Dur
                     .await
                     .map_err(|e| e.to_string())?;
                     match tokio::time::timeout(CALL_TIMEOUT, st.recv()).await {
-                        Ok(Some(m)) if m.seq == seq => Ok(t0.elapsed()),
-                        Ok(Some(m)) => Err(format!("echo seq {} for {seq}", m.seq)),
-                        Ok(None) => Err(format!("stream closed: {:?}", st.err())),
+                        Ok(Ok(Some(m))) if m.seq == seq => Ok(t0.elapsed()),
+                        Ok(Ok(Some(m))) => Err(format!("echo seq {} for {seq}", m.seq)),
+                        Ok(Ok(None)) => Err("stream closed".to_owned()),
+                        Ok(Err(e)) => Err(format!("stream closed: {e}")),
                         Err(_) => Err("no echo in time".to_owned()),
                     }
                 }
@@ -209,13 +210,17 @@ pub(crate) async fn run_stream_rt(bench: &Arc<Bench>, conc: usize, duration: Dur
                 if st.is_closed() {
                     if ok {
                         // Lost after this round trip: count the loss itself.
-                        stats.record(Err(format!("stream lost: {:?}", st.err())));
+                        let why = match st.recv().await {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "closed".to_owned(),
+                        };
+                        stats.record(Err(format!("stream lost: {why}")));
                     }
                     stream = None;
                 }
             }
             if let Some(st) = stream {
-                let _ = st.close(None).await;
+                let _ = st.close().await;
             }
             stats
         },
@@ -240,7 +245,7 @@ mod tests {
             .stream_route(&ECHO)
             .handle(|mut st: ServerStream<Msg, Msg>| async move {
                 for _ in 0..3 {
-                    match st.recv().await {
+                    match st.recv().await? {
                         Some(m) => st.send(m).await?,
                         None => return Ok(()),
                     }

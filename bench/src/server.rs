@@ -80,7 +80,7 @@ pub(crate) async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::R
     bench
         .stream_route(&ECHO)
         .handle(|mut st: ServerStream<Msg, Msg>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 st.send(m).await?;
             }
             Ok(())

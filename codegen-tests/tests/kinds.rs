@@ -45,7 +45,7 @@ impl KindsServerImpl for Server {
         &self,
         mut stream: ServerStream<ServerMessage, ClientMessage>,
     ) -> psrpc::Result<()> {
-        while let Some(msg) = stream.recv().await {
+        while let Some(msg) = stream.recv().await? {
             if msg.text == "fail" {
                 return Err(psrpc::Error::new(ErrorCode::Aborted, "asked to fail"));
             }
@@ -61,7 +61,7 @@ impl KindsServerImpl for Server {
         &self,
         mut stream: ServerStream<ServerMessage, ClientMessage>,
     ) -> psrpc::Result<()> {
-        while let Some(msg) = stream.recv().await {
+        while let Some(msg) = stream.recv().await? {
             stream
                 .send(ServerMessage {
                     text: format!("{} from {}", msg.text, self.name),
@@ -185,8 +185,8 @@ async fn streams() {
     chat.send(ClientMessage { text: "hi".into() })
         .await
         .unwrap();
-    assert_eq!(chat.recv().await.unwrap().text, "HI");
-    chat.close(None).await.unwrap();
+    assert_eq!(chat.recv().await.unwrap().unwrap().text, "HI");
+    chat.close().await.unwrap();
 
     // The handler's error closes the stream, and the client sees it.
     let mut chat = client.chat().timeout(Duration::from_secs(1)).await.unwrap();
@@ -195,8 +195,7 @@ async fn streams() {
     })
     .await
     .unwrap();
-    assert!(chat.recv().await.is_none());
-    let e = chat.err().expect("a close cause");
+    let e = chat.recv().await.expect_err("a close cause");
     assert_eq!(e.code(), ErrorCode::Aborted);
     assert_eq!(e.message(), "asked to fail");
 
@@ -208,8 +207,8 @@ async fn streams() {
         .send(ClientMessage { text: "x".into() })
         .await
         .unwrap();
-    assert_eq!(picky.recv().await.unwrap().text, "x from high");
-    picky.close(None).await.unwrap();
+    assert_eq!(picky.recv().await.unwrap().unwrap().text, "x from high");
+    picky.close().await.unwrap();
 
     // Deregistered: nobody accepts.
     low.deregister_picky_chat_topic("t");
@@ -404,8 +403,8 @@ async fn default_methods_answer_unimplemented() {
 
     // Streams are opened, then closed with `unimplemented`.
     let mut chat = client.chat().await.unwrap();
-    assert!(chat.recv().await.is_none());
-    assert_eq!(chat.err().unwrap().code(), ErrorCode::Unimplemented);
+    let e = chat.recv().await.expect_err("closed with unimplemented");
+    assert_eq!(e.code(), ErrorCode::Unimplemented);
 
     // The default affinity is -1: it never claims, so nobody takes the call.
     let e = client

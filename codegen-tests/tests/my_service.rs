@@ -88,7 +88,7 @@ impl MyServiceServerImpl for MyService {
         &self,
         mut stream: ServerStream<MyServerMessage, MyClientMessage>,
     ) -> psrpc::Result<()> {
-        while stream.recv().await.is_some() {
+        while stream.recv().await?.is_some() {
             self.count("ExchangeUpdates");
         }
         Ok(())
@@ -177,7 +177,7 @@ async fn generated_service() {
     let stream = c_a.exchange_updates().await.unwrap();
     stream.send(MyClientMessage {}).await.unwrap();
     stream.send(MyClientMessage {}).await.unwrap();
-    stream.close(None).await.unwrap();
+    stream.close().await.unwrap();
     within("ExchangeUpdates count", DEADLINE, async {
         while a.get("ExchangeUpdates") != 2 && b.get("ExchangeUpdates") != 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -172,9 +172,9 @@ impl ReservationServiceServerImpl for LoopServer {
             .map(|h| h.remote_id.clone())
             .unwrap_or_default();
         let req = match tokio::time::timeout(self.config.request_timeout, stream.recv()).await {
-            Ok(Some(req)) => req,
-            // The client closed before asking for anything.
-            Ok(None) => return Ok(()),
+            Ok(Ok(Some(req))) => req,
+            // The client closed (or the stream ended) before asking for anything.
+            Ok(Ok(None) | Err(_)) => return Ok(()),
             Err(_) => {
                 return self.refuse(Error::new(
                     ErrorCode::DeadlineExceeded,
@@ -200,8 +200,8 @@ impl ReservationServiceServerImpl for LoopServer {
             tokio::select! {
                 msg = stream.recv() => match msg {
                     // The client closed the stream (or the server shuts down).
-                    None => return Ok(()),
-                    Some(_) => {
+                    Ok(None) | Err(_) => return Ok(()),
+                    Ok(Some(_)) => {
                         return Err(Error::new(
                             ErrorCode::InvalidArgument,
                             "a notification stream takes one ReservationNotificationRequest",
@@ -259,28 +259,16 @@ impl OfferStream {
         Ok(OfferStream { stream })
     }
 
-    /// The next offer: `Ok(None)` when the stream was closed plainly, the
+    /// The next offer: `Ok(None)` when the stream was closed cleanly, the
     /// server's error when it refused or ended the stream.
     pub async fn next(&mut self) -> psrpc::Result<Option<ServerReservationNotification>> {
-        if let Some(offer) = self.stream.recv().await {
-            return Ok(Some(offer));
-        }
-        match self.stream.err() {
-            Some(e) if is_plain_close(&e) => Ok(None),
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+        self.stream.recv().await
     }
 
     /// Closes the stream: the server stops offering.
     pub async fn close(self) -> psrpc::Result<()> {
-        self.stream.close(None).await
+        self.stream.close().await
     }
-}
-
-fn is_plain_close(e: &Error) -> bool {
-    let plain = Error::stream_closed();
-    e.code() == plain.code() && e.message() == plain.message()
 }
 
 /// What the client side of the scenario does.

@@ -471,58 +471,53 @@ pub async fn stream(g: &Global, a: StreamArgs) -> CliResult<u8> {
                     let b = match json::encode(&input, &l) {
                         Ok(b) => b,
                         Err(e) => {
-                            let _ = stream.close(Some(psrpc::Error::new(psrpc::ErrorCode::Canceled, "bad input"))).await;
+                            let _ = stream.close_with(psrpc::Error::new(psrpc::ErrorCode::Canceled, "bad input")).await;
                             return Err(e);
                         }
                     };
                     if let Err(e) = stream.send(RawMsg(b)).await {
-                        return Err(closed(&stream, e, &pool));
+                        return Err(send_failed(e, &pool));
                     }
                 }
                 Ok(None) => {
                     loop {
                         match tokio::time::timeout(a.drain, stream.recv()).await {
-                            Ok(Some(RawMsg(b))) => print_line(&json::decode(&output, &b)),
-                            Ok(None) => return Err(server_closed(&stream, &pool)),
+                            Ok(Ok(Some(RawMsg(b)))) => print_line(&json::decode(&output, &b)),
+                            Ok(Ok(None)) => return Err(server_closed(None, &pool)),
+                            Ok(Err(e)) => return Err(server_closed(Some(e), &pool)),
                             Err(_) => break,
                         }
                     }
-                    let _ = stream.close(None).await;
+                    let _ = stream.close().await;
                     if g.verbose {
                         eprintln!("stream closed (end of input)");
                     }
                     return Ok(0);
                 }
                 Err(e) => {
-                    let _ = stream.close(None).await;
+                    let _ = stream.close().await;
                     return Err(CliError::input(format!("reading stdin: {e}")));
                 }
             },
             m = stream.recv() => match m {
-                Some(RawMsg(b)) => print_line(&json::decode(&output, &b)),
-                None => return Err(server_closed(&stream, &pool)),
+                Ok(Some(RawMsg(b))) => print_line(&json::decode(&output, &b)),
+                Ok(None) => return Err(server_closed(None, &pool)),
+                Err(e) => return Err(server_closed(Some(e), &pool)),
             },
         }
     }
 }
 
-/// The cause of a close by the server.
-fn server_closed(
-    stream: &psrpc::ClientStream<RawMsg, RawMsg>,
-    pool: &prost_reflect::DescriptorPool,
-) -> CliError {
-    let e = stream.err().unwrap_or_else(psrpc::Error::stream_closed);
+/// The cause of a close by the server (`None`: a clean close).
+fn server_closed(cause: Option<psrpc::Error>, pool: &prost_reflect::DescriptorPool) -> CliError {
+    let e = cause.unwrap_or_else(psrpc::Error::stream_closed);
     let mut ce = rt::call_error(&e, Some(pool));
     ce.message = format!("stream closed by the server: {}", ce.message);
     ce
 }
 
-fn closed(
-    stream: &psrpc::ClientStream<RawMsg, RawMsg>,
-    e: psrpc::Error,
-    pool: &prost_reflect::DescriptorPool,
-) -> CliError {
-    let e = stream.err().unwrap_or(e);
+/// A failed send: on a closed stream its error is why the stream ended.
+fn send_failed(e: psrpc::Error, pool: &prost_reflect::DescriptorPool) -> CliError {
     let mut ce = rt::call_error(&e, Some(pool));
     if ce.class == Class::Internal {
         ce.class = Class::Bus;

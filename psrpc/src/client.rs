@@ -254,7 +254,11 @@ impl ClientInner {
         };
         drop(drained);
         // Open streams end with "stream closed"; the peers are told.
-        for f in stream::close_all(&self.streams, &Error::stream_closed()) {
+        for f in stream::close_all(
+            &self.streams,
+            &Error::stream_closed(),
+            stream::CloseReason::ClientClosed,
+        ) {
             spawn_publish(f);
         }
     }
@@ -962,7 +966,8 @@ impl RpcClient {
         if let Err(e) = opened {
             shared.forget_ack(&request_id);
             // Tells the servers in the background: the caller has waited enough.
-            shared.close_detached(e.clone());
+            // The interceptors did not see an open: nor do they see this.
+            shared.close_detached(e.clone(), stream::CloseReason::Closed);
             return Err(e);
         }
         shared.open_interceptors();
@@ -986,10 +991,12 @@ fn watch_context<R: Message + Default + Clone + 'static>(
         tokio::select! {
             _ = shared.done().cancelled() => {}
             _ = sleep_until_opt(ctx.deadline().map(Instant::from_std)) => {
-                shared.close_detached(Error::new(ErrorCode::Unknown, "context deadline exceeded"));
+                let cause = Error::new(ErrorCode::Unknown, "context deadline exceeded");
+                shared.close_detached(cause, stream::CloseReason::Context);
             }
             _ = ctx.canceled() => {
-                shared.close_detached(Error::new(ErrorCode::Unknown, "context canceled"));
+                let cause = Error::new(ErrorCode::Unknown, "context canceled");
+                shared.close_detached(cause, stream::CloseReason::Context);
             }
         }
     });

@@ -12,7 +12,7 @@
 //! * [`MultiInterceptor`] wraps every multi call of a client: its send and
 //!   every result.
 //! * [`StreamInterceptor`] sees every stream's open, sends, received
-//!   messages and local close, on the client or the server side.
+//!   messages and end (whatever ended it), on the client or the server side.
 //!
 //! An interceptor sees messages as [`BoxMessage`]s: it can read them
 //! (`as_any().downcast_ref`), change them (`as_any_mut`), replace them, change
@@ -53,6 +53,7 @@ use futures::future::BoxFuture;
 use crate::client::CallOptions;
 use crate::error::{Error, Result};
 use crate::info::{BoxMessage, Context, DynMessage, RpcInfo};
+use crate::stream::CloseReason;
 
 /// The rest of a server chain: the inner interceptors, then the handler.
 #[derive(Clone)]
@@ -312,8 +313,8 @@ impl Role {
 }
 
 /// Sees every stream of a client or a server: its open, every send (which it
-/// wraps), every received message (before it is delivered) and the first
-/// local close. Every method has a pass-through default.
+/// wraps), every received message (before it is delivered) and its end,
+/// whatever caused it. Every method has a pass-through default.
 pub trait StreamInterceptor: Send + Sync + 'static {
     /// A stream was opened (client) or accepted (server).
     fn open(&self, info: &RpcInfo) {
@@ -341,9 +342,12 @@ pub trait StreamInterceptor: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The stream is being closed locally (`None`: a plain close).
-    fn close(&self, info: &RpcInfo, cause: Option<&Error>) {
-        let _ = (info, cause);
+    /// The stream ended, whatever ended it (see [`CloseReason`]): called
+    /// once per stream whose [`open`](Self::open) it saw. `cause` is the
+    /// error the stream ended with; `canceled` "stream closed" for a clean
+    /// close (by either end).
+    fn close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        let _ = (info, reason, cause);
     }
 }
 

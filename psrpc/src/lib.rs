@@ -39,7 +39,9 @@ pub use method::{Method, Routing};
 pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
 pub use server::{ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
-pub use stream::{ClientStream, ServerStream, StreamLiveness, StreamSender};
+pub use stream::{
+    ClientStream, CloseReason, ServerStream, StreamLiveness, StreamReceiver, StreamSender,
+};
 pub use topic::Topic;
 
 pub use async_trait::async_trait;

@@ -24,7 +24,7 @@ use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, down
 use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
 use crate::method::Method;
 use crate::route::{OpenAffinityFn, RequestAffinityFn, Route, StreamOpen, StreamRoute};
-use crate::stream::{self, ServerStream, StreamLiveness, StreamParams, StreamTable};
+use crate::stream::{self, CloseReason, ServerStream, StreamLiveness, StreamParams, StreamTable};
 use crate::topic::Topic;
 use crate::wire::{
     self, ClaimRequest, ClaimResponse, Envelope, Request, Response, StreamAck, StreamBody,
@@ -408,11 +408,11 @@ struct HandlerParts {
 
 impl HandlerEntry {
     /// Stops taking requests and closes every open stream with `unavailable`
-    /// "EOF"; returns the publishes of the close messages.
-    fn stop(&self) -> Vec<futures::future::BoxFuture<'static, Result<()>>> {
+    /// "EOF" (for `reason`); returns the publishes of the close messages.
+    fn stop(&self, reason: CloseReason) -> Vec<futures::future::BoxFuture<'static, Result<()>>> {
         self.stop.cancel();
         match &self.streams {
-            Some(t) => stream::close_all(t, &Error::stream_eof()),
+            Some(t) => stream::close_all(t, &Error::stream_eof(), reason),
             None => Vec::new(),
         }
     }
@@ -424,6 +424,19 @@ struct ServerInner {
     handlers: Mutex<HashMap<String, Option<HandlerEntry>>>,
     closed: AtomicBool,
     discovery: Option<Arc<crate::discovery::Registry>>,
+}
+
+impl Drop for ServerInner {
+    /// The last clone went: open streams end as at a kill (their handlers
+    /// may still run; the peers are told).
+    fn drop(&mut self) {
+        let hs = self.handlers.get_mut().unwrap_or_else(|e| e.into_inner());
+        for e in hs.values().flatten() {
+            for f in e.stop(CloseReason::Kill) {
+                stream::spawn_publish(f);
+            }
+        }
+    }
 }
 
 /// A server of one service: serves the handlers registered on it. Cheap to
@@ -820,7 +833,7 @@ impl RpcServer {
             }
         };
         if let Some(e) = entry {
-            for f in e.stop() {
+            for f in e.stop(CloseReason::Deregistered) {
                 stream::spawn_publish(f);
             }
         }
@@ -872,7 +885,7 @@ impl RpcServer {
             // Stop taking requests, close the open streams (the peers are
             // told before we leave), wait for the requests in flight (their
             // claim responses still arrive), then leave the claim channel.
-            for r in futures::future::join_all(e.stop()).await {
+            for r in futures::future::join_all(e.stop(CloseReason::Shutdown)).await {
                 if let Err(err) = r {
                     tracing::warn!(error = %err, "psrpc server: stream close not sent");
                 }
@@ -895,7 +908,7 @@ impl RpcServer {
     /// but a request still waiting for its claim is given up.
     pub fn kill(&self) {
         for e in self.close_all() {
-            for f in e.stop() {
+            for f in e.stop(CloseReason::Kill) {
                 stream::spawn_publish(f);
             }
         }
@@ -1531,7 +1544,8 @@ where
             (self.handler)(ServerStream::new(shared.clone(), rx, ctx, hijacked.clone())).await;
         if !hijacked.load(Ordering::Acquire) {
             // Err when the stream was closed already: nothing to do.
-            let _ = shared.close(result.err()).await;
+            let cause = result.err().unwrap_or_else(Error::stream_closed);
+            let _ = shared.close(cause, CloseReason::Closed).await;
         }
     }
 }

@@ -156,7 +156,14 @@ impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
     }
     fn on_stream_recv(&self, _: psrpc::interceptor::Role, _: &RpcInfo, _: usize) {}
     fn on_stream_open(&self, _: psrpc::interceptor::Role, _: &RpcInfo) {}
-    fn on_stream_close(&self, _: psrpc::interceptor::Role, _: &RpcInfo) {}
+    fn on_stream_close(
+        &self,
+        _: psrpc::interceptor::Role,
+        _: &RpcInfo,
+        _: psrpc::CloseReason,
+        _: &psrpc::Error,
+    ) {
+    }
     fn on_request_received(&self, info: &RpcInfo) {
         self.0.on_request_received(info);
     }

@@ -20,6 +20,7 @@ pub mod middleware;
 pub mod outage;
 pub mod security;
 pub mod servers;
+pub mod stream_ends;
 pub mod streams;
 pub mod suite;
 
@@ -286,6 +287,19 @@ macro_rules! conformance {
             stream_metadata_and_header,
             stream_malformed_message_closes,
             stream_many_concurrent,
+            stream_end_explicit_close,
+            stream_end_close_with_error,
+            stream_end_handler_error,
+            stream_end_client_drop,
+            stream_end_split_halves_drop,
+            stream_end_hijacked_drop,
+            stream_end_server_shutdown,
+            stream_end_server_kill,
+            stream_end_deregister,
+            stream_end_server_dropped,
+            stream_end_context,
+            stream_end_malformed,
+            stream_end_client_close,
             interceptors_server_order_and_recovery,
             interceptors_client_order,
             interceptors_multi_order,

@@ -16,6 +16,7 @@ use psrpc::{ErrorCode, Method, RpcClient, RpcServer, ServerOptions, ServerStream
 use tokio::sync::mpsc;
 
 use crate::Num;
+use crate::stream_ends::Ends;
 
 /// The service of these tests.
 pub const SERVICE: &str = "liveness";
@@ -199,11 +200,17 @@ async fn register_pusher(s: &RpcServer, events: Option<mpsc::UnboundedSender<Eve
                         text: "hello".into(),
                     })
                     .await;
-                while let Some(m) = st.recv().await {
-                    report(Event::Got);
-                    let _ = st.send(m).await;
-                }
-                report(Event::Ended(st.err(), Instant::now()));
+                let end = loop {
+                    match st.recv().await {
+                        Ok(Some(m)) => {
+                            report(Event::Got);
+                            let _ = st.send(m).await;
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                };
+                report(Event::Ended(end, Instant::now()));
                 Ok(())
             }
         })
@@ -224,17 +231,21 @@ async fn open(c: &RpcClient) -> psrpc::ClientStream<Num, Num> {
 
 /// The client holds a stream whose server process is then SIGKILLed; it
 /// only receives. Its `recv` must end with `unavailable` within the bound,
-/// and `is_closed()` be true. Returns the time from the kill to the end.
+/// and `is_closed()` be true; its interceptors and metrics see the end as
+/// [`CloseReason::PeerGone`](psrpc::CloseReason::PeerGone). Returns the
+/// time from the kill to the end.
 pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Duration {
     let (bus, found) = Looks::wrap(bus);
-    let c = RpcClient::new(bus, SERVICE, Default::default())
+    let ends = Arc::new(Ends::default());
+    let c = RpcClient::new(bus, SERVICE, ends.client(Default::default()))
         .await
         .expect("client");
     let mut st = open(&c).await;
     let first = tokio::time::timeout(DEADLINE, st.recv())
         .await
         .expect("first message in time")
-        .expect("first message");
+        .expect("first message")
+        .expect("a message");
     assert_eq!(first.n, 0);
     Looks::armed(&found).await;
     server.kill();
@@ -243,14 +254,24 @@ pub async fn client_learns_server_killed(bus: DynBus, mut server: Peer) -> Durat
         .await
         .expect("the client learns that its server died");
     let took = killed.elapsed();
-    assert!(end.is_none(), "nothing more from a dead server");
+    let err = end.expect_err("nothing more from a dead server");
     assert!(st.is_closed());
-    let err = st.err().expect("a cause");
     assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     // And a send fails at once with that cause.
     let sent = st.send(Num::default()).await.expect_err("closed");
     assert_eq!(sent.code(), ErrorCode::Unavailable);
+    assert_peer_gone(&ends, "client").await;
     took
+}
+
+/// `ends` saw one stream end, for a dead peer, with `unavailable`.
+async fn assert_peer_gone(ends: &Ends, side: &str) {
+    let end = ends.one_end(side).await;
+    assert_eq!(
+        (end.reason, end.code),
+        (psrpc::CloseReason::PeerGone, ErrorCode::Unavailable),
+        "{end:?}"
+    );
 }
 
 /// A server holds a stream whose client process is then SIGKILLed: the
@@ -261,11 +282,13 @@ pub async fn server_learns_client_killed(
     spawn_client: impl FnOnce() -> Peer,
 ) -> Duration {
     let (bus, found) = Looks::wrap(bus);
-    let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+    let ends = Arc::new(Ends::default());
+    let s = RpcServer::new(bus, SERVICE, ends.server(ServerOptions::default()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let mut client = spawn_client();
     let took = server_sees_end(&mut events, &found, || client.kill()).await;
+    assert_peer_gone(&ends, "server").await;
     s.shutdown().await;
     took
 }
@@ -357,21 +380,24 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
     .await
     .expect("server up");
     let (bus, found) = Looks::wrap(bus);
-    let c = RpcClient::new(bus, SERVICE, Default::default())
+    let ends = Arc::new(Ends::default());
+    let c = RpcClient::new(bus, SERVICE, ends.client(Default::default()))
         .await
         .expect("client");
     let mut st = open(&c).await;
-    assert_eq!(st.recv().await.expect("first").n, 0);
+    assert_eq!(st.recv().await.expect("first").expect("a message").n, 0);
     Looks::armed(&found).await;
     kill_runtime(rt);
     let killed = Instant::now();
     let end = tokio::time::timeout(DEADLINE, st.recv())
         .await
         .expect("the client learns that its server died");
-    assert!(end.is_none());
+    let took = killed.elapsed();
+    let err = end.expect_err("nothing more from a dead server");
     assert!(st.is_closed());
-    assert_eq!(st.err().unwrap().code(), ErrorCode::Unavailable);
-    killed.elapsed()
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert_peer_gone(&ends, "client").await;
+    took
 }
 
 /// The local bus, client side dies: the client runs on a runtime of its
@@ -380,7 +406,8 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
 pub async fn local_client_killed(bus: DynBus) -> Duration {
     let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
     let (server_bus, found) = Looks::wrap(bus.clone());
-    let s = RpcServer::new(server_bus, SERVICE, ServerOptions::default());
+    let ends = Arc::new(Ends::default());
+    let s = RpcServer::new(server_bus, SERVICE, ends.server(ServerOptions::default()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let rt = peer_runtime();
@@ -403,6 +430,7 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
         .expect("the client leaks its stream in time")
         .expect("the client task ran");
     let took = server_sees_end(&mut events, &found, || kill_runtime(rt)).await;
+    assert_peer_gone(&ends, "server").await;
     s.shutdown().await;
     took
 }
@@ -432,7 +460,7 @@ async fn fast_watched_stream(
     .await
     .expect("client");
     let mut st = open(&c).await;
-    assert_eq!(st.recv().await.expect("first").n, 0);
+    assert_eq!(st.recv().await.expect("first").expect("a message").n, 0);
     (s, c, st)
 }
 
@@ -444,7 +472,7 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
     let (s, _c, mut st) = fast_watched_stream(bus, psrpc::StreamLiveness::disabled()).await;
     // Nothing would tell us that the client decided not to end the stream.
     crate::quiet_for(Duration::from_secs(3)).await;
-    assert!(st.err().is_none(), "ended: {:?}", st.err());
+    assert!(!st.is_closed(), "the stream ended");
     st.send(Num {
         n: 7,
         text: String::new(),
@@ -454,9 +482,10 @@ pub async fn peer_without_presence_is_kept(bus: DynBus) {
     let echo = tokio::time::timeout(DEADLINE, st.recv())
         .await
         .expect("echo in time")
-        .expect("echo");
+        .expect("echo")
+        .expect("a message");
     assert_eq!(echo.n, 7);
-    st.close(None).await.expect("close");
+    st.close().await.expect("close");
     s.shutdown().await;
 }
 
@@ -467,8 +496,8 @@ pub async fn one_watched_stream(bus: DynBus) {
     // The stream runs, both ends watching, long enough for many rounds of
     // watching traffic (twenty intervals) and four times `dead_after`.
     crate::quiet_for(Duration::from_secs(2)).await;
-    assert!(st.err().is_none(), "ended: {:?}", st.err());
-    st.close(None).await.expect("close");
+    assert!(!st.is_closed(), "the stream ended");
+    st.close().await.expect("close");
     s.shutdown().await;
 }
 

@@ -398,7 +398,8 @@ enum Seen {
     StreamOpen(Role),
     StreamSend(Role, usize, bool),
     StreamRecv(Role, usize),
-    StreamClose(Role),
+    /// The stream ended: for what reason, and whether cleanly.
+    StreamClose(Role, psrpc::CloseReason, bool),
 }
 
 #[derive(Default)]
@@ -460,14 +461,19 @@ impl MetricsObserver for Recorder {
     fn on_stream_open(&self, role: Role, _i: &RpcInfo) {
         self.0.lock().unwrap().push(Seen::StreamOpen(role));
     }
-    fn on_stream_close(&self, role: Role, _i: &RpcInfo) {
-        self.0.lock().unwrap().push(Seen::StreamClose(role));
+    fn on_stream_close(&self, role: Role, _i: &RpcInfo, reason: psrpc::CloseReason, e: &Error) {
+        let clean = (e.code(), e.message()) == (ErrorCode::Canceled, "stream closed");
+        self.0
+            .lock()
+            .unwrap()
+            .push(Seen::StreamClose(role, reason, clean));
     }
 }
 
 /// Metrics: one record per call with the right role, method, outcome and
 /// sizes (request and response sizes are not swapped on either side);
-/// streams report open, every send and receive, and the local close.
+/// streams report open, every send and receive, and their end (a local
+/// close on the client, the peer's close on the server).
 pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     let (server_rec, client_rec) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
     let s = RpcServer::new(
@@ -491,7 +497,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         .unwrap();
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 st.send(num(m.n, "pong!")).await?;
             }
             Ok(())
@@ -564,38 +570,38 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
 
     let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(req.clone()).await.unwrap();
-    st.recv().await.unwrap();
-    st.close(None).await.unwrap();
+    st.recv().await.unwrap().unwrap();
+    st.close().await.unwrap();
     let pong = prost::Message::encoded_len(&num(7, "pong!"));
     let client_side = client_rec.take();
     assert_eq!(client_side.len(), 4, "{client_side:?}");
     assert_eq!(client_side[0], Seen::StreamOpen(Role::Client));
-    assert_eq!(client_side[3], Seen::StreamClose(Role::Client));
+    assert_eq!(
+        client_side[3],
+        Seen::StreamClose(Role::Client, psrpc::CloseReason::Closed, true)
+    );
     // The pong may arrive before the send's own ack is seen: any order.
     assert!(client_side[1..3].contains(&Seen::StreamSend(Role::Client, req_len, true)));
     assert!(client_side[1..3].contains(&Seen::StreamRecv(Role::Client, pong)));
-    // The server's handler ends after the client's close (a remote close,
-    // not reported), then closes its side locally.
+    // The server's stream ends with the client's close: reported too.
     crate::eventually(
-        "the server saw open, recv and send",
+        "the server saw open, recv, send and the peer's close",
         Duration::from_secs(20),
-        || server_rec.0.lock().unwrap().len() >= 3,
+        || server_rec.0.lock().unwrap().len() >= 4,
     )
     .await;
     let server_side = server_rec.take();
+    assert_eq!(server_side.len(), 4, "{server_side:?}");
     // The open is reported by the handler's task and the message on its
-    // arrival: under load either may come first.
+    // arrival, the close where it arrives: under load the order varies.
     for seen in [
         Seen::StreamOpen(Role::Server),
         Seen::StreamRecv(Role::Server, req_len),
         Seen::StreamSend(Role::Server, pong, true),
+        Seen::StreamClose(Role::Server, psrpc::CloseReason::Peer, true),
     ] {
-        assert!(
-            server_side[..3].contains(&seen),
-            "{seen:?} in {server_side:?}"
-        );
+        assert!(server_side.contains(&seen), "{seen:?} in {server_side:?}");
     }
-    assert_eq!(server_side[2], Seen::StreamSend(Role::Server, pong, true));
     s.shutdown().await;
 }
 
@@ -682,7 +688,7 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
     );
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 st.send(num(m.n, "pong")).await?;
             }
             Ok(())
@@ -704,12 +710,13 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
         let m = tokio::time::timeout(WAIT, st.recv())
             .await
             .unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(m.n, i, "in order");
         // The message and its ack: two links at least.
         assert!(started.elapsed() >= LAG * 2, "{:?}", started.elapsed());
     }
-    st.close(None).await.unwrap();
+    st.close().await.unwrap();
     s.shutdown().await;
 }
 
@@ -725,7 +732,7 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
     );
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
-            while st.recv().await.is_some() {}
+            while st.recv().await?.is_some() {}
             Ok(())
         })
         .await
@@ -765,6 +772,6 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
     for i in 0..5 {
         st.send(num(100 + i, "")).await.expect("healthy again");
     }
-    st.close(None).await.unwrap();
+    st.close().await.unwrap();
     s.shutdown().await;
 }

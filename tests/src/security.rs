@@ -31,7 +31,7 @@ pub async fn serve(bus: DynBus) -> psrpc::Result<RpcServer> {
         .await?;
     s.stream_route(&CHAT)
         .handle(|mut st: ServerStream<Num, Num>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 st.send(m).await?;
             }
             Ok(())
@@ -76,7 +76,8 @@ pub async fn call_and_chat(bus: DynBus) {
     let echo = tokio::time::timeout(WAIT, st.recv())
         .await
         .expect("echo in time")
-        .expect("echo");
+        .expect("echo")
+        .expect("a message");
     assert_eq!(echo.n, 7);
-    st.close(None).await.expect("close");
+    st.close().await.expect("close");
 }

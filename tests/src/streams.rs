@@ -34,7 +34,8 @@ pub(crate) fn num(n: i64, text: &str) -> Num {
 }
 
 /// Registers an echo handler: every `Num` comes back with `text` "PONG";
-/// reports on `done` when its stream ends, with the stream's error.
+/// reports on `done` when its stream ends, with the stream's error (`None`
+/// for a clean close).
 async fn echo(
     s: &RpcServer,
     m: &Method<Num, Num>,
@@ -46,15 +47,24 @@ async fn echo(
         .handle(move |mut st: ServerStream<Num, Num>| {
             let done = done.clone();
             async move {
-                let mut result = Ok(());
-                while let Some(msg) = st.recv().await {
-                    if let Err(e) = st.send(num(msg.n, "PONG")).await {
-                        result = Err(e);
-                        break;
+                loop {
+                    match st.recv().await {
+                        Ok(Some(msg)) => {
+                            if let Err(e) = st.send(num(msg.n, "PONG")).await {
+                                let _ = done.send(Some(e.clone()));
+                                return Err(e);
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = done.send(None);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            let _ = done.send(Some(e));
+                            return Ok(());
+                        }
                     }
                 }
-                let _ = done.send(st.err());
-                result
             }
         })
         .await
@@ -82,15 +92,18 @@ pub async fn stream_ping_pong(f: &dyn BusFactory) {
         let got = tokio::time::timeout(WAIT, st.recv())
             .await
             .expect("pong in time")
-            .expect("pong");
+            .expect("pong")
+            .expect("a message");
         assert_eq!((got.n, got.text.as_str()), (i, "PONG"));
     }
-    st.close(None).await.expect("close");
-    let server_err = recv(&mut done).await.expect("server sees a cause");
-    assert_eq!(server_err.code(), ErrorCode::Canceled);
-    assert_eq!(server_err.message(), "stream closed");
+    st.close().await.expect("close");
+    let server_err = recv(&mut done).await;
+    assert!(
+        server_err.is_none(),
+        "the server sees a clean end: {server_err:?}"
+    );
     // A second close returns the first cause and sends nothing.
-    let again = st.close(None).await.expect_err("closed already");
+    let again = st.close().await.expect_err("closed already");
     assert_eq!(again.message(), "stream closed");
     s.shutdown().await;
 }
@@ -108,7 +121,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
             .handle(move |mut st: ServerStream<Num, Num>| {
                 let count = count.clone();
                 async move {
-                    while st.recv().await.is_some() {
+                    while let Ok(Some(_)) = st.recv().await {
                         count.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(())
@@ -123,7 +136,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
     let st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(1, "")).await.unwrap();
     st.send(num(2, "")).await.unwrap();
-    st.close(None).await.unwrap();
+    st.close().await.unwrap();
     // Both were acknowledged: the handler reads them even after the close.
     let total = || {
         counts
@@ -145,7 +158,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
     }
 }
 
-/// A handler's error closes the stream with it; the client's `err()` and
+/// A handler's error closes the stream with it; the client's `recv` and
 /// its sends report it. A client's close cause reaches the server.
 pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
     let s = server(f, "stream_causes", f.server_options()).await;
@@ -156,13 +169,19 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
             async move {
                 let first = st.recv().await;
                 match first {
-                    Some(m) if m.text == "fail" => {
+                    Ok(Some(m)) if m.text == "fail" => {
                         Err(Error::new(ErrorCode::FailedPrecondition, "handler refused"))
                     }
                     _ => {
                         // Wait for the client's close and report its cause.
-                        while st.recv().await.is_some() {}
-                        let _ = seen.send(st.err());
+                        let end = loop {
+                            match st.recv().await {
+                                Ok(Some(_)) => {}
+                                Ok(None) => break None,
+                                Err(e) => break Some(e),
+                            }
+                        };
+                        let _ = seen.send(end);
                         Ok(())
                     }
                 }
@@ -175,14 +194,10 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
 
     let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(0, "fail")).await.unwrap();
-    assert!(
-        tokio::time::timeout(WAIT, st.recv())
-            .await
-            .unwrap()
-            .is_none(),
-        "stream ends"
-    );
-    let err = st.err().expect("closed with the handler's error");
+    let err = tokio::time::timeout(WAIT, st.recv())
+        .await
+        .unwrap()
+        .expect_err("closed with the handler's error");
     assert_eq!(err.code(), ErrorCode::FailedPrecondition);
     assert_eq!(err.message(), "handler refused");
     let send_err = st.send(num(1, "")).await.expect_err("closed");
@@ -191,12 +206,9 @@ pub async fn stream_close_causes_cross(f: &dyn BusFactory) {
 
     let st = c.stream(&PING_PONG, ()).await.unwrap();
     st.send(num(0, "hello")).await.unwrap();
-    st.close(Some(Error::new(
-        ErrorCode::ResourceExhausted,
-        "client is done",
-    )))
-    .await
-    .unwrap();
+    st.close_with(Error::new(ErrorCode::ResourceExhausted, "client is done"))
+        .await
+        .unwrap();
     let cause = recv(&mut seen).await.expect("server sees a cause");
     assert_eq!(cause.code(), ErrorCode::ResourceExhausted);
     assert_eq!(cause.message(), "client is done");
@@ -216,7 +228,7 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
                 // Do not read until told.
                 let _ = release.wait_for(|r| *r).await;
                 let mut n = 0;
-                while let Ok(Some(_)) =
+                while let Ok(Ok(Some(_))) =
                     tokio::time::timeout(Duration::from_millis(200), st.recv()).await
                 {
                     n += 1;
@@ -247,6 +259,7 @@ pub async fn stream_slow_receiver_times_out_sender(f: &dyn BusFactory) {
     let read = tokio::time::timeout(WAIT, st.recv())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(
         read.n, BUFFER as i64,
@@ -272,7 +285,7 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
             for expected in 0..N {
                 let m = st
                     .recv()
-                    .await
+                    .await?
                     .ok_or_else(|| Error::new(ErrorCode::DataLoss, "closed early"))?;
                 if m.n != expected {
                     return Err(Error::new(
@@ -285,7 +298,7 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
                 .await
                 .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))??;
             st.send(num(-1, "server got all")).await?;
-            while st.recv().await.is_some() {}
+            while st.recv().await?.is_some() {}
             Ok(())
         })
         .await
@@ -305,19 +318,19 @@ pub async fn stream_thousand_each_way_in_order(f: &dyn BusFactory) {
     });
     let got = tokio::time::timeout(Duration::from_secs(60), async {
         let mut got = Vec::new();
-        while let Some(m) = st.recv().await {
-            if m.n == -1 {
-                return got;
+        loop {
+            match st.recv().await {
+                Ok(Some(m)) if m.n == -1 => return got,
+                Ok(Some(m)) => got.push(m.n),
+                end => panic!("stream closed early: {end:?}"),
             }
-            got.push(m.n);
         }
-        panic!("stream closed early: {:?}", st.err());
     })
     .await
     .expect("1000 each way in time");
     sending.await.unwrap();
     assert_eq!(got, (0..N).collect::<Vec<_>>(), "in order, none lost");
-    st.close(None).await.unwrap();
+    st.close().await.unwrap();
     s.shutdown().await;
 }
 
@@ -350,18 +363,14 @@ pub async fn stream_hijack_keeps_stream(f: &dyn BusFactory) {
     let m = tokio::time::timeout(WAIT, kept.recv())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(m.n, 7);
     kept.send(num(8, "from hijacked")).await.unwrap();
-    assert_eq!(st.recv().await.unwrap().n, 8);
-    kept.close(None).await.unwrap();
-    assert!(
-        tokio::time::timeout(WAIT, st.recv())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(st.err().unwrap().message(), "stream closed");
+    assert_eq!(st.recv().await.unwrap().unwrap().n, 8);
+    kept.close().await.unwrap();
+    let end = tokio::time::timeout(WAIT, st.recv()).await.unwrap();
+    assert!(matches!(end, Ok(None)), "a clean end: {end:?}");
     s.shutdown().await;
 }
 
@@ -377,7 +386,7 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
         let mut a = c.stream(&PING_PONG, ()).await.unwrap();
         let mut b = c.stream(&PING_PONG, ()).await.unwrap();
         a.send(num(1, "")).await.unwrap();
-        assert_eq!(a.recv().await.unwrap().n, 1);
+        assert_eq!(a.recv().await.unwrap().unwrap().n, 1);
         let started = Instant::now();
         if kill {
             s.kill();
@@ -387,14 +396,10 @@ pub async fn stream_server_shutdown_and_kill_close_streams(f: &dyn BusFactory) {
                 .expect("shutdown returns");
         }
         for st in [&mut a, &mut b] {
-            assert!(
-                tokio::time::timeout(WAIT, st.recv())
-                    .await
-                    .unwrap()
-                    .is_none(),
-                "stream ends"
-            );
-            let e = st.err().unwrap();
+            let e = tokio::time::timeout(WAIT, st.recv())
+                .await
+                .unwrap()
+                .expect_err("stream ends with an error");
             assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "EOF"));
         }
         for _ in 0..2 {
@@ -428,7 +433,7 @@ pub async fn stream_no_server_and_topics(f: &dyn BusFactory) {
         .await
         .expect("topic a is served");
     st.send(num(5, "")).await.unwrap();
-    assert_eq!(st.recv().await.unwrap().n, 5);
+    assert_eq!(st.recv().await.unwrap().unwrap().n, 5);
     let e = c
         .stream(&PING_PONG, topic(&["region", "b"]))
         .timeout(Duration::from_millis(500))
@@ -491,9 +496,10 @@ pub async fn stream_affinity_sees_open(f: &dyn BusFactory) {
         let hello = tokio::time::timeout(WAIT, st.recv())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .expect("a message");
         assert_eq!(hello.text, tier, "the open's metadata picks the server");
-        st.close(None).await.unwrap();
+        st.close().await.unwrap();
     }
     // Both servers scored every open, and saw it whole.
     let mut tiers = Vec::new();
@@ -540,9 +546,10 @@ pub async fn stream_affinity_picks_best(f: &dyn BusFactory) {
     let hello = tokio::time::timeout(WAIT, st.recv())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(hello.text, "high");
-    st.close(None).await.unwrap();
+    st.close().await.unwrap();
     for s in servers {
         s.shutdown().await;
     }
@@ -561,27 +568,20 @@ pub async fn stream_client_close_and_context(f: &dyn BusFactory) {
     let ctx = Context::new().with_cancel(token.clone());
     let mut st = c.stream(&PING_PONG, ()).context(&ctx).await.unwrap();
     token.cancel();
-    assert!(
-        tokio::time::timeout(WAIT, st.recv())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(st.err().unwrap().message(), "context canceled");
+    let e = tokio::time::timeout(WAIT, st.recv())
+        .await
+        .unwrap()
+        .expect_err("ended by its context");
+    assert_eq!(e.message(), "context canceled");
     let server_side = recv(&mut done).await.unwrap();
     assert_eq!(server_side.message(), "context canceled");
 
     let mut st = c.stream(&PING_PONG, ()).await.unwrap();
     c.close();
-    assert!(
-        tokio::time::timeout(WAIT, st.recv())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(st.err().unwrap().message(), "stream closed");
-    let server_side = recv(&mut done).await.unwrap();
-    assert_eq!(server_side.message(), "stream closed");
+    let end = tokio::time::timeout(WAIT, st.recv()).await.unwrap();
+    assert!(matches!(end, Ok(None)), "a clean end: {end:?}");
+    let server_side = recv(&mut done).await;
+    assert!(server_side.is_none(), "a clean end: {server_side:?}");
     let e = c.stream(&PING_PONG, ()).await.expect_err("closed client");
     assert_eq!(e.message(), "client is closed");
     s.shutdown().await;
@@ -640,8 +640,14 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
         .handle(move |mut st: ServerStream<Num, Wrong>| {
             let done = done_tx.clone();
             async move {
-                while st.recv().await.is_some() {}
-                let _ = done.send(st.err());
+                let end = loop {
+                    match st.recv().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                };
+                let _ = done.send(end);
                 Ok(())
             }
         })
@@ -657,12 +663,11 @@ pub async fn stream_malformed_message_closes(f: &dyn BusFactory) {
     assert_eq!(e.code(), ErrorCode::MalformedRequest, "{e}");
     let server_side = recv(&mut done).await.unwrap();
     assert_eq!(server_side.code(), ErrorCode::MalformedRequest);
-    assert!(
-        tokio::time::timeout(WAIT, st.recv())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let e = tokio::time::timeout(WAIT, st.recv())
+        .await
+        .unwrap()
+        .expect_err("ended by the malformed message");
+    assert_eq!(e.code(), ErrorCode::MalformedRequest);
     s.shutdown().await;
 }
 
@@ -680,10 +685,13 @@ pub async fn stream_many_concurrent(f: &dyn BusFactory) {
                 let mut st = c.stream(&PING_PONG, ()).await?;
                 for i in 0..20 {
                     st.send(num(k * 100 + i, "")).await?;
-                    let m = st.next().await.ok_or_else(|| st.err().unwrap())?;
+                    let m = st
+                        .next()
+                        .await
+                        .unwrap_or_else(|| Err(Error::new(ErrorCode::DataLoss, "ended")))?;
                     assert_eq!(m.n, k * 100 + i);
                 }
-                st.close(None).await
+                st.close().await
             })
         })
         .collect();

@@ -25,6 +25,7 @@ pub use crate::compression::{
 };
 pub use crate::middleware::*;
 use crate::my_service::*;
+pub use crate::stream_ends::*;
 pub use crate::streams::*;
 use crate::{BusFactory, MyRequest, MyResponse, MyUpdate, Num};
 

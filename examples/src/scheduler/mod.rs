@@ -364,7 +364,7 @@ impl GlClient {
             .signer_requests_stream(self.network.as_str())
             .metadata(creds.metadata())
             .await?;
-        match stream.recv().await {
+        match stream.recv().await? {
             Some(hello) if hello.request_id == 0 => {}
             Some(other) => {
                 return Err(Error::new(
@@ -372,7 +372,7 @@ impl GlClient {
                     format!("the scheduler greeted with request {}", other.request_id),
                 ));
             }
-            None => return Err(stream.err().unwrap_or_else(Error::stream_closed)),
+            None => return Err(Error::stream_closed()),
         }
         let approved = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
@@ -382,7 +382,8 @@ impl GlClient {
         let task = {
             let (approved, refused) = (approved.clone(), refused.clone());
             tokio::spawn(async move {
-                while let Some(req) = stream.recv().await {
+                // Ends cleanly on a clean close, with the error otherwise.
+                while let Some(req) = stream.recv().await? {
                     let Some(signer_request::Request::ApprovePairing(ask)) = req.request else {
                         continue;
                     };
@@ -406,10 +407,7 @@ impl GlClient {
                         })
                         .await?;
                 }
-                match stream.err() {
-                    Some(e) if e.code() != Error::stream_closed().code() => Err(e),
-                    _ => Ok(()),
-                }
+                Ok(())
             })
         };
         Ok(Signer {
@@ -443,7 +441,7 @@ impl Signer {
 
     /// Detaches: closes the stream and waits for the signer to stop.
     pub async fn detach(self) -> Result<(), BoxError> {
-        let _ = self.sender.close(None).await;
+        let _ = self.sender.close().await;
         self.task.await??;
         Ok(())
     }

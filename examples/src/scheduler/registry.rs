@@ -580,7 +580,7 @@ impl Registry {
             })
             .await;
         if greeted.is_ok() {
-            while let Some(resp) = stream.recv().await {
+            while let Ok(Some(resp)) = stream.recv().await {
                 let waiter = lock(&pending).remove(&resp.request_id);
                 if let Some(tx) = waiter {
                     let _ = tx.send(resp);

@@ -148,9 +148,9 @@ pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, R
     bench
         .stream_route(&ECHO)
         .handle(|mut st: ServerStream<Msg, Msg>| async move {
-            while let Some(m) = st.recv().await {
+            while let Some(m) = st.recv().await? {
                 if m.seq == 99 {
-                    st.close(Some(Error::new(ErrorCode::Aborted, "seq 99 refused")))
+                    st.close_with(Error::new(ErrorCode::Aborted, "seq 99 refused"))
                         .await?;
                     return Ok(());
                 }

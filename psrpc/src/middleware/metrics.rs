@@ -15,7 +15,8 @@
 //! | `psrpc_request_duration_seconds` | histogram | role, service, method |
 //! | `psrpc_request_bytes`, `psrpc_response_bytes` | histogram | role, service, method |
 //! | `psrpc_multi_responses_total`, `psrpc_multi_errors_total` | counter | role, service, method |
-//! | `psrpc_stream_opens_total`, `psrpc_stream_closes_total` | counter | role, service, method |
+//! | `psrpc_stream_opens_total` | counter | role, service, method |
+//! | `psrpc_stream_closes_total` | counter | role, service, method, reason (what ended it: `closed`, `dropped`, `peer`, `context`, `malformed`, `peer_gone`, `shutdown`, `kill`, `deregistered`, `client_closed`), outcome (`ok` for a clean close, or the error code) |
 //! | `psrpc_stream_messages_total` | counter | role, service, method, direction (`send`/`recv`), outcome |
 //! | `psrpc_stream_message_bytes` | histogram | role, service, method, direction |
 //! | `psrpc_stream_send_duration_seconds` | histogram | role, service, method |
@@ -43,6 +44,7 @@ use crate::interceptor::{
     ServerInterceptor, ServerNext, StreamInterceptor, StreamSendNext,
 };
 use crate::server::{ClaimOutcome, RequestObserver, ServerOptions};
+use crate::stream::CloseReason;
 
 /// Receives the measurements of calls (all calls are synchronous, made on
 /// the call's task: keep them quick).
@@ -83,8 +85,10 @@ pub trait MetricsObserver: Send + Sync + 'static {
     fn on_stream_recv(&self, role: Role, info: &RpcInfo, bytes: usize);
     /// A stream was opened (client) or accepted (server).
     fn on_stream_open(&self, role: Role, info: &RpcInfo);
-    /// A stream was closed locally (once; remote closes are not reported).
-    fn on_stream_close(&self, role: Role, info: &RpcInfo);
+    /// A stream ended, whatever ended it: once for every stream reported
+    /// by [`on_stream_open`](Self::on_stream_open). `cause` is `canceled`
+    /// "stream closed" for a clean close.
+    fn on_stream_close(&self, role: Role, info: &RpcInfo, reason: CloseReason, cause: &Error);
     /// Server: a request (or stream open) was read off the bus.
     fn on_request_received(&self, _info: &RpcInfo) {}
     /// Server: a request arrived `late_by` after its expiry and was dropped.
@@ -286,8 +290,9 @@ impl StreamInterceptor for Metrics {
         Ok(())
     }
 
-    fn close(&self, info: &RpcInfo, _cause: Option<&Error>) {
-        self.observer.on_stream_close(self.role, info);
+    fn close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        self.observer
+            .on_stream_close(self.role, info, reason, cause);
     }
 }
 
@@ -444,8 +449,21 @@ mod facade {
             metrics::counter!("psrpc_stream_opens_total", &labels(role, info)).increment(1);
         }
 
-        fn on_stream_close(&self, role: Role, info: &RpcInfo) {
-            metrics::counter!("psrpc_stream_closes_total", &labels(role, info)).increment(1);
+        fn on_stream_close(&self, role: Role, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+            let [a, b, c] = labels(role, info);
+            let outcome = if crate::stream::is_clean(cause) {
+                "ok".to_owned()
+            } else {
+                cause.wire_code().to_owned()
+            };
+            let labels = [
+                a,
+                b,
+                c,
+                ("reason", reason.as_str().to_owned()),
+                ("outcome", outcome),
+            ];
+            metrics::counter!("psrpc_stream_closes_total", &labels).increment(1);
         }
 
         fn on_request_received(&self, info: &RpcInfo) {
@@ -540,6 +558,11 @@ mod tests {
             let e = Error::new(ErrorCode::NotFound, "x");
             f.on_unary_request(Role::Server, &info, Duration::ZERO, Some(&e), 3, 0);
             f.on_stream_recv(Role::Server, &info, 5);
+            f.on_stream_open(Role::Client, &info);
+            let clean = Error::stream_closed();
+            f.on_stream_close(Role::Client, &info, CloseReason::Dropped, &clean);
+            let eof = Error::stream_eof();
+            f.on_stream_close(Role::Server, &info, CloseReason::Shutdown, &eof);
             f.on_request_received(&info);
             f.on_request_expired(&info, Duration::from_secs(2));
             for o in [
@@ -562,6 +585,11 @@ mod tests {
             "psrpc_stream_messages_total{direction=recv,method=Do,outcome=ok,role=server,service=Svc}"
                 .to_owned(),
             "psrpc_stream_message_bytes{direction=recv,method=Do,role=server,service=Svc}"
+                .to_owned(),
+            format!("psrpc_stream_opens_total{{{base}}}"),
+            "psrpc_stream_closes_total{method=Do,outcome=ok,reason=dropped,role=client,service=Svc}"
+                .to_owned(),
+            "psrpc_stream_closes_total{method=Do,outcome=unavailable,reason=shutdown,role=server,service=Svc}"
                 .to_owned(),
             "psrpc_server_requests_received_total{method=Do,service=Svc}".to_owned(),
             "psrpc_server_requests_expired_total{method=Do,service=Svc}".to_owned(),
