@@ -54,7 +54,7 @@ pub(crate) async fn measure_bus_floor(
     client: &DynBus,
     peers: &[DynBus],
 ) -> Stats {
-    let tag = psrpc::id::new_id("");
+    let tag = psrpc::protocol::id::new_id("");
     match kind {
         FloorKind::PingPong { fanout, rounds } => {
             let mut workers = Vec::with_capacity(conc);

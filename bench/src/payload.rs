@@ -76,11 +76,11 @@ pub(crate) fn text_payload(n: usize) -> Bytes {
 /// as the connections send it.
 pub(crate) fn request_bytes(args: &Args) -> (usize, usize) {
     use prost::Message as _;
-    let req = psrpc::wire::Request {
-        request_id: psrpc::id::new_request_id(),
+    let req = psrpc::protocol::wire::Request {
+        request_id: psrpc::protocol::id::new_request_id(),
         client_id: args.client_id.clone(),
-        sent_at: psrpc::wire::now_ns(),
-        expiry: psrpc::wire::now_ns() + 3_000_000_000,
+        sent_at: psrpc::protocol::wire::now_ns(),
+        expiry: psrpc::protocol::wire::now_ns() + 3_000_000_000,
         raw_request: Req {
             seq: 1,
             payload: text_payload(args.payload),
@@ -91,5 +91,8 @@ pub(crate) fn request_bytes(args: &Args) -> (usize, usize) {
         ..Default::default()
     };
     let c = CompressionOptions::default().with_quality(args.compress);
-    (psrpc::wire::encode_msg(&req).len(), c.encode(&req).len())
+    (
+        psrpc::protocol::wire::encode_msg(&req).len(),
+        c.encode(&req).len(),
+    )
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message as _;
 use psrpc::bus::{DynBus, Handler, HandlerSubscription};
-use psrpc::wire::{self, Request, Response};
+use psrpc::protocol::wire::{self, Request, Response};
 use psrpc::{CompressionOptions, MessageBus};
 use tokio::sync::oneshot;
 
@@ -54,7 +54,7 @@ pub(crate) async fn measure_rpc_floor(
     client: &DynBus,
     servers: &[DynBus],
 ) -> Stats {
-    let tag = psrpc::id::new_id("");
+    let tag = psrpc::protocol::id::new_id("");
     let req_ch = floor_channel(format!("psrpc-bench.rpc-floor.{tag}.req"));
     let res_ch = floor_channel(format!("psrpc-bench.rpc-floor.{tag}.res"));
     let size = psrpc::client::DEFAULT_CHANNEL_SIZE;
@@ -162,7 +162,7 @@ impl Call {
     /// One call with sequence number `seq`: its latency, or what went wrong.
     async fn once(&self, seq: i64) -> Result<Duration, String> {
         let t0 = Instant::now();
-        let request_id = psrpc::id::new_request_id();
+        let request_id = psrpc::protocol::id::new_request_id();
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()

@@ -59,7 +59,7 @@ impl MyServiceServerImpl for MyService {
             _ => Err(Error::from_grpc_status(
                 GrpcCode::FailedPrecondition,
                 "requested error",
-                vec![psrpc::wire::pack_any(&req)],
+                vec![psrpc::protocol::wire::pack_any(&req)],
             )),
         }
     }

@@ -82,7 +82,7 @@ pub(crate) use ensure;
 /// 32 fresh random bytes (from psrpc's id generator, hashed).
 pub(crate) fn random_32() -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    Sha256::digest(psrpc::id::new_id("R").as_bytes()).into()
+    Sha256::digest(psrpc::protocol::id::new_id("R").as_bytes()).into()
 }
 
 /// The first 8 hex characters of `b`, for printing.

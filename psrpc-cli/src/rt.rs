@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes};
 use futures::StreamExt;
 use psrpc::bus::DynBus;
-use psrpc::wire::{self, Response};
+use psrpc::protocol::channels;
+use psrpc::protocol::wire::{self, Response};
 use psrpc::{
     CallOptions, ClientOptions, ClientStream, MessageBus, Method, Routing, RpcClient,
-    SelectionOptions, channels,
+    SelectionOptions,
 };
 
 /// A method as the tool calls it: built from the schema at run time, on raw

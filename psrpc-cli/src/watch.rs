@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use prost::Message as _;
-use psrpc::wire::{
+use psrpc::protocol::wire::{
     ClaimRequest, ClaimResponse, Msg, Request, Response, Stream, StreamBody, TYPE_URL_PREFIX,
 };
 use serde_json::{Map, Value, json};

@@ -184,25 +184,25 @@ async fn passive_finds_go_style_peers() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     while !run.is_finished() {
-        let res = psrpc::wire::Response {
+        let res = psrpc::protocol::wire::Response {
             request_id: "REQ_go".into(),
             server_id: "SRV_go".into(),
             ..Default::default()
         };
-        let req = psrpc::wire::Request {
+        let req = psrpc::protocol::wire::Request {
             request_id: "REQ_go".into(),
             client_id: "CLI_go".into(),
             ..Default::default()
         };
         let _: i64 = redis::cmd("PUBLISH")
             .arg("Legacy|Ping|REQ")
-            .arg(psrpc::wire::encode_msg(&req).to_vec())
+            .arg(psrpc::protocol::wire::encode_msg(&req).to_vec())
             .query_async(&mut conn)
             .await
             .unwrap();
         let _: i64 = redis::cmd("PUBLISH")
             .arg("Legacy|CLI_go|RES")
-            .arg(psrpc::wire::encode_msg(&res).to_vec())
+            .arg(psrpc::protocol::wire::encode_msg(&res).to_vec())
             .query_async(&mut conn)
             .await
             .unwrap();

@@ -203,14 +203,14 @@ async fn compressed_capture_replayed_on_redis() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut gzipped = 0;
     for (ch, bytes) in capture("redis-all.txt") {
-        let msg = psrpc::wire::Msg::decode(bytes.as_slice()).unwrap();
+        let msg = psrpc::protocol::wire::Msg::decode(bytes.as_slice()).unwrap();
         let payload = if msg.value.is_empty() {
             bytes
         } else {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
             gz.write_all(&msg.value).unwrap();
             gzipped += 1;
-            psrpc::wire::encode_msg_gzip(&msg.type_url, &gz.finish().unwrap()).to_vec()
+            psrpc::protocol::wire::encode_msg_gzip(&msg.type_url, &gz.finish().unwrap()).to_vec()
         };
         let _: i64 = redis::cmd("PUBLISH")
             .arg(&ch)

@@ -58,11 +58,12 @@ impl HandBack {
             self.drops
                 .record(reason, subject, &format_args!("{why}: {detail}"));
         };
-        match psrpc::wire::decode_msg(payload.clone()) {
+        match psrpc::protocol::wire::decode_msg(payload.clone()) {
             Err(e) => return drop(DropReason::Malformed, &e),
             Ok(m) => {
-                let request = <psrpc::wire::Request as psrpc::wire::Envelope>::TYPE_URL;
-                if psrpc::wire::check_type(&m.type_url, request).is_err() {
+                let request =
+                    <psrpc::protocol::wire::Request as psrpc::protocol::wire::Envelope>::TYPE_URL;
+                if psrpc::protocol::wire::check_type(&m.type_url, request).is_err() {
                     return drop(DropReason::NoRoute, &"not a request, not handed back");
                 }
             }

@@ -32,7 +32,7 @@
 //!   the optional [prefix](NatsBusBuilder::prefix) in front), without headers
 //!   or reply subject. Its payload is the `Msg` envelope the runtime hands
 //!   over with `Msg.channel` (field 3) set to `c.local` when that is not empty
-//!   ([`psrpc::wire::append_channel`]): exactly the bytes Go psrpc publishes.
+//!   ([`psrpc::protocol::wire::append_channel`]): exactly the bytes Go psrpc publishes.
 //! * A subscription whose `c.local` is empty subscribes the subject directly:
 //!   `SUB <subject>` for fan-out, `SUB <subject> bus` (queue group `bus`) for
 //!   queue subscriptions.

@@ -151,7 +151,7 @@ fn read_local(msg: &[u8]) -> std::result::Result<std::borrow::Cow<'_, str>, Stri
                 b = rest;
             }
             3 | 4 => {
-                return psrpc::wire::read_channel(msg)
+                return psrpc::protocol::wire::read_channel(msg)
                     .map(std::borrow::Cow::Owned)
                     .map_err(|e| e.to_string());
             }
@@ -173,8 +173,8 @@ mod tests {
     /// The scanner agrees with the full decoder on good and bad envelopes.
     #[test]
     fn read_local_matches_the_decoder() {
-        let good = psrpc::wire::append_channel(
-            &psrpc::wire::encode_msg_raw("type.googleapis.com/x", b"\x08\x01"),
+        let good = psrpc::protocol::wire::append_channel(
+            &psrpc::protocol::wire::encode_msg_raw("type.googleapis.com/x", b"\x08\x01"),
             "M.REQ",
         );
         let mut cases: Vec<Vec<u8>> = vec![
@@ -195,7 +195,7 @@ mod tests {
             cases.push(good[..cut].to_vec());
         }
         for c in cases {
-            let want = psrpc::wire::read_channel(&c).ok();
+            let want = psrpc::protocol::wire::read_channel(&c).ok();
             let got = read_local(&c).ok().map(|s| s.into_owned());
             assert_eq!(got, want, "{c:02x?}");
         }

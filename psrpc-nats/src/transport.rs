@@ -227,7 +227,7 @@ impl Transport for NatsTransport {
         let payload = if channel.local.is_empty() {
             msg
         } else {
-            psrpc::wire::append_channel(&msg, &channel.local)
+            psrpc::protocol::wire::append_channel(&msg, &channel.local)
         };
         Ok(self.publish_raw(self.subject(channel), payload).await?)
     }

@@ -187,11 +187,11 @@ async fn subscription_outlives_its_handle_and_leaves_when_dropped() {
     }
     drop(bus);
     let routed = |local: &str| {
-        let msg = psrpc::wire::encode_msg(&psrpc::wire::Request {
+        let msg = psrpc::protocol::wire::encode_msg(&psrpc::protocol::wire::Request {
             request_id: "r".into(),
             ..Default::default()
         });
-        psrpc::wire::append_channel(&msg, local)
+        psrpc::protocol::wire::append_channel(&msg, local)
     };
     for ((ch, _), sub) in listened().iter().zip(&mut subs) {
         raw.publish(ch.server.clone(), routed(&ch.local))

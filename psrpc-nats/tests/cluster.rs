@@ -70,7 +70,7 @@ impl BusFactory for ClusterFactory {
             for b in nodes.iter().take(i).chain(nodes.iter().skip(i + 1)) {
                 // A probe of its own per pair of nodes: a late copy of an
                 // earlier probe cannot stand in for this one.
-                let subject = format!("{}.settle.{}", self.prefix, psrpc::id::new_id(""));
+                let subject = format!("{}.settle.{}", self.prefix, psrpc::protocol::id::new_id(""));
                 let mut probe = here.subscribe(subject.clone()).await.expect("probe");
                 here.flush().await.expect("flush");
                 let there = async_nats::connect(b.url()).await.expect("connect");

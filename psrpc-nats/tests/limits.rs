@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use psrpc::drops::DropReason;
-use psrpc::wire::{self, Request};
+use psrpc::protocol::wire::{self, Request};
 use psrpc::{ClientOptions, ErrorCode, MessageBus, RpcClient, RpcServer};
 use psrpc_nats::NatsBus;
 use psrpc_tests::Num;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use psrpc::MessageBus;
-use psrpc::wire::{self, Request, Response};
+use psrpc::protocol::wire::{self, Request, Response};
 use psrpc::{ClientOptions, Context, ErrorCode, RpcClient, RpcServer, ServerOptions};
 use psrpc_nats::NatsBus;
 use psrpc_tests::Num;
@@ -123,7 +123,7 @@ async fn subjects_field3_and_queue_group() {
     // Shared subjects: one NATS subscription per router, whatever the number
     // of methods; it goes with the last local subscriber.
     let b = bus(&ns.url()).await;
-    let ch = |m: &str| psrpc::channels::rpc_channel("Other", m, &[], false);
+    let ch = |m: &str| psrpc::protocol::channels::rpc_channel("Other", m, &[], false);
     let count = |body: &str, needle: &str| body.matches(needle).count();
     use psrpc::MessageBus;
     let s1 = b.subscribe(&ch("A"), 10).await.unwrap();
@@ -327,14 +327,14 @@ async fn malformed_raw_bytes() {
     // A good request after the junk, through the same connection: the
     // server hears one connection's messages in order, so when it bids for
     // this one it has dealt with the junk before it.
-    let marker_client = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let marker_client = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let mut bids = raw
         .subscribe(format!("bad.CLI.MyService.{marker_client}.CLAIM"))
         .await
         .unwrap();
     let now = wire::now_ns();
     let marker = Request {
-        request_id: psrpc::id::new_request_id(),
+        request_id: psrpc::protocol::id::new_request_id(),
         client_id: marker_client,
         sent_at: now,
         expiry: now + 5_000_000_000,
@@ -676,7 +676,7 @@ async fn queue_delivery_exactly_once_per_bus_instance() {
     const N: usize = 200;
     let ns = NatsServer::start(&[]);
     let b = bus(&ns.url()).await;
-    let ch = psrpc::channels::rpc_channel(SERVICE, "Work", &[], true);
+    let ch = psrpc::protocol::channels::rpc_channel(SERVICE, "Work", &[], true);
     let mut subs = [
         b.subscribe_queue(&ch, N).await.unwrap(),
         b.subscribe_queue(&ch, N).await.unwrap(),
@@ -730,7 +730,7 @@ async fn stuck_subscriber_losses_counted_by_every_layer() {
         )
         .await
         .unwrap();
-    let ch = psrpc::channels::rpc_channel(SERVICE, "Events", &[], true);
+    let ch = psrpc::protocol::channels::rpc_channel(SERVICE, "Events", &[], true);
     let stuck = b.subscribe_queue(&ch, 16).await.unwrap();
     let publisher = bus(&ns.url()).await;
     // Publishes until both layers dropped: async-nats' tiny buffer at once,

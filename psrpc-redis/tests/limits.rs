@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use psrpc::drops::DropReason;
-use psrpc::wire::{self, Request};
+use psrpc::protocol::wire::{self, Request};
 use psrpc::{
     Channel, ClientOptions, Context, ErrorCode, MessageBus, RpcClient, RpcServer, ServerOptions,
 };

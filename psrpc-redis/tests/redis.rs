@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use psrpc::bus::Subscription;
-use psrpc::wire;
+use psrpc::protocol::wire;
 use psrpc::{
     Channel, ClientOptions, Context, ErrorCode, MessageBus, Method, RpcClient, RpcServer,
     ServerOptions,

@@ -2,17 +2,17 @@
 #![warn(missing_docs)]
 
 pub mod bus;
-pub mod channels;
 pub mod client;
 pub mod codec;
 pub mod discovery;
 pub mod drops;
 pub mod error;
-pub mod id;
 pub mod info;
 pub mod interceptor;
 mod method;
 pub mod middleware;
+pub mod protocol;
+pub(crate) use protocol::{channels, id, wire};
 mod raw;
 mod route;
 pub mod select;
@@ -22,7 +22,6 @@ pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod topic;
-pub mod wire;
 
 pub use bus::{Channel, LocalBus, MessageBus};
 pub use client::{

@@ -55,7 +55,7 @@
 //! [`TestBus::unreliable`]) beside hand-written interceptors.
 //!
 //! What the interceptors see are the bytes the runtime hands to the bus: an
-//! encoded `Msg` envelope (decode it with [`wire::decode_msg`](crate::wire::decode_msg)),
+//! encoded `Msg` envelope (decode it with [`wire::decode_msg`](crate::protocol::wire::decode_msg)),
 //! where Go's interceptors see the message before serialization.
 
 mod laggy;

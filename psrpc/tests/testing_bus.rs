@@ -9,15 +9,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use psrpc::bus::{Channel, Handler, Subscription};
+use psrpc::protocol::wire;
 use psrpc::testing::{FailureRate, LAGGY_TYPE_URL, LaggyBus, LaggyMessage, TestBus, UnreliableBus};
-use psrpc::{LocalBus, MessageBus, wire};
+use psrpc::{LocalBus, MessageBus};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 const WAIT: Duration = Duration::from_secs(3);
 
 fn channel() -> Channel {
-    let name = psrpc::id::new_id("CH_");
+    let name = psrpc::protocol::id::new_id("CH_");
     Channel {
         legacy: name.clone(),
         server: name,

@@ -143,7 +143,7 @@ async fn channel_filter_loses_only_responses() {
     let probe = RpcClient::new(local.clone(), "echo", ClientOptions::default())
         .await
         .unwrap();
-    let response_channel = psrpc::channels::response_channel("echo", probe.id());
+    let response_channel = psrpc::protocol::channels::response_channel("echo", probe.id());
     probe.close();
     let client = RpcClient::new(
         UnreliableBus::for_channel(local.clone(), rate.clone(), response_channel.legacy),

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use psrpc::bus::{DynBus, MessageBus, Subscription};
-use psrpc::channels;
 use psrpc::drops::DropReason;
-use psrpc::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
+use psrpc::protocol::channels;
+use psrpc::protocol::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
 use psrpc::{
     ClaimOutcome, ClientOptions, Context, ErrorCode, Method, RequestObserver, RpcClient, RpcInfo,
     RpcServer, SelectionOptions, ServerOptions,
@@ -178,7 +178,7 @@ impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
 fn raw_request(client_id: &str, n: i64, expiry_in: i64, skip_claim: bool) -> Request {
     let now = wire::now_ns();
     Request {
-        request_id: psrpc::id::new_request_id(),
+        request_id: psrpc::protocol::id::new_request_id(),
         client_id: client_id.to_owned(),
         sent_at: now,
         expiry: now + expiry_in,
@@ -228,7 +228,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
 
     // 1. A caller that does not advertise (no field 10): the classic
     // handshake, even though the server opted in.
-    let me = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let me = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let mut claims = bus
         .subscribe(&channels::claim_request_channel(SERVICE, &me), 10)
         .await
@@ -557,7 +557,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
     assert_eq!(r.n, 3);
     // timed out: a caller that never answers the bid
     let bus = f.connect().await;
-    let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let dead = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
     bus.publish(
         &req_ch,
@@ -715,7 +715,7 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
     counting(&s, &INTENSIVE_RPC, &[], count.clone()).await;
     let bus: DynBus = f.connect().await;
     settle(f).await;
-    let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let dead = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let queue = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
     let affinity = channels::rpc_channel(SERVICE, INTENSIVE_RPC.name(), &[], false);
     let decisions = channels::claim_response_channel(SERVICE, INTENSIVE_RPC.name(), &[]);
@@ -726,7 +726,7 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
         }
         // Decisions for requests this server never saw: remembered a while.
         let d = ClaimResponse {
-            request_id: psrpc::id::new_request_id(),
+            request_id: psrpc::protocol::id::new_request_id(),
             server_id: "other".into(),
         };
         bus.publish(&decisions, wire::encode_msg(&d)).await.unwrap();
@@ -767,7 +767,7 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
     }
     let bus = f.connect().await;
     settle(f).await;
-    let dead = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let dead = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let ch = channels::rpc_channel(SERVICE, SINGLE_RPC.name(), &[], true);
     let now = wire::now_ns();
 

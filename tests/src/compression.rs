@@ -11,10 +11,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use psrpc::bus::{DynBus, Handler, HandlerSubscription, Subscription};
-use psrpc::channels::{self, Channel};
 use psrpc::codec::CompressionOptions;
 use psrpc::drops::{DropReason, Drops};
-use psrpc::wire::{self, Envelope, Request, Response};
+use psrpc::protocol::channels::{self, Channel};
+use psrpc::protocol::wire::{self, Envelope, Request, Response};
 use psrpc::{
     ClientOptions, Context, MessageBus, Method, RpcClient, RpcServer, ServerOptions, async_trait,
 };
@@ -274,7 +274,7 @@ pub async fn compression_raw_gzip_request_answered(f: &dyn BusFactory) {
     let server_bus: DynBus = f.connect().await;
     let s = echo_server(server_bus.clone(), "plain", &m, count.clone()).await;
     let bus: DynBus = f.connect().await;
-    let client_id = psrpc::id::new_id("CLI_");
+    let client_id = psrpc::protocol::id::new_id("CLI_");
     let mut responses = bus
         .subscribe(&channels::response_channel(SERVICE, &client_id), 10)
         .await

@@ -504,10 +504,11 @@ pub async fn one_watched_stream(bus: DynBus) {
 /// Checks one message a spy saw on a psrpc channel: a `Msg` envelope of a
 /// psrpc type, as Go peers expect.
 pub fn assert_psrpc_envelope(channel: &str, payload: &[u8]) {
-    let msg = psrpc::wire::decode_msg(bytes::Bytes::copy_from_slice(payload))
+    let msg = psrpc::protocol::wire::decode_msg(bytes::Bytes::copy_from_slice(payload))
         .unwrap_or_else(|e| panic!("not a psrpc envelope on {channel}: {e}"));
     assert!(
-        msg.type_url.starts_with(psrpc::wire::TYPE_URL_PREFIX),
+        msg.type_url
+            .starts_with(psrpc::protocol::wire::TYPE_URL_PREFIX),
         "unexpected message on {channel}: type {:?}",
         msg.type_url
     );

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use psrpc::bus::DynBus;
-use psrpc::channels::{self, Channel};
-use psrpc::wire::{self, Request, Response};
+use psrpc::protocol::channels::{self, Channel};
+use psrpc::protocol::wire::{self, Request, Response};
 use psrpc::{
     CallOptions, CancellationToken, ClientOptions, Context, Error, ErrorCode, GrpcCode, Method,
     RpcClient, RpcServer, SelectionOptions,
@@ -41,7 +41,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(500);
 
 fn raw_channel() -> Channel {
-    let name = psrpc::id::new_id("");
+    let name = psrpc::protocol::id::new_id("");
     Channel {
         legacy: name.clone(),
         server: name,
@@ -142,7 +142,7 @@ pub async fn bus_queue_exactly_one(f: &dyn BusFactory) {
     settle(f).await;
     // Distinct from other runs of this test: Redis drops a queue message
     // identical to one it delivered in the last 5 s, whatever the channel.
-    let id = psrpc::id::new_request_id();
+    let id = psrpc::protocol::id::new_request_id();
     let req = Request {
         request_id: id.clone(),
         ..Default::default()
@@ -960,7 +960,7 @@ pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
     let s = observed_server(f, SERVICE, "exp", &events).await;
     counting(&s, &GET_STATS, &[], count.clone()).await;
     let bus = f.connect().await;
-    let me = psrpc::id::new_id(psrpc::id::CLIENT_PREFIX);
+    let me = psrpc::protocol::id::new_id(psrpc::protocol::id::CLIENT_PREFIX);
     let mut res = bus
         .subscribe(&channels::response_channel(SERVICE, &me), 10)
         .await
@@ -968,7 +968,7 @@ pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
     settle(f).await;
     let now = wire::now_ns();
     let mk = |expiry| Request {
-        request_id: psrpc::id::new_request_id(),
+        request_id: psrpc::protocol::id::new_request_id(),
         client_id: me.clone(),
         sent_at: now - 5_000_000_000,
         expiry,
@@ -1185,7 +1185,7 @@ pub async fn subscription_queue_one_subscriber(f: &dyn BusFactory) {
     settle(f).await;
     // Distinct payloads, also from another run of this test on the same
     // Redis (it dedups identical ones within 5 s, whatever the channel).
-    let run = psrpc::id::new_id("");
+    let run = psrpc::protocol::id::new_id("");
     for n in 0..20 {
         s.publish(
             &PROCESS_UPDATE,
@@ -1277,13 +1277,13 @@ pub async fn malformed_bytes_on_every_channel(f: &dyn BusFactory) {
     let update = Num {
         n: 77,
         // Distinct from other runs: Redis dedups identical queue messages.
-        text: psrpc::id::new_id(""),
+        text: psrpc::protocol::id::new_id(""),
     };
     let update = wire::encode_msg_raw(&wire::type_url_of::<Num>(), &update.encode_to_vec());
     bus.publish(&chans[7], update).await.unwrap();
     let now = wire::now_ns();
     let marker = Request {
-        request_id: psrpc::id::new_request_id(),
+        request_id: psrpc::protocol::id::new_request_id(),
         client_id: c.id().to_owned(),
         sent_at: now,
         expiry: now + 3_000_000_000,
@@ -1369,7 +1369,7 @@ pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
     settle(f).await;
 
     let publisher = f.connect().await;
-    let run = psrpc::id::new_id("");
+    let run = psrpc::protocol::id::new_id("");
     let flood = tokio::spawn(async move {
         for i in 0..EVENTS {
             // Distinct payloads, also from another run of this test on the

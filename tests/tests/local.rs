@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use psrpc::bus::MessageBus;
-use psrpc::wire::{self, Request};
+use psrpc::protocol::wire::{self, Request};
 use psrpc::{Channel, LocalBus};
 
 psrpc_tests::conformance!(psrpc_tests::LocalFactory::new());

@@ -2,10 +2,10 @@
 //!
 //! * Every interop test vector of the Go wire (V0 channel names, V1..V10 and
 //!   the compact V11 list) is built from its fields, encoded with
-//!   `psrpc::wire`, compared byte for byte, and decoded back.
+//!   `psrpc::protocol::wire`, compared byte for byte, and decoded back.
 //! * Every message of the golden Redis and NATS captures in `golden/` (what Go
 //!   psrpc put on a real bus) is decoded, checked against the channel names
-//!   `psrpc::channels` computes, and re-encoded to exactly the captured bytes.
+//!   `psrpc::protocol::channels` computes, and re-encoded to exactly the captured bytes.
 //!   The Redis queue lock keys are checked against the captured `MONITOR` log.
 //! * Malformed input (truncated, corrupted and random bytes) never panics the
 //!   decoders and is rejected where it cannot be a valid message.
@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine as _;
 use bytes::Bytes;
 use prost::Message;
-use psrpc::channels::{self, Channel};
-use psrpc::wire::{
+use psrpc::protocol::channels::{self, Channel};
+use psrpc::protocol::wire::{
     self, ClaimRequest, ClaimResponse, Envelope, Request, Response, Stream, StreamAck, StreamBody,
     StreamClose, StreamMessage, StreamOpen,
 };
@@ -794,7 +794,7 @@ enum Kind {
     Event,
 }
 
-/// Every channel of the captured run, as `psrpc::channels` computes it.
+/// Every channel of the captured run, as `psrpc::protocol::channels` computes it.
 fn expected_channels() -> Vec<(Channel, Kind, bool)> {
     let t1 = topic(&["t1"]);
     let none: &[String] = &[];

@@ -23,7 +23,7 @@
 //! A bus moves bytes; it knows nothing of RPC. The runtime hands it encoded
 //! `Msg` envelopes without the channel field; a transport that
 //! demultiplexes shared subjects (NATS) appends `Msg.channel` itself with
-//! [`wire::append_channel`](crate::wire::append_channel).
+//! [`wire::append_channel`](crate::protocol::wire::append_channel).
 
 use std::sync::Arc;
 
