@@ -1512,6 +1512,10 @@ where
             }
             t.insert(m.stream_id.as_bytes().into(), shared.clone());
         }
+        // Before the ack: the client may send at once, and a message that
+        // ends the stream (a malformed one) must find the open reported,
+        // so that the interceptors see that end too.
+        shared.open_interceptors();
         let ack = wire::Stream {
             stream_id: m.stream_id,
             request_id: m.request_id,
@@ -1527,7 +1531,6 @@ where
             core.publish(&out, &ack)
         );
         shared.watch_peer(self.liveness, false, presence);
-        shared.open_interceptors();
         let header = IncomingHeader {
             remote_id: open.node_id,
             sent_at: UNIX_EPOCH + Duration::from_nanos(m.sent_at.max(0) as u64),
