@@ -229,7 +229,9 @@ impl Transport for NatsTransport {
         } else {
             psrpc::protocol::wire::append_channel(&msg, &channel.local)
         };
-        Ok(self.publish_raw(self.subject(channel), payload).await?)
+        let subject = self.subject(channel);
+        check_subject(&subject, self.max_subject)?;
+        Ok(self.publish_raw(subject, payload).await?)
     }
 
     async fn listen(

@@ -82,6 +82,7 @@ fn stop_listening(
 
 impl Transport for RedisTransport {
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<()> {
+        self.check_channel(channel)?;
         self.check_open()?;
         let shared = &self.shared;
         if !*shared.connected.borrow() {

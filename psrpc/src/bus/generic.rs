@@ -236,7 +236,8 @@ impl<T: Transport> MessageBus for Bus<T> {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
         self.check_open()?;
         let transport = &self.shared.transport;
-        transport.check_channel(channel)?;
+        // The transport checks the channel as it publishes (it builds the
+        // broker's name for it there anyway): not twice here.
         if let Some(max) = transport.max_payload()
             && msg.len() > max
         {

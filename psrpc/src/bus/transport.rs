@@ -26,7 +26,11 @@ use crate::error::Result;
 /// The async methods return `Send` futures and are not boxed: a bus is
 /// generic over its transport. Implement them with `async fn`.
 pub trait Transport: Send + Sync + 'static {
-    /// Publishes `payload` on `channel`, as it is.
+    /// Publishes `payload` on `channel`, as it is. Fails with the error of
+    /// [`check_channel`](Transport::check_channel) for a channel that check
+    /// refuses: the transport checks here, where it builds the broker's name
+    /// of the channel anyway, so a publish builds it once. The bus has
+    /// checked the size.
     fn publish(&self, channel: &Channel, payload: Bytes)
     -> impl Future<Output = Result<()>> + Send;
 
@@ -61,7 +65,7 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Checks, without touching the broker, that `channel` is a valid name
     /// here (see [`MessageBus::check_channel`]). The bus checks before
-    /// every publish and subscription.
+    /// every subscription, and [`publish`](Transport::publish) as it publishes.
     fn check_channel(&self, _channel: &Channel) -> Result<()> {
         Ok(())
     }
