@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use psrpc::bus::DynBus;
-use psrpc::middleware::metrics::MetricsFacade;
+use psrpc::middleware::metrics::{Metrics, MetricsFacade};
+use psrpc::middleware::recovery::Recovery;
+use psrpc::middleware::trace::Tracing;
 use psrpc::{ClientOptions, Context, RpcServer, ServerOptions, ServerStream};
 
 use crate::args::Args;
@@ -29,7 +31,9 @@ fn server_options(id: &str, args: &Args) -> ServerOptions {
         o = o.skip_claim(|| true);
     }
     if args.middleware {
-        o.traced().metrics(MetricsFacade::shared()).recovery()
+        o.interceptor(Tracing)
+            .interceptor(Metrics::server(MetricsFacade::shared()))
+            .interceptor(Recovery)
     } else {
         o
     }
@@ -39,7 +43,8 @@ fn server_options(id: &str, args: &Args) -> ServerOptions {
 pub(crate) fn client_options(args: &Args) -> ClientOptions {
     let o = ClientOptions::default().client_id(&args.client_id);
     if args.middleware {
-        o.traced().metrics(MetricsFacade::shared())
+        o.interceptor(Tracing)
+            .interceptor(Metrics::client(MetricsFacade::shared()))
     } else {
         o
     }

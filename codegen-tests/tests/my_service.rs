@@ -16,7 +16,6 @@
 //!   sleep (a sleep would hide a broken promise).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,18 +122,9 @@ async fn generated_service() {
         .await
         .unwrap();
 
-    let requests = Arc::new(AtomicUsize::new(0));
-    let responses = Arc::new(AtomicUsize::new(0));
-    let options = {
-        let (rq, rs) = (requests.clone(), responses.clone());
-        ClientOptions::default()
-            .request_hook(move |_, _| {
-                rq.fetch_add(1, Ordering::SeqCst);
-            })
-            .response_hook(move |_, _, _| {
-                rs.fetch_add(1, Ordering::SeqCst);
-            })
-    };
+    // Counts what Go's request and response hooks would see.
+    let counter = psrpc::testing::CallCounter::new();
+    let options = ClientOptions::default().interceptor(counter.clone());
     let c_a = MyServiceClient::with_options(bus.clone(), options)
         .await
         .unwrap();
@@ -142,11 +132,10 @@ async fn generated_service() {
     let req = MyRequest::default();
     let sum = |m: &str| a.get(m) + b.get(m);
 
-    // G1: a queue call is handled once, and the hooks run once each.
+    // G1: a queue call is handled once, and the counter sees one request and one response.
     c_a.normal_rpc(req).await.unwrap();
     assert_eq!(sum("NormalRPC"), 1);
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
-    assert_eq!(responses.load(Ordering::SeqCst), 1);
+    assert_eq!((counter.requests(), counter.responses()), (1, 1));
 
     // G2: an affinity call asks every server for its affinity, one handles it.
     c_b.intensive_rpc(req)
@@ -160,7 +149,7 @@ async fn generated_service() {
     assert_eq!(a.get("IntensiveRPCAffinity"), 1);
     assert_eq!(b.get("IntensiveRPCAffinity"), 1);
 
-    // G3: a multi call gets one response per server; one response hook per item.
+    // G3: a multi call gets one response per server; one response counted per item.
     let mut each = c_a.get_stats(req).await.unwrap();
     for _ in 0..2 {
         let item = within("GetStats item", DEADLINE, each.next()).await;
@@ -169,8 +158,7 @@ async fn generated_service() {
     drop(each);
     assert_eq!(a.get("GetStats"), 1);
     assert_eq!(b.get("GetStats"), 1);
-    assert_eq!(requests.load(Ordering::SeqCst), 2);
-    assert_eq!(responses.load(Ordering::SeqCst), 3);
+    assert_eq!((counter.requests(), counter.responses()), (2, 3));
 
     // G4: a stream: two sends (each acknowledged), then a close; the one
     // server that accepted it counts both messages.

@@ -19,13 +19,10 @@ use crate::bus::{DynBus, MessageBus};
 use crate::channels;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
-use crate::info::{
-    BoxMessage, Context, DynMessage, Metadata, MethodInfo, RequestHook, ResponseHook, RpcInfo,
-    downcast_message,
-};
+use crate::info::{Context, Metadata, MethodInfo, RpcInfo};
+use crate::interceptor::streams::StreamInterceptors;
 use crate::interceptor::{
-    ClientInterceptor, ClientNext, ClientTerminal, MultiCallInterceptor, MultiInterceptor,
-    MultiSendNext, MultiTerminal, StreamInterceptor, multi_recv, to_chain,
+    self, Chain, ClientCall, ClientInterceptor, Next, Replies, Terminal, to_chain,
 };
 use crate::method::Method;
 use crate::select::{
@@ -52,16 +49,8 @@ pub struct ClientOptions {
     pub selection_timeout: Duration,
     /// Buffer size of subscriptions and pending calls (100).
     pub channel_size: usize,
-    /// Run before every call.
-    pub request_hooks: Vec<RequestHook>,
-    /// Run after every call and every multi-call item.
-    pub response_hooks: Vec<ResponseHook>,
-    /// Wrap every unary call, first outermost.
+    /// Wrap every call and stream, first outermost.
     pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
-    /// Wrap every multi call, first outermost.
-    pub multi_interceptors: Vec<Arc<dyn MultiInterceptor>>,
-    /// See every stream, first outermost.
-    pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
     /// How streams watch their server for a death without a close
     /// (probe every 1 s, end after 4 s; see [`crate::stream`]).
     pub stream_liveness: StreamLiveness,
@@ -74,11 +63,7 @@ impl Default for ClientOptions {
             timeout: Duration::ZERO,
             selection_timeout: DEFAULT_SELECTION_TIMEOUT,
             channel_size: DEFAULT_CHANNEL_SIZE,
-            request_hooks: Vec::new(),
-            response_hooks: Vec::new(),
             interceptors: Vec::new(),
-            multi_interceptors: Vec::new(),
-            stream_interceptors: Vec::new(),
             stream_liveness: StreamLiveness::default(),
         }
     }
@@ -91,11 +76,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("timeout", &self.timeout)
             .field("selection_timeout", &self.selection_timeout)
             .field("channel_size", &self.channel_size)
-            .field("request_hooks", &self.request_hooks.len())
-            .field("response_hooks", &self.response_hooks.len())
             .field("interceptors", &self.interceptors.len())
-            .field("multi_interceptors", &self.multi_interceptors.len())
-            .field("stream_interceptors", &self.stream_interceptors.len())
             .field("stream_liveness", &self.stream_liveness)
             .finish()
     }
@@ -126,38 +107,11 @@ impl ClientOptions {
         }
         self
     }
-    /// Adds a request hook.
-    pub fn request_hook(
-        mut self,
-        hook: impl Fn(&RpcInfo, &dyn DynMessage) + Send + Sync + 'static,
-    ) -> Self {
-        self.request_hooks.push(Arc::new(hook));
-        self
-    }
-    /// Adds a response hook.
-    pub fn response_hook(
-        mut self,
-        hook: impl Fn(&RpcInfo, &dyn DynMessage, Result<&dyn DynMessage, &Error>)
-        + Send
-        + Sync
-        + 'static,
-    ) -> Self {
-        self.response_hooks.push(Arc::new(hook));
-        self
-    }
-    /// Adds a unary-call interceptor (after, i.e. inside, those added before).
+    /// Adds an interceptor of every call and stream, inside those added
+    /// before (see [`crate::interceptor`]); the shipped middleware installs
+    /// this way too.
     pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
         self.interceptors.push(Arc::new(i));
-        self
-    }
-    /// Adds a multi-call interceptor.
-    pub fn multi_interceptor(mut self, i: impl MultiInterceptor) -> Self {
-        self.multi_interceptors.push(Arc::new(i));
-        self
-    }
-    /// Adds a stream interceptor.
-    pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
-        self.stream_interceptors.push(Arc::new(i));
         self
     }
     /// Sets how streams watch their server ([`StreamLiveness::disabled`]: not at all).
@@ -179,10 +133,8 @@ pub struct CallOptions {
     pub context: Context,
     /// Metadata sent with the request.
     pub metadata: Metadata,
-    /// Unary interceptors of this call, inside the client's own.
+    /// Interceptors of this call, inside the client's own.
     pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
-    /// Multi interceptors of this call, inside the client's own.
-    pub multi_interceptors: Vec<Arc<dyn MultiInterceptor>>,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -193,7 +145,6 @@ impl std::fmt::Debug for CallOptions {
             .field("context", &self.context)
             .field("metadata", &self.metadata)
             .field("interceptors", &self.interceptors.len())
-            .field("multi_interceptors", &self.multi_interceptors.len())
             .finish()
     }
 }
@@ -226,14 +177,7 @@ struct ClientInner {
     streams: Arc<StreamTable>,
     /// Set once the client's stream channel is subscribed (at the first open).
     stream_sub: tokio::sync::OnceCell<()>,
-    chains: Chains,
-}
-
-/// The client's interceptors as shared chains.
-struct Chains {
-    unary: Arc<[Arc<dyn ClientInterceptor>]>,
-    multi: Arc<[Arc<dyn MultiInterceptor>]>,
-    stream: Arc<[Arc<dyn StreamInterceptor>]>,
+    interceptors: Chain<dyn ClientInterceptor>,
 }
 
 impl ClientInner {
@@ -327,11 +271,7 @@ impl RpcClient {
                 bus,
                 service,
                 id,
-                chains: Chains {
-                    unary: to_chain(&opts.interceptors),
-                    multi: to_chain(&opts.multi_interceptors),
-                    stream: to_chain(&opts.stream_interceptors),
-                },
+                interceptors: to_chain(&opts.interceptors),
                 opts,
                 shared,
                 closed,
@@ -755,66 +695,70 @@ impl RpcClient {
 }
 
 impl RpcClient {
-    /// A unary call through the interceptor chains.
-    async fn intercepted_unary<Res: Message + Default + Clone + 'static>(
-        &self,
-        method: &MethodInfo,
-        topic: &[String],
-        req: BoxMessage,
-        mut opts: CallOptions,
-    ) -> Result<Res> {
-        let chain = with_call_interceptors(&self.inner.chains.unary, &mut opts.interceptors);
-        let info = Arc::new(self.info(method, topic));
-        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
-        let terminal: ClientTerminal = Arc::new(move |req: BoxMessage, opts: CallOptions| {
-            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
-            Box::pin(async move {
-                let raw = Bytes::from(req.to_bytes());
-                let res = client.call_unary_raw(&method, &topic, raw, &opts).await?;
-                decode_boxed::<Res>(res)
-            })
-        });
-        let res = ClientNext::new(chain, info, terminal)
-            .run(req, opts)
-            .await?;
-        downcast_message::<Res>(res)
+    /// The client's interceptors with `call`'s own appended (inside), or
+    /// `None` when there are none at all (the call then takes the direct path).
+    fn chain(&self, call: &mut CallOptions) -> Option<Chain<dyn ClientInterceptor>> {
+        let client = &self.inner.interceptors;
+        match (client.is_empty(), call.interceptors.is_empty()) {
+            (true, true) => None,
+            (_, true) => Some(client.clone()),
+            _ => Some(
+                client
+                    .iter()
+                    .cloned()
+                    .chain(call.interceptors.drain(..))
+                    .collect(),
+            ),
+        }
     }
 
-    /// A multi call's send through the interceptor chains.
-    async fn intercepted_multi(
+    /// A unary call through the interceptors.
+    async fn intercepted_unary(
         &self,
+        chain: Chain<dyn ClientInterceptor>,
         method: &MethodInfo,
         topic: &[String],
-        req: BoxMessage,
-        mut opts: CallOptions,
-    ) -> Result<(Option<RawMultiResponses>, MultiIntercept)> {
-        let chain = with_call_interceptors(&self.inner.chains.multi, &mut opts.multi_interceptors);
-        let info = self.info(method, topic);
-        let mut intercept = MultiIntercept {
-            calls: chain.iter().map(|i| i.begin(&info)).collect(),
-            ready: Default::default(),
-            closed: false,
-        };
-        let slot = Arc::new(Mutex::new(None));
-        let terminal: MultiTerminal = {
-            let (client, method, topic, slot) =
-                (self.clone(), method.clone(), topic.to_vec(), slot.clone());
-            Arc::new(move |req: BoxMessage, opts: CallOptions| {
-                let (client, method, topic, slot) =
-                    (client.clone(), method.clone(), topic.clone(), slot.clone());
-                Box::pin(async move {
-                    let raw = Bytes::from(req.to_bytes());
-                    let res = client.call_multi_raw(&method, &topic, raw, &opts).await?;
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
-                    Ok(())
-                })
+        request: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes> {
+        let info = Arc::new(self.info(method, topic));
+        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
+        let terminal: Terminal<interceptor::Unary> = Arc::new(move |call: ClientCall| {
+            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
+            Box::pin(async move {
+                let (request, opts) = call.into_parts();
+                client.call_unary_raw(&method, &topic, request, &opts).await
             })
-        };
-        MultiSendNext::new(&mut intercept.calls, &terminal)
-            .run(req, opts)
-            .await?;
-        let raw = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        Ok((raw, intercept))
+        });
+        Next::<interceptor::Unary>::new(chain, terminal)
+            .run(ClientCall::new(info, request, opts))
+            .await
+    }
+
+    /// A multi call's send through the interceptors.
+    async fn intercepted_multi(
+        &self,
+        chain: Chain<dyn ClientInterceptor>,
+        method: &MethodInfo,
+        topic: &[String],
+        request: Bytes,
+        opts: CallOptions,
+    ) -> Result<Replies> {
+        let info = Arc::new(self.info(method, topic));
+        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
+        let terminal: Terminal<interceptor::Multi> = Arc::new(move |call: ClientCall| {
+            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
+            Box::pin(async move {
+                let (request, opts) = call.into_parts();
+                let raw = client
+                    .call_multi_raw(&method, &topic, request, &opts)
+                    .await?;
+                Ok(Replies::new(raw))
+            })
+        });
+        Next::<interceptor::Multi>::new(chain, terminal)
+            .run(ClientCall::new(info, request, opts))
+            .await
     }
 
     /// Subscribes the client's stream channel, once, at the first open.
@@ -890,7 +834,7 @@ impl RpcClient {
             timeout: t,
             buffer: inner.opts.channel_size,
             table: Arc::downgrade(&inner.streams),
-            interceptors: inner.chains.stream.clone(),
+            interceptors: StreamInterceptors::Client(inner.interceptors.clone()),
         });
         let ack = shared.expect_ack(&request_id);
         {
@@ -1002,18 +946,6 @@ fn watch_context<R: Message + Default + Clone + 'static>(
     });
 }
 
-/// The client's chain with a call's own interceptors appended (inside).
-fn with_call_interceptors<T: ?Sized>(
-    client: &Arc<[Arc<T>]>,
-    call: &mut Vec<Arc<T>>,
-) -> Arc<[Arc<T>]> {
-    if call.is_empty() {
-        client.clone()
-    } else {
-        client.iter().cloned().chain(call.drain(..)).collect()
-    }
-}
-
 /// When a call sent now with timeout `t` ends: `t` from now, or the caller's
 /// deadline if that is earlier.
 fn call_deadline(t: Duration, opts: &CallOptions) -> Instant {
@@ -1080,27 +1012,6 @@ fn route<M: wire::Envelope>(
             let why = format_args!("buffer of pending call {request_id} full");
             bus.drops()
                 .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
-        }
-    }
-}
-
-fn run_request_hooks(client: &RpcClient, info: &Option<RpcInfo>, req: &dyn DynMessage) {
-    if let Some(info) = info {
-        for h in &client.inner.opts.request_hooks {
-            h(info, req);
-        }
-    }
-}
-
-fn run_response_hooks(
-    client: &RpcClient,
-    info: &Option<RpcInfo>,
-    req: &dyn DynMessage,
-    res: Result<&dyn DynMessage, &Error>,
-) {
-    if let Some(info) = info {
-        for h in &client.inner.opts.response_hooks {
-            h(info, req, res);
         }
     }
 }
@@ -1178,42 +1089,22 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let c = self.client;
-            let hooks =
-                !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
-            let info = hooks.then(|| c.info(self.method, &self.topic));
-            run_request_hooks(c, &info, &self.req);
-            let res = if c.inner.chains.unary.is_empty() && self.opts.interceptors.is_empty() {
-                let raw = Bytes::from(self.req.encode_to_vec());
-                c.call_unary_raw(self.method, &self.topic, raw, &self.opts)
-                    .await
-                    .and_then(decode_response::<Res>)
-            } else {
-                c.intercepted_unary::<Res>(
-                    self.method,
-                    &self.topic,
-                    Box::new(self.req.clone()),
-                    self.opts,
-                )
-                .await
+            let (c, mut opts) = (self.client, self.opts);
+            let raw = Bytes::from(self.req.encode_to_vec());
+            let res = match c.chain(&mut opts) {
+                None => c.call_unary_raw(self.method, &self.topic, raw, &opts).await,
+                Some(chain) => {
+                    c.intercepted_unary(chain, self.method, &self.topic, raw, opts)
+                        .await
+                }
             };
-            run_response_hooks(
-                c,
-                &info,
-                &self.req,
-                res.as_ref().map(|r| r as &dyn DynMessage),
-            );
-            res
+            res.and_then(decode_response::<Res>)
         })
     }
 }
 
 fn decode_response<Res: Message + Default>(b: Bytes) -> Result<Res> {
     Res::decode(b).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
-}
-
-fn decode_boxed<Res: Message + Default + Clone + 'static>(b: Bytes) -> Result<BoxMessage> {
-    decode_response::<Res>(b).map(|r| Box::new(r) as BoxMessage)
 }
 
 /// A multi call being built; `.await` sends it and gives the result stream.
@@ -1230,9 +1121,9 @@ pub struct MultiCall<'a, Req, Res> {
 impl<Req, Res> MultiCall<'_, Req, Res> {
     call_builder_methods!();
 
-    /// Adds a multi interceptor for this call only, inside the client's own.
-    pub fn interceptor(mut self, i: impl MultiInterceptor) -> Self {
-        self.opts.multi_interceptors.push(Arc::new(i));
+    /// Adds an interceptor for this call only, inside the client's own.
+    pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
+        self.opts.interceptors.push(Arc::new(i));
         self
     }
 }
@@ -1247,39 +1138,22 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let c = self.client;
-            let hooks =
-                !c.inner.opts.request_hooks.is_empty() || !c.inner.opts.response_hooks.is_empty();
-            let info = hooks.then(|| c.info(self.method, &self.topic));
-            run_request_hooks(c, &info, &self.req);
-            let sent = if c.inner.chains.multi.is_empty() && self.opts.multi_interceptors.is_empty()
-            {
-                let raw = Bytes::from(self.req.encode_to_vec());
-                c.call_multi_raw(self.method, &self.topic, raw, &self.opts)
-                    .await
-                    .map(|raw| (Some(raw), None))
-            } else {
-                c.intercepted_multi(
-                    self.method,
-                    &self.topic,
-                    Box::new(self.req.clone()),
-                    self.opts,
-                )
-                .await
-                .map(|(raw, i)| (raw, Some(i)))
+            let (c, mut opts) = (self.client, self.opts);
+            let raw = Bytes::from(self.req.encode_to_vec());
+            let replies = match c.chain(&mut opts) {
+                None => MultiSource::Raw(
+                    c.call_multi_raw(self.method, &self.topic, raw, &opts)
+                        .await?,
+                ),
+                Some(chain) => MultiSource::Intercepted(
+                    c.intercepted_multi(chain, self.method, &self.topic, raw, opts)
+                        .await?,
+                ),
             };
-            match sent {
-                Ok((raw, intercept)) => Ok(MultiResponses {
-                    raw,
-                    hooks: info.map(|i| (c.clone(), i, Box::new(self.req) as Box<dyn DynMessage>)),
-                    intercept,
-                    _res: PhantomData,
-                }),
-                Err(e) => {
-                    run_response_hooks(c, &info, &self.req, Err(&e));
-                    Err(e)
-                }
-            }
+            Ok(MultiResponses {
+                replies,
+                _res: PhantomData,
+            })
         })
     }
 }
@@ -1362,101 +1236,34 @@ impl futures::Stream for RawMultiResponses {
 /// The typed results of a multi call: a `futures::Stream` of one
 /// `Result<Res>` per server that answered; it ends at the call's timeout.
 pub struct MultiResponses<Res> {
-    /// `None` when an interceptor answered without sending.
-    raw: Option<RawMultiResponses>,
-    hooks: Option<(RpcClient, RpcInfo, Box<dyn DynMessage>)>,
-    intercept: Option<MultiIntercept>,
+    replies: MultiSource,
     _res: PhantomData<fn() -> Res>,
 }
 
-/// The per-call interceptors of a multi call and the results they let through.
-struct MultiIntercept {
-    calls: Vec<Box<dyn MultiCallInterceptor>>,
-    ready: std::collections::VecDeque<Result<BoxMessage>>,
-    closed: bool,
-}
-
-impl MultiIntercept {
-    fn close(&mut self) {
-        if !self.closed {
-            self.closed = true;
-            for c in &mut self.calls {
-                c.close();
-            }
-        }
-    }
-}
-
-impl Drop for MultiIntercept {
-    fn drop(&mut self) {
-        self.close();
-    }
+/// The encoded results, straight from the bus or through the interceptors.
+enum MultiSource {
+    Raw(RawMultiResponses),
+    Intercepted(Replies),
 }
 
 impl<Res> std::fmt::Debug for MultiResponses<Res> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let intercepted = matches!(self.replies, MultiSource::Intercepted(_));
         f.debug_struct("MultiResponses")
-            .field("done", &self.raw.as_ref().is_none_or(|r| r.done))
+            .field("intercepted", &intercepted)
             .finish()
     }
 }
 
-impl<Res: Message + Default + Clone + 'static> MultiResponses<Res> {
-    fn next_item(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Res>>> {
-        let Some(i) = &mut self.intercept else {
-            return match self
-                .raw
-                .as_mut()
-                .map(|r| futures::Stream::poll_next(Pin::new(r), cx))
-            {
-                Some(Poll::Ready(Some(r))) => Poll::Ready(Some(r.and_then(decode_response::<Res>))),
-                Some(Poll::Pending) => Poll::Pending,
-                Some(Poll::Ready(None)) | None => Poll::Ready(None),
-            };
-        };
-        loop {
-            if let Some(item) = i.ready.pop_front() {
-                return Poll::Ready(Some(item.and_then(downcast_message::<Res>)));
-            }
-            let polled = match self.raw.as_mut() {
-                Some(r) => futures::Stream::poll_next(Pin::new(r), cx),
-                None => Poll::Ready(None),
-            };
-            match polled {
-                Poll::Ready(Some(r)) => {
-                    let item = r.and_then(decode_boxed::<Res>);
-                    let ready = &mut i.ready;
-                    multi_recv(&mut i.calls, item, &mut |it| ready.push_back(it));
-                }
-                Poll::Ready(None) => {
-                    i.close();
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl<Res: Message + Default + Clone + 'static> futures::Stream for MultiResponses<Res> {
+impl<Res: Message + Default> futures::Stream for MultiResponses<Res> {
     type Item = Result<Res>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let item = match self.next_item(cx) {
-            Poll::Ready(Some(item)) => item,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let item = match &mut self.replies {
+            MultiSource::Raw(r) => std::task::ready!(Pin::new(r).poll_next(cx)),
+            MultiSource::Intercepted(r) => std::task::ready!(Pin::new(r).poll_next(cx)),
         };
-        if let Some((c, info, req)) = &self.hooks {
-            for h in &c.inner.opts.response_hooks {
-                h(
-                    info,
-                    req.as_ref(),
-                    item.as_ref().map(|r| r as &dyn DynMessage),
-                );
-            }
-        }
-        Poll::Ready(Some(item))
+        Poll::Ready(item.map(|r| r.and_then(decode_response::<Res>)))
     }
 }
 

@@ -1,12 +1,10 @@
 //! What a call is: the routing flags the runtime reads off a
 //! [`Method`](crate::Method), [`RpcInfo`] (one call's
 //! service, method and topic), [`Context`] (deadline, cancellation, incoming
-//! metadata) and [`DynMessage`] (a message seen through hooks).
+//! metadata).
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -67,7 +65,7 @@ impl MethodInfo {
     }
 }
 
-/// One call: service, method and topic. Hooks and handlers see it.
+/// One call: service, method and topic. Interceptors and handlers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RpcInfo {
     /// The service name on the wire.
@@ -193,92 +191,3 @@ impl Context {
         self.info.as_deref()
     }
 }
-
-/// A protobuf message seen without its type (hooks, interceptors).
-///
-/// Every `prost` message that is `Clone` (all generated ones are) is one.
-/// Downcast with [`as_any`](Self::as_any) (to read),
-/// [`as_any_mut`](Self::as_any_mut) (to change in place) or
-/// [`into_any`](Self::into_any) (to take it back by value).
-pub trait DynMessage: Any + Send + Sync {
-    /// The Rust type name of the message.
-    fn type_name(&self) -> &'static str;
-    /// The message as `Any`, to downcast to its concrete type.
-    fn as_any(&self) -> &dyn Any;
-    /// The message as mutable `Any`, to change it in place.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// The boxed message as `Any`, to take the concrete value back.
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
-    /// A boxed copy (retries send the same message again).
-    fn clone_box(&self) -> Box<dyn DynMessage>;
-    /// Its protobuf encoded length.
-    fn encoded_size(&self) -> usize;
-    /// Its protobuf encoding.
-    fn to_bytes(&self) -> Vec<u8>;
-}
-
-impl<M: prost::Message + Clone + 'static> DynMessage for M {
-    fn type_name(&self) -> &'static str {
-        std::any::type_name::<M>()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
-    fn clone_box(&self) -> Box<dyn DynMessage> {
-        Box::new(self.clone())
-    }
-    fn encoded_size(&self) -> usize {
-        self.encoded_len()
-    }
-    fn to_bytes(&self) -> Vec<u8> {
-        self.encode_to_vec()
-    }
-}
-
-impl Debug for dyn DynMessage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} bytes)", self.type_name(), self.encoded_size())
-    }
-}
-
-/// A boxed message of any type, as interceptors pass them along.
-pub type BoxMessage = Box<dyn DynMessage>;
-
-impl Clone for BoxMessage {
-    fn clone(&self) -> Self {
-        self.clone_box()
-    }
-}
-
-/// Takes the concrete message out of a [`BoxMessage`]; an interceptor that
-/// swapped in another type gets an `internal` error naming both types.
-pub fn downcast_message<M: DynMessage>(m: BoxMessage) -> crate::Result<M> {
-    if !m.as_any().is::<M>() {
-        return Err(crate::Error::new(
-            crate::ErrorCode::Internal,
-            format!(
-                "interceptor passed on a message of the wrong type: expected {}, got {}",
-                std::any::type_name::<M>(),
-                m.type_name()
-            ),
-        ));
-    }
-    m.into_any()
-        .downcast::<M>()
-        .map(|b| *b)
-        .map_err(|_| crate::Error::new(crate::ErrorCode::Internal, "message downcast failed"))
-}
-
-/// Runs before every client call with the call and its request.
-pub type RequestHook = Arc<dyn Fn(&RpcInfo, &dyn DynMessage) + Send + Sync>;
-
-/// Runs after every client call (after every item of a multi call) with the
-/// request and the outcome.
-pub type ResponseHook =
-    Arc<dyn Fn(&RpcInfo, &dyn DynMessage, Result<&dyn DynMessage, &crate::Error>) + Send + Sync>;

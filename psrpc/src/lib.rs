@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+mod call;
 pub mod client;
 pub mod codec;
 pub mod discovery;
@@ -30,14 +31,12 @@ pub use client::{
 };
 pub use codec::CompressionOptions;
 pub use error::{Error, ErrorCode, GrpcCode, Result};
-pub use info::{
-    BoxMessage, Context, DynMessage, IncomingHeader, Metadata, RpcInfo, downcast_message,
-};
-pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
+pub use info::{Context, IncomingHeader, Metadata, RpcInfo};
+pub use interceptor::{ClientInterceptor, ServerInterceptor};
 pub use method::{Method, Routing};
 pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
-pub use server::{ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
+pub use server::{ClaimOutcome, RpcServer, ServerOptions};
 pub use stream::{
     ClientStream, CloseReason, ServerStream, StreamLiveness, StreamReceiver, StreamSender,
 };

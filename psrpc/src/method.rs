@@ -7,7 +7,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::info::MethodInfo;
+use bytes::Bytes;
+use prost::Message;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{MethodInfo, RpcInfo};
 
 /// How the requests of a method (or the updates of a subscription) find
 /// their servers (or subscribers). Both peers must agree on it.
@@ -116,6 +120,44 @@ impl<Req, Res> Method<Req, Res> {
     /// Whether it skips the claim handshake (never true of a multi method).
     pub fn is_single_server(&self) -> bool {
         !self.info.multi && !self.info.require_claim
+    }
+
+    /// Whether `info` is a call of this method (by its name on the wire:
+    /// a method descriptor does not know its service).
+    pub fn is_called_by(&self, info: &RpcInfo) -> bool {
+        info.method == self.info.name
+    }
+
+    /// Decodes an encoded request of this method (as interceptors see it).
+    pub fn decode_request(&self, bytes: &[u8]) -> Result<Req>
+    where
+        Req: Message + Default,
+    {
+        Req::decode(bytes).map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))
+    }
+
+    /// Decodes an encoded response of this method (as interceptors see it).
+    pub fn decode_response(&self, bytes: &[u8]) -> Result<Res>
+    where
+        Res: Message + Default,
+    {
+        Res::decode(bytes).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
+    }
+
+    /// Encodes a request of this method (to replace one in an interceptor).
+    pub fn encode_request(&self, req: &Req) -> Bytes
+    where
+        Req: Message,
+    {
+        Bytes::from(req.encode_to_vec())
+    }
+
+    /// Encodes a response of this method (to replace one in an interceptor).
+    pub fn encode_response(&self, res: &Res) -> Bytes
+    where
+        Res: Message,
+    {
+        Bytes::from(res.encode_to_vec())
     }
 }
 

@@ -20,8 +20,9 @@ use crate::channels::{self, Channel};
 use crate::drops::{DropReason, Truncated};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
-use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
-use crate::interceptor::{ServerInterceptor, ServerNext, StreamInterceptor, to_chain};
+use crate::info::{Context, IncomingHeader, MethodInfo, RpcInfo};
+use crate::interceptor::streams::StreamInterceptors;
+use crate::interceptor::{Chain, Handle, Next, ServerCall, ServerInterceptor, Terminal, to_chain};
 use crate::method::Method;
 use crate::route::{OpenAffinityFn, RequestAffinityFn, Route, StreamOpen, StreamRoute};
 use crate::stream::{self, CloseReason, ServerStream, StreamLiveness, StreamParams, StreamTable};
@@ -42,16 +43,12 @@ pub struct ServerOptions {
     pub timeout: Duration,
     /// Buffer size of the server's subscriptions and of each stream (100).
     pub channel_size: usize,
-    /// Wrap every unary and multi handler, first outermost.
+    /// Wrap every handler and stream, and see the bus events, first outermost.
     pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
-    /// See every stream the server accepts, first outermost.
-    pub stream_interceptors: Vec<Arc<dyn StreamInterceptor>>,
     /// Asked once per request that advertises it: whether this server
     /// announces a queue request instead of bidding for it (claim skip).
     /// `None` (the default): never.
     pub skip_claim: Option<SkipClaimFn>,
-    /// Told of every request received, expired and claimed.
-    pub observers: Vec<Arc<dyn RequestObserver>>,
     /// How accepted streams watch their client for a death without a
     /// close (probe every 1 s, end after 4 s; see [`crate::stream`]).
     pub stream_liveness: StreamLiveness,
@@ -70,9 +67,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("timeout", &self.timeout)
             .field("channel_size", &self.channel_size)
             .field("interceptors", &self.interceptors.len())
-            .field("stream_interceptors", &self.stream_interceptors.len())
             .field("skip_claim", &self.skip_claim.is_some())
-            .field("observers", &self.observers.len())
             .field("stream_liveness", &self.stream_liveness)
             .field("discovery", &self.discovery)
             .finish()
@@ -86,9 +81,7 @@ impl Default for ServerOptions {
             timeout: DEFAULT_SERVER_TIMEOUT,
             channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
-            stream_interceptors: Vec::new(),
             skip_claim: None,
-            observers: Vec::new(),
             stream_liveness: StreamLiveness::default(),
             discovery: Default::default(),
         }
@@ -113,14 +106,11 @@ impl ServerOptions {
         }
         self
     }
-    /// Adds a handler interceptor (inside those added before).
+    /// Adds an interceptor of every handler and stream, inside those added
+    /// before (see [`crate::interceptor`]); the shipped middleware installs
+    /// this way too.
     pub fn interceptor(mut self, i: impl ServerInterceptor) -> Self {
         self.interceptors.push(Arc::new(i));
-        self
-    }
-    /// Adds a stream interceptor.
-    pub fn stream_interceptor(mut self, i: impl StreamInterceptor) -> Self {
-        self.stream_interceptors.push(Arc::new(i));
         self
     }
     /// Opts in to claim skip on queue methods, per request: when a request
@@ -135,11 +125,6 @@ impl ServerOptions {
     /// of the method: true for every bus of this crate family.
     pub fn skip_claim(mut self, f: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.skip_claim = Some(Arc::new(f));
-        self
-    }
-    /// Adds a [`RequestObserver`].
-    pub fn observer(mut self, o: Arc<dyn RequestObserver>) -> Self {
-        self.observers.push(o);
         self
     }
     /// Sets how streams watch their client ([`StreamLiveness::disabled`]: not at all).
@@ -181,21 +166,6 @@ impl std::fmt::Display for ClaimOutcome {
     }
 }
 
-/// Sees the requests (and stream opens) a server reads off the bus. Every
-/// method is called on the bus's delivery path or a request's task: it must
-/// return quickly and never block. A server without observers pays one
-/// emptiness check per event.
-pub trait RequestObserver: Send + Sync + 'static {
-    /// A request was read off the bus (before the expiry check).
-    fn on_request_received(&self, _info: &RpcInfo) {}
-    /// A request arrived after its expiry, `late_by` late; it is dropped.
-    fn on_request_expired(&self, _info: &RpcInfo, _late_by: Duration) {}
-    /// This server's claim for a request settled, `wait` after the bid was
-    /// sent (zero for [`ClaimOutcome::Skipped`]). Not called when the
-    /// server did not bid (negative affinity) or the bid was not sent.
-    fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
-}
-
 /// What every handler task of a server shares.
 struct Core {
     bus: DynBus,
@@ -205,11 +175,9 @@ struct Core {
     claims: Mutex<ClaimTable>,
     /// Response and claim-request channels by client id.
     client_channels: Mutex<id::IdMap<Arc<ClientChannels>>>,
-    interceptors: Arc<[Arc<dyn ServerInterceptor>]>,
-    stream_interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+    interceptors: Chain<dyn ServerInterceptor>,
     /// The claim-skip opt-in.
     skip_claim: Option<SkipClaimFn>,
-    observers: Arc<[Arc<dyn RequestObserver>]>,
     clock: ClockCheck,
     /// Counts calls for discovery (when it is on).
     discovery: Option<Arc<crate::discovery::Registry>>,
@@ -477,9 +445,7 @@ impl RpcServer {
                     client_channels: Mutex::default(),
                     interceptors: to_chain(&opts.interceptors),
                     discovery: discovery.clone(),
-                    stream_interceptors: to_chain(&opts.stream_interceptors),
                     skip_claim: opts.skip_claim.clone(),
-                    observers: opts.observers.iter().cloned().collect(),
                     clock: ClockCheck::default(),
                     publish_channels: Mutex::default(),
                 }),
@@ -605,16 +571,17 @@ impl RpcServer {
         let handler = Arc::new(handler);
         let chain = (!core.interceptors.is_empty()).then(|| {
             let handler = handler.clone();
-            let terminal: crate::interceptor::ServerTerminal =
-                Arc::new(move |ctx: Context, req: BoxMessage| {
-                    let handler = handler.clone();
-                    Box::pin(async move {
-                        let req = downcast_message::<Req>(req)?;
-                        let res = handler(ctx, req).await?;
-                        Ok(Box::new(res) as BoxMessage)
-                    })
-                });
-            ServerNext::new(core.interceptors.clone(), terminal)
+            let terminal: Terminal<Handle> = Arc::new(move |call: ServerCall| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let (ctx, request) = call.into_parts();
+                    let req = Req::decode(request)
+                        .map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))?;
+                    let res = handler(ctx, req).await?;
+                    Ok(Bytes::from(res.encode_to_vec()))
+                })
+            });
+            Next::new(core.interceptors.clone(), terminal)
         });
         let req_ch = channels::rpc_channel(&core.service, &method.name, topic, method.queue);
         let h = Arc::new(UnaryHandler {
@@ -991,7 +958,7 @@ struct UnaryHandler<Req, Res, H> {
     channel: String,
     handler: Arc<H>,
     /// The interceptor chain ending in `handler`, when there are interceptors.
-    chain: Option<ServerNext>,
+    chain: Option<Next<Handle>>,
     affinity: Option<RequestAffinityFn<Req>>,
     _p: PhantomData<fn() -> Res>,
 }
@@ -1001,9 +968,10 @@ impl Core {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn observe(&self, f: impl Fn(&dyn RequestObserver)) {
-        for o in self.observers.iter() {
-            f(&**o);
+    /// Tells the interceptors of a bus event.
+    fn observe(&self, f: impl Fn(&dyn ServerInterceptor)) {
+        for i in self.interceptors.iter() {
+            f(&**i);
         }
     }
 
@@ -1013,11 +981,11 @@ impl Core {
         if given_up.is_empty() {
             return;
         }
-        if !self.observers.is_empty() {
+        if !self.interceptors.is_empty() {
             let now = Instant::now();
             for w in &given_up {
                 let wait = now.saturating_duration_since(w.bid_at);
-                self.observe(|o| o.on_claim(&w.info, ClaimOutcome::TimedOut, wait));
+                self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::TimedOut, wait));
             }
         }
         drop(given_up);
@@ -1090,10 +1058,10 @@ impl Core {
                 drop(table);
                 let wait = w.bid_at.elapsed();
                 if server_id == self.id {
-                    self.observe(|o| o.on_claim(&w.info, ClaimOutcome::Granted, wait));
+                    self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::Granted, wait));
                     (w.then)();
                 } else {
-                    self.observe(|o| o.on_claim(&w.info, ClaimOutcome::LostToPeer, wait));
+                    self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::LostToPeer, wait));
                 }
             }
             None if remember => {
@@ -1116,12 +1084,12 @@ impl Core {
         sent_at: i64,
         expiry: i64,
     ) -> Option<Duration> {
-        self.observe(|o| o.on_request_received(info));
+        self.observe(|o| o.request_received(info));
         let now = wire::now_ns();
         let tolerance = CLOCK_SKEW_TOLERANCE.as_nanos() as i64;
         if expiry <= now {
             let late = Duration::from_nanos(now.saturating_sub(expiry) as u64);
-            self.observe(|o| o.on_request_expired(info, late));
+            self.observe(|o| o.request_expired(info, late));
             self.bus.drops().record(
                 DropReason::Expired,
                 channel,
@@ -1177,7 +1145,7 @@ impl Core {
                 // Decided before we could claim: it was not us.
                 drop(table);
                 tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
-                self.observe(|o| o.on_claim(info, ClaimOutcome::LostToPeer, Duration::ZERO));
+                self.observe(|o| o.claim_settled(info, ClaimOutcome::LostToPeer, Duration::ZERO));
                 return;
             }
             table.insert(
@@ -1328,7 +1296,7 @@ where
             }
         }
         self.core
-            .observe(|o| o.on_claim(&self.info, ClaimOutcome::Skipped, Duration::ZERO));
+            .observe(|o| o.claim_settled(&self.info, ClaimOutcome::Skipped, Duration::ZERO));
         self.run(req, msg, deadline, chans).await;
     }
 
@@ -1342,12 +1310,12 @@ where
     ) {
         let core = &*self.core;
         let _counted = core.discovery.as_ref().map(|d| d.call_started());
-        // Only the request id is kept while the handler runs.
         let Request {
             request_id,
             client_id,
             sent_at,
             metadata,
+            raw_request,
             ..
         } = req;
         let header = IncomingHeader {
@@ -1362,11 +1330,13 @@ where
             None => (self.handler)(ctx, msg)
                 .await
                 .map(|r| Bytes::from(r.encode_to_vec())),
-            Some(next) => next
-                .clone()
-                .run(ctx, Box::new(msg))
-                .await
-                .map(|r| Bytes::from(r.to_bytes())),
+            Some(next) => {
+                // The interceptors see the request as it arrived; the
+                // handler gets it decoded again from what they pass on.
+                drop(msg);
+                let call = ServerCall::new(self.info.clone(), ctx, raw_request);
+                next.clone().run(call).await
+            }
         };
         let (request_id, bytes) = {
             let response = self.response(request_id, result);
@@ -1501,7 +1471,7 @@ where
             timeout: self.timeout,
             buffer: self.buffer,
             table: Arc::downgrade(&self.streams),
-            interceptors: core.stream_interceptors.clone(),
+            interceptors: StreamInterceptors::Server(core.interceptors.clone()),
         });
         {
             // Under the table lock: a shutdown either sees this stream or

@@ -1,5 +1,6 @@
 //! Bus wrappers for tests (cargo feature `testing`): intercept, delay and
-//! lose messages between psrpc clients and servers.
+//! lose messages between psrpc clients and servers; and [`CallCounter`],
+//! an interceptor that counts a client's calls and their outcomes.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -58,6 +59,7 @@
 //! encoded `Msg` envelope (decode it with [`wire::decode_msg`](crate::protocol::wire::decode_msg)),
 //! where Go's interceptors see the message before serialization.
 
+mod counter;
 mod laggy;
 mod unreliable;
 
@@ -75,6 +77,7 @@ use tokio::task::AbortHandle;
 use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, Subscription};
 use crate::error::Result;
 
+pub use counter::CallCounter;
 pub use laggy::{LAGGY_TYPE_URL, LaggyBus, LaggyMessage, LatencyFn};
 pub use unreliable::{FailureRate, UnreliableBus};
 

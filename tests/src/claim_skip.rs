@@ -15,11 +15,13 @@ use bytes::Bytes;
 use prost::Message;
 use psrpc::bus::{DynBus, MessageBus, Subscription};
 use psrpc::drops::DropReason;
+use psrpc::interceptor::ServerInterceptor;
+use psrpc::middleware::metrics::Metrics;
 use psrpc::protocol::channels;
 use psrpc::protocol::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
 use psrpc::{
-    ClaimOutcome, ClientOptions, Context, ErrorCode, Method, RequestObserver, RpcClient, RpcInfo,
-    RpcServer, SelectionOptions, ServerOptions,
+    ClaimOutcome, ClientOptions, Context, ErrorCode, Method, RpcClient, RpcInfo, RpcServer,
+    SelectionOptions, ServerOptions,
 };
 
 use crate::my_service::*;
@@ -54,7 +56,7 @@ pub enum Event {
     Claim(String, ClaimOutcome, Duration),
 }
 
-/// A [`RequestObserver`] that keeps every event.
+/// A server interceptor that keeps every bus event.
 #[derive(Default)]
 pub struct Events(Mutex<Vec<Event>>);
 
@@ -97,20 +99,20 @@ impl Events {
     }
 }
 
-impl RequestObserver for Events {
-    fn on_request_received(&self, info: &RpcInfo) {
+impl ServerInterceptor for Events {
+    fn request_received(&self, info: &RpcInfo) {
         self.0
             .lock()
             .unwrap()
             .push(Event::Received(info.method.clone()));
     }
-    fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
+    fn request_expired(&self, info: &RpcInfo, late_by: Duration) {
         self.0
             .lock()
             .unwrap()
             .push(Event::Expired(info.method.clone(), late_by));
     }
-    fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+    fn claim_settled(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
         self.0
             .lock()
             .unwrap()
@@ -165,13 +167,13 @@ impl psrpc::middleware::metrics::MetricsObserver for MetricEvents {
     ) {
     }
     fn on_request_received(&self, info: &RpcInfo) {
-        self.0.on_request_received(info);
+        self.0.request_received(info);
     }
     fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
-        self.0.on_request_expired(info, late_by);
+        self.0.request_expired(info, late_by);
     }
     fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
-        self.0.on_claim(info, outcome, wait);
+        self.0.claim_settled(info, outcome, wait);
     }
 }
 
@@ -213,7 +215,7 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
         SERVICE,
         ServerOptions::default()
             .server_id("skipper")
-            .observer(events.clone())
+            .interceptor(events.clone())
             .skip_claim({
                 let skip = skip.clone();
                 move || skip.load(Ordering::SeqCst)
@@ -519,8 +521,8 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
                 SERVICE,
                 ServerOptions::default()
                     .server_id(id)
-                    .observer(events)
-                    .metrics(metrics)
+                    .interceptor(events)
+                    .interceptor(Metrics::server(metrics))
                     .skip_claim(move || skip.load(Ordering::SeqCst)),
             )
         }

@@ -6,18 +6,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use psrpc::interceptor::{
-    ClientNext, MultiCallInterceptor, MultiInterceptor, MultiSendNext, Role, ServerNext,
+    self, ClientCall, ClientInterceptor, Handle, Multi, Next, Replies, Role, ServerCall,
+    ServerInterceptor, Unary,
 };
-use psrpc::middleware::metrics::MetricsObserver;
-use psrpc::middleware::retry::RetryOptions;
-use psrpc::middleware::trace::{TRACEPARENT, TraceParent};
+use psrpc::middleware::metrics::{Metrics, MetricsObserver};
+use psrpc::middleware::recovery::Recovery;
+use psrpc::middleware::retry::{Retry, RetryOptions};
+use psrpc::middleware::trace::{TRACEPARENT, TraceParent, Tracing};
 use psrpc::testing::{FailureRate, LaggyBus, UnreliableBus};
 use psrpc::{
-    BoxMessage, CallOptions, ClientOptions, Context, Error, ErrorCode, Method, RpcClient, RpcInfo,
-    RpcServer, ServerStream,
+    ClientOptions, Context, Error, ErrorCode, Method, RpcClient, RpcInfo, RpcServer, ServerStream,
 };
 
 use crate::streams::{PING_PONG, num};
@@ -36,33 +37,35 @@ fn push(t: &Trace, s: &str) {
 }
 
 /// A server interceptor that records `key` before and after `next`.
-fn server_tracer(trace: &Trace, key: &'static str) -> impl psrpc::ServerInterceptor {
+fn server_tracer(trace: &Trace, key: &'static str) -> impl ServerInterceptor {
     let trace = trace.clone();
-    move |ctx: Context, req: BoxMessage, next: ServerNext| {
+    interceptor::handle_fn(move |call: ServerCall, next: Next<Handle>| {
         let trace = trace.clone();
         async move {
             push(&trace, key);
-            let r = next.run(ctx, req).await;
+            let r = next.run(call).await;
             push(&trace, key);
             r
         }
-    }
+    })
 }
 
 /// A client interceptor that records `key` around `next` and adds a
 /// metadata entry `key` (the "context value" of the Go test).
-fn client_tracer(trace: &Trace, key: &'static str) -> impl psrpc::ClientInterceptor {
+fn client_tracer(trace: &Trace, key: &'static str) -> impl ClientInterceptor {
     let trace = trace.clone();
-    move |req: BoxMessage, mut opts: CallOptions, next: ClientNext| {
+    interceptor::unary_fn(move |mut call: ClientCall, next: Next<Unary>| {
         let trace = trace.clone();
         async move {
             push(&trace, key);
-            opts.metadata.insert(format!("k{key}"), key.into());
-            let r = next.run(req, opts).await;
+            call.options_mut()
+                .metadata
+                .insert(format!("k{key}"), key.into());
+            let r = next.run(call).await;
             push(&trace, key);
             r
         }
-    }
+    })
 }
 
 /// I1: five server interceptors run outermost-first around a handler that
@@ -73,14 +76,14 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
     let logged: Arc<Mutex<Option<ErrorCode>>> = Default::default();
     let logger = {
         let logged = logged.clone();
-        move |ctx: Context, req: BoxMessage, next: ServerNext| {
+        interceptor::handle_fn(move |call: ServerCall, next: Next<Handle>| {
             let logged = logged.clone();
             async move {
-                let r = next.run(ctx, req).await;
+                let r = next.run(call).await;
                 *logged.lock().unwrap() = r.as_ref().err().map(|e| e.code());
                 r
             }
-        }
+        })
     };
     let opts = f
         .server_options()
@@ -88,7 +91,7 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
         .interceptor(server_tracer(&trace, "1"))
         .interceptor(server_tracer(&trace, "2"))
         .interceptor(server_tracer(&trace, "3"))
-        .recovery();
+        .interceptor(Recovery);
     let s = RpcServer::new(f.connect().await, "icpt_server", opts);
     let t = trace.clone();
     s.route(&UNARY)
@@ -166,33 +169,23 @@ pub async fn interceptors_client_order(f: &dyn BusFactory) {
 /// forwarding), adding metadata `key` to the request.
 struct MultiTracer(Trace, &'static str);
 
-struct MultiTracerCall(Trace, &'static str);
-
-impl MultiInterceptor for MultiTracer {
-    fn begin(&self, _info: &RpcInfo) -> Box<dyn MultiCallInterceptor> {
-        Box::new(MultiTracerCall(self.0.clone(), self.1))
-    }
-}
-
-impl MultiCallInterceptor for MultiTracerCall {
-    fn send<'a>(
-        &'a mut self,
-        req: BoxMessage,
-        mut opts: CallOptions,
-        next: MultiSendNext<'a>,
-    ) -> BoxFuture<'a, psrpc::Result<()>> {
+impl ClientInterceptor for MultiTracer {
+    fn multi<'a>(
+        &'a self,
+        mut call: ClientCall,
+        next: Next<Multi>,
+    ) -> futures::future::BoxFuture<'a, psrpc::Result<Replies>> {
         push(&self.0, self.1);
-        opts.metadata.insert(format!("k{}", self.1), self.1.into());
-        next.run(req, opts)
-    }
-
-    fn recv(
-        &mut self,
-        item: psrpc::Result<BoxMessage>,
-        next: &mut dyn FnMut(psrpc::Result<BoxMessage>),
-    ) {
-        next(item);
-        push(&self.0, self.1);
+        call.options_mut()
+            .metadata
+            .insert(format!("k{}", self.1), self.1.into());
+        let (trace, key) = (self.0.clone(), self.1);
+        Box::pin(async move {
+            let replies = next.run(call).await?;
+            // After the inner interceptors saw the result: the outer one
+            // sees it after this one records.
+            Ok(Replies::new(replies.inspect(move |_| push(&trace, key))))
+        })
     }
 }
 
@@ -212,34 +205,19 @@ pub async fn interceptors_multi_order(f: &dyn BusFactory) {
         })
         .await
         .unwrap();
-    /// Rewrites every result's text.
-    struct Rewrite;
-    struct RewriteCall;
-    impl MultiInterceptor for Rewrite {
-        fn begin(&self, _info: &RpcInfo) -> Box<dyn MultiCallInterceptor> {
-            Box::new(RewriteCall)
-        }
-    }
-    impl MultiCallInterceptor for RewriteCall {
-        fn recv(
-            &mut self,
-            mut item: psrpc::Result<BoxMessage>,
-            next: &mut dyn FnMut(psrpc::Result<BoxMessage>),
-        ) {
-            if let Some(n) = item
-                .as_mut()
-                .ok()
-                .and_then(|m| m.as_any_mut().downcast_mut::<Num>())
-            {
-                n.text = "rewritten".into();
-            }
-            next(item)
-        }
-    }
+    // Rewrites every result's text, typed through the method.
+    let rewrite = interceptor::multi_fn(|call: ClientCall, next: Next<Multi>| async move {
+        let replies = next.run(call).await?;
+        Ok(Replies::new(replies.map(|item| {
+            let mut n = MULTI.decode_response(&item?)?;
+            n.text = "rewritten".into();
+            Ok(MULTI.encode_response(&n))
+        })))
+    });
     let opts = ClientOptions::default()
-        .multi_interceptor(MultiTracer(trace.clone(), "1"))
-        .multi_interceptor(MultiTracer(trace.clone(), "2"))
-        .multi_interceptor(Rewrite);
+        .interceptor(MultiTracer(trace.clone(), "1"))
+        .interceptor(MultiTracer(trace.clone(), "2"))
+        .interceptor(rewrite);
     let c = RpcClient::new(f.connect().await, "icpt_multi", opts)
         .await
         .unwrap();
@@ -259,20 +237,20 @@ pub async fn interceptors_multi_order(f: &dyn BusFactory) {
 }
 
 /// Interceptors can change the request, answer without calling `next`, and
-/// replace the response; a wrong type swapped in is an `internal` error.
+/// replace the response; a response that does not decode is
+/// `malformed_response`, not a panic.
 pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     let s = RpcServer::new(
         f.connect().await,
         "icpt_modify",
-        f.server_options().interceptor(
-            |ctx: Context, req: BoxMessage, next: ServerNext| async move {
-                let mut res = next.run(ctx, req).await?;
-                if let Some(n) = res.as_any_mut().downcast_mut::<Num>() {
-                    n.text.push_str("+server-interceptor");
-                }
-                Ok(res)
+        f.server_options().interceptor(interceptor::handle_fn(
+            |call: ServerCall, next: Next<Handle>| async move {
+                let res = next.run(call).await?;
+                let mut n = UNARY.decode_response(&res)?;
+                n.text.push_str("+server-interceptor");
+                Ok(UNARY.encode_response(&n))
             },
-        ),
+        )),
     );
     s.route(&UNARY)
         .handle(|_ctx: Context, req: Num| async move { Ok(num(req.n * 10, "handler")) })
@@ -285,14 +263,16 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     // Changes the request on the way out.
     let doubled = c
         .unary(&UNARY, (), num(2, ""))
-        .interceptor(
-            |mut req: BoxMessage, opts: CallOptions, next: ClientNext| async move {
-                if let Some(n) = req.as_any_mut().downcast_mut::<Num>() {
+        .interceptor(interceptor::unary_fn(
+            |mut call: ClientCall, next: Next<Unary>| async move {
+                if let Some(req) = call.request_of(&UNARY) {
+                    let mut n = req?;
                     n.n *= 2;
+                    call.set_request(UNARY.encode_request(&n));
                 }
-                next.run(req, opts).await
+                next.run(call).await
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(doubled.n, 40);
@@ -301,25 +281,25 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     static UNSERVED: Method<Num, Num> = Method::queue("Unserved");
     let cached = c
         .unary(&UNSERVED, (), num(1, ""))
-        .interceptor(
-            |_req: BoxMessage, _opts: CallOptions, _next: ClientNext| async move {
-                Ok(Box::new(num(99, "cached")) as BoxMessage)
+        .interceptor(interceptor::unary_fn(
+            |_call: ClientCall, _next: Next<Unary>| async move {
+                Ok(UNSERVED.encode_response(&num(99, "cached")))
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!((cached.n, cached.text.as_str()), (99, "cached"));
-    // A response of the wrong type is caught, not a panic.
+    // A response that is not the method's type is caught, not a panic.
     let e = c
         .unary(&UNSERVED, (), num(1, ""))
-        .interceptor(
-            |_req: BoxMessage, _opts: CallOptions, _next: ClientNext| async move {
-                Ok(Box::new(crate::MyResponse {}) as BoxMessage)
+        .interceptor(interceptor::unary_fn(
+            |_call: ClientCall, _next: Next<Unary>| async move {
+                Ok(Bytes::from_static(&[0xff, 0xff, 0xff]))
             },
-        )
+        ))
         .await
-        .expect_err("wrong type");
-    assert_eq!(e.code(), ErrorCode::Internal);
+        .expect_err("not a Num");
+    assert_eq!(e.code(), ErrorCode::MalformedResponse);
     s.shutdown().await;
 }
 
@@ -349,12 +329,12 @@ pub async fn middleware_retry_bound(f: &dyn BusFactory) {
     let c = RpcClient::new(
         f.connect().await,
         "mw_retry",
-        ClientOptions::default().retries(RetryOptions {
+        ClientOptions::default().interceptor(Retry::new(RetryOptions {
             max_attempts: 3,
             timeout: Duration::from_millis(800),
             backoff: Duration::from_millis(100),
             ..Default::default()
-        }),
+        })),
     )
     .await
     .unwrap();
@@ -479,7 +459,8 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     let s = RpcServer::new(
         f.connect().await,
         "mw_metrics",
-        f.server_options().metrics(server_rec.clone()),
+        f.server_options()
+            .interceptor(Metrics::server(server_rec.clone())),
     );
     s.route(&UNARY)
         .handle(|_ctx: Context, req: Num| async move {
@@ -507,7 +488,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     let c = RpcClient::new(
         f.connect().await,
         "mw_metrics",
-        ClientOptions::default().metrics(client_rec.clone()),
+        ClientOptions::default().interceptor(Metrics::client(client_rec.clone())),
     )
     .await
     .unwrap();
@@ -612,7 +593,11 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
     /// The handler's span name, incoming traceparent and context traceparent.
     type Seen = Option<(String, Option<String>, Option<String>)>;
     let seen: Arc<Mutex<Seen>> = Default::default();
-    let s = RpcServer::new(f.connect().await, "mw_trace", f.server_options().traced());
+    let s = RpcServer::new(
+        f.connect().await,
+        "mw_trace",
+        f.server_options().interceptor(Tracing),
+    );
     let seen2 = seen.clone();
     s.route(&UNARY)
         .handle(move |ctx: Context, _req: Num| {
@@ -638,14 +623,14 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
         f.connect().await,
         "mw_trace",
         ClientOptions::default()
-            .traced()
+            .interceptor(Tracing)
             // Inside the tracing interceptor: sees what goes on the wire.
-            .interceptor(
-                move |req: BoxMessage, opts: CallOptions, next: ClientNext| {
-                    *sent2.lock().unwrap() = opts.metadata.get(TRACEPARENT).cloned();
-                    next.run(req, opts)
+            .interceptor(interceptor::unary_fn(
+                move |call: ClientCall, next: Next<Unary>| {
+                    *sent2.lock().unwrap() = call.options().metadata.get(TRACEPARENT).cloned();
+                    next.run(call)
                 },
-            ),
+            )),
     )
     .await
     .unwrap();

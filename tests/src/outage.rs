@@ -132,7 +132,7 @@ fn check_outcomes(all: &[Outcome], timeout: Duration, up: Instant) {
 /// The broker goes away: a call fails with a code the default retry policy
 /// retries (`unavailable` for a bus that knows it lost its connection,
 /// `deadline_exceeded` for one that buffers while reconnecting), and
-/// [`RetryOptions::default`](psrpc::middleware::retry::RetryOptions) tries
+/// [`Retry::default`](psrpc::middleware::retry::Retry) tries
 /// it [`DEFAULT_MAX_ATTEMPTS`](psrpc::middleware::retry::DEFAULT_MAX_ATTEMPTS)
 /// times, counted by an interceptor inside the retry; once the broker is
 /// back, the same client's calls succeed again.
@@ -141,9 +141,8 @@ pub async fn default_retry_policy_retries_an_outage(
     client_bus: psrpc::bus::DynBus,
     server: &mut impl Restart,
 ) {
-    use psrpc::interceptor::ClientNext;
-    use psrpc::middleware::retry::{DEFAULT_MAX_ATTEMPTS, RetryOptions};
-    use psrpc::{BoxMessage, CallOptions};
+    use psrpc::interceptor::{self, ClientCall, Next, Unary};
+    use psrpc::middleware::retry::{DEFAULT_MAX_ATTEMPTS, Retry};
 
     let srv = crate::echo_server(server_bus, "retried", &[])
         .await
@@ -152,13 +151,13 @@ pub async fn default_retry_policy_retries_an_outage(
     let counted = attempts.clone();
     let opts = psrpc::ClientOptions::default()
         .timeout(Duration::from_millis(500))
-        .retries(RetryOptions::default())
-        .interceptor(
-            move |req: BoxMessage, opts: CallOptions, next: ClientNext| {
+        .interceptor(Retry::default())
+        .interceptor(interceptor::unary_fn(
+            move |call: ClientCall, next: Next<Unary>| {
                 counted.fetch_add(1, Ordering::SeqCst);
-                next.run(req, opts)
+                next.run(call)
             },
-        );
+        ));
     let client = RpcClient::new(client_bus, crate::my_service::SERVICE, opts)
         .await
         .expect("client");

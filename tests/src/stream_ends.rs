@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use psrpc::interceptor::Role;
-use psrpc::middleware::metrics::MetricsObserver;
+use psrpc::interceptor::{ClientInterceptor, Role, ServerInterceptor};
+use psrpc::middleware::metrics::{Metrics, MetricsObserver};
 use psrpc::{
     ClientOptions, ClientStream, CloseReason, Context, Error, ErrorCode, RpcClient, RpcInfo,
-    RpcServer, ServerStream, StreamInterceptor,
+    RpcServer, ServerStream,
 };
 
 use crate::streams::{PING_PONG, num};
@@ -62,15 +62,33 @@ const METRICS: usize = 1;
 /// The stream interceptor half of [`Ends`].
 struct Tap(Arc<Ends>);
 
-impl StreamInterceptor for Tap {
-    fn open(&self, _: &RpcInfo) {
+impl Tap {
+    fn open(&self) {
         self.0.opens[INTERCEPTOR].fetch_add(1, Ordering::SeqCst);
     }
-    fn close(&self, _: &RpcInfo, reason: CloseReason, cause: &Error) {
+    fn close(&self, reason: CloseReason, cause: &Error) {
         self.0.ends[INTERCEPTOR]
             .lock()
             .unwrap()
             .push(End::new(reason, cause));
+    }
+}
+
+impl ClientInterceptor for Tap {
+    fn stream_open(&self, _: &RpcInfo) {
+        self.open();
+    }
+    fn stream_close(&self, _: &RpcInfo, reason: CloseReason, cause: &Error) {
+        self.close(reason, cause);
+    }
+}
+
+impl ServerInterceptor for Tap {
+    fn stream_open(&self, _: &RpcInfo) {
+        self.open();
+    }
+    fn stream_close(&self, _: &RpcInfo, reason: CloseReason, cause: &Error) {
+        self.close(reason, cause);
     }
 }
 
@@ -112,14 +130,14 @@ impl MetricsObserver for Ends {
 impl Ends {
     /// Client options with this recorder's interceptor and metrics.
     pub fn client(self: &Arc<Self>, opts: ClientOptions) -> ClientOptions {
-        opts.stream_interceptor(Tap(self.clone()))
-            .metrics(self.clone())
+        opts.interceptor(Tap(self.clone()))
+            .interceptor(Metrics::client(self.clone()))
     }
 
     /// Server options with this recorder's interceptor and metrics.
     pub fn server(self: &Arc<Self>, opts: psrpc::ServerOptions) -> psrpc::ServerOptions {
-        opts.stream_interceptor(Tap(self.clone()))
-            .metrics(self.clone())
+        opts.interceptor(Tap(self.clone()))
+            .interceptor(Metrics::server(self.clone()))
     }
 
     /// Waits until both the interceptor and the metrics saw one stream end,

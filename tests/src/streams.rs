@@ -114,7 +114,7 @@ pub async fn stream_claimed_by_one_of_two(f: &dyn BusFactory) {
     let events = Arc::new(crate::claim_skip::Events::default());
     let mut servers = Vec::new();
     for count in &counts {
-        let opts = f.server_options().observer(events.clone());
+        let opts = f.server_options().interceptor(events.clone());
         let s = server(f, "stream_two", opts).await;
         let count = count.clone();
         s.stream_route(&PING_PONG)

@@ -25,25 +25,38 @@
 //! | `psrpc_server_request_expired_late_seconds` | histogram | service, method |
 //! | `psrpc_server_claim_wait_seconds` | histogram | service, method, outcome (`granted`, `lost_to_peer`, `timed_out`, `skipped`) |
 //!
-//! The last four come from the server's [`RequestObserver`] events, which
-//! [`ServerOptions::metrics`] installs along with the interceptors.
+//! The last four come from the server's bus events
+//! ([`ServerInterceptor::request_received`] and the like), which the
+//! server-side [`Metrics`] interceptor sees like every other.
+//!
+//! ```
+//! use psrpc::middleware::metrics::{Metrics, MetricsFacade};
+//! use psrpc::{ClientOptions, ServerOptions};
+//!
+//! let client = ClientOptions::default().interceptor(Metrics::client(MetricsFacade::shared()));
+//! let server = ServerOptions::default().interceptor(Metrics::server(MetricsFacade::shared()));
+//! # let _ = (client, server);
+//! ```
 //!
 //! Topics are not labels: they are often per-entity and would make the
 //! series unbounded.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures::Stream;
 use futures::future::BoxFuture;
 
-use crate::client::{CallOptions, ClientOptions};
 use crate::error::{Error, Result};
-use crate::info::{BoxMessage, Context, DynMessage, RpcInfo};
+use crate::info::RpcInfo;
 use crate::interceptor::{
-    ClientInterceptor, ClientNext, MultiCallInterceptor, MultiInterceptor, MultiSendNext, Role,
-    ServerInterceptor, ServerNext, StreamInterceptor, StreamSendNext,
+    ClientCall, ClientInterceptor, ClientSend, Handle, Multi, Next, Replies, Role, ServerCall,
+    ServerInterceptor, ServerSend, StreamMessage, Unary,
 };
-use crate::server::{ClaimOutcome, RequestObserver, ServerOptions};
+use crate::server::ClaimOutcome;
 use crate::stream::CloseReason;
 
 /// Receives the measurements of calls (all calls are synchronous, made on
@@ -97,22 +110,8 @@ pub trait MetricsObserver: Send + Sync + 'static {
     fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
 }
 
-/// Forwards a server's request events to a [`MetricsObserver`].
-struct ObserverEvents(Arc<dyn MetricsObserver>);
-
-impl RequestObserver for ObserverEvents {
-    fn on_request_received(&self, info: &RpcInfo) {
-        self.0.on_request_received(info);
-    }
-    fn on_request_expired(&self, info: &RpcInfo, late_by: Duration) {
-        self.0.on_request_expired(info, late_by);
-    }
-    fn on_claim(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
-        self.0.on_claim(info, outcome, wait);
-    }
-}
-
-/// The metrics interceptor of one side, for every call kind.
+/// The metrics interceptor of one side, for every call kind: install it
+/// with `interceptor(Metrics::client(..))` or `Metrics::server(..)`.
 #[derive(Clone)]
 pub struct Metrics {
     role: Role,
@@ -130,21 +129,40 @@ impl Metrics {
     pub fn new(role: Role, observer: Arc<dyn MetricsObserver>) -> Self {
         Metrics { role, observer }
     }
+
+    /// Reports a client's unary calls, multi calls and streams to `observer`.
+    pub fn client(observer: Arc<dyn MetricsObserver>) -> Self {
+        Self::new(Role::Client, observer)
+    }
+
+    /// Reports a server's requests, streams and bus events to `observer`.
+    pub fn server(observer: Arc<dyn MetricsObserver>) -> Self {
+        Self::new(Role::Server, observer)
+    }
+
+    /// Times one stream send.
+    async fn stream_send<F>(&self, msg: StreamMessage, run: F) -> Result<()>
+    where
+        F: FnOnce(StreamMessage) -> BoxFuture<'static, Result<()>>,
+    {
+        let info = msg.info().clone();
+        let bytes = msg.message().len();
+        let start = Instant::now();
+        let res = run(msg).await;
+        self.observer
+            .on_stream_send(self.role, &info, start.elapsed(), res.as_ref().err(), bytes);
+        res
+    }
 }
 
 impl ServerInterceptor for Metrics {
-    fn intercept<'a>(
-        &'a self,
-        ctx: Context,
-        req: BoxMessage,
-        next: ServerNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
+    fn handle<'a>(&'a self, call: ServerCall, next: Next<Handle>) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let info = ctx.info().cloned().unwrap_or_default();
-            let request_bytes = req.encoded_size();
+            let info = call.info().clone();
+            let request_bytes = call.request().len();
             let start = Instant::now();
-            let res = next.run(ctx, req).await;
-            let response_bytes = res.as_ref().map_or(0, |r| r.encoded_size());
+            let res = next.run(call).await;
+            let response_bytes = res.as_ref().map_or(0, |r| r.len());
             if info.multi {
                 let (ok, err) = if res.is_ok() { (1, 0) } else { (0, 1) };
                 self.observer.on_multi_request(
@@ -169,35 +187,112 @@ impl ServerInterceptor for Metrics {
             res
         })
     }
+
+    fn stream_open(&self, info: &RpcInfo) {
+        self.observer.on_stream_open(self.role, info);
+    }
+
+    fn stream_send<'a>(
+        &'a self,
+        msg: StreamMessage,
+        next: Next<ServerSend>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.stream_send(msg, |m| next.run(m)))
+    }
+
+    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
+        self.observer.on_stream_recv(self.role, info, msg.len());
+        Ok(())
+    }
+
+    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        self.observer
+            .on_stream_close(self.role, info, reason, cause);
+    }
+
+    fn request_received(&self, info: &RpcInfo) {
+        self.observer.on_request_received(info);
+    }
+
+    fn request_expired(&self, info: &RpcInfo, late_by: Duration) {
+        self.observer.on_request_expired(info, late_by);
+    }
+
+    fn claim_settled(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+        self.observer.on_claim(info, outcome, wait);
+    }
 }
 
 impl ClientInterceptor for Metrics {
-    fn intercept<'a>(
-        &'a self,
-        req: BoxMessage,
-        opts: CallOptions,
-        next: ClientNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
+    fn unary<'a>(&'a self, call: ClientCall, next: Next<Unary>) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let info = next.info().clone();
-            let request_bytes = req.encoded_size();
+            let info = call.info().clone();
+            let request_bytes = call.request().len();
             let start = Instant::now();
-            let res = next.run(req, opts).await;
+            let res = next.run(call).await;
             self.observer.on_unary_request(
                 self.role,
                 &info,
                 start.elapsed(),
                 res.as_ref().err(),
                 request_bytes,
-                res.as_ref().map_or(0, |r| r.encoded_size()),
+                res.as_ref().map_or(0, |r| r.len()),
             );
             res
         })
     }
+
+    fn multi<'a>(&'a self, call: ClientCall, next: Next<Multi>) -> BoxFuture<'a, Result<Replies>> {
+        Box::pin(async move {
+            let mut counts = MultiCounts {
+                m: self.clone(),
+                info: call.info().clone(),
+                start: Instant::now(),
+                request_bytes: call.request().len(),
+                responses: 0,
+                errors: 0,
+                response_bytes: 0,
+            };
+            match next.run(call).await {
+                Ok(replies) => Ok(Replies::new(Counted {
+                    replies,
+                    counts: Some(counts),
+                })),
+                Err(e) => {
+                    counts.errors = 1;
+                    counts.report();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn stream_open(&self, info: &RpcInfo) {
+        self.observer.on_stream_open(self.role, info);
+    }
+
+    fn stream_send<'a>(
+        &'a self,
+        msg: StreamMessage,
+        next: Next<ClientSend>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.stream_send(msg, |m| next.run(m)))
+    }
+
+    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
+        self.observer.on_stream_recv(self.role, info, msg.len());
+        Ok(())
+    }
+
+    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        self.observer
+            .on_stream_close(self.role, info, reason, cause);
+    }
 }
 
-/// One multi call's counts.
-struct MultiCall {
+/// One multi call's counts, reported once when its results end (or are
+/// dropped).
+struct MultiCounts {
     m: Metrics,
     info: RpcInfo,
     start: Instant,
@@ -207,44 +302,8 @@ struct MultiCall {
     response_bytes: usize,
 }
 
-impl MultiInterceptor for Metrics {
-    fn begin(&self, info: &RpcInfo) -> Box<dyn MultiCallInterceptor> {
-        Box::new(MultiCall {
-            m: self.clone(),
-            info: info.clone(),
-            start: Instant::now(),
-            request_bytes: 0,
-            responses: 0,
-            errors: 0,
-            response_bytes: 0,
-        })
-    }
-}
-
-impl MultiCallInterceptor for MultiCall {
-    fn send<'a>(
-        &'a mut self,
-        req: BoxMessage,
-        opts: CallOptions,
-        next: MultiSendNext<'a>,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.request_bytes = req.encoded_size();
-        self.start = Instant::now();
-        next.run(req, opts)
-    }
-
-    fn recv(&mut self, item: Result<BoxMessage>, next: &mut dyn FnMut(Result<BoxMessage>)) {
-        match &item {
-            Ok(r) => {
-                self.responses += 1;
-                self.response_bytes += r.encoded_size();
-            }
-            Err(_) => self.errors += 1,
-        }
-        next(item)
-    }
-
-    fn close(&mut self) {
+impl MultiCounts {
+    fn report(&self) {
         self.m.observer.on_multi_request(
             self.m.role,
             &self.info,
@@ -257,65 +316,39 @@ impl MultiCallInterceptor for MultiCall {
     }
 }
 
-impl StreamInterceptor for Metrics {
-    fn open(&self, info: &RpcInfo) {
-        self.observer.on_stream_open(self.role, info);
-    }
+/// A multi call's replies, counted as they pass.
+struct Counted {
+    replies: Replies,
+    counts: Option<MultiCounts>,
+}
 
-    fn send<'a>(
-        &'a self,
-        info: &'a RpcInfo,
-        msg: BoxMessage,
-        timeout: Option<Duration>,
-        next: StreamSendNext,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let bytes = msg.encoded_size();
-            let start = Instant::now();
-            let res = next.run(msg, timeout).await;
-            self.observer.on_stream_send(
-                self.role,
-                info,
-                start.elapsed(),
-                res.as_ref().err(),
-                bytes,
-            );
-            res
-        })
-    }
+impl Stream for Counted {
+    type Item = Result<Bytes>;
 
-    fn recv(&self, info: &RpcInfo, msg: &dyn DynMessage) -> Result<()> {
-        self.observer
-            .on_stream_recv(self.role, info, msg.encoded_size());
-        Ok(())
-    }
-
-    fn close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
-        self.observer
-            .on_stream_close(self.role, info, reason, cause);
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let item = std::task::ready!(Pin::new(&mut self.replies).poll_next(cx));
+        match (&item, self.counts.as_mut()) {
+            (Some(Ok(r)), Some(c)) => {
+                c.responses += 1;
+                c.response_bytes += r.len();
+            }
+            (Some(Err(_)), Some(c)) => c.errors += 1,
+            (None, _) => {
+                if let Some(c) = self.counts.take() {
+                    c.report();
+                }
+            }
+            (Some(_), None) => {}
+        }
+        Poll::Ready(item)
     }
 }
 
-impl ClientOptions {
-    /// Reports every unary call, multi call and stream to `observer`.
-    pub fn metrics(self, observer: Arc<dyn MetricsObserver>) -> Self {
-        let m = Metrics::new(Role::Client, observer);
-        self.interceptor(m.clone())
-            .multi_interceptor(m.clone())
-            .stream_interceptor(m)
-    }
-}
-
-impl ServerOptions {
-    /// Reports every request served and every stream to `observer`, and
-    /// every request received, expired and claimed (as a
-    /// [`RequestObserver`]).
-    pub fn metrics(self, observer: Arc<dyn MetricsObserver>) -> Self {
-        let events: Arc<dyn RequestObserver> = Arc::new(ObserverEvents(observer.clone()));
-        let m = Metrics::new(Role::Server, observer);
-        self.interceptor(m.clone())
-            .stream_interceptor(m)
-            .observer(events)
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(c) = self.counts.take() {
+            c.report();
+        }
     }
 }
 

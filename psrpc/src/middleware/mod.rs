@@ -12,17 +12,20 @@
 //!   context carried in the request metadata so a trace crosses processes
 //!   (and OpenTelemetry spans with the `opentelemetry` feature).
 //!
-//! Each installs through a method on [`ClientOptions`](crate::ClientOptions)
-//! or [`ServerOptions`](crate::ServerOptions):
+//! Each is an interceptor like any other, installed with the one method
+//! `interceptor` of [`ClientOptions`](crate::ClientOptions) or
+//! [`ServerOptions`](crate::ServerOptions), outermost first:
 //!
 //! ```
-//! use psrpc::middleware::retry::RetryOptions;
+//! use psrpc::middleware::{recovery::Recovery, retry::Retry, trace::Tracing};
 //! use psrpc::{ClientOptions, ServerOptions};
 //!
 //! let client = ClientOptions::default()
-//!     .traced()
-//!     .retries(RetryOptions::default());
-//! let server = ServerOptions::default().traced().recovery();
+//!     .interceptor(Tracing)
+//!     .interceptor(Retry::default());
+//! let server = ServerOptions::default()
+//!     .interceptor(Tracing)
+//!     .interceptor(Recovery);
 //! # let _ = (client, server);
 //! ```
 

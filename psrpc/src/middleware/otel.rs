@@ -25,6 +25,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -33,10 +34,11 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue, global};
 
 use super::trace::{TRACEPARENT, TRACESTATE, TraceParent, incoming_parent, parent_of};
-use crate::client::CallOptions;
 use crate::error::Result;
-use crate::info::{BoxMessage, Context, RpcInfo};
-use crate::interceptor::{ClientInterceptor, ClientNext, ServerInterceptor, ServerNext};
+use crate::info::{Context, RpcInfo};
+use crate::interceptor::{
+    ClientCall, ClientInterceptor, Handle, Next, ServerCall, ServerInterceptor, Unary,
+};
 
 /// The instrumentation scope of psrpc's spans (Go's tracer name).
 pub const TRACER_NAME: &str = "github.com/livekit/psrpc";
@@ -146,14 +148,14 @@ fn attributes(info: &RpcInfo) -> Vec<KeyValue> {
 }
 
 impl ClientInterceptor for OtelTracing {
-    fn intercept<'a>(
+    fn unary<'a>(
         &'a self,
-        req: BoxMessage,
-        mut opts: CallOptions,
-        next: ClientNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
+        mut call: ClientCall,
+        next: Next<Unary>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let info = next.info().clone();
+            let info = call.info().clone();
+            let opts = call.options_mut();
             let parent = parent_context(&opts.context);
             let mut span = self
                 .tracer
@@ -171,7 +173,7 @@ impl ClientInterceptor for OtelTracing {
                 }
             }
             span.add_event("Outbound message", Vec::new());
-            let res = next.run(req, opts).await;
+            let res = next.run(call).await;
             finish(&mut span, &res);
             res
         })
@@ -179,14 +181,14 @@ impl ClientInterceptor for OtelTracing {
 }
 
 impl ServerInterceptor for OtelTracing {
-    fn intercept<'a>(
+    fn handle<'a>(
         &'a self,
-        ctx: Context,
-        req: BoxMessage,
-        next: ServerNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
+        mut call: ServerCall,
+        next: Next<Handle>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let info = ctx.info().cloned().unwrap_or_default();
+            let info = call.info().clone();
+            let ctx = call.context().clone();
             let remote = incoming_parent(&ctx)
                 .map(|tp| to_span_context(&tp, ctx.metadata().get(TRACESTATE).map(String::as_str)));
             let parent = match remote {
@@ -205,8 +207,9 @@ impl ServerInterceptor for OtelTracing {
             } else {
                 ctx
             };
+            *call.context_mut() = ctx;
             span.add_event("Outbound message", Vec::new());
-            let res = next.run(ctx, req).await;
+            let res = next.run(call).await;
             finish(&mut span, &res);
             res
         })

@@ -14,16 +14,28 @@
 //! Retrying a call can run it twice on the server (the first attempt may
 //! have been served and only its answer lost): retry only what is safe to
 //! repeat.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use psrpc::ClientOptions;
+//! use psrpc::middleware::retry::{Retry, RetryOptions};
+//!
+//! let opts = ClientOptions::default().interceptor(Retry::new(RetryOptions {
+//!     backoff: Duration::from_millis(200),
+//!     ..RetryOptions::default()
+//! }));
+//! # let _ = opts;
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::client::{CallOptions, ClientOptions};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{BoxMessage, RpcInfo};
-use crate::interceptor::{ClientInterceptor, ClientNext, StreamInterceptor, StreamSendNext};
+use crate::interceptor::{ClientCall, ClientInterceptor, ClientSend, Next, StreamMessage, Unary};
 
 /// Attempts in all when `max_attempts` is 0.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -119,27 +131,30 @@ impl RetryOptions {
     }
 }
 
-/// The retry interceptor: install with [`ClientOptions::retries`] (unary
-/// calls and stream sends) or per call with the builder's `.interceptor(..)`.
+/// The retry interceptor of unary calls and stream sends: install it on a
+/// client with `interceptor(Retry::new(..))`, or on one call with the call
+/// builder's `.interceptor(..)`.
 #[derive(Debug, Clone, Default)]
 pub struct Retry(pub RetryOptions);
 
+impl Retry {
+    /// Retries as `opts` says.
+    pub fn new(opts: RetryOptions) -> Self {
+        Retry(opts)
+    }
+}
+
 impl ClientInterceptor for Retry {
-    fn intercept<'a>(
-        &'a self,
-        req: BoxMessage,
-        opts: CallOptions,
-        next: ClientNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
+    fn unary<'a>(&'a self, call: ClientCall, next: Next<Unary>) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
             let mut timeout = self.0.timeout;
             let mut attempt = 1;
             loop {
-                let mut o = opts.clone();
+                let mut c = call.clone();
                 if !timeout.is_zero() {
-                    o.timeout = Some(timeout);
+                    c.options_mut().timeout = Some(timeout);
                 }
-                let e = match next.clone().run(req.clone(), o).await {
+                let e = match next.clone().run(c).await {
                     Ok(r) => return Ok(r),
                     Err(e) => e,
                 };
@@ -148,13 +163,13 @@ impl ClientInterceptor for Retry {
                 };
                 tracing::debug!(attempt, error = %e, "psrpc retry: trying again");
                 if step.wait.is_zero() {
-                    if opts.context.is_canceled() {
+                    if call.options().context.is_canceled() {
                         return Err(Error::request_canceled());
                     }
                 } else {
                     tokio::select! {
                         _ = tokio::time::sleep(step.wait) => {}
-                        _ = opts.context.canceled() => return Err(Error::request_canceled()),
+                        _ = call.options().context.canceled() => return Err(Error::request_canceled()),
                     }
                 }
                 timeout = step.timeout;
@@ -162,26 +177,24 @@ impl ClientInterceptor for Retry {
             }
         })
     }
-}
 
-impl StreamInterceptor for Retry {
-    fn send<'a>(
+    fn stream_send<'a>(
         &'a self,
-        _info: &'a RpcInfo,
-        msg: BoxMessage,
-        timeout: Option<Duration>,
-        next: StreamSendNext,
+        msg: StreamMessage,
+        next: Next<ClientSend>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             // `None`: the stream's own timeout, which does not grow.
             let mut t = if self.0.timeout.is_zero() {
-                timeout
+                msg.timeout()
             } else {
                 Some(self.0.timeout)
             };
             let mut attempt = 1;
             loop {
-                let e = match next.clone().run(msg.clone(), t).await {
+                let mut m = msg.clone();
+                m.set_timeout(t);
+                let e = match next.clone().run(m).await {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 };
@@ -203,50 +216,42 @@ impl StreamInterceptor for Retry {
     }
 }
 
-impl ClientOptions {
-    /// Retries unary calls and stream sends as `opts` says.
-    pub fn retries(self, opts: RetryOptions) -> Self {
-        let r = Retry(opts);
-        self.interceptor(r.clone()).stream_interceptor(r)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::interceptor::to_chain;
+    use crate::call::CallOptions;
+    use crate::info::RpcInfo;
+    use crate::interceptor::{Terminal, to_chain};
 
     /// Runs the retry interceptor over a terminal that records the timeout
     /// of every attempt and fails with the scripted errors.
-    async fn run(
-        opts: RetryOptions,
-        script: Vec<Option<Error>>,
-    ) -> (Vec<Duration>, Result<BoxMessage>) {
+    async fn run(opts: RetryOptions, script: Vec<Option<Error>>) -> (Vec<Duration>, Result<Bytes>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script.into_iter()));
-        let terminal: crate::interceptor::ClientTerminal = {
+        let terminal: Terminal<Unary> = {
             let seen = seen.clone();
-            Arc::new(move |req: BoxMessage, o: CallOptions| {
-                seen.lock().unwrap().push(o.timeout.unwrap_or_default());
+            Arc::new(move |call: ClientCall| {
+                seen.lock()
+                    .unwrap()
+                    .push(call.options().timeout.unwrap_or_default());
                 let next = script.lock().unwrap().next().flatten();
                 Box::pin(async move {
                     match next {
                         Some(e) => Err(e),
-                        None => Ok(req),
+                        None => Ok(call.request().clone()),
                     }
                 })
             })
         };
         let chain = to_chain::<dyn ClientInterceptor>(&[Arc::new(Retry(opts))]);
-        let next = ClientNext::new(chain, Arc::new(RpcInfo::default()), terminal);
-        let res = next
-            .run(
-                Box::new(crate::wire::ClaimResponse::default()),
-                CallOptions::default(),
-            )
-            .await;
+        let call = ClientCall::new(
+            Arc::new(RpcInfo::default()),
+            Bytes::from_static(b"request"),
+            CallOptions::default(),
+        );
+        let res = Next::<Unary>::new(chain, terminal).run(call).await;
         let seen = seen.lock().unwrap().clone();
         (seen, res)
     }
@@ -321,19 +326,17 @@ mod tests {
         async fn run_stream(script: Vec<Option<Error>>) -> (Vec<Option<Duration>>, Result<()>) {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let script = Arc::new(Mutex::new(script.into_iter()));
-            let terminal: crate::interceptor::StreamTerminal = {
+            let terminal: Terminal<ClientSend> = {
                 let seen = seen.clone();
-                Arc::new(move |_msg: BoxMessage, t: Option<Duration>| {
-                    seen.lock().unwrap().push(t);
+                Arc::new(move |msg: StreamMessage| {
+                    seen.lock().unwrap().push(msg.timeout());
                     let next = script.lock().unwrap().next().flatten();
                     Box::pin(async move { next.map_or(Ok(()), Err) })
                 })
             };
-            let chain = to_chain::<dyn StreamInterceptor>(&[Arc::new(Retry(opts(true)))]);
-            let next = StreamSendNext::new(chain, Arc::new(RpcInfo::default()), terminal);
-            let res = next
-                .run(Box::new(crate::wire::ClaimResponse::default()), None)
-                .await;
+            let chain = to_chain::<dyn ClientInterceptor>(&[Arc::new(Retry(opts(true)))]);
+            let msg = StreamMessage::new(Arc::new(RpcInfo::default()), Bytes::new(), None);
+            let res = Next::<ClientSend>::new(chain, terminal).run(msg).await;
             let seen = seen.lock().unwrap().clone();
             (seen, res)
         }

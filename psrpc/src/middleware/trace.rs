@@ -1,11 +1,13 @@
 //! Tracing: a [`tracing`] span around every call on both sides, and the
 //! W3C trace context carried across processes.
 //!
-//! The client side ([`ClientOptions::traced`]) opens a `psrpc.client` span
+//! Installed on a client (`ClientOptions::default().interceptor(Tracing)`),
+//! it opens a `psrpc.client` span
 //! (`otel.name` = `Sent.<Service>.<Method>`, `otel.kind` = `client`) around
 //! each unary and multi call and sends its W3C `traceparent` (and the
 //! caller's `tracestate`) in the request metadata, as Go's `otelpsrpc`
-//! does. The server side ([`ServerOptions::traced`]) reads it, opens a
+//! does. Installed on a server (`ServerOptions::default().interceptor(Tracing)`),
+//! it reads that context, opens a
 //! `psrpc.server` span (`Recv.<Service>.<Method>`, kind `server`) whose
 //! `parent_span_id` is the client's span, and runs the handler inside it.
 //! The handler's [`Context::traceparent`] names the server span, so a call
@@ -20,17 +22,18 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::{StreamExt, future};
 use tracing::Instrument;
 
-use crate::client::{CallOptions, ClientOptions};
+use crate::call::CallOptions;
 use crate::error::Result;
-use crate::info::{BoxMessage, Context, RpcInfo};
+use crate::info::{Context, RpcInfo};
 use crate::interceptor::{
-    ClientInterceptor, ClientNext, MultiCallInterceptor, MultiInterceptor, MultiSendNext,
-    ServerInterceptor, ServerNext,
+    ClientCall, ClientInterceptor, Handle, Multi, Next, Replies, ServerCall, ServerInterceptor,
+    Unary,
 };
-use crate::server::ServerOptions;
 
 /// The metadata key of the W3C trace parent.
 pub const TRACEPARENT: &str = "traceparent";
@@ -192,101 +195,82 @@ fn record<T>(span: &tracing::Span, res: &Result<T>) {
 pub struct Tracing;
 
 impl ClientInterceptor for Tracing {
-    fn intercept<'a>(
+    fn unary<'a>(
         &'a self,
-        req: BoxMessage,
-        mut opts: CallOptions,
-        next: ClientNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
-        let span = client_span(next.info(), &mut opts);
+        mut call: ClientCall,
+        next: Next<Unary>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
+        let info = call.info().clone();
+        let span = client_span(&info, call.options_mut());
         Box::pin(async move {
-            let res = next.run(req, opts).instrument(span.clone()).await;
+            let res = next.run(call).instrument(span.clone()).await;
             record(&span, &res);
             res
         })
     }
+
+    fn multi<'a>(
+        &'a self,
+        mut call: ClientCall,
+        next: Next<Multi>,
+    ) -> BoxFuture<'a, Result<Replies>> {
+        let info = call.info().clone();
+        let span = client_span(&info, call.options_mut());
+        Box::pin(async move {
+            let replies = match next.run(call).instrument(span.clone()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let res = Err(e);
+                    record(&span, &res);
+                    return res;
+                }
+            };
+            // Each error answered is an event of the span; its end is
+            // recorded when the results end (or are dropped).
+            let end = SpanEnd {
+                span: span.clone(),
+                errors: 0,
+            };
+            let replies = replies.scan(end, |end, item| {
+                if let Err(e) = &item {
+                    end.errors += 1;
+                    tracing::debug!(parent: &end.span, error = %e, "psrpc multi call: a server answered with an error");
+                }
+                future::ready(Some(item))
+            });
+            Ok(Replies::new(replies))
+        })
+    }
 }
 
-struct TracedMulti {
-    info: RpcInfo,
-    span: Option<tracing::Span>,
+/// Records the end of a multi call's span when its results go.
+struct SpanEnd {
+    span: tracing::Span,
     errors: usize,
 }
 
-impl MultiInterceptor for Tracing {
-    fn begin(&self, info: &RpcInfo) -> Box<dyn MultiCallInterceptor> {
-        Box::new(TracedMulti {
-            info: info.clone(),
-            span: None,
-            errors: 0,
-        })
-    }
-}
-
-impl MultiCallInterceptor for TracedMulti {
-    fn send<'a>(
-        &'a mut self,
-        req: BoxMessage,
-        mut opts: CallOptions,
-        next: MultiSendNext<'a>,
-    ) -> BoxFuture<'a, Result<()>> {
-        let span = client_span(&self.info, &mut opts);
-        self.span = Some(span.clone());
-        Box::pin(async move {
-            let res = next.run(req, opts).instrument(span.clone()).await;
-            if res.is_err() {
-                record(&span, &res);
-            }
-            res
-        })
-    }
-
-    fn recv(&mut self, item: Result<BoxMessage>, next: &mut dyn FnMut(Result<BoxMessage>)) {
-        if let (Some(span), Err(e)) = (&self.span, &item) {
-            self.errors += 1;
-            tracing::debug!(parent: span, error = %e, "psrpc multi call: a server answered with an error");
-        }
-        next(item)
-    }
-
-    fn close(&mut self) {
-        if let Some(span) = &self.span {
-            span.record("otel.status_code", "OK");
-            tracing::debug!(parent: span, errors = self.errors, "psrpc multi call ended");
-        }
+impl Drop for SpanEnd {
+    fn drop(&mut self) {
+        self.span.record("otel.status_code", "OK");
+        tracing::debug!(parent: &self.span, errors = self.errors, "psrpc multi call ended");
     }
 }
 
 impl ServerInterceptor for Tracing {
-    fn intercept<'a>(
+    fn handle<'a>(
         &'a self,
-        ctx: Context,
-        req: BoxMessage,
-        next: ServerNext,
-    ) -> BoxFuture<'a, Result<BoxMessage>> {
-        let info = ctx.info().cloned().unwrap_or_default();
-        let parent = incoming_parent(&ctx);
+        mut call: ServerCall,
+        next: Next<Handle>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
+        let parent = incoming_parent(call.context());
         let tp = parent.map_or_else(TraceParent::root, |p| p.child());
-        let span = call_span!("psrpc.server", "Recv", "server", &info, tp, parent);
-        let ctx = ctx.with_traceparent(tp.to_string());
+        let span = call_span!("psrpc.server", "Recv", "server", call.info(), tp, parent);
+        let ctx = call.context().clone().with_traceparent(tp.to_string());
+        *call.context_mut() = ctx;
         Box::pin(async move {
-            let res = next.run(ctx, req).instrument(span.clone()).await;
+            let res = next.run(call).instrument(span.clone()).await;
             record(&span, &res);
             res
         })
-    }
-}
-
-impl ClientOptions {
-    /// Traces every unary and multi call (see [`trace`](self)).
-    pub fn traced(self) -> Self {
-        self.interceptor(Tracing).multi_interceptor(Tracing)
-    }
-}
-
-impl ServerOptions {
-    /// Traces every request served (see [`trace`](self)).
-    pub fn traced(self) -> Self {
-        self.interceptor(Tracing)
     }
 }

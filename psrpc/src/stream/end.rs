@@ -1,10 +1,8 @@
 //! Why a stream ended: every end of a stream, whatever caused it, goes
 //! through one close path that reports it once, with its [`CloseReason`].
 
-/// What ended a stream, as [`StreamInterceptor::close`] and the metrics
+/// What ended a stream, as an interceptor's `stream_close` and the metrics
 /// middleware see it (once per stream end whose open they saw).
-///
-/// [`StreamInterceptor::close`]: crate::StreamInterceptor::close
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use super::end::is_clean;
 use super::{CloseReason, Shared};
 use crate::error::{Error, Result};
-use crate::info::{BoxMessage, Context};
-use crate::interceptor::{StreamSendNext, StreamTerminal};
+use crate::info::Context;
+use crate::interceptor::streams::{SendTerminal, StreamSendChain};
 
 /// What every handle of one stream end shares: when the last one goes, the
 /// stream is closed ([`CloseReason::Dropped`]). A server stream whose
@@ -48,7 +48,7 @@ impl<R: Message + Default + Clone + 'static> Drop for Owner<R> {
 /// dropped.
 pub struct StreamSender<S, R: Message + Default + Clone + 'static> {
     shared: Arc<Shared<R>>,
-    chain: Option<StreamSendNext>,
+    chain: Option<StreamSendChain>,
     owner: Arc<Owner<R>>,
     _s: PhantomData<fn(S)>,
 }
@@ -79,14 +79,18 @@ where
 {
     fn new(owner: Arc<Owner<R>>) -> Self {
         let shared = owner.shared.clone();
-        let chain = (!shared.interceptors.is_empty()).then(|| {
-            let s = shared.clone();
-            let terminal: StreamTerminal = Arc::new(move |msg: BoxMessage, t| {
-                let s = s.clone();
-                Box::pin(async move { s.send_raw(Bytes::from(msg.to_bytes()), t).await })
-            });
-            StreamSendNext::new(shared.interceptors.clone(), shared.info.clone(), terminal)
+        // The chain holds the stream weakly: a sender is not what keeps it.
+        let s = Arc::downgrade(&shared);
+        let send: SendTerminal = Arc::new(move |msg: Bytes, t| {
+            let s = s.clone();
+            Box::pin(async move {
+                match s.upgrade() {
+                    Some(s) => s.send_raw(msg, t).await,
+                    None => Err(Error::stream_closed()),
+                }
+            })
         });
+        let chain = shared.interceptors.send_chain(send);
         StreamSender {
             shared,
             chain,
@@ -102,7 +106,10 @@ where
                     .send_raw(Bytes::from(msg.encode_to_vec()), timeout)
                     .await
             }
-            Some(next) => next.clone().run(Box::new(msg), timeout).await,
+            Some(chain) => {
+                let msg = Bytes::from(msg.encode_to_vec());
+                chain.run(&self.shared.info, msg, timeout).await
+            }
         }
     }
 

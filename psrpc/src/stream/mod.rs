@@ -28,8 +28,8 @@
 //! Whatever ends a stream goes through one close path, once: the receive
 //! buffer ends (after the messages in it are read), pending and later sends
 //! fail with the cause, the stream's context is canceled, the peer is told
-//! (unless it is the one that closed), and every [`StreamInterceptor`]
-//! (the metrics middleware among them) that saw the open sees the end with
+//! (unless it is the one that closed), and every interceptor that saw the
+//! open (the metrics middleware among them) sees the end in `stream_close`, with
 //! its [`CloseReason`]: `close`/`close_with` or a returning handler
 //! ([`Closed`](CloseReason::Closed)), every handle dropped
 //! ([`Dropped`](CloseReason::Dropped)), the peer's close
@@ -40,8 +40,6 @@
 //! deregistration ([`Shutdown`](CloseReason::Shutdown),
 //! [`Kill`](CloseReason::Kill), [`Deregistered`](CloseReason::Deregistered)),
 //! the client's close ([`ClientClosed`](CloseReason::ClientClosed)).
-//!
-//! [`StreamInterceptor`]: crate::StreamInterceptor
 //!
 //! # Slow receivers
 //!

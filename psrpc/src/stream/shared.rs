@@ -18,7 +18,7 @@ use crate::channels::Channel;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::RpcInfo;
-use crate::interceptor::StreamInterceptor;
+use crate::interceptor::streams::StreamInterceptors;
 use crate::wire::{self, StreamAck, StreamBody, StreamClose, StreamMessage};
 
 struct State<R> {
@@ -61,7 +61,7 @@ pub(crate) struct Shared<R> {
     /// server handler's context).
     pub(super) done: CancellationToken,
     table: Weak<StreamTable>,
-    pub(super) interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+    pub(super) interceptors: StreamInterceptors,
 }
 
 /// Everything needed to make one end of a stream.
@@ -73,7 +73,7 @@ pub(crate) struct StreamParams {
     pub(crate) timeout: Duration,
     pub(crate) buffer: usize,
     pub(crate) table: Weak<StreamTable>,
-    pub(crate) interceptors: Arc<[Arc<dyn StreamInterceptor>]>,
+    pub(crate) interceptors: StreamInterceptors,
 }
 
 impl<R: Message + Default + Clone + 'static> Shared<R> {
@@ -138,9 +138,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             }
             st.opened = true;
         }
-        for i in self.interceptors.iter() {
-            i.open(&self.info);
-        }
+        self.interceptors.open(&self.info);
     }
 
     /// The one close path, whatever ended the stream: marks it closed with
@@ -175,9 +173,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         }
         self.done.cancel();
         if let Some(cause) = report {
-            for i in self.interceptors.iter() {
-                i.close(&self.info, reason, &cause);
-            }
+            self.interceptors.close(&self.info, reason, &cause);
         }
         Ok(msg)
     }
@@ -348,7 +344,9 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                         return;
                     }
                 };
-                let msg = match R::decode(body.raw_message) {
+                let raw = body.raw_message;
+                let seen = (!self.interceptors.is_empty()).then(|| raw.clone());
+                let msg = match R::decode(raw) {
                     Ok(msg) => msg,
                     Err(e) => {
                         if self.cause().is_none() {
@@ -362,8 +360,8 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                         return;
                     }
                 };
-                for i in self.interceptors.iter() {
-                    if let Err(e) = i.recv(&self.info, &msg) {
+                if let Some(raw) = seen {
+                    if let Err(e) = self.interceptors.recv(&self.info, &raw) {
                         tracing::debug!(stream_id = %self.stream_id, error = %e, "psrpc stream: message rejected by an interceptor");
                         return;
                     }
@@ -469,7 +467,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             buffer,
             table: Weak::new(),
-            interceptors: Arc::new([]),
+            interceptors: StreamInterceptors::none(),
         })
     }
 

@@ -1,0 +1,326 @@
+//! Interceptors: code that wraps every call, one shape per side.
+//!
+//! A client has one list of [`ClientInterceptor`]s and a server one list of
+//! [`ServerInterceptor`]s, each installed with the one method `interceptor`
+//! of [`ClientOptions`](crate::ClientOptions) and
+//! [`ServerOptions`](crate::ServerOptions); the middleware psrpc ships
+//! ([`crate::middleware`]) installs the same way. A trait has one method per
+//! kind of operation, each with a pass-through default, so an interceptor
+//! implements only what it cares about:
+//!
+//! | side | unary call | multi call | stream |
+//! |---|---|---|---|
+//! | client | [`unary`](ClientInterceptor::unary) | [`multi`](ClientInterceptor::multi) | `stream_open`, `stream_send`, `stream_recv`, `stream_close` |
+//! | server | [`handle`](ServerInterceptor::handle) (unary and multi requests) | | the same four, and the bus events `request_received`, `request_expired`, `claim_settled` |
+//!
+//! Interceptors are chained in the order they were installed: the first is
+//! outermost (it runs first on the way in and last on the way out). A call
+//! builder's `.interceptor(..)` adds one for that call, inside the client's.
+//!
+//! # Messages are bytes, with typed access
+//!
+//! An interceptor sees each message encoded, as it crosses the wire. One
+//! interceptor serves every method of a service, so it cannot be generic
+//! over their types; what it needs most (sizes, metadata, retries,
+//! timing) needs no decoding at all, and a retry resends the same bytes.
+//! Typed access is through the method's descriptor, which carries the types:
+//! [`ClientCall::request_of`] and [`ServerCall::request_of`] decode the
+//! request when the call is of that method, and [`Method`](crate::Method)
+//! has `decode_response`, `encode_request` and `encode_response`.
+//! Nothing is decoded or boxed for an interceptor that does not ask, and
+//! nothing of this runs when no interceptor is installed.
+//!
+//! ```
+//! use psrpc::interceptor::{self, ClientCall, Next, ServerCall, Unary, Handle};
+//! use psrpc::{ClientOptions, Method, ServerOptions};
+//!
+//! #[derive(Clone, PartialEq, prost::Message)]
+//! struct Job { #[prost(string, tag = "1")] id: String }
+//! static RUN: Method<Job, Job> = Method::queue("Run");
+//!
+//! // Logs every request a server serves, with its outcome.
+//! let server = ServerOptions::default().interceptor(interceptor::handle_fn(
+//!     |call: ServerCall, next: Next<Handle>| async move {
+//!         let method = call.info().method.clone();
+//!         let res = next.run(call).await;
+//!         println!("{method}: ok = {}", res.is_ok());
+//!         res
+//!     },
+//! ));
+//! // Adds a metadata entry to every call a client makes, and refuses a
+//! // `Run` job without an id before it is sent.
+//! let client = ClientOptions::default().interceptor(interceptor::unary_fn(
+//!     |mut call: ClientCall, next: Next<Unary>| async move {
+//!         if let Some(job) = call.request_of(&RUN) {
+//!             if job?.id.is_empty() {
+//!                 return Err(psrpc::Error::invalid_argument("a job needs an id"));
+//!             }
+//!         }
+//!         call.options_mut().metadata.insert("caller".into(), "example".into());
+//!         next.run(call).await
+//!     },
+//! ));
+//! # let _ = (server, client);
+//! ```
+
+mod call;
+mod chain;
+pub(crate) mod streams;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use call::{ClientCall, Replies, ServerCall, StreamMessage};
+pub(crate) use chain::{Chain, Terminal};
+pub use chain::{ClientSend, Handle, Hop, Multi, Next, ServerSend, Unary};
+
+use crate::error::{Error, Result};
+use crate::info::RpcInfo;
+use crate::server::ClaimOutcome;
+use crate::stream::CloseReason;
+
+/// Wraps what a client does: its unary calls, its multi calls and its
+/// streams. Every method has a pass-through default.
+pub trait ClientInterceptor: Send + Sync + 'static {
+    /// Wraps one unary call: usually `next.run(call)`, with the call or the
+    /// outcome changed, observed or retried.
+    fn unary<'a>(&'a self, call: ClientCall, next: Next<Unary>) -> BoxFuture<'a, Result<Bytes>> {
+        next.run(call)
+    }
+
+    /// Wraps one multi call: the send, and (by wrapping the [`Replies`]) each
+    /// result and the end of the call.
+    fn multi<'a>(&'a self, call: ClientCall, next: Next<Multi>) -> BoxFuture<'a, Result<Replies>> {
+        next.run(call)
+    }
+
+    /// A stream was opened (after the server accepted it).
+    fn stream_open(&self, info: &RpcInfo) {
+        let _ = info;
+    }
+
+    /// Wraps one send on a stream.
+    fn stream_send<'a>(
+        &'a self,
+        msg: StreamMessage,
+        next: Next<ClientSend>,
+    ) -> BoxFuture<'a, Result<()>> {
+        next.run(msg)
+    }
+
+    /// A message arrived on a stream, before it is delivered and
+    /// acknowledged. An error rejects it: it is not delivered and not
+    /// acknowledged (the sender's send then times out).
+    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
+        let _ = (info, msg);
+        Ok(())
+    }
+
+    /// A stream whose open this interceptor saw ended, whatever ended it
+    /// (see [`CloseReason`]); `cause` is its error (`canceled` "stream
+    /// closed" for a clean close by either end).
+    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        let _ = (info, reason, cause);
+    }
+}
+
+/// Wraps what a server does: the requests it handles, its streams, and
+/// what it reads off the bus. Every method has a pass-through default.
+///
+/// The bus events (`request_received`, `request_expired`, `claim_settled`)
+/// are called on the bus's delivery path or a request's task: they must
+/// return quickly and never block.
+pub trait ServerInterceptor: Send + Sync + 'static {
+    /// Wraps the handling of one unary or multi request
+    /// (`call.info().multi` tells which): usually `next.run(call)`.
+    fn handle<'a>(&'a self, call: ServerCall, next: Next<Handle>) -> BoxFuture<'a, Result<Bytes>> {
+        next.run(call)
+    }
+
+    /// A stream was accepted (before its open is acknowledged).
+    fn stream_open(&self, info: &RpcInfo) {
+        let _ = info;
+    }
+
+    /// Wraps one send on a stream.
+    fn stream_send<'a>(
+        &'a self,
+        msg: StreamMessage,
+        next: Next<ServerSend>,
+    ) -> BoxFuture<'a, Result<()>> {
+        next.run(msg)
+    }
+
+    /// A message arrived on a stream, before it is delivered and
+    /// acknowledged. An error rejects it: it is not delivered and not
+    /// acknowledged.
+    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
+        let _ = (info, msg);
+        Ok(())
+    }
+
+    /// A stream whose open this interceptor saw ended, whatever ended it.
+    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+        let _ = (info, reason, cause);
+    }
+
+    /// A request (or stream open) was read off the bus, before its expiry
+    /// is checked.
+    fn request_received(&self, info: &RpcInfo) {
+        let _ = info;
+    }
+
+    /// A request arrived `late_by` after its expiry; it is dropped.
+    fn request_expired(&self, info: &RpcInfo, late_by: Duration) {
+        let _ = (info, late_by);
+    }
+
+    /// This server's claim for a request settled, `wait` after the bid was
+    /// sent (zero for [`ClaimOutcome::Skipped`]). Not called when the server
+    /// did not bid (negative affinity) or the bid was not sent.
+    fn claim_settled(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
+        let _ = (info, outcome, wait);
+    }
+}
+
+macro_rules! forward {
+    ($trait:ident { $($method:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)* }) => {
+        /// A shared interceptor is one: install a clone of the `Arc` and keep
+        /// another to read what it recorded.
+        impl<T: $trait + ?Sized> $trait for std::sync::Arc<T> {
+            $(
+                fn $method(&self, $($arg: $ty),*) -> $ret {
+                    (**self).$method($($arg),*)
+                }
+            )*
+        }
+    };
+}
+
+forward!(ClientInterceptor {
+    unary(call: ClientCall, next: Next<Unary>) -> BoxFuture<'_, Result<Bytes>>;
+    multi(call: ClientCall, next: Next<Multi>) -> BoxFuture<'_, Result<Replies>>;
+    stream_open(info: &RpcInfo) -> ();
+    stream_send(msg: StreamMessage, next: Next<ClientSend>) -> BoxFuture<'_, Result<()>>;
+    stream_recv(info: &RpcInfo, msg: &Bytes) -> Result<()>;
+    stream_close(info: &RpcInfo, reason: CloseReason, cause: &Error) -> ();
+});
+
+forward!(ServerInterceptor {
+    handle(call: ServerCall, next: Next<Handle>) -> BoxFuture<'_, Result<Bytes>>;
+    stream_open(info: &RpcInfo) -> ();
+    stream_send(msg: StreamMessage, next: Next<ServerSend>) -> BoxFuture<'_, Result<()>>;
+    stream_recv(info: &RpcInfo, msg: &Bytes) -> Result<()>;
+    stream_close(info: &RpcInfo, reason: CloseReason, cause: &Error) -> ();
+    request_received(info: &RpcInfo) -> ();
+    request_expired(info: &RpcInfo, late_by: Duration) -> ();
+    claim_settled(info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) -> ();
+});
+
+/// A [`ClientInterceptor`] of unary calls made of a function; see
+/// [`unary_fn`].
+pub struct UnaryFn<F>(F);
+
+/// A client interceptor that wraps every unary call with `f(call, next)`.
+pub fn unary_fn<F, Fut>(f: F) -> UnaryFn<F>
+where
+    F: Fn(ClientCall, Next<Unary>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes>> + Send + 'static,
+{
+    UnaryFn(f)
+}
+
+impl<F, Fut> ClientInterceptor for UnaryFn<F>
+where
+    F: Fn(ClientCall, Next<Unary>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes>> + Send + 'static,
+{
+    fn unary<'a>(&'a self, call: ClientCall, next: Next<Unary>) -> BoxFuture<'a, Result<Bytes>> {
+        Box::pin((self.0)(call, next))
+    }
+}
+
+/// A [`ClientInterceptor`] of multi calls made of a function; see
+/// [`multi_fn`].
+pub struct MultiFn<F>(F);
+
+/// A client interceptor that wraps every multi call with `f(call, next)`.
+pub fn multi_fn<F, Fut>(f: F) -> MultiFn<F>
+where
+    F: Fn(ClientCall, Next<Multi>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Replies>> + Send + 'static,
+{
+    MultiFn(f)
+}
+
+impl<F, Fut> ClientInterceptor for MultiFn<F>
+where
+    F: Fn(ClientCall, Next<Multi>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Replies>> + Send + 'static,
+{
+    fn multi<'a>(&'a self, call: ClientCall, next: Next<Multi>) -> BoxFuture<'a, Result<Replies>> {
+        Box::pin((self.0)(call, next))
+    }
+}
+
+/// A [`ServerInterceptor`] of handlers made of a function; see
+/// [`handle_fn`].
+pub struct HandleFn<F>(F);
+
+/// A server interceptor that wraps the handling of every unary and multi
+/// request with `f(call, next)`.
+pub fn handle_fn<F, Fut>(f: F) -> HandleFn<F>
+where
+    F: Fn(ServerCall, Next<Handle>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes>> + Send + 'static,
+{
+    HandleFn(f)
+}
+
+impl<F, Fut> ServerInterceptor for HandleFn<F>
+where
+    F: Fn(ServerCall, Next<Handle>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes>> + Send + 'static,
+{
+    fn handle<'a>(&'a self, call: ServerCall, next: Next<Handle>) -> BoxFuture<'a, Result<Bytes>> {
+        Box::pin((self.0)(call, next))
+    }
+}
+
+macro_rules! fn_debug {
+    ($($t:ident),*) => {$(
+        impl<F> std::fmt::Debug for $t<F> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($t))
+            }
+        }
+    )*};
+}
+fn_debug!(UnaryFn, MultiFn, HandleFn);
+
+/// Which end of a call an interceptor runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The calling side.
+    Client,
+    /// The serving side.
+    Server,
+}
+
+impl Role {
+    /// `"client"` or `"server"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Interceptors in the order they were installed, shared by every call.
+pub(crate) fn to_chain<T: ?Sized>(v: &[std::sync::Arc<T>]) -> Chain<T> {
+    v.iter().cloned().collect()
+}
