@@ -304,6 +304,7 @@ macro_rules! conformance {
             interceptors_client_order,
             interceptors_multi_order,
             interceptors_modify_and_short_circuit,
+            interceptors_on_streams,
             middleware_retry_bound,
             middleware_metrics_labels,
             middleware_trace_crosses_call,

@@ -303,6 +303,73 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
     s.shutdown().await;
 }
 
+/// Stream interceptors: a client's `stream_send` can rewrite what it sends
+/// (typed through the method), and a server's `stream_recv` can refuse a
+/// message, which is then neither delivered nor acknowledged (the sender's
+/// send times out) while the stream goes on.
+pub async fn interceptors_on_streams(f: &dyn BusFactory) {
+    struct RefuseNegative;
+    impl ServerInterceptor for RefuseNegative {
+        fn stream_recv(&self, _info: &RpcInfo, msg: &Bytes) -> psrpc::Result<()> {
+            match PING_PONG.decode_request(msg)? {
+                m if m.n < 0 => Err(Error::invalid_argument("negative")),
+                _ => Ok(()),
+            }
+        }
+    }
+    struct Tag;
+    impl ClientInterceptor for Tag {
+        fn stream_send<'a>(
+            &'a self,
+            mut msg: psrpc::interceptor::StreamMessage,
+            next: Next<psrpc::interceptor::ClientSend>,
+        ) -> futures::future::BoxFuture<'a, psrpc::Result<()>> {
+            Box::pin(async move {
+                let mut m = PING_PONG.decode_request(msg.message())?;
+                m.text = format!("tagged {}", m.text);
+                msg.set_message(PING_PONG.encode_request(&m));
+                next.run(msg).await
+            })
+        }
+    }
+    let s = RpcServer::new(
+        f.connect().await,
+        "icpt_stream",
+        f.server_options().interceptor(RefuseNegative),
+    );
+    s.stream_route(&PING_PONG)
+        .handle(|mut st: ServerStream<Num, Num>| async move {
+            while let Some(m) = st.recv().await? {
+                st.send(m).await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let c = RpcClient::new(
+        f.connect().await,
+        "icpt_stream",
+        ClientOptions::default().interceptor(Tag),
+    )
+    .await
+    .unwrap();
+    settle(f).await;
+    let mut st = c.stream(&PING_PONG, ()).await.unwrap();
+    st.send(num(1, "one")).await.unwrap();
+    let echo = st.recv().await.unwrap().expect("an echo");
+    assert_eq!((echo.n, echo.text.as_str()), (1, "tagged one"));
+    let refused = st
+        .send_timeout(num(-1, "refused"), Duration::from_millis(300))
+        .await
+        .expect_err("refused by the server's interceptor: never acknowledged");
+    assert_eq!(refused.code(), ErrorCode::DeadlineExceeded);
+    st.send(num(2, "two")).await.unwrap();
+    let echo = st.recv().await.unwrap().expect("the stream goes on");
+    assert_eq!((echo.n, echo.text.as_str()), (2, "tagged two"));
+    st.close().await.unwrap();
+    s.shutdown().await;
+}
+
 /// Retry: an `unavailable` answer is retried up to the bound and the last
 /// error returned; a call that succeeds on the second attempt succeeds;
 /// a non-retryable error is not retried.

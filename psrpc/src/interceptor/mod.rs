@@ -324,3 +324,131 @@ impl Role {
 pub(crate) fn to_chain<T: ?Sized>(v: &[std::sync::Arc<T>]) -> Chain<T> {
     v.iter().cloned().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::call::CallOptions;
+    use crate::method::Method;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Num {
+        #[prost(int64, tag = "1")]
+        n: i64,
+    }
+
+    static DOUBLE: Method<Num, Num> = Method::queue("Double");
+    static OTHER: Method<Num, Num> = Method::queue("Other");
+
+    fn info(method: &str) -> Arc<RpcInfo> {
+        Arc::new(RpcInfo {
+            service: "svc".into(),
+            method: method.into(),
+            ..RpcInfo::default()
+        })
+    }
+
+    /// The end of a unary chain: answers the request doubled.
+    fn doubling() -> Terminal<Unary> {
+        Arc::new(|call: ClientCall| {
+            Box::pin(async move {
+                let n = DOUBLE.decode_request(call.request())?;
+                Ok(DOUBLE.encode_response(&Num { n: n.n * 2 }))
+            })
+        })
+    }
+
+    fn call(method: &str, n: i64) -> ClientCall {
+        ClientCall::new(
+            info(method),
+            DOUBLE.encode_request(&Num { n }),
+            CallOptions::default(),
+        )
+    }
+
+    /// Records `key` on the way in and out.
+    fn tracer(log: &Arc<Mutex<String>>, key: &'static str) -> Arc<dyn ClientInterceptor> {
+        let log = log.clone();
+        Arc::new(unary_fn(move |call: ClientCall, next: Next<Unary>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push_str(key);
+                let r = next.run(call).await;
+                log.lock().unwrap().push_str(key);
+                r
+            }
+        }))
+    }
+
+    #[tokio::test]
+    async fn chain_runs_outermost_first_and_ends_in_the_call() {
+        let log = Arc::new(Mutex::new(String::new()));
+        let chain = to_chain(&[tracer(&log, "a"), tracer(&log, "b"), tracer(&log, "c")]);
+        let res = Next::<Unary>::new(chain, doubling())
+            .run(call("Double", 21))
+            .await
+            .unwrap();
+        assert_eq!(DOUBLE.decode_response(&res).unwrap().n, 42);
+        assert_eq!(*log.lock().unwrap(), "abccba");
+    }
+
+    #[tokio::test]
+    async fn typed_access_goes_through_the_method() {
+        // Rewrites the request of `Double` calls only; leaves the others.
+        let rewrite: Arc<dyn ClientInterceptor> = Arc::new(unary_fn(
+            |mut call: ClientCall, next: Next<Unary>| async move {
+                let is_other = call.info().method == "Other";
+                assert_eq!(call.request_of(&OTHER).is_some(), is_other);
+                if let Some(req) = call.request_of(&DOUBLE) {
+                    let n = req?.n + 1;
+                    call.set_request(DOUBLE.encode_request(&Num { n }));
+                }
+                next.run(call).await
+            },
+        ));
+        let chain = to_chain(&[rewrite]);
+        let res = Next::<Unary>::new(chain.clone(), doubling())
+            .run(call("Double", 1))
+            .await
+            .unwrap();
+        assert_eq!(DOUBLE.decode_response(&res).unwrap().n, 4, "(1 + 1) * 2");
+        let res = Next::<Unary>::new(chain, doubling())
+            .run(call("Other", 1))
+            .await
+            .unwrap();
+        assert_eq!(DOUBLE.decode_response(&res).unwrap().n, 2, "untouched");
+    }
+
+    #[tokio::test]
+    async fn bad_bytes_are_an_error_not_a_panic() {
+        let garbage: Arc<dyn ClientInterceptor> = Arc::new(unary_fn(
+            |mut call: ClientCall, next: Next<Unary>| async move {
+                call.set_request(Bytes::from_static(&[0xff; 3]));
+                next.run(call).await
+            },
+        ));
+        let e = Next::<Unary>::new(to_chain(&[garbage]), doubling())
+            .run(call("Double", 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::MalformedRequest);
+    }
+
+    #[tokio::test]
+    async fn a_shared_interceptor_is_one() {
+        #[derive(Default)]
+        struct Count(Mutex<usize>);
+        impl ServerInterceptor for Count {
+            fn request_received(&self, _: &RpcInfo) {
+                *self.0.lock().unwrap() += 1;
+            }
+        }
+        let count = Arc::new(Count::default());
+        let installed: Arc<dyn ServerInterceptor> = Arc::new(count.clone());
+        installed.request_received(&RpcInfo::default());
+        installed.request_received(&RpcInfo::default());
+        assert_eq!(*count.0.lock().unwrap(), 2);
+    }
+}
