@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+mod call;
 pub mod client;
 pub mod codec;
 pub mod discovery;
