@@ -15,7 +15,6 @@ pub mod middleware;
 pub mod protocol;
 pub(crate) use protocol::{channels, id, wire};
 mod raw;
-mod route;
 pub mod select;
 pub mod server;
 pub mod service;
@@ -36,9 +35,10 @@ pub use info::{
 };
 pub use interceptor::{ClientInterceptor, MultiInterceptor, ServerInterceptor, StreamInterceptor};
 pub use method::{Method, Routing};
-pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
-pub use server::{ClaimOutcome, RequestObserver, RpcServer, ServerOptions};
+pub use server::{
+    ClaimOutcome, RequestObserver, Route, RpcServer, ServerOptions, StreamOpen, StreamRoute,
+};
 pub use stream::{
     ClientStream, CloseReason, ServerStream, StreamLiveness, StreamReceiver, StreamSender,
 };

@@ -71,9 +71,9 @@ mod stream;
 mod subscription;
 mod unary;
 
+pub use crate::bus::DEFAULT_CHANNEL_SIZE;
 pub use multi::{MultiCall, MultiResponses, RawMultiResponses};
-pub use options::{ClientOptions, DEFAULT_CHANNEL_SIZE, DEFAULT_CLIENT_TIMEOUT};
-pub(crate) use pending::response_error;
+pub use options::{ClientOptions, DEFAULT_CLIENT_TIMEOUT};
 use pending::{PendingGuard, Shared, router};
 pub use stream::StreamCall;
 pub use subscription::Subscription;

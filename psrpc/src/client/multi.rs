@@ -13,8 +13,8 @@ use prost::Message;
 
 use super::unary::{decode_boxed, decode_response};
 use super::{
-    CallOptions, PendingGuard, RpcClient, call_deadline, response_error, run_request_hooks,
-    run_response_hooks, with_call_interceptors,
+    CallOptions, PendingGuard, RpcClient, call_deadline, run_request_hooks, run_response_hooks,
+    with_call_interceptors,
 };
 use crate::error::{Error, Result};
 use crate::id;
@@ -229,7 +229,7 @@ impl futures::Stream for RawMultiResponses {
                     return Poll::Ready(Some(if r.error.is_empty() {
                         Ok(r.raw_response)
                     } else {
-                        Err(response_error(*r))
+                        Err(Error::from_response(*r))
                     }));
                 }
                 Poll::Ready(Some(Incoming::Claim(_))) => continue,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bus::DEFAULT_CHANNEL_SIZE;
 use crate::error::{Error, Result};
 use crate::info::{DynMessage, RequestHook, ResponseHook, RpcInfo};
 use crate::interceptor::{ClientInterceptor, MultiInterceptor, StreamInterceptor};
@@ -11,8 +12,6 @@ use crate::stream::StreamLiveness;
 
 /// Default request timeout when neither the client, the context nor the call gives one.
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Default buffer size of subscriptions and multi calls.
-pub const DEFAULT_CHANNEL_SIZE: usize = 100;
 
 /// Options of an [`RpcClient`](super::RpcClient).
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use crate::channels;
 use crate::error::{Error, Result};
 use crate::id;
 use crate::select::{CallReceiver, CallSender, Incoming, call_queue};
-use crate::wire::{self, Response};
+use crate::wire;
 
 pub(super) type PendingMap = Mutex<id::IdMap<CallSender>>;
 
@@ -56,11 +56,6 @@ impl Drop for PendingGuard {
             .unwrap_or_else(|e| e.into_inner());
         p.remove(&self.request_id);
     }
-}
-
-/// Rebuilds the error a server sent in a `Response` (see [`Error::from_wire`]-style decoding in `error`).
-pub(crate) fn response_error(r: Response) -> Error {
-    Error::from_wire(&r.code, r.error, r.error_details)
 }
 
 /// A handler that routes every message of a client channel to its pending call.

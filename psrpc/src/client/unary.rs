@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use prost::Message;
 
 use super::{
-    CallOptions, RpcClient, call_deadline, response_error, run_request_hooks, run_response_hooks,
+    CallOptions, RpcClient, call_deadline, run_request_hooks, run_response_hooks,
     with_call_interceptors,
 };
 use crate::bus::MessageBus;
@@ -143,7 +143,7 @@ impl RpcClient {
                     return if r.error.is_empty() {
                         Ok(r.raw_response)
                     } else {
-                        Err(response_error(*r))
+                        Err(Error::from_response(*r))
                     };
                 }
             }
@@ -163,7 +163,7 @@ impl RpcClient {
                 Some(Incoming::Claim(_)) => continue,
                 Some(Incoming::Response(r)) => {
                     if !r.error.is_empty() {
-                        return Err(response_error(*r));
+                        return Err(Error::from_response(*r));
                     }
                     return Ok(r.raw_response);
                 }

@@ -14,7 +14,6 @@ use crate::error::Result;
 use crate::id;
 use crate::interceptor::{ServerInterceptor, StreamInterceptor, to_chain};
 use crate::method::Method;
-use crate::route::{Route, StreamRoute};
 use crate::stream::CloseReason;
 use crate::topic::Topic;
 use crate::wire;
@@ -23,6 +22,7 @@ mod claim;
 mod observer;
 mod options;
 mod registry;
+mod route;
 mod stream;
 mod unary;
 
@@ -31,6 +31,8 @@ use claim::{ClaimTable, ClaimWaiter, ClockCheck};
 pub use observer::RequestObserver;
 pub use options::{DEFAULT_SERVER_TIMEOUT, ServerOptions, SkipClaimFn};
 use registry::HandlerEntry;
+pub(crate) use route::{OpenAffinityFn, RequestAffinityFn};
+pub use route::{Route, StreamOpen, StreamRoute};
 
 /// What every handler task of a server shares.
 struct Core {

@@ -61,7 +61,7 @@ impl Default for ServerOptions {
         ServerOptions {
             server_id: None,
             timeout: DEFAULT_SERVER_TIMEOUT,
-            channel_size: crate::client::DEFAULT_CHANNEL_SIZE,
+            channel_size: crate::bus::DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
             stream_interceptors: Vec::new(),
             skip_claim: None,

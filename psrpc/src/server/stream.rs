@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::registry::HandlerParts;
+use super::route::{OpenAffinityFn, StreamOpen};
 use super::{ClientChannels, Core, RpcServer};
 use crate::bus::Handler;
 use crate::channels;
 use crate::error::{Error, Result};
 use crate::info::{Context, IncomingHeader, MethodInfo, RpcInfo};
-use crate::route::{OpenAffinityFn, StreamOpen};
 use crate::stream::{self, CloseReason, ServerStream, StreamLiveness, StreamParams, StreamTable};
 use crate::wire::{self, Envelope, StreamAck, StreamBody};
 

@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::registry::HandlerParts;
+use super::route::RequestAffinityFn;
 use super::{ClaimOutcome, ClientChannels, Core, RpcServer};
 use crate::bus::{Handler, MessageBus};
 use crate::channels;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{BoxMessage, Context, IncomingHeader, MethodInfo, RpcInfo, downcast_message};
 use crate::interceptor::ServerNext;
-use crate::route::RequestAffinityFn;
 use crate::wire::{self, ClaimRequest, Request, Response};
 
 impl RpcServer {
