@@ -1,4 +1,36 @@
-//! The options of one call ([`CallOptions`]), which the call builders set
-//! and interceptors read and change.
+//! [`CallOptions`]: the options of one call.
 
-pub(crate) use crate::client::CallOptions;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::info::{Context, Metadata};
+use crate::interceptor::ClientInterceptor;
+use crate::select::SelectionOptions;
+
+/// Options of one call, set through the call builders.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    /// Overrides the request timeout (may exceed the context's deadline;
+    /// the request's expiry is still clamped to it).
+    pub timeout: Option<Duration>,
+    /// Replaces the default selection options as a whole.
+    pub selection: Option<SelectionOptions>,
+    /// The caller's context: deadline and cancellation.
+    pub context: Context,
+    /// Metadata sent with the request.
+    pub metadata: Metadata,
+    /// Interceptors of this call, inside the client's own.
+    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
+}
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("timeout", &self.timeout)
+            .field("selection", &self.selection)
+            .field("context", &self.context)
+            .field("metadata", &self.metadata)
+            .field("interceptors", &self.interceptors.len())
+            .finish()
+    }
+}

@@ -384,6 +384,11 @@ impl Error {
         }
     }
 
+    /// The error a server sent in a `Response` (see [`Error::from_wire`]).
+    pub(crate) fn from_response(r: crate::wire::Response) -> Self {
+        Error::from_wire(&r.code, r.error, r.error_details)
+    }
+
     /// The error a peer sent with this code string, message and details
     /// (as Go reads them): an empty code becomes `unknown`; a code this
     /// library does not know is kept as it arrived ([`Error::wire_code`]),

@@ -15,7 +15,6 @@ pub mod middleware;
 pub mod protocol;
 pub(crate) use protocol::{channels, id, wire};
 mod raw;
-mod route;
 pub mod select;
 pub mod server;
 pub mod service;
@@ -34,9 +33,8 @@ pub use error::{Error, ErrorCode, GrpcCode, Result};
 pub use info::{Context, IncomingHeader, Metadata, RpcInfo};
 pub use interceptor::{ClientInterceptor, ServerInterceptor};
 pub use method::{Method, Routing};
-pub use route::{Route, StreamOpen, StreamRoute};
 pub use select::{Claim, SelectionOptions};
-pub use server::{ClaimOutcome, RpcServer, ServerOptions};
+pub use server::{ClaimOutcome, Route, RpcServer, ServerOptions, StreamOpen, StreamRoute};
 pub use stream::{
     ClientStream, CloseReason, ServerStream, StreamLiveness, StreamReceiver, StreamSender,
 };

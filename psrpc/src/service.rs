@@ -178,7 +178,7 @@ impl<'a, S: ?Sized + Send + Sync + 'static> Registration<'a, S> {
         };
         let affinity = affinity.map(|a| {
             let svc = Arc::clone(self.svc);
-            Arc::new(move |req: &Req| a(&*svc, req)) as crate::route::RequestAffinityFn<Req>
+            Arc::new(move |req: &Req| a(&*svc, req)) as crate::server::RequestAffinityFn<Req>
         });
         Box::pin(
             self.server
@@ -204,7 +204,7 @@ impl<'a, S: ?Sized + Send + Sync + 'static> Registration<'a, S> {
         };
         let affinity = affinity.map(|a| {
             let svc = Arc::clone(self.svc);
-            Arc::new(move |open: &StreamOpen<'_>| a(&*svc, open)) as crate::route::OpenAffinityFn
+            Arc::new(move |open: &StreamOpen<'_>| a(&*svc, open)) as crate::server::OpenAffinityFn
         });
         Box::pin(
             self.server

@@ -36,6 +36,10 @@ mod local;
 mod subscription;
 mod transport;
 
+/// Default buffer size of subscriptions, of the clients' pending calls and of
+/// the servers' subscriptions and streams.
+pub const DEFAULT_CHANNEL_SIZE: usize = 100;
+
 pub use crate::channels::Channel;
 pub use crate::codec::CompressionOptions;
 pub(crate) use dispatch::Members;

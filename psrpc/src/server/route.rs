@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use super::RpcServer;
 use crate::error::Result;
 use crate::info::{Context, Metadata, MethodInfo};
 use crate::method::Method;
-use crate::server::RpcServer;
 use crate::stream::ServerStream;
 use crate::topic::Topic;
 

@@ -1,0 +1,98 @@
+//! The table of pending calls: the client's response and claim channels
+//! route every message to the call waiting for it.
+
+use std::sync::{Arc, Mutex};
+
+use super::RpcClient;
+use crate::bus::DynBus;
+use crate::channels;
+use crate::error::{Error, Result};
+use crate::id;
+use crate::select::{CallReceiver, CallSender, Incoming, call_queue};
+use crate::wire;
+
+pub(super) type PendingMap = Mutex<id::IdMap<CallSender>>;
+
+pub(super) struct Shared {
+    pub(super) pending: PendingMap,
+}
+
+impl RpcClient {
+    pub(super) fn register(&self, request_id: &str) -> Result<(CallReceiver, PendingGuard)> {
+        let (tx, rx) = call_queue(self.inner.opts.channel_size);
+        let mut p = self
+            .inner
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock, so close() cannot miss this entry.
+        if self.is_closed() {
+            return Err(Error::client_closed());
+        }
+        p.insert(request_id.to_owned(), tx);
+        Ok((
+            rx,
+            PendingGuard {
+                shared: self.inner.shared.clone(),
+                request_id: request_id.to_owned(),
+            },
+        ))
+    }
+}
+
+/// Removes a pending call from the table when the call ends.
+pub(super) struct PendingGuard {
+    shared: Arc<Shared>,
+    request_id: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.remove(&self.request_id);
+    }
+}
+
+/// A handler that routes every message of a client channel to its pending call.
+pub(super) fn router<M: wire::Envelope + 'static>(
+    shared: &Arc<Shared>,
+    bus: &DynBus,
+    channel: &channels::Channel,
+    to_event: fn(M) -> (String, Incoming),
+) -> crate::bus::Handler {
+    // Weak: the bus holds this handler; a strong handle would keep the bus
+    // alive through its own subscription.
+    let (shared, bus, name) = (shared.clone(), Arc::downgrade(bus), channel.legacy.clone());
+    Arc::new(move |b| {
+        let Some(bus) = bus.upgrade() else { return };
+        if let Some(m) = crate::codec::receive_envelope::<M>(&*bus, || name.clone(), b) {
+            route::<M>(&shared, &*bus, m, to_event)
+        }
+    })
+}
+
+/// Routes one message of a client channel to its pending call.
+pub(super) fn route<M: wire::Envelope>(
+    shared: &Shared,
+    bus: &dyn crate::bus::MessageBus,
+    msg: M,
+    route: fn(M) -> (String, Incoming),
+) {
+    let (request_id, ev) = route(msg);
+    let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = p.get(&request_id) {
+        // Never block on one call (Go quirks Q8, Q12): a call whose buffer
+        // (channel_size) is full is not being read, so the message is
+        // dropped for it, loudly.
+        if tx.try_send(ev).is_err() {
+            let why = format_args!("buffer of pending call {request_id} full");
+            bus.drops()
+                .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
+        }
+    }
+}
