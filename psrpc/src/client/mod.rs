@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +18,7 @@ use crate::channels;
 use crate::error::{Error, Result};
 use crate::id;
 use crate::info::{MethodInfo, RpcInfo};
-use crate::interceptor::{Chain, ClientInterceptor, to_chain};
+use crate::interceptor::{Chain, ClientCall, ClientInterceptor, Hop, Next, Terminal, to_chain};
 use crate::select::Incoming;
 use crate::stream::{StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, Response};
@@ -337,7 +338,38 @@ impl RpcClient {
             ),
         }
     }
+
+    /// A call of `method` on `topic` through `chain`: the returned function
+    /// runs the chain with a request and its options, ending in `send`.
+    fn intercepted<H>(
+        &self,
+        chain: Chain<dyn ClientInterceptor>,
+        method: &MethodInfo,
+        topic: &[String],
+    ) -> impl FnOnce(Bytes, CallOptions, SendFn<H>) -> BoxFuture<'static, H::Output> + use<H>
+    where
+        H: Hop<Interceptor = dyn ClientInterceptor, Input = ClientCall>,
+    {
+        let info = Arc::new(self.info(method, topic));
+        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
+        move |request, opts, send| {
+            let terminal: Terminal<H> = Arc::new(move |call: ClientCall| {
+                let (request, opts) = call.into_parts();
+                send(client.clone(), method.clone(), topic.clone(), request, opts)
+            });
+            Next::<H>::new(chain, terminal).run(ClientCall::new(info, request, opts))
+        }
+    }
 }
+
+/// The call at the end of a client's chain, on the call's own copies.
+type SendFn<H> = fn(
+    RpcClient,
+    MethodInfo,
+    Vec<String>,
+    Bytes,
+    CallOptions,
+) -> BoxFuture<'static, <H as Hop>::Output>;
 
 /// When a call sent now with timeout `t` ends: `t` from now, or the caller's
 /// deadline if that is earlier.

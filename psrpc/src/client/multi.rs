@@ -16,7 +16,7 @@ use super::{CallOptions, PendingGuard, RpcClient, call_deadline};
 use crate::error::{Error, Result};
 use crate::id;
 use crate::info::{Context, Metadata, MethodInfo};
-use crate::interceptor::{Chain, ClientCall, ClientInterceptor, Multi, Next, Replies, Terminal};
+use crate::interceptor::{ClientInterceptor, Multi, Replies};
 use crate::method::Method;
 use crate::select::{CallReceiver, Incoming, SelectionOptions, cancelled_opt, sleep_until_opt};
 use crate::topic::Topic;
@@ -94,31 +94,6 @@ impl RpcClient {
             done: false,
         })
     }
-    /// A multi call's send through the interceptors.
-    async fn intercepted_multi(
-        &self,
-        chain: Chain<dyn ClientInterceptor>,
-        method: &MethodInfo,
-        topic: &[String],
-        request: Bytes,
-        opts: CallOptions,
-    ) -> Result<Replies> {
-        let info = Arc::new(self.info(method, topic));
-        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
-        let terminal: Terminal<Multi> = Arc::new(move |call: ClientCall| {
-            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
-            Box::pin(async move {
-                let (request, opts) = call.into_parts();
-                let raw = client
-                    .call_multi_raw(&method, &topic, request, &opts)
-                    .await?;
-                Ok(Replies::new(raw))
-            })
-        });
-        Next::<Multi>::new(chain, terminal)
-            .run(ClientCall::new(info, request, opts))
-            .await
-    }
 }
 
 /// A multi call being built; `.await` sends it and gives the result stream.
@@ -159,10 +134,16 @@ where
                     c.call_multi_raw(self.method, &self.topic, raw, &opts)
                         .await?,
                 ),
-                Some(chain) => MultiSource::Intercepted(
-                    c.intercepted_multi(chain, self.method, &self.topic, raw, opts)
-                        .await?,
-                ),
+                Some(chain) => {
+                    let call = c.intercepted::<Multi>(chain, self.method, &self.topic);
+                    let replies = call(raw, opts, |client, method, topic, request, opts| {
+                        Box::pin(async move {
+                            let raw = client.call_multi_raw(&method, &topic, request, &opts);
+                            Ok(Replies::new(raw.await?))
+                        })
+                    });
+                    MultiSource::Intercepted(replies.await?)
+                }
             };
             Ok(MultiResponses {
                 replies,

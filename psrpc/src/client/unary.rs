@@ -14,7 +14,7 @@ use crate::bus::MessageBus;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{Context, Metadata, MethodInfo};
-use crate::interceptor::{Chain, ClientCall, ClientInterceptor, Next, Terminal, Unary};
+use crate::interceptor::{ClientInterceptor, Unary};
 use crate::method::Method;
 use crate::select::{
     Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt, select_server,
@@ -167,28 +167,6 @@ impl RpcClient {
             }
         }
     }
-    /// A unary call through the interceptors.
-    async fn intercepted_unary(
-        &self,
-        chain: Chain<dyn ClientInterceptor>,
-        method: &MethodInfo,
-        topic: &[String],
-        request: Bytes,
-        opts: CallOptions,
-    ) -> Result<Bytes> {
-        let info = Arc::new(self.info(method, topic));
-        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
-        let terminal: Terminal<Unary> = Arc::new(move |call: ClientCall| {
-            let (client, method, topic) = (client.clone(), method.clone(), topic.clone());
-            Box::pin(async move {
-                let (request, opts) = call.into_parts();
-                client.call_unary_raw(&method, &topic, request, &opts).await
-            })
-        });
-        Next::<Unary>::new(chain, terminal)
-            .run(ClientCall::new(info, request, opts))
-            .await
-    }
 }
 
 /// A unary call being built; `.await` sends it.
@@ -227,8 +205,13 @@ where
             let res = match c.chain(&mut opts) {
                 None => c.call_unary_raw(self.method, &self.topic, raw, &opts).await,
                 Some(chain) => {
-                    c.intercepted_unary(chain, self.method, &self.topic, raw, opts)
-                        .await
+                    let call = c.intercepted::<Unary>(chain, self.method, &self.topic);
+                    call(raw, opts, |client, method, topic, request, opts| {
+                        Box::pin(async move {
+                            client.call_unary_raw(&method, &topic, request, &opts).await
+                        })
+                    })
+                    .await
                 }
             };
             res.and_then(decode_response::<Res>)

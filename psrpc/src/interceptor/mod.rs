@@ -220,86 +220,51 @@ forward!(ServerInterceptor {
     claim_settled(info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) -> ();
 });
 
-/// A [`ClientInterceptor`] of unary calls made of a function; see
-/// [`unary_fn`].
-pub struct UnaryFn<F>(F);
+macro_rules! fn_interceptor {
+    ($(#[$doc:meta])* $fn:ident -> $name:ident: $trait:ident::$method:ident($call:ty, $hop:ty) -> $out:ty) => {
+        #[doc = concat!("A [`", stringify!($trait), "`] made of a function; see [`", stringify!($fn), "`].")]
+        pub struct $name<F>(F);
 
-/// A client interceptor that wraps every unary call with `f(call, next)`.
-pub fn unary_fn<F, Fut>(f: F) -> UnaryFn<F>
-where
-    F: Fn(ClientCall, Next<Unary>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes>> + Send + 'static,
-{
-    UnaryFn(f)
-}
+        $(#[$doc])*
+        pub fn $fn<F, Fut>(f: F) -> $name<F>
+        where
+            F: Fn($call, Next<$hop>) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = Result<$out>> + Send + 'static,
+        {
+            $name(f)
+        }
 
-impl<F, Fut> ClientInterceptor for UnaryFn<F>
-where
-    F: Fn(ClientCall, Next<Unary>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes>> + Send + 'static,
-{
-    fn unary<'a>(&'a self, call: ClientCall, next: Next<Unary>) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin((self.0)(call, next))
-    }
-}
-
-/// A [`ClientInterceptor`] of multi calls made of a function; see
-/// [`multi_fn`].
-pub struct MultiFn<F>(F);
-
-/// A client interceptor that wraps every multi call with `f(call, next)`.
-pub fn multi_fn<F, Fut>(f: F) -> MultiFn<F>
-where
-    F: Fn(ClientCall, Next<Multi>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Replies>> + Send + 'static,
-{
-    MultiFn(f)
-}
-
-impl<F, Fut> ClientInterceptor for MultiFn<F>
-where
-    F: Fn(ClientCall, Next<Multi>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Replies>> + Send + 'static,
-{
-    fn multi<'a>(&'a self, call: ClientCall, next: Next<Multi>) -> BoxFuture<'a, Result<Replies>> {
-        Box::pin((self.0)(call, next))
-    }
-}
-
-/// A [`ServerInterceptor`] of handlers made of a function; see
-/// [`handle_fn`].
-pub struct HandleFn<F>(F);
-
-/// A server interceptor that wraps the handling of every unary and multi
-/// request with `f(call, next)`.
-pub fn handle_fn<F, Fut>(f: F) -> HandleFn<F>
-where
-    F: Fn(ServerCall, Next<Handle>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes>> + Send + 'static,
-{
-    HandleFn(f)
-}
-
-impl<F, Fut> ServerInterceptor for HandleFn<F>
-where
-    F: Fn(ServerCall, Next<Handle>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes>> + Send + 'static,
-{
-    fn handle<'a>(&'a self, call: ServerCall, next: Next<Handle>) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin((self.0)(call, next))
-    }
-}
-
-macro_rules! fn_debug {
-    ($($t:ident),*) => {$(
-        impl<F> std::fmt::Debug for $t<F> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(stringify!($t))
+        impl<F, Fut> $trait for $name<F>
+        where
+            F: Fn($call, Next<$hop>) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = Result<$out>> + Send + 'static,
+        {
+            fn $method<'a>(&'a self, call: $call, next: Next<$hop>) -> BoxFuture<'a, Result<$out>> {
+                Box::pin((self.0)(call, next))
             }
         }
-    )*};
+
+        impl<F> std::fmt::Debug for $name<F> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+    };
 }
-fn_debug!(UnaryFn, MultiFn, HandleFn);
+
+fn_interceptor!(
+    /// A client interceptor that wraps every unary call with `f(call, next)`.
+    unary_fn -> UnaryFn: ClientInterceptor::unary(ClientCall, Unary) -> Bytes
+);
+fn_interceptor!(
+    /// A client interceptor that wraps every multi call with `f(call, next)`.
+    multi_fn -> MultiFn: ClientInterceptor::multi(ClientCall, Multi) -> Replies
+);
+fn_interceptor!(
+    /// A server interceptor that wraps the handling of every unary and multi
+    /// request with `f(call, next)`.
+    handle_fn -> HandleFn: ServerInterceptor::handle(ServerCall, Handle) -> Bytes
+);
 
 /// Which end of a call an interceptor runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -139,20 +139,42 @@ impl Metrics {
     pub fn server(observer: Arc<dyn MetricsObserver>) -> Self {
         Self::new(Role::Server, observer)
     }
+}
 
-    /// Times one stream send.
-    async fn stream_send<F>(&self, msg: StreamMessage, run: F) -> Result<()>
-    where
-        F: FnOnce(StreamMessage) -> BoxFuture<'static, Result<()>>,
-    {
-        let info = msg.info().clone();
-        let bytes = msg.message().len();
-        let start = Instant::now();
-        let res = run(msg).await;
-        self.observer
-            .on_stream_send(self.role, &info, start.elapsed(), res.as_ref().err(), bytes);
-        res
-    }
+/// The stream methods of both sides: opens, sends (timed), receives and ends.
+macro_rules! stream_metrics {
+    ($send:ident) => {
+        fn stream_open(&self, info: &RpcInfo) {
+            self.observer.on_stream_open(self.role, info);
+        }
+
+        fn stream_send<'a>(
+            &'a self,
+            msg: StreamMessage,
+            next: Next<$send>,
+        ) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                let info = msg.info().clone();
+                let bytes = msg.message().len();
+                let start = Instant::now();
+                let res = next.run(msg).await;
+                let (elapsed, error) = (start.elapsed(), res.as_ref().err());
+                self.observer
+                    .on_stream_send(self.role, &info, elapsed, error, bytes);
+                res
+            })
+        }
+
+        fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
+            self.observer.on_stream_recv(self.role, info, msg.len());
+            Ok(())
+        }
+
+        fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
+            self.observer
+                .on_stream_close(self.role, info, reason, cause);
+        }
+    };
 }
 
 impl ServerInterceptor for Metrics {
@@ -188,27 +210,7 @@ impl ServerInterceptor for Metrics {
         })
     }
 
-    fn stream_open(&self, info: &RpcInfo) {
-        self.observer.on_stream_open(self.role, info);
-    }
-
-    fn stream_send<'a>(
-        &'a self,
-        msg: StreamMessage,
-        next: Next<ServerSend>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.stream_send(msg, |m| next.run(m)))
-    }
-
-    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
-        self.observer.on_stream_recv(self.role, info, msg.len());
-        Ok(())
-    }
-
-    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
-        self.observer
-            .on_stream_close(self.role, info, reason, cause);
-    }
+    stream_metrics!(ServerSend);
 
     fn request_received(&self, info: &RpcInfo) {
         self.observer.on_request_received(info);
@@ -267,27 +269,7 @@ impl ClientInterceptor for Metrics {
         })
     }
 
-    fn stream_open(&self, info: &RpcInfo) {
-        self.observer.on_stream_open(self.role, info);
-    }
-
-    fn stream_send<'a>(
-        &'a self,
-        msg: StreamMessage,
-        next: Next<ClientSend>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.stream_send(msg, |m| next.run(m)))
-    }
-
-    fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
-        self.observer.on_stream_recv(self.role, info, msg.len());
-        Ok(())
-    }
-
-    fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
-        self.observer
-            .on_stream_close(self.role, info, reason, cause);
-    }
+    stream_metrics!(ClientSend);
 }
 
 /// One multi call's counts, reported once when its results end (or are
