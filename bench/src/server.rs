@@ -32,7 +32,7 @@ fn server_options(id: &str, args: &Args) -> ServerOptions {
     }
     if args.middleware {
         o.interceptor(Tracing)
-            .interceptor(Metrics::server(MetricsFacade::shared()))
+            .interceptor(Metrics::new(MetricsFacade::shared()))
             .interceptor(Recovery)
     } else {
         o
@@ -44,7 +44,7 @@ pub(crate) fn client_options(args: &Args) -> ClientOptions {
     let o = ClientOptions::default().client_id(&args.client_id);
     if args.middleware {
         o.interceptor(Tracing)
-            .interceptor(Metrics::client(MetricsFacade::shared()))
+            .interceptor(Metrics::new(MetricsFacade::shared()))
     } else {
         o
     }

@@ -56,11 +56,14 @@ pub enum DropReason {
     /// No local subscriber is left for it (they closed, or on NATS none
     /// serves its method) and it was not handed on.
     NoRoute,
+    /// An interceptor refused it (a stream message its `stream_recv`
+    /// rejected: not delivered, not acknowledged).
+    Refused,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SlowConsumer,
         DropReason::Malformed,
         DropReason::UnknownCompression,
@@ -71,6 +74,7 @@ impl DropReason {
         DropReason::InvalidChannel,
         DropReason::Broker,
         DropReason::NoRoute,
+        DropReason::Refused,
     ];
 
     /// A short stable name, used as the metric label.
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::InvalidChannel => "invalid_channel",
             DropReason::Broker => "broker",
             DropReason::NoRoute => "no_route",
+            DropReason::Refused => "refused",
         }
     }
 

@@ -122,26 +122,27 @@ impl<Req, Res> Method<Req, Res> {
         !self.info.multi && !self.info.require_claim
     }
 
-    /// Whether `info` is a call of this method (by its name on the wire:
-    /// a method descriptor does not know its service).
+    /// Whether `info` is a call of this method, by its name on the wire (a
+    /// method descriptor does not know its service: compare
+    /// `info.service` too where several services share a name).
     pub fn is_called_by(&self, info: &RpcInfo) -> bool {
         info.method == self.info.name
     }
 
     /// Decodes an encoded request of this method (as interceptors see it).
-    pub fn decode_request(&self, bytes: &[u8]) -> Result<Req>
+    pub fn decode_request(&self, bytes: &Bytes) -> Result<Req>
     where
         Req: Message + Default,
     {
-        Req::decode(bytes).map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))
+        Req::decode(bytes.clone()).map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))
     }
 
     /// Decodes an encoded response of this method (as interceptors see it).
-    pub fn decode_response(&self, bytes: &[u8]) -> Result<Res>
+    pub fn decode_response(&self, bytes: &Bytes) -> Result<Res>
     where
         Res: Message + Default,
     {
-        Res::decode(bytes).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
+        Res::decode(bytes.clone()).map_err(|e| Error::wrap(ErrorCode::MalformedResponse, e))
     }
 
     /// Encodes a request of this method (to replace one in an interceptor).

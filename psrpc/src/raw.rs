@@ -1,11 +1,13 @@
 //! Calls on raw bytes, for tools that encode and decode messages themselves
 //! (with descriptors read at run time): [`RpcClient::unary_raw`] and
-//! [`RpcClient::multi_raw`]. No hooks or interceptors run.
+//! [`RpcClient::multi_raw`]. They go through the client's interceptors
+//! (and the options' own) like typed calls: interceptors see bytes anyway.
 
 use bytes::Bytes;
 
-use crate::client::{CallOptions, RawMultiResponses, RpcClient};
+use crate::client::{CallOptions, RpcClient};
 use crate::error::Result;
+use crate::interceptor::Replies;
 use crate::method::Method;
 use crate::topic::Topic;
 
@@ -21,22 +23,22 @@ impl RpcClient {
         opts: &CallOptions,
     ) -> Result<Bytes> {
         let topic = topic.into();
-        self.call_unary_raw(&method.info, topic.parts(), raw_request, opts)
+        self.unary_bytes(&method.info, topic.parts(), raw_request, opts.clone())
             .await
     }
 
     /// Sends one multi request of `method` on `topic` with the encoded
     /// request `raw_request`; the stream yields each server's encoded
-    /// response or error.
+    /// response or error, until the call's timeout.
     pub async fn multi_raw<Req, Res>(
         &self,
         method: &Method<Req, Res>,
         topic: impl Into<Topic>,
         raw_request: Bytes,
         opts: &CallOptions,
-    ) -> Result<RawMultiResponses> {
+    ) -> Result<Replies> {
         let topic = topic.into();
-        self.call_multi_raw(&method.info, topic.parts(), raw_request, opts)
-            .await
+        let replies = self.multi_bytes(&method.info, topic.parts(), raw_request, opts.clone());
+        Ok(replies.await?.into_replies())
     }
 }

@@ -522,7 +522,7 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
                 ServerOptions::default()
                     .server_id(id)
                     .interceptor(events)
-                    .interceptor(Metrics::server(metrics))
+                    .interceptor(Metrics::new(metrics))
                     .skip_claim(move || skip.load(Ordering::SeqCst)),
             )
         }

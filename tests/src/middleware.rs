@@ -332,8 +332,9 @@ pub async fn interceptors_on_streams(f: &dyn BusFactory) {
             })
         }
     }
+    let server_bus = f.connect().await;
     let s = RpcServer::new(
-        f.connect().await,
+        server_bus.clone(),
         "icpt_stream",
         f.server_options().interceptor(RefuseNegative),
     );
@@ -363,6 +364,8 @@ pub async fn interceptors_on_streams(f: &dyn BusFactory) {
         .await
         .expect_err("refused by the server's interceptor: never acknowledged");
     assert_eq!(refused.code(), ErrorCode::DeadlineExceeded);
+    let refusals = server_bus.drops().count(psrpc::drops::DropReason::Refused);
+    assert_eq!(refusals, 1, "the refusal is counted");
     st.send(num(2, "two")).await.unwrap();
     let echo = st.recv().await.unwrap().expect("the stream goes on");
     assert_eq!((echo.n, echo.text.as_str()), (2, "tagged two"));
@@ -527,7 +530,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         f.connect().await,
         "mw_metrics",
         f.server_options()
-            .interceptor(Metrics::server(server_rec.clone())),
+            .interceptor(Metrics::new(server_rec.clone())),
     );
     s.route(&UNARY)
         .handle(|_ctx: Context, req: Num| async move {
@@ -555,7 +558,7 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
     let c = RpcClient::new(
         f.connect().await,
         "mw_metrics",
-        ClientOptions::default().interceptor(Metrics::client(client_rec.clone())),
+        ClientOptions::default().interceptor(Metrics::new(client_rec.clone())),
     )
     .await
     .unwrap();

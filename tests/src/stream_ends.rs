@@ -131,13 +131,13 @@ impl Ends {
     /// Client options with this recorder's interceptor and metrics.
     pub fn client(self: &Arc<Self>, opts: ClientOptions) -> ClientOptions {
         opts.interceptor(Tap(self.clone()))
-            .interceptor(Metrics::client(self.clone()))
+            .interceptor(Metrics::new(self.clone()))
     }
 
     /// Server options with this recorder's interceptor and metrics.
     pub fn server(self: &Arc<Self>, opts: psrpc::ServerOptions) -> psrpc::ServerOptions {
         opts.interceptor(Tap(self.clone()))
-            .interceptor(Metrics::server(self.clone()))
+            .interceptor(Metrics::new(self.clone()))
     }
 
     /// Waits until both the interceptor and the metrics saw one stream end,

@@ -127,28 +127,41 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (c, mut opts) = (self.client, self.opts);
             let raw = Bytes::from(self.req.encode_to_vec());
-            let replies = match c.chain(&mut opts) {
-                None => MultiSource::Raw(
-                    c.call_multi_raw(self.method, &self.topic, raw, &opts)
-                        .await?,
-                ),
-                Some(chain) => {
-                    let call = c.intercepted::<Multi>(chain, self.method, &self.topic);
-                    let replies = call(raw, opts, |client, method, topic, request, opts| {
-                        Box::pin(async move {
-                            let raw = client.call_multi_raw(&method, &topic, request, &opts);
-                            Ok(Replies::new(raw.await?))
-                        })
-                    });
-                    MultiSource::Intercepted(replies.await?)
-                }
-            };
+            let c = self.client;
+            let replies = c
+                .multi_bytes(self.method, &self.topic, raw, self.opts)
+                .await?;
             Ok(MultiResponses {
                 replies,
                 _res: PhantomData,
             })
+        })
+    }
+}
+
+impl RpcClient {
+    /// One multi call on encoded bytes, through the interceptors when
+    /// there are any.
+    pub(crate) async fn multi_bytes(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        request: Bytes,
+        mut opts: CallOptions,
+    ) -> Result<MultiSource> {
+        Ok(match self.chain(&mut opts) {
+            None => MultiSource::Raw(self.call_multi_raw(method, topic, request, &opts).await?),
+            Some(chain) => {
+                let call = self.intercepted::<Multi>(chain, method, topic);
+                let replies = call(request, opts, |client, method, topic, request, opts| {
+                    Box::pin(async move {
+                        let raw = client.call_multi_raw(&method, &topic, request, &opts);
+                        Ok(Replies::new(raw.await?))
+                    })
+                });
+                MultiSource::Intercepted(replies.await?)
+            }
         })
     }
 }
@@ -205,9 +218,19 @@ pub struct MultiResponses<Res> {
 }
 
 /// The encoded results, straight from the bus or through the interceptors.
-enum MultiSource {
+pub(crate) enum MultiSource {
     Raw(RawMultiResponses),
     Intercepted(Replies),
+}
+
+impl MultiSource {
+    /// The results as interceptors see them.
+    pub(crate) fn into_replies(self) -> Replies {
+        match self {
+            MultiSource::Raw(r) => Replies::new(r),
+            MultiSource::Intercepted(r) => r,
+        }
+    }
 }
 
 impl<Res> std::fmt::Debug for MultiResponses<Res> {

@@ -86,7 +86,8 @@ pub(super) fn route<M: wire::Envelope>(
     let (request_id, ev) = route(msg);
     let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(tx) = p.get(&request_id) {
-        // Never block on one call (Go quirks Q8, Q12): a call whose buffer
+        // Never block on one call (Go blocks the whole client there, and a
+        // late response for a call that stopped reading hangs it): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
         if tx.try_send(ev).is_err() {

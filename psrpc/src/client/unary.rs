@@ -200,22 +200,37 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (c, mut opts) = (self.client, self.opts);
             let raw = Bytes::from(self.req.encode_to_vec());
-            let res = match c.chain(&mut opts) {
-                None => c.call_unary_raw(self.method, &self.topic, raw, &opts).await,
-                Some(chain) => {
-                    let call = c.intercepted::<Unary>(chain, self.method, &self.topic);
-                    call(raw, opts, |client, method, topic, request, opts| {
-                        Box::pin(async move {
-                            client.call_unary_raw(&method, &topic, request, &opts).await
-                        })
-                    })
-                    .await
-                }
-            };
-            res.and_then(decode_response::<Res>)
+            let c = self.client;
+            c.unary_bytes(self.method, &self.topic, raw, self.opts)
+                .await
+                .and_then(decode_response::<Res>)
         })
+    }
+}
+
+impl RpcClient {
+    /// One unary call on encoded bytes, through the interceptors when
+    /// there are any.
+    pub(crate) async fn unary_bytes(
+        &self,
+        method: &MethodInfo,
+        topic: &[String],
+        request: Bytes,
+        mut opts: CallOptions,
+    ) -> Result<Bytes> {
+        match self.chain(&mut opts) {
+            None => self.call_unary_raw(method, topic, request, &opts).await,
+            Some(chain) => {
+                let call = self.intercepted::<Unary>(chain, method, topic);
+                call(request, opts, |client, method, topic, request, opts| {
+                    Box::pin(
+                        async move { client.call_unary_raw(&method, &topic, request, &opts).await },
+                    )
+                })
+                .await
+            }
+        }
     }
 }
 

@@ -27,7 +27,8 @@ pub struct ClientCall {
 }
 
 impl ClientCall {
-    pub(crate) fn new(info: Arc<RpcInfo>, request: Bytes, options: CallOptions) -> Self {
+    /// A call of `info` with the encoded `request` (to test an interceptor).
+    pub fn new(info: Arc<RpcInfo>, request: Bytes, options: CallOptions) -> Self {
         ClientCall {
             info,
             request,
@@ -40,7 +41,7 @@ impl ClientCall {
     }
 
     /// The call: service, method, topic.
-    pub fn info(&self) -> &RpcInfo {
+    pub fn info(&self) -> &Arc<RpcInfo> {
         &self.info
     }
 
@@ -55,7 +56,9 @@ impl ClientCall {
     }
 
     /// The request decoded as `method`'s request type, when this is a call
-    /// of `method` (`None` for a call of another method).
+    /// of `method` (`None` for a call of another method). Methods are told
+    /// apart by name ([`Method::is_called_by`]): an interceptor shared by
+    /// clients of several services checks `info().service` too.
     pub fn request_of<Req: Message + Default, Res>(
         &self,
         method: &Method<Req, Res>,
@@ -98,7 +101,8 @@ pub struct ServerCall {
 }
 
 impl ServerCall {
-    pub(crate) fn new(info: Arc<RpcInfo>, context: Context, request: Bytes) -> Self {
+    /// A request of `info` served with `context` (to test an interceptor).
+    pub fn new(info: Arc<RpcInfo>, context: Context, request: Bytes) -> Self {
         ServerCall {
             info,
             context,
@@ -111,7 +115,7 @@ impl ServerCall {
     }
 
     /// The call being served.
-    pub fn info(&self) -> &RpcInfo {
+    pub fn info(&self) -> &Arc<RpcInfo> {
         &self.info
     }
 
@@ -137,7 +141,9 @@ impl ServerCall {
     }
 
     /// The request decoded as `method`'s request type, when this is a call
-    /// of `method` (`None` for a call of another method).
+    /// of `method` (`None` for a call of another method). Methods are told
+    /// apart by name ([`Method::is_called_by`]): an interceptor shared by
+    /// servers of several services checks `info().service` too.
     pub fn request_of<Req: Message + Default, Res>(
         &self,
         method: &Method<Req, Res>,
@@ -166,7 +172,8 @@ pub struct StreamMessage {
 }
 
 impl StreamMessage {
-    pub(crate) fn new(info: Arc<RpcInfo>, message: Bytes, timeout: Option<Duration>) -> Self {
+    /// A message of the stream `info` (to test an interceptor).
+    pub fn new(info: Arc<RpcInfo>, message: Bytes, timeout: Option<Duration>) -> Self {
         StreamMessage {
             info,
             message,
@@ -179,7 +186,7 @@ impl StreamMessage {
     }
 
     /// The stream's call: service, method, topic.
-    pub fn info(&self) -> &RpcInfo {
+    pub fn info(&self) -> &Arc<RpcInfo> {
         &self.info
     }
 

@@ -63,6 +63,18 @@ impl<H: Hop> Next<H> {
         }
     }
 
+    /// A chain of no interceptors that ends in `f`: what an interceptor's
+    /// own tests call it with, e.g.
+    /// `interceptor.unary(call, Next::from_fn(|call| async { Ok(reply) }))`.
+    pub fn from_fn<F, Fut>(f: F) -> Self
+    where
+        F: Fn(H::Input) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = H::Output> + Send + 'static,
+    {
+        let terminal: Terminal<H> = Arc::new(move |input| Box::pin(f(input)));
+        Next::new(Arc::from(Vec::new()), terminal)
+    }
+
     /// Runs the rest of the chain with `input`.
     pub fn run(self, input: H::Input) -> BoxFuture<'static, H::Output> {
         match self.chain.get(self.index).cloned() {

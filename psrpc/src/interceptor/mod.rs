@@ -14,8 +14,9 @@
 //! | server | [`handle`](ServerInterceptor::handle) (unary and multi requests) | | the same four, and the bus events `request_received`, `request_expired`, `claim_settled` |
 //!
 //! Interceptors are chained in the order they were installed: the first is
-//! outermost (it runs first on the way in and last on the way out). A call
-//! builder's `.interceptor(..)` adds one for that call, inside the client's.
+//! outermost (it runs first on the way in and last on the way out). The
+//! unary and multi call builders' `.interceptor(..)` adds one for that call,
+//! inside the client's.
 //!
 //! # Messages are bytes, with typed access
 //!
@@ -112,8 +113,10 @@ pub trait ClientInterceptor: Send + Sync + 'static {
     }
 
     /// A message arrived on a stream, before it is delivered and
-    /// acknowledged. An error rejects it: it is not delivered and not
-    /// acknowledged (the sender's send then times out).
+    /// acknowledged. An error refuses it, as Go's stream interceptors do: it
+    /// is not delivered and not acknowledged (the sender's send times out,
+    /// and a retrying sender sends it again), and it is counted as a
+    /// [`Refused`](crate::drops::DropReason::Refused) drop.
     fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
         let _ = (info, msg);
         Ok(())
@@ -135,7 +138,9 @@ pub trait ClientInterceptor: Send + Sync + 'static {
 /// return quickly and never block.
 pub trait ServerInterceptor: Send + Sync + 'static {
     /// Wraps the handling of one unary or multi request
-    /// (`call.info().multi` tells which): usually `next.run(call)`.
+    /// (`call.info().multi` tells which): usually `next.run(call)`. A
+    /// request that does not decode is answered `malformed_request` before
+    /// the chain, as in Go.
     fn handle<'a>(&'a self, call: ServerCall, next: Next<Handle>) -> BoxFuture<'a, Result<Bytes>> {
         next.run(call)
     }
@@ -155,8 +160,9 @@ pub trait ServerInterceptor: Send + Sync + 'static {
     }
 
     /// A message arrived on a stream, before it is delivered and
-    /// acknowledged. An error rejects it: it is not delivered and not
-    /// acknowledged.
+    /// acknowledged. An error refuses it: it is not delivered and not
+    /// acknowledged, and it is counted as a
+    /// [`Refused`](crate::drops::DropReason::Refused) drop.
     fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
         let _ = (info, msg);
         Ok(())
@@ -179,8 +185,10 @@ pub trait ServerInterceptor: Send + Sync + 'static {
     }
 
     /// This server's claim for a request settled, `wait` after the bid was
-    /// sent (zero for [`ClaimOutcome::Skipped`]). Not called when the server
-    /// did not bid (negative affinity) or the bid was not sent.
+    /// sent: zero for [`ClaimOutcome::Skipped`], and for
+    /// [`ClaimOutcome::LostToPeer`] when the caller's choice was known
+    /// before a bid went out. Not called when the server did not bid
+    /// (negative affinity).
     fn claim_settled(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
         let _ = (info, outcome, wait);
     }
@@ -223,6 +231,7 @@ forward!(ServerInterceptor {
 macro_rules! fn_interceptor {
     ($(#[$doc:meta])* $fn:ident -> $name:ident: $trait:ident::$method:ident($call:ty, $hop:ty) -> $out:ty) => {
         #[doc = concat!("A [`", stringify!($trait), "`] made of a function; see [`", stringify!($fn), "`].")]
+        #[derive(Clone)]
         pub struct $name<F>(F);
 
         $(#[$doc])*

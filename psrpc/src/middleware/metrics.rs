@@ -11,7 +11,7 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `psrpc_requests_total` | counter | role, service, method, outcome (`ok` or the error code) |
+//! | `psrpc_requests_total` | counter | role, service, method, outcome (`ok` or the error code; for a multi call, `error` when some server answered with one) |
 //! | `psrpc_request_duration_seconds` | histogram | role, service, method |
 //! | `psrpc_request_bytes`, `psrpc_response_bytes` | histogram | role, service, method |
 //! | `psrpc_multi_responses_total`, `psrpc_multi_errors_total` | counter | role, service, method |
@@ -33,8 +33,9 @@
 //! use psrpc::middleware::metrics::{Metrics, MetricsFacade};
 //! use psrpc::{ClientOptions, ServerOptions};
 //!
-//! let client = ClientOptions::default().interceptor(Metrics::client(MetricsFacade::shared()));
-//! let server = ServerOptions::default().interceptor(Metrics::server(MetricsFacade::shared()));
+//! let metrics = Metrics::new(MetricsFacade::shared());
+//! let client = ClientOptions::default().interceptor(metrics.clone());
+//! let server = ServerOptions::default().interceptor(metrics);
 //! # let _ = (client, server);
 //! ```
 //!
@@ -59,8 +60,9 @@ use crate::interceptor::{
 use crate::server::ClaimOutcome;
 use crate::stream::CloseReason;
 
-/// Receives the measurements of calls (all calls are synchronous, made on
-/// the call's task: keep them quick).
+/// Receives the measurements of calls. Every method is called synchronously,
+/// on the call's task, the bus's delivery path (the server's bus events) or
+/// wherever a multi call's results are dropped: keep them quick.
 pub trait MetricsObserver: Send + Sync + 'static {
     /// One unary call ended (client), or one unary request was served (server).
     fn on_unary_request(
@@ -110,42 +112,32 @@ pub trait MetricsObserver: Send + Sync + 'static {
     fn on_claim(&self, _info: &RpcInfo, _outcome: ClaimOutcome, _wait: Duration) {}
 }
 
-/// The metrics interceptor of one side, for every call kind: install it
-/// with `interceptor(Metrics::client(..))` or `Metrics::server(..)`.
+/// The metrics interceptor, for every call kind on either side: the same
+/// value can be installed on clients (as a [`ClientInterceptor`], role
+/// `client`) and servers (as a [`ServerInterceptor`], role `server`).
 #[derive(Clone)]
 pub struct Metrics {
-    role: Role,
     observer: Arc<dyn MetricsObserver>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("role", &self.role).finish()
+        f.write_str("Metrics")
     }
 }
 
 impl Metrics {
-    /// Reports the calls of `role` to `observer`.
-    pub fn new(role: Role, observer: Arc<dyn MetricsObserver>) -> Self {
-        Metrics { role, observer }
-    }
-
-    /// Reports a client's unary calls, multi calls and streams to `observer`.
-    pub fn client(observer: Arc<dyn MetricsObserver>) -> Self {
-        Self::new(Role::Client, observer)
-    }
-
-    /// Reports a server's requests, streams and bus events to `observer`.
-    pub fn server(observer: Arc<dyn MetricsObserver>) -> Self {
-        Self::new(Role::Server, observer)
+    /// Reports the calls of the side it is installed on to `observer`.
+    pub fn new(observer: Arc<dyn MetricsObserver>) -> Self {
+        Metrics { observer }
     }
 }
 
 /// The stream methods of both sides: opens, sends (timed), receives and ends.
 macro_rules! stream_metrics {
-    ($send:ident) => {
+    ($send:ident, $role:expr) => {
         fn stream_open(&self, info: &RpcInfo) {
-            self.observer.on_stream_open(self.role, info);
+            self.observer.on_stream_open($role, info);
         }
 
         fn stream_send<'a>(
@@ -160,19 +152,18 @@ macro_rules! stream_metrics {
                 let res = next.run(msg).await;
                 let (elapsed, error) = (start.elapsed(), res.as_ref().err());
                 self.observer
-                    .on_stream_send(self.role, &info, elapsed, error, bytes);
+                    .on_stream_send($role, &info, elapsed, error, bytes);
                 res
             })
         }
 
         fn stream_recv(&self, info: &RpcInfo, msg: &Bytes) -> Result<()> {
-            self.observer.on_stream_recv(self.role, info, msg.len());
+            self.observer.on_stream_recv($role, info, msg.len());
             Ok(())
         }
 
         fn stream_close(&self, info: &RpcInfo, reason: CloseReason, cause: &Error) {
-            self.observer
-                .on_stream_close(self.role, info, reason, cause);
+            self.observer.on_stream_close($role, info, reason, cause);
         }
     };
 }
@@ -188,7 +179,7 @@ impl ServerInterceptor for Metrics {
             if info.multi {
                 let (ok, err) = if res.is_ok() { (1, 0) } else { (0, 1) };
                 self.observer.on_multi_request(
-                    self.role,
+                    Role::Server,
                     &info,
                     start.elapsed(),
                     ok,
@@ -198,7 +189,7 @@ impl ServerInterceptor for Metrics {
                 );
             } else {
                 self.observer.on_unary_request(
-                    self.role,
+                    Role::Server,
                     &info,
                     start.elapsed(),
                     res.as_ref().err(),
@@ -210,7 +201,7 @@ impl ServerInterceptor for Metrics {
         })
     }
 
-    stream_metrics!(ServerSend);
+    stream_metrics!(ServerSend, Role::Server);
 
     fn request_received(&self, info: &RpcInfo) {
         self.observer.on_request_received(info);
@@ -233,7 +224,7 @@ impl ClientInterceptor for Metrics {
             let start = Instant::now();
             let res = next.run(call).await;
             self.observer.on_unary_request(
-                self.role,
+                Role::Client,
                 &info,
                 start.elapsed(),
                 res.as_ref().err(),
@@ -269,14 +260,14 @@ impl ClientInterceptor for Metrics {
         })
     }
 
-    stream_metrics!(ClientSend);
+    stream_metrics!(ClientSend, Role::Client);
 }
 
 /// One multi call's counts, reported once when its results end (or are
 /// dropped).
 struct MultiCounts {
     m: Metrics,
-    info: RpcInfo,
+    info: Arc<RpcInfo>,
     start: Instant,
     request_bytes: usize,
     responses: usize,
@@ -287,7 +278,7 @@ struct MultiCounts {
 impl MultiCounts {
     fn report(&self) {
         self.m.observer.on_multi_request(
-            self.m.role,
+            Role::Client,
             &self.info,
             self.start.elapsed(),
             self.responses,
@@ -347,8 +338,7 @@ mod facade {
     pub struct MetricsFacade;
 
     impl MetricsFacade {
-        /// The observer, ready to pass to `ClientOptions::metrics` or
-        /// `ServerOptions::metrics`.
+        /// The observer, ready to pass to [`Metrics::new`].
         pub fn shared() -> Arc<dyn MetricsObserver> {
             Arc::new(MetricsFacade)
         }

@@ -3,8 +3,10 @@
 //! A handler that panics is a bug, but one bad request must not cost the
 //! caller a timeout: with the [`Recovery`] interceptor, the panic becomes an
 //! `internal` error answered to that caller, and the server goes on serving.
-//! Install it last, so it sits innermost and also catches panics of the
-//! other interceptors:
+//! Installed last (innermost), it catches the handler's panics, and the
+//! interceptors installed before it (logging, metrics) see the `internal`
+//! error; installed first (outermost), it also catches panics of the other
+//! interceptors, which then see nothing of that call's outcome:
 //!
 //! ```
 //! use psrpc::ServerOptions;

@@ -2,9 +2,11 @@
 //!
 //! A call that fails with a retryable error (by default `deadline_exceeded`
 //! and `unavailable`: the server was busy, gone or slow) is sent again, up to
-//! [`RetryOptions::max_attempts`] attempts in all. Attempt *n* gets the
-//! timeout `timeout + (n - 1) * backoff`; a custom
-//! [`RetryOptions::retry_parameters`] decides instead. Between attempts the
+//! [`RetryOptions::max_attempts`] attempts in all. With
+//! [`RetryOptions::timeout`] set, attempt *n* gets the timeout
+//! `timeout + (n - 1) * backoff`; with it zero (the default), every attempt
+//! has the call's own timeout. A custom [`RetryOptions::retry_parameters`]
+//! decides instead. Between attempts the
 //! caller's context is checked: a canceled call stops with `canceled`.
 //!
 //! Unlike the Go library, `max_attempts = 0` does not mean "forever": it
@@ -124,8 +126,14 @@ impl RetryOptions {
         if !(self.is_recoverable)(e) || attempt >= self.attempts() {
             return None;
         }
+        // Zero stays zero: the call's own timeout, which does not grow.
+        let timeout = if timeout.is_zero() {
+            Duration::ZERO
+        } else {
+            timeout + self.backoff
+        };
         Some(RetryStep {
-            timeout: timeout + self.backoff,
+            timeout,
             wait: Duration::ZERO,
         })
     }
@@ -284,6 +292,15 @@ mod tests {
         let (seen, res) = run(opts(true), vec![err(), err(), err(), None]).await;
         assert_eq!(res.unwrap_err().message(), "boom");
         assert_eq!(seen, vec![MS(100), MS(300), MS(500)]);
+    }
+
+    #[tokio::test]
+    async fn without_a_timeout_every_attempt_has_the_calls_own() {
+        let mut o = opts(true);
+        o.timeout = Duration::ZERO;
+        let (seen, res) = run(o, vec![err(), err(), err(), None]).await;
+        assert!(res.is_err());
+        assert_eq!(seen, vec![Duration::ZERO; 3], "none set, none grown");
     }
 
     #[tokio::test]

@@ -229,12 +229,16 @@ impl ClientInterceptor for Tracing {
             // recorded when the results end (or are dropped).
             let end = SpanEnd {
                 span: span.clone(),
+                responses: 0,
                 errors: 0,
             };
             let replies = replies.scan(end, |end, item| {
-                if let Err(e) = &item {
-                    end.errors += 1;
-                    tracing::debug!(parent: &end.span, error = %e, "psrpc multi call: a server answered with an error");
+                match &item {
+                    Ok(_) => end.responses += 1,
+                    Err(e) => {
+                        end.errors += 1;
+                        tracing::debug!(parent: &end.span, error = %e, "psrpc multi call: a server answered with an error");
+                    }
                 }
                 future::ready(Some(item))
             });
@@ -243,15 +247,19 @@ impl ClientInterceptor for Tracing {
     }
 }
 
-/// Records the end of a multi call's span when its results go.
+/// Records the end of a multi call's span when its results go: an error
+/// when every server that answered answered with one.
 struct SpanEnd {
     span: tracing::Span,
+    responses: usize,
     errors: usize,
 }
 
 impl Drop for SpanEnd {
     fn drop(&mut self) {
-        self.span.record("otel.status_code", "OK");
+        let failed = self.responses == 0 && self.errors > 0;
+        let status = if failed { "ERROR" } else { "OK" };
+        self.span.record("otel.status_code", status);
         tracing::debug!(parent: &self.span, errors = self.errors, "psrpc multi call ended");
     }
 }

@@ -299,7 +299,8 @@ where
             Ok(res) => r.raw_response = res,
             Err(e) => {
                 // An error never travels as code "" (that reads as no code),
-                // nor with an empty message (that reads as success, Q7).
+                // nor with an empty message (a Go client reads a response
+                // with an empty error as a success).
                 r.code = match e.code() {
                     ErrorCode::Ok => ErrorCode::Unknown.as_str(),
                     _ => e.wire_code(),

@@ -79,18 +79,23 @@ where
 {
     fn new(owner: Arc<Owner<R>>) -> Self {
         let shared = owner.shared.clone();
-        // The chain holds the stream weakly: a sender is not what keeps it.
-        let s = Arc::downgrade(&shared);
-        let send: SendTerminal = Arc::new(move |msg: Bytes, t| {
-            let s = s.clone();
-            Box::pin(async move {
-                match s.upgrade() {
-                    Some(s) => s.send_raw(msg, t).await,
-                    None => Err(Error::stream_closed()),
-                }
+        let chain = (!shared.interceptors.is_empty())
+            .then(|| {
+                // The chain holds the stream weakly: a sender is not what
+                // keeps it.
+                let s = Arc::downgrade(&shared);
+                let send: SendTerminal = Arc::new(move |msg: Bytes, t| {
+                    let s = s.clone();
+                    Box::pin(async move {
+                        match s.upgrade() {
+                            Some(s) => s.send_raw(msg, t).await,
+                            None => Err(Error::stream_closed()),
+                        }
+                    })
+                });
+                shared.interceptors.send_chain(send)
             })
-        });
-        let chain = shared.interceptors.send_chain(send);
+            .flatten();
         StreamSender {
             shared,
             chain,

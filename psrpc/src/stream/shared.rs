@@ -125,20 +125,24 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         lock(&self.state).cause.clone()
     }
 
-    /// Tells the interceptors that the stream is open, unless it has ended
-    /// already; from then on they see its end too.
-    pub(crate) fn open_interceptors(&self) {
+    /// Tells the interceptors that the stream is open, once, unless it has
+    /// ended already; from then on they see its end too. Whether the stream
+    /// is still open.
+    pub(crate) fn open_interceptors(&self) -> bool {
         if self.interceptors.is_empty() {
-            return;
+            return true;
         }
         {
             let mut st = lock(&self.state);
             if st.cause.is_some() {
-                return;
+                return false;
             }
-            st.opened = true;
+            if std::mem::replace(&mut st.opened, true) {
+                return true;
+            }
         }
         self.interceptors.open(&self.info);
+        true
     }
 
     /// The one close path, whatever ended the stream: marks it closed with
@@ -361,8 +365,19 @@ impl<R: Message + Default + Clone + 'static> StreamEntry for Shared<R> {
                     }
                 };
                 if let Some(raw) = seen {
+                    // A message can overtake the open's report on the
+                    // client (it follows the ack at once): the open is
+                    // reported first. A stream that has ended sees nothing.
+                    if !self.open_interceptors() {
+                        return;
+                    }
                     if let Err(e) = self.interceptors.recv(&self.info, &raw) {
-                        tracing::debug!(stream_id = %self.stream_id, error = %e, "psrpc stream: message rejected by an interceptor");
+                        let why = format_args!(
+                            "stream {}: refused by an interceptor: {e}",
+                            self.stream_id
+                        );
+                        let reason = crate::drops::DropReason::Refused;
+                        self.bus.drops().record(reason, "(stream)", &why);
                         return;
                     }
                 }
@@ -487,7 +502,7 @@ mod tests {
         }
     }
 
-    /// ST1: a remote close releases a pending send with the remote cause,
+    /// A remote close releases a pending send with the remote cause,
     /// long before the send's own timeout.
     #[tokio::test]
     async fn close_releases_pending_send() {
@@ -511,7 +526,7 @@ mod tests {
         assert_eq!(err.message(), Error::stream_closed().message());
     }
 
-    /// ST2: a local close racing an incoming message never panics; the
+    /// A local close racing an incoming message never panics; the
     /// message is delivered or dropped, and the buffer ends either way.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_racing_a_message_never_panics() {
