@@ -8,7 +8,7 @@
 //! use psrpc_nats::NatsBus;
 //!
 //! let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
-//! let server = RpcServer::new(Arc::new(bus.clone()), "MyService", ServerOptions::default());
+//! let server = RpcServer::new(Arc::new(bus.clone()), "MyService", ServerOptions::default()).await?;
 //! let client = RpcClient::new(Arc::new(bus), "MyService", ClientOptions::default()).await?;
 //! # let _ = (server, client);
 //! # Ok(())

@@ -263,7 +263,7 @@ impl<S: ?Sized + Service> ServiceServer<S> {
             .file_descriptor_set
             .get_or_insert(S::FILE_DESCRIPTOR_SET);
         let this = ServiceServer {
-            server: RpcServer::new(bus, S::NAME, options),
+            server: RpcServer::new(bus, S::NAME, options).await?,
             svc,
         };
         for method in S::METHODS {

@@ -19,7 +19,7 @@
 //!     LaggyBus::new(local.clone(), "server", latency),
 //!     "my_service",
 //!     ServerOptions::default(),
-//! );
+//! ).await?;
 //!
 //! // The client also loses what it receives while `loss` says so.
 //! let loss = Arc::new(FailureRate::new(0.0));

@@ -218,7 +218,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
                 let skip = skip.clone();
                 move || skip.load(Ordering::SeqCst)
             }),
-    );
+    )
+    .await
+    .unwrap();
     counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     let bus = f.connect().await;
     let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
@@ -355,7 +357,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
         f.connect().await,
         SERVICE,
         ServerOptions::default().server_id("classic"),
-    );
+    )
+    .await
+    .unwrap();
     counting(&classic, &NORMAL_RPC, &[], count.clone()).await;
     settle(f).await;
     let res: Num = c
@@ -378,7 +382,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     assert_eq!(grant.server_id, "classic");
 
     // Multi requests never advertise.
-    let ms = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
+    let ms = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default())
+        .await
+        .unwrap();
     counting(&ms, &GET_STATS, &[], count.clone()).await;
     let mut multi = bus
         .subscribe(
@@ -523,6 +529,8 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
                     .metrics(metrics)
                     .skip_claim(move || skip.load(Ordering::SeqCst)),
             )
+            .await
+            .unwrap()
         }
     };
     let a = mk("a").await;
@@ -610,7 +618,9 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
 /// registration, a caller's affinity selection at the call (nothing is
 /// published).
 pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
-    let s = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
+    let s = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default())
+        .await
+        .unwrap();
     let e = s
         .route(&NORMAL_RPC)
         .affinity(|_: &Num| 1.0)
@@ -709,7 +719,9 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
         f.connect().await,
         SERVICE,
         ServerOptions::default().server_id("mem"),
-    );
+    )
+    .await
+    .unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     counting(&s, &INTENSIVE_RPC, &[], count.clone()).await;
@@ -750,7 +762,9 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
         bus_s.clone(),
         SERVICE,
         ServerOptions::default().server_id("clock"),
-    );
+    )
+    .await
+    .unwrap();
     let budgets = Arc::new(Mutex::new(Vec::<Duration>::new()));
     {
         let budgets = budgets.clone();

@@ -156,7 +156,9 @@ async fn echo_server(
     m: &Method<Num, Num>,
     count: Arc<AtomicUsize>,
 ) -> RpcServer {
-    let s = RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
+    let s = RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id))
+        .await
+        .unwrap();
     let id = id.to_owned();
     s.route(m)
         .handle(move |_ctx: Context, req: Num| {

@@ -163,7 +163,11 @@ impl std::fmt::Debug for RpcClient {
 
 impl RpcClient {
     /// Connects a client of `service` to `bus`: subscribes its response and
-    /// claim channels, and returns once they are in effect.
+    /// claim channels, and returns once they are in effect. Fails with
+    /// `invalid_argument` when `service` or an option cannot work: an empty
+    /// or ill-formed service name or client id (see
+    /// [`check_client_id`](crate::channels::check_client_id)), a zero
+    /// `channel_size`, timeout or selection timeout.
     pub async fn new(
         bus: impl MessageBus,
         service: impl Into<String>,
@@ -171,6 +175,8 @@ impl RpcClient {
     ) -> Result<Self> {
         let bus: DynBus = Arc::new(bus);
         let service = service.into();
+        channels::check_service_name(&service)?;
+        opts.validate()?;
         let id = opts
             .client_id
             .clone()
@@ -180,7 +186,7 @@ impl RpcClient {
             pending: Mutex::default(),
         });
         let closed = CancellationToken::new();
-        let size = opts.channel_size.max(1);
+        let size = opts.channel_size;
         let response_ch = channels::response_channel(&service, &id);
         let claim_ch = channels::claim_request_channel(&service, &id);
         let on_response = router::<Response>(&shared, &bus, &response_ch, |r| {
@@ -255,7 +261,7 @@ impl RpcClient {
 
     /// The effective request timeout (as Go computes it) and the context deadline.
     fn timeout(&self, opts: &CallOptions) -> Duration {
-        let mut t = self.inner.opts.timeout;
+        let mut t = self.inner.opts.timeout.unwrap_or(Duration::ZERO);
         if let Some(rem) = opts.context.remaining() {
             if t.is_zero() || t > rem {
                 t = rem;

@@ -372,7 +372,9 @@ mod tests {
             NoClaims(bus.clone()),
             "S",
             ServerOptions::default().skip_claim(|| true),
-        );
+        )
+        .await
+        .unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         s.route(&M)
