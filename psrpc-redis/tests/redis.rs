@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use psrpc::bus::Subscription;
+use psrpc::bus::RawSubscription;
 use psrpc::protocol::wire;
 use psrpc::{
     Channel, ClientOptions, Context, ErrorCode, MessageBus, Method, RpcClient, RpcServer,
@@ -45,7 +45,7 @@ fn decode_string(b: Bytes) -> String {
     String::decode(msg.value.as_ref()).expect("StringValue")
 }
 
-async fn recv(sub: &mut Subscription, within: Duration) -> Option<Bytes> {
+async fn recv(sub: &mut RawSubscription, within: Duration) -> Option<Bytes> {
     tokio::time::timeout(within, sub.recv())
         .await
         .ok()

@@ -72,7 +72,7 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, Subscription};
+use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, RawSubscription};
 use crate::error::Result;
 
 pub use laggy::{LAGGY_TYPE_URL, LaggyBus, LaggyMessage, LatencyFn};
@@ -229,7 +229,7 @@ impl TestBus {
         channel: &Channel,
         size: usize,
         queue: bool,
-    ) -> Result<Subscription> {
+    ) -> Result<RawSubscription> {
         let mut raw = self.intercepted(channel, size, queue).await?;
         let (tx, rx) = mpsc::channel(size.max(1));
         let task = tokio::spawn(async move {
@@ -240,7 +240,7 @@ impl TestBus {
             }
         });
         let abort = task.abort_handle();
-        Ok(Subscription::new(rx, move || abort.abort()))
+        Ok(RawSubscription::new(rx, move || abort.abort()))
     }
 }
 
@@ -300,14 +300,14 @@ impl MessageBus for TestBus {
         next.publish(channel.clone(), msg).await
     }
 
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         if self.chain.subscribe.is_empty() {
             return self.chain.bus.subscribe(channel, size).await;
         }
         self.subscribe_as(channel, size, false).await
     }
 
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         if self.chain.subscribe.is_empty() {
             return self.chain.bus.subscribe_queue(channel, size).await;
         }
@@ -370,14 +370,14 @@ macro_rules! delegate_bus {
                 &self,
                 channel: &$crate::bus::Channel,
                 size: usize,
-            ) -> $crate::Result<$crate::bus::Subscription> {
+            ) -> $crate::Result<$crate::bus::RawSubscription> {
                 self.0.subscribe(channel, size).await
             }
             async fn subscribe_queue(
                 &self,
                 channel: &$crate::bus::Channel,
                 size: usize,
-            ) -> $crate::Result<$crate::bus::Subscription> {
+            ) -> $crate::Result<$crate::bus::RawSubscription> {
                 self.0.subscribe_queue(channel, size).await
             }
             async fn subscribe_handler(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use psrpc::bus::{DynBus, MessageBus, Subscription};
+use psrpc::bus::{DynBus, MessageBus, RawSubscription};
 use psrpc::drops::DropReason;
 use psrpc::protocol::channels;
 use psrpc::protocol::wire::{self, ClaimRequest, ClaimResponse, Request, Response};
@@ -32,14 +32,14 @@ const SEC: i64 = 1_000_000_000;
 /// A queue method served without the claim handshake.
 static SINGLE_RPC: Method<Num, Num> = Method::queue("SingleRPC").single_server();
 
-async fn next_raw(sub: &mut Subscription, what: &str) -> Bytes {
+async fn next_raw(sub: &mut RawSubscription, what: &str) -> Bytes {
     tokio::time::timeout(WAIT, sub.recv())
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|| panic!("subscription closed waiting for {what}"))
 }
 
-async fn next<M: wire::Envelope>(sub: &mut Subscription, what: &str) -> M {
+async fn next<M: wire::Envelope>(sub: &mut RawSubscription, what: &str) -> M {
     wire::decode_envelope(next_raw(sub, what).await).expect(what)
 }
 

@@ -65,14 +65,14 @@ impl psrpc::MessageBus for Looks {
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.bus.subscribe(channel, size).await
     }
     async fn subscribe_queue(
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.bus.subscribe_queue(channel, size).await
     }
     async fn subscribe_handler(
@@ -336,14 +336,14 @@ impl psrpc::MessageBus for OwnTasks {
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.0.subscribe(channel, size).await
     }
     async fn subscribe_queue(
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.0.subscribe_queue(channel, size).await
     }
     async fn listeners(&self, channel: &psrpc::Channel) -> psrpc::Result<Option<usize>> {

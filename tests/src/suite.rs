@@ -106,7 +106,7 @@ pub(crate) async fn counting(
         .expect("register");
 }
 
-async fn recv_raw(sub: &mut psrpc::bus::Subscription, within: Duration) -> Option<Bytes> {
+async fn recv_raw(sub: &mut psrpc::bus::RawSubscription, within: Duration) -> Option<Bytes> {
     tokio::time::timeout(within, sub.recv())
         .await
         .ok()
@@ -157,7 +157,7 @@ pub async fn bus_queue_exactly_one(f: &dyn BusFactory) {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut drain = |a: &mut psrpc::bus::Subscription, b: &mut psrpc::bus::Subscription| {
+    let mut drain = |a: &mut psrpc::bus::RawSubscription, b: &mut psrpc::bus::RawSubscription| {
         for sub in [a, b] {
             while let Ok(m) = sub.try_recv() {
                 got.push(m);
