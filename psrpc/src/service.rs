@@ -43,6 +43,7 @@ pub use futures::future::BoxFuture;
 
 /// What kind of call a method is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MethodKind {
     /// One request, one response from one server.
     Unary,
