@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{DynBus, MessageBus};
-pub use crate::call::CallOptions;
 use crate::channels;
 use crate::error::{Error, Result};
 use crate::id;
@@ -22,6 +21,8 @@ use crate::select::Incoming;
 use crate::stream::{StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, Response};
 
+/// The option setters every call builder has ([`UnaryCall`], [`MultiCall`],
+/// [`StreamCall`]); defined before the modules that expand it.
 macro_rules! call_builder_methods {
     () => {
         /// Sets the request timeout of this call (overrides the client's and
@@ -72,6 +73,7 @@ mod subscription;
 mod unary;
 
 pub use crate::bus::DEFAULT_CHANNEL_SIZE;
+pub use crate::call::CallOptions;
 pub use multi::{MultiCall, MultiResponses, RawMultiResponses};
 pub use options::{ClientOptions, DEFAULT_CLIENT_TIMEOUT};
 use pending::{PendingGuard, Shared, router};
