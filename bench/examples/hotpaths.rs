@@ -123,8 +123,10 @@ fn echo(id: String) -> impl Fn(Context, Req) -> std::future::Ready<psrpc::Result
 async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
     let id = format!("bench-server-{i}");
     let opts = || ServerOptions::default().server_id(&id);
-    let bench = RpcServer::new(bus.clone(), "Bench", opts());
-    let events = RpcServer::new(bus.clone(), "BenchEvents", opts());
+    let bench = RpcServer::new(bus.clone(), "Bench", opts()).await.unwrap();
+    let events = RpcServer::new(bus.clone(), "BenchEvents", opts())
+        .await
+        .unwrap();
     bench
         .route(&UNARY)
         .handle(echo(id.clone()))

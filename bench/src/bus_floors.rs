@@ -37,7 +37,7 @@ pub(crate) fn floor_channel(name: String) -> Channel {
 /// connection) and reads the echoes on `replies`.
 struct BusPingPong {
     req: Channel,
-    replies: psrpc::bus::Subscription,
+    replies: psrpc::bus::RawSubscription,
     _echoes: Vec<AbortOnDrop>,
 }
 

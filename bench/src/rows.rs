@@ -240,7 +240,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stream_row_reopens_lost_streams() {
         let bus: DynBus = Arc::new(LocalBus::new());
-        let server = RpcServer::new(bus.clone(), "Bench", ServerOptions::default());
+        let server = RpcServer::new(bus.clone(), "Bench", ServerOptions::default())
+            .await
+            .unwrap();
         server
             .stream_route(&ECHO)
             .handle(|mut st: ServerStream<Msg, Msg>| async move {

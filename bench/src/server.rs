@@ -53,8 +53,8 @@ pub(crate) fn client_options(args: &Args) -> ClientOptions {
 /// Starts server number `i` (0-based) on its own bus handle.
 pub(crate) async fn start_server(bus: DynBus, i: usize, args: &Args) -> psrpc::Result<BenchServer> {
     let id = format!("{}{i}", args.server_id);
-    let bench = RpcServer::new(bus.clone(), "Bench", server_options(&id, args));
-    let events = RpcServer::new(bus, "BenchEvents", server_options(&id, args));
+    let bench = RpcServer::new(bus.clone(), "Bench", server_options(&id, args)).await?;
+    let events = RpcServer::new(bus, "BenchEvents", server_options(&id, args)).await?;
 
     let echo = |id: String| {
         move |_ctx: Context, req: Req| {

@@ -146,7 +146,7 @@ pub struct Answer {
 /// which server answered each request.
 pub struct Caller {
     client: RpcClient,
-    tap: psrpc::bus::Subscription,
+    tap: psrpc::bus::RawSubscription,
 }
 
 impl Caller {
@@ -295,7 +295,7 @@ pub async fn subscribe(
     method: &DynMethod,
     topic: &[String],
     queue: bool,
-) -> CliResult<psrpc::bus::Subscription> {
+) -> CliResult<psrpc::bus::RawSubscription> {
     let ch = channels::rpc_channel(
         service,
         method.name(),

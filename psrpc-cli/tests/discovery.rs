@@ -15,7 +15,9 @@ async fn discovery(broker: Broker) {
     // Server A serves Bench (its BenchEvents server registers nothing),
     // server B only BenchEvents' publisher plus a Bench-less service.
     let (bench_a, _events_a) = bench_server(broker.connect().await, "srv-a", 1.0).await;
-    let other = RpcServer::new(broker.connect().await, "Other", server_options("srv-b"));
+    let other = RpcServer::new(broker.connect().await, "Other", server_options("srv-b"))
+        .await
+        .unwrap();
     other
         .route(&UNARY)
         .topic("x")
@@ -28,9 +30,15 @@ async fn discovery(broker: Broker) {
         .await
         .unwrap();
     // A server that opted out is not listed.
-    let mut quiet = ServerOptions::default().server_id("srv-quiet");
-    quiet.discovery.enabled = false;
-    let quiet = RpcServer::new(broker.connect().await, "Quiet", quiet);
+    let quiet = ServerOptions::default().server_id("srv-quiet").discovery(
+        psrpc::discovery::DiscoveryOptions {
+            enabled: false,
+            ..Default::default()
+        },
+    );
+    let quiet = RpcServer::new(broker.connect().await, "Quiet", quiet)
+        .await
+        .unwrap();
     quiet
         .route(&UNARY)
         .handle(|_ctx: psrpc::Context, r: Req| async move {

@@ -8,7 +8,7 @@
 //! use psrpc_nats::NatsBus;
 //!
 //! let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
-//! let server = RpcServer::new(Arc::new(bus.clone()), "MyService", ServerOptions::default());
+//! let server = RpcServer::new(Arc::new(bus.clone()), "MyService", ServerOptions::default()).await?;
 //! let client = RpcClient::new(Arc::new(bus), "MyService", ClientOptions::default()).await?;
 //! # let _ = (server, client);
 //! # Ok(())
@@ -115,7 +115,7 @@
 //!   server routed to it in the last round trip before the `UNSUB` arrived
 //!   are lost, as with any NATS client.
 //! * **Runtime handlers** ([`MessageBus::subscribe_handler`](psrpc::MessageBus::subscribe_handler)) keep the
-//!   trait's default (a task reading a [`Subscription`](psrpc::bus::Subscription)): calling them from
+//!   trait's default (a task reading a [`RawSubscription`](psrpc::bus::RawSubscription)): calling them from
 //!   the task that reads the NATS subscription saves a task hop and a little
 //!   sequential latency, but measured about 30% fewer calls per second at
 //!   64 in flight on two cores (the reader becomes the serial bottleneck).

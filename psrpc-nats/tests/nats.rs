@@ -31,7 +31,9 @@ async fn prefixed(url: &str, prefix: &str) -> NatsBus {
 }
 
 async fn echo_server(b: NatsBus, id: &str) -> RpcServer {
-    let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id));
+    let s = RpcServer::new(Arc::new(b), SERVICE, ServerOptions::default().server_id(id))
+        .await
+        .unwrap();
     let sid = id.to_owned();
     s.route(&NORMAL_RPC)
         .handle(move |_c: Context, r: Num| {
@@ -251,7 +253,9 @@ async fn odd_topics_isolated() {
         Arc::new(prefixed(&ns.url(), "topics").await),
         SERVICE,
         ServerOptions::default().server_id("t"),
-    );
+    )
+    .await
+    .unwrap();
     let wrong = Arc::new(AtomicUsize::new(0));
     for t in topics {
         let w = wrong.clone();
@@ -503,7 +507,9 @@ async fn q1_foreign_queue_requests_are_handed_back() {
             Arc::new(with().await),
             SERVICE,
             ServerOptions::default().server_id("A"),
-        );
+        )
+        .await
+        .unwrap();
         a.route(&OTHER)
             .handle(|_c: Context, r: Num| async move { Ok(r) })
             .await
@@ -604,7 +610,9 @@ async fn hand_back_bounded_by_members_and_never_for_junk() {
             Arc::new(b.clone()),
             SERVICE,
             ServerOptions::default().server_id(format!("s{k}")),
-        );
+        )
+        .await
+        .unwrap();
         let m: psrpc::Method<Num, Num> =
             psrpc::Method::dynamic(format!("Method{k}"), psrpc::Routing::Queue);
         s.route(&m)

@@ -100,7 +100,9 @@ async fn client_user_calls_but_cannot_serve() {
         connect(&client_url).await,
         security::SERVICE,
         Default::default(),
-    );
+    )
+    .await
+    .unwrap();
     let registered = rogue
         .route(&security::SAY_HELLO)
         .topic(&["rogue".to_owned()])

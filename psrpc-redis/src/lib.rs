@@ -187,7 +187,7 @@
 //! messages of one connection in order, so a flood on one channel still
 //! delays the others by the time the reader takes to go through it.
 //! Runtime handlers ([`MessageBus::subscribe_handler`](psrpc::MessageBus::subscribe_handler)) keep the trait's
-//! default (a task reading a [`Subscription`](psrpc::bus::Subscription)): calling them from the reader
+//! default (a task reading a [`RawSubscription`](psrpc::bus::RawSubscription)): calling them from the reader
 //! saves a task hop but measured no faster at 64 calls in flight on two
 //! cores (and slower on NATS), as the reader then does all the runtime's
 //! dispatch.

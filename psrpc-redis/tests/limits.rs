@@ -107,7 +107,9 @@ async fn oversized_response_fails_the_call_at_once() {
         Arc::new(sb),
         SERVICE,
         ServerOptions::default().server_id("big"),
-    );
+    )
+    .await
+    .unwrap();
     s.route(&NORMAL_RPC)
         .handle(|_c: Context, r: Num| async move {
             Ok(Num {

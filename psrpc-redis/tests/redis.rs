@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use psrpc::bus::Subscription;
+use psrpc::bus::RawSubscription;
 use psrpc::protocol::wire;
 use psrpc::{
     Channel, ClientOptions, Context, ErrorCode, MessageBus, Method, RpcClient, RpcServer,
@@ -45,7 +45,7 @@ fn decode_string(b: Bytes) -> String {
     String::decode(msg.value.as_ref()).expect("StringValue")
 }
 
-async fn recv(sub: &mut Subscription, within: Duration) -> Option<Bytes> {
+async fn recv(sub: &mut RawSubscription, within: Duration) -> Option<Bytes> {
     tokio::time::timeout(within, sub.recv())
         .await
         .ok()
@@ -298,7 +298,9 @@ async fn rpc_pair(sb: &RedisBus, cb: &RedisBus, service: &str) -> (RpcServer, Rp
         sb.clone(),
         service,
         ServerOptions::default().server_id("s1"),
-    );
+    )
+    .await
+    .unwrap();
     srv.route(&ECHO)
         .handle(|_ctx: Context, req: Num| async move { Ok(req) })
         .await
@@ -421,7 +423,9 @@ async fn prefixes_are_isolated() {
     // The same service under both prefixes: each client reaches its own server.
     let (_s1, c1) = rpc_pair(&a, &a, "svc").await;
     let count = Arc::new(AtomicUsize::new(0));
-    let srv_b = RpcServer::new(b.clone(), "svc", ServerOptions::default().server_id("sb"));
+    let srv_b = RpcServer::new(b.clone(), "svc", ServerOptions::default().server_id("sb"))
+        .await
+        .unwrap();
     let n = count.clone();
     srv_b
         .route(&ECHO)
@@ -695,7 +699,9 @@ async fn go_channel_names_and_lock_key_observed() {
     let sb = RedisBus::connect(&server.url()).await.unwrap();
     let cb = RedisBus::connect(&server.url()).await.unwrap();
     let topic = vec!["us-east".to_string(), "room/1".to_string()];
-    let srv = RpcServer::new(sb, SERVICE, ServerOptions::default().server_id("s1"));
+    let srv = RpcServer::new(sb, SERVICE, ServerOptions::default().server_id("s1"))
+        .await
+        .unwrap();
     for m in [&NORMAL_RPC, &INTENSIVE_RPC] {
         srv.route(m)
             .topic(&topic)

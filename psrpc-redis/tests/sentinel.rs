@@ -56,7 +56,9 @@ async fn follows_the_master_through_a_failover() {
         .connect_sentinel(&[sentinel.url()], "mymaster")
         .await
         .unwrap();
-    let srv = RpcServer::new(sb, "sentinel_svc", ServerOptions::default().server_id("s"));
+    let srv = RpcServer::new(sb, "sentinel_svc", ServerOptions::default().server_id("s"))
+        .await
+        .unwrap();
     srv.route(&ECHO)
         .handle(|_ctx: Context, req: Num| async move { Ok(req) })
         .await

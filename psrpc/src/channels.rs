@@ -161,23 +161,41 @@ pub fn stream_channel(service: &str, client_id: &str) -> Channel {
 /// are refused with `invalid_argument` on every bus, so that a client works
 /// the same whichever bus carries it. Empty ids are refused too.
 pub fn check_client_id(id: &str) -> crate::Result<()> {
-    let bad = id
-        .chars()
-        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control());
-    if id.is_empty() {
-        return Err(crate::Error::new(
-            crate::ErrorCode::InvalidArgument,
-            "client id must not be empty",
-        ));
+    check_name("client id", id, true)
+}
+
+/// Checks that `id` can be a server id, by the rule of
+/// [`check_client_id`]: the server id is the node id of the streams it
+/// accepts and names it in claims, so it is held to the same rule.
+pub fn check_server_id(id: &str) -> crate::Result<()> {
+    check_name("server id", id, true)
+}
+
+/// Checks that `service` can be a service name: not empty, and without
+/// `*`, `>`, whitespace or control characters, which would make its NATS
+/// subjects wildcards or end the protocol line. (A `.` only adds subject
+/// tokens, the same for every peer, and is allowed.)
+pub fn check_service_name(service: &str) -> crate::Result<()> {
+    check_name("service name", service, false)
+}
+
+/// `invalid_argument` when `name` (a `what`) is empty or holds a character
+/// that NATS reads as syntax (`.` too when `no_dot`).
+fn check_name(what: &str, name: &str, no_dot: bool) -> crate::Result<()> {
+    if name.is_empty() {
+        return Err(crate::Error::invalid_argument(format!(
+            "{what} must not be empty"
+        )));
     }
+    let bad = name.chars().find(|&c| {
+        (no_dot && c == '.') || matches!(c, '*' | '>') || c.is_whitespace() || c.is_control()
+    });
     match bad {
-        Some(c) => Err(crate::Error::new(
-            crate::ErrorCode::InvalidArgument,
-            format!(
-                "client id \"{}\" contains {c:?}: '.', '*', '>', whitespace and control characters are not allowed",
-                crate::drops::Truncated(id)
-            ),
-        )),
+        Some(c) => Err(crate::Error::invalid_argument(format!(
+            "{what} \"{}\" contains {c:?}: {}'*', '>', whitespace and control characters are not allowed",
+            crate::drops::Truncated(name),
+            if no_dot { "'.', " } else { "" },
+        ))),
         None => Ok(()),
     }
 }

@@ -143,10 +143,20 @@ pub(crate) struct Registry {
 /// Serves `Describe` for the registry `me` on `bus`.
 async fn start_responder(me: std::sync::Weak<Registry>, bus: DynBus) {
     let Some(reg) = me.upgrade() else { return };
-    let mut opts = crate::ServerOptions::default().server_id(&reg.server_id);
-    opts.discovery.enabled = false;
+    let opts = crate::ServerOptions::default()
+        .server_id(&reg.server_id)
+        .discovery(DiscoveryOptions {
+            enabled: false,
+            ..Default::default()
+        });
     drop(reg);
-    let server = RpcServer::new(bus, SERVICE, opts);
+    let server = match RpcServer::new(bus, SERVICE, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "psrpc server: discovery not answered");
+            return;
+        }
+    };
     let weak = me.clone();
     let r = server
         .route(&DESCRIBE)

@@ -43,6 +43,7 @@ pub use futures::future::BoxFuture;
 
 /// What kind of call a method is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MethodKind {
     /// One request, one response from one server.
     Unary,
@@ -263,7 +264,7 @@ impl<S: ?Sized + Service> ServiceServer<S> {
             .file_descriptor_set
             .get_or_insert(S::FILE_DESCRIPTOR_SET);
         let this = ServiceServer {
-            server: RpcServer::new(bus, S::NAME, options),
+            server: RpcServer::new(bus, S::NAME, options).await?,
             svc,
         };
         for method in S::METHODS {

@@ -20,7 +20,7 @@
 //!     LaggyBus::new(local.clone(), "server", latency),
 //!     "my_service",
 //!     ServerOptions::default(),
-//! );
+//! ).await?;
 //!
 //! // The client also loses what it receives while `loss` says so.
 //! let loss = Arc::new(FailureRate::new(0.0));
@@ -74,7 +74,7 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, Subscription};
+use crate::bus::{Channel, DynBus, Handler, HandlerSubscription, MessageBus, RawSubscription};
 use crate::error::Result;
 
 pub use counter::CallCounter;
@@ -232,7 +232,7 @@ impl TestBus {
         channel: &Channel,
         size: usize,
         queue: bool,
-    ) -> Result<Subscription> {
+    ) -> Result<RawSubscription> {
         let mut raw = self.intercepted(channel, size, queue).await?;
         let (tx, rx) = mpsc::channel(size.max(1));
         let task = tokio::spawn(async move {
@@ -243,7 +243,7 @@ impl TestBus {
             }
         });
         let abort = task.abort_handle();
-        Ok(Subscription::new(rx, move || abort.abort()))
+        Ok(RawSubscription::new(rx, move || abort.abort()))
     }
 }
 
@@ -303,14 +303,14 @@ impl MessageBus for TestBus {
         next.publish(channel.clone(), msg).await
     }
 
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         if self.chain.subscribe.is_empty() {
             return self.chain.bus.subscribe(channel, size).await;
         }
         self.subscribe_as(channel, size, false).await
     }
 
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         if self.chain.subscribe.is_empty() {
             return self.chain.bus.subscribe_queue(channel, size).await;
         }
@@ -373,14 +373,14 @@ macro_rules! delegate_bus {
                 &self,
                 channel: &$crate::bus::Channel,
                 size: usize,
-            ) -> $crate::Result<$crate::bus::Subscription> {
+            ) -> $crate::Result<$crate::bus::RawSubscription> {
                 self.0.subscribe(channel, size).await
             }
             async fn subscribe_queue(
                 &self,
                 channel: &$crate::bus::Channel,
                 size: usize,
-            ) -> $crate::Result<$crate::bus::Subscription> {
+            ) -> $crate::Result<$crate::bus::RawSubscription> {
                 self.0.subscribe_queue(channel, size).await
             }
             async fn subscribe_handler(

@@ -27,6 +27,7 @@ pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
 /// Errors reading a message off the bus.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The bytes are not a valid protobuf message of the expected type.
     #[error("malformed message: {0}")]

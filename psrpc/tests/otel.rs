@@ -32,7 +32,9 @@ async fn client_span_is_the_remote_parent_of_the_server_span() {
         bus.clone(),
         "Otel",
         ServerOptions::default().interceptor(OtelTracing::new()),
-    );
+    )
+    .await
+    .unwrap();
     server
         .route(&CALL)
         .handle(|ctx: Context, req: Num| async move {

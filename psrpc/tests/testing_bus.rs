@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use psrpc::bus::{Channel, Handler, Subscription};
+use psrpc::bus::{Channel, Handler, RawSubscription};
 use psrpc::protocol::wire;
 use psrpc::testing::{FailureRate, LAGGY_TYPE_URL, LaggyBus, LaggyMessage, TestBus, UnreliableBus};
 use psrpc::{LocalBus, MessageBus};
@@ -37,7 +37,7 @@ fn num(b: &Bytes) -> u32 {
     u32::from_be_bytes(m.value[..].try_into().unwrap())
 }
 
-async fn recv(sub: &mut Subscription) -> Bytes {
+async fn recv(sub: &mut RawSubscription) -> Bytes {
     timeout(WAIT, sub.recv())
         .await
         .expect("timed out")
@@ -48,7 +48,7 @@ async fn recv(sub: &mut Subscription) -> Bytes {
 /// drain run in paused time, where the clock only moves on when every task
 /// is waiting: a quiet period then means that the bus had nothing left to
 /// deliver (and any delay it adds has passed), not that time ran out.
-async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<u32> {
+async fn drain(sub: &mut RawSubscription, quiet: Duration) -> Vec<u32> {
     let mut got = Vec::new();
     while let Ok(Some(b)) = timeout(quiet, sub.recv()).await {
         got.push(num(&b));
@@ -57,7 +57,7 @@ async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<u32> {
 }
 
 /// Nothing arrives within `d` (of paused time: see [`drain`]).
-async fn nothing_within(sub: &mut Subscription, d: Duration) {
+async fn nothing_within(sub: &mut RawSubscription, d: Duration) {
     if let Ok(m) = timeout(d, sub.recv()).await {
         panic!("expected nothing, got {m:?}");
     }

@@ -29,7 +29,9 @@ const ECHO: Method<Echo, Echo> = Method::queue("Echo");
 const ECHO_NO_CLAIM: Method<Echo, Echo> = Method::queue("EchoNoClaim").single_server();
 
 async fn serve(bus: impl MessageBus) -> RpcServer {
-    let server = RpcServer::new(bus, "echo", ServerOptions::default().server_id("server"));
+    let server = RpcServer::new(bus, "echo", ServerOptions::default().server_id("server"))
+        .await
+        .unwrap();
     for m in [&ECHO, &ECHO_NO_CLAIM] {
         server
             .route(m)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use psrpc::bus::{DynBus, MessageBus, Subscription};
+use psrpc::bus::{DynBus, MessageBus, RawSubscription};
 use psrpc::drops::DropReason;
 use psrpc::interceptor::ServerInterceptor;
 use psrpc::middleware::metrics::Metrics;
@@ -34,14 +34,14 @@ const SEC: i64 = 1_000_000_000;
 /// A queue method served without the claim handshake.
 static SINGLE_RPC: Method<Num, Num> = Method::queue("SingleRPC").single_server();
 
-async fn next_raw(sub: &mut Subscription, what: &str) -> Bytes {
+async fn next_raw(sub: &mut RawSubscription, what: &str) -> Bytes {
     tokio::time::timeout(WAIT, sub.recv())
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|| panic!("subscription closed waiting for {what}"))
 }
 
-async fn next<M: wire::Envelope>(sub: &mut Subscription, what: &str) -> M {
+async fn next<M: wire::Envelope>(sub: &mut RawSubscription, what: &str) -> M {
     wire::decode_envelope(next_raw(sub, what).await).expect(what)
 }
 
@@ -220,7 +220,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
                 let skip = skip.clone();
                 move || skip.load(Ordering::SeqCst)
             }),
-    );
+    )
+    .await
+    .unwrap();
     counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     let bus = f.connect().await;
     let req_ch = channels::rpc_channel(SERVICE, NORMAL_RPC.name(), &[], true);
@@ -357,7 +359,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
         f.connect().await,
         SERVICE,
         ServerOptions::default().server_id("classic"),
-    );
+    )
+    .await
+    .unwrap();
     counting(&classic, &NORMAL_RPC, &[], count.clone()).await;
     settle(f).await;
     let res: Num = c
@@ -380,7 +384,9 @@ pub async fn claim_skip_mixed_peers(f: &dyn BusFactory) {
     assert_eq!(grant.server_id, "classic");
 
     // Multi requests never advertise.
-    let ms = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
+    let ms = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default())
+        .await
+        .unwrap();
     counting(&ms, &GET_STATS, &[], count.clone()).await;
     let mut multi = bus
         .subscribe(
@@ -525,6 +531,8 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
                     .interceptor(Metrics::new(metrics))
                     .skip_claim(move || skip.load(Ordering::SeqCst)),
             )
+            .await
+            .unwrap()
         }
     };
     let a = mk("a").await;
@@ -612,7 +620,9 @@ pub async fn observer_claim_outcomes(f: &dyn BusFactory) {
 /// registration, a caller's affinity selection at the call (nothing is
 /// published).
 pub async fn queue_rejects_affinity(f: &dyn BusFactory) {
-    let s = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default());
+    let s = RpcServer::new(f.connect().await, SERVICE, ServerOptions::default())
+        .await
+        .unwrap();
     let e = s
         .route(&NORMAL_RPC)
         .affinity(|_: &Num| 1.0)
@@ -711,7 +721,9 @@ pub async fn claims_released_at_expiry(f: &dyn BusFactory) {
         f.connect().await,
         SERVICE,
         ServerOptions::default().server_id("mem"),
-    );
+    )
+    .await
+    .unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     counting(&s, &NORMAL_RPC, &[], count.clone()).await;
     counting(&s, &INTENSIVE_RPC, &[], count.clone()).await;
@@ -752,7 +764,9 @@ pub async fn clock_skew_counted_and_deadline_bounded(f: &dyn BusFactory) {
         bus_s.clone(),
         SERVICE,
         ServerOptions::default().server_id("clock"),
-    );
+    )
+    .await
+    .unwrap();
     let budgets = Arc::new(Mutex::new(Vec::<Duration>::new()));
     {
         let budgets = budgets.clone();

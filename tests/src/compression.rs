@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use psrpc::bus::{DynBus, Handler, HandlerSubscription, Subscription};
+use psrpc::bus::{DynBus, Handler, HandlerSubscription, RawSubscription};
 use psrpc::codec::CompressionOptions;
 use psrpc::drops::{DropReason, Drops};
 use psrpc::protocol::channels::{self, Channel};
@@ -60,10 +60,14 @@ impl MessageBus for CompressedBus {
         }
         self.inner.publish(channel, msg).await
     }
-    async fn subscribe(&self, channel: &Channel, size: usize) -> psrpc::Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> psrpc::Result<RawSubscription> {
         self.inner.subscribe(channel, size).await
     }
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> psrpc::Result<Subscription> {
+    async fn subscribe_queue(
+        &self,
+        channel: &Channel,
+        size: usize,
+    ) -> psrpc::Result<RawSubscription> {
         self.inner.subscribe_queue(channel, size).await
     }
     async fn subscribe_handler(
@@ -156,7 +160,9 @@ async fn echo_server(
     m: &Method<Num, Num>,
     count: Arc<AtomicUsize>,
 ) -> RpcServer {
-    let s = RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
+    let s = RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id))
+        .await
+        .unwrap();
     let id = id.to_owned();
     s.route(m)
         .handle(move |_ctx: Context, req: Num| {

@@ -191,7 +191,7 @@ pub async fn echo_server(
     topic: &[String],
 ) -> psrpc::Result<psrpc::RpcServer> {
     use my_service::{NORMAL_RPC, SERVICE};
-    let s = psrpc::RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id));
+    let s = psrpc::RpcServer::new(bus, SERVICE, ServerOptions::default().server_id(id)).await?;
     let sid = id.to_owned();
     s.route(&NORMAL_RPC)
         .topic(topic)

@@ -65,14 +65,14 @@ impl psrpc::MessageBus for Looks {
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.bus.subscribe(channel, size).await
     }
     async fn subscribe_queue(
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.bus.subscribe_queue(channel, size).await
     }
     async fn subscribe_handler(
@@ -153,7 +153,9 @@ pub fn child_role() -> Option<(String, String)> {
 pub async fn child_main(bus: DynBus, role: &str) {
     match role {
         "server" => {
-            let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+            let s = RpcServer::new(bus, SERVICE, ServerOptions::default())
+                .await
+                .unwrap();
             register_pusher(&s, None).await;
             std::future::pending::<()>().await;
         }
@@ -283,7 +285,9 @@ pub async fn server_learns_client_killed(
 ) -> Duration {
     let (bus, found) = Looks::wrap(bus);
     let ends = Arc::new(Ends::default());
-    let s = RpcServer::new(bus, SERVICE, ends.server(ServerOptions::default()));
+    let s = RpcServer::new(bus, SERVICE, ends.server(ServerOptions::default()))
+        .await
+        .unwrap();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let mut client = spawn_client();
@@ -332,14 +336,14 @@ impl psrpc::MessageBus for OwnTasks {
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.0.subscribe(channel, size).await
     }
     async fn subscribe_queue(
         &self,
         channel: &psrpc::Channel,
         size: usize,
-    ) -> psrpc::Result<psrpc::bus::Subscription> {
+    ) -> psrpc::Result<psrpc::bus::RawSubscription> {
         self.0.subscribe_queue(channel, size).await
     }
     async fn listeners(&self, channel: &psrpc::Channel) -> psrpc::Result<Option<usize>> {
@@ -373,7 +377,9 @@ pub async fn local_server_killed(bus: DynBus) -> Duration {
     let rt = peer_runtime();
     let server_bus = bus.clone();
     rt.spawn(async move {
-        let s = RpcServer::new(server_bus, SERVICE, ServerOptions::default());
+        let s = RpcServer::new(server_bus, SERVICE, ServerOptions::default())
+            .await
+            .unwrap();
         register_pusher(&s, None).await;
         std::mem::forget(s);
     })
@@ -407,7 +413,9 @@ pub async fn local_client_killed(bus: DynBus) -> Duration {
     let bus: DynBus = std::sync::Arc::new(OwnTasks(bus));
     let (server_bus, found) = Looks::wrap(bus.clone());
     let ends = Arc::new(Ends::default());
-    let s = RpcServer::new(server_bus, SERVICE, ends.server(ServerOptions::default()));
+    let s = RpcServer::new(server_bus, SERVICE, ends.server(ServerOptions::default()))
+        .await
+        .unwrap();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     register_pusher(&s, Some(events_tx)).await;
     let rt = peer_runtime();
@@ -450,7 +458,9 @@ async fn fast_watched_stream(
         bus.clone(),
         SERVICE,
         ServerOptions::default().stream_liveness(server),
-    );
+    )
+    .await
+    .unwrap();
     register_pusher(&s, None).await;
     let c = RpcClient::new(
         bus,

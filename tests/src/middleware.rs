@@ -92,7 +92,9 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
         .interceptor(server_tracer(&trace, "2"))
         .interceptor(server_tracer(&trace, "3"))
         .interceptor(Recovery);
-    let s = RpcServer::new(f.connect().await, "icpt_server", opts);
+    let s = RpcServer::new(f.connect().await, "icpt_server", opts)
+        .await
+        .unwrap();
     let t = trace.clone();
     s.route(&UNARY)
         .handle(move |_ctx: Context, req: Num| {
@@ -131,7 +133,9 @@ pub async fn interceptors_server_order_and_recovery(f: &dyn BusFactory) {
 /// unchanged through the chain.
 pub async fn interceptors_client_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
-    let s = RpcServer::new(f.connect().await, "icpt_client", f.server_options());
+    let s = RpcServer::new(f.connect().await, "icpt_client", f.server_options())
+        .await
+        .unwrap();
     let t = trace.clone();
     s.route(&UNARY)
         .handle(move |ctx: Context, _req: Num| {
@@ -193,7 +197,9 @@ impl ClientInterceptor for MultiTracer {
 /// innermost-first; they can change a result.
 pub async fn interceptors_multi_order(f: &dyn BusFactory) {
     let trace: Trace = Default::default();
-    let s = RpcServer::new(f.connect().await, "icpt_multi", f.server_options());
+    let s = RpcServer::new(f.connect().await, "icpt_multi", f.server_options())
+        .await
+        .unwrap();
     let t = trace.clone();
     s.route(&MULTI)
         .handle(move |ctx: Context, _req: Num| {
@@ -251,7 +257,9 @@ pub async fn interceptors_modify_and_short_circuit(f: &dyn BusFactory) {
                 Ok(UNARY.encode_response(&n))
             },
         )),
-    );
+    )
+    .await
+    .unwrap();
     s.route(&UNARY)
         .handle(|_ctx: Context, req: Num| async move { Ok(num(req.n * 10, "handler")) })
         .await
@@ -337,7 +345,9 @@ pub async fn interceptors_on_streams(f: &dyn BusFactory) {
         server_bus.clone(),
         "icpt_stream",
         f.server_options().interceptor(RefuseNegative),
-    );
+    )
+    .await
+    .unwrap();
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await? {
@@ -377,7 +387,9 @@ pub async fn interceptors_on_streams(f: &dyn BusFactory) {
 /// error returned; a call that succeeds on the second attempt succeeds;
 /// a non-retryable error is not retried.
 pub async fn middleware_retry_bound(f: &dyn BusFactory) {
-    let s = RpcServer::new(f.connect().await, "mw_retry", f.server_options());
+    let s = RpcServer::new(f.connect().await, "mw_retry", f.server_options())
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
     s.route(&UNARY)
@@ -531,7 +543,9 @@ pub async fn middleware_metrics_labels(f: &dyn BusFactory) {
         "mw_metrics",
         f.server_options()
             .interceptor(Metrics::new(server_rec.clone())),
-    );
+    )
+    .await
+    .unwrap();
     s.route(&UNARY)
         .handle(|_ctx: Context, req: Num| async move {
             if req.n < 0 {
@@ -667,7 +681,9 @@ pub async fn middleware_trace_crosses_call(f: &dyn BusFactory) {
         f.connect().await,
         "mw_trace",
         f.server_options().interceptor(Tracing),
-    );
+    )
+    .await
+    .unwrap();
     let seen2 = seen.clone();
     s.route(&UNARY)
         .handle(move |ctx: Context, _req: Num| {
@@ -740,7 +756,9 @@ pub async fn stream_over_laggy_bus(f: &dyn BusFactory) {
         LaggyBus::new(f.connect().await, "server", latency),
         "laggy_stream",
         f.server_options(),
-    );
+    )
+    .await
+    .unwrap();
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await? {
@@ -784,7 +802,9 @@ pub async fn stream_over_unreliable_bus(f: &dyn BusFactory) {
         UnreliableBus::new(f.connect().await, rate.clone()),
         "lossy_stream",
         f.server_options(),
-    );
+    )
+    .await
+    .unwrap();
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
             while st.recv().await?.is_some() {}

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Serves `Greeter` on `bus` (SayHello answers `n + 1`, Chat echoes).
 pub async fn serve(bus: DynBus) -> psrpc::Result<RpcServer> {
-    let s = RpcServer::new(bus, SERVICE, ServerOptions::default());
+    let s = RpcServer::new(bus, SERVICE, ServerOptions::default()).await?;
     s.route(&SAY_HELLO)
         .handle(|_c: Context, r: Num| async move {
             Ok(Num {

@@ -168,7 +168,9 @@ async fn serve(f: &dyn BusFactory, service: &str, server_ends: &Arc<Ends>) -> Rp
         f.connect().await,
         service,
         server_ends.server(f.server_options()),
-    );
+    )
+    .await
+    .unwrap();
     s.stream_route(&PING_PONG)
         .handle(|mut st: ServerStream<Num, Num>| async move {
             while let Some(m) = st.recv().await? {

@@ -24,6 +24,8 @@ pub static AFFINITY_STREAM: Method<Num, Num> = Method::affinity("AffinityStream"
 
 async fn server(f: &dyn BusFactory, service: &str, opts: ServerOptions) -> RpcServer {
     RpcServer::new(f.connect().await, service, opts)
+        .await
+        .unwrap()
 }
 
 pub(crate) fn num(n: i64, text: &str) -> Num {

@@ -51,6 +51,8 @@ fn raw_channel() -> Channel {
 
 async fn server(f: &dyn BusFactory, service: &str, id: &str) -> RpcServer {
     RpcServer::new(f.connect().await, service, f.server_options().server_id(id))
+        .await
+        .unwrap()
 }
 
 /// A [`server`] whose request events `events` records: a test waits for
@@ -63,6 +65,8 @@ async fn observed_server(
 ) -> RpcServer {
     let opts = f.server_options().server_id(id).interceptor(events.clone());
     RpcServer::new(f.connect().await, service, opts)
+        .await
+        .unwrap()
 }
 
 pub(crate) async fn client(f: &dyn BusFactory, service: &str) -> RpcClient {
@@ -102,7 +106,7 @@ pub(crate) async fn counting(
         .expect("register");
 }
 
-async fn recv_raw(sub: &mut psrpc::bus::Subscription, within: Duration) -> Option<Bytes> {
+async fn recv_raw(sub: &mut psrpc::bus::RawSubscription, within: Duration) -> Option<Bytes> {
     tokio::time::timeout(within, sub.recv())
         .await
         .ok()
@@ -153,7 +157,7 @@ pub async fn bus_queue_exactly_one(f: &dyn BusFactory) {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut drain = |a: &mut psrpc::bus::Subscription, b: &mut psrpc::bus::Subscription| {
+    let mut drain = |a: &mut psrpc::bus::RawSubscription, b: &mut psrpc::bus::RawSubscription| {
         for sub in [a, b] {
             while let Ok(m) = sub.try_recv() {
                 got.push(m);
@@ -456,7 +460,9 @@ pub async fn rpc_late_claimer_lets_go(f: &dyn BusFactory) {
             })
             .boxed()
         });
-    let slow = RpcServer::new(late_bus, SERVICE, f.server_options().server_id("late"));
+    let slow = RpcServer::new(late_bus, SERVICE, f.server_options().server_id("late"))
+        .await
+        .unwrap();
     let scored = Arc::new(AtomicUsize::new(0));
     let scored_in = scored.clone();
     slow.route(&INTENSIVE_RPC)
@@ -1340,7 +1346,9 @@ pub async fn stuck_subscriber_harms_only_itself(f: &dyn BusFactory) {
     let service = "Stuck";
     let bus = f.connect().await;
     // The unrelated service, served and called over the same connection.
-    let s = RpcServer::new(bus.clone(), service, f.server_options().server_id("busy"));
+    let s = RpcServer::new(bus.clone(), service, f.server_options().server_id("busy"))
+        .await
+        .unwrap();
     let served = Arc::new(AtomicUsize::new(0));
     counting(&s, &NORMAL_RPC, &[], served.clone()).await;
     let c = RpcClient::new(bus.clone(), service, ClientOptions::default())

@@ -103,8 +103,12 @@ pub fn bench_proto() -> PathBuf {
 /// detail, `cancel` gets `canceled`, `slow` sleeps 5 s; the stream refuses
 /// seq 99 with `aborted`.
 pub async fn bench_server(bus: DynBus, id: &str, affinity: f32) -> (RpcServer, RpcServer) {
-    let bench = RpcServer::new(bus.clone(), "Bench", server_options(id));
-    let events = RpcServer::new(bus, "BenchEvents", server_options(id));
+    let bench = RpcServer::new(bus.clone(), "Bench", server_options(id))
+        .await
+        .unwrap();
+    let events = RpcServer::new(bus, "BenchEvents", server_options(id))
+        .await
+        .unwrap();
     let echo = |id: String| {
         move |_ctx: Context, req: Req| {
             let server_id = id.clone();
@@ -204,9 +208,12 @@ pub fn bench_descriptor_set() -> &'static [u8] {
 
 /// Server options carrying bench.proto's descriptor set for discovery.
 pub fn server_options(id: &str) -> ServerOptions {
-    let mut o = ServerOptions::default().server_id(id);
-    o.discovery.file_descriptor_set = Some(bench_descriptor_set());
-    o
+    ServerOptions::default()
+        .server_id(id)
+        .discovery(psrpc::discovery::DiscoveryOptions {
+            file_descriptor_set: Some(bench_descriptor_set()),
+            ..Default::default()
+        })
 }
 
 /// What a run of `psrpc` gave.

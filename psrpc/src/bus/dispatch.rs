@@ -90,7 +90,7 @@ impl Sink {
     /// A subscriber buffer of `size` messages (at least 1), `overflow` more
     /// while it is behind but reading, that counts as stuck after
     /// `stuck_after` without reading; and the receiving end for its
-    /// [`Subscription`](super::Subscription).
+    /// [`RawSubscription`](super::RawSubscription).
     pub fn new(
         size: usize,
         overflow: usize,

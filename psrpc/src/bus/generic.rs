@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::transport::Route;
 use super::{
     Channel, CompressionOptions, Handler, HandlerSubscription, Inbox, Members, MessageBus,
-    Subscription, Transport,
+    RawSubscription, Transport,
 };
 use crate::drops::Drops;
 use crate::error::{Error, ErrorCode, Result};
@@ -222,12 +222,12 @@ impl<T: Transport> Bus<T> {
         channel: &Channel,
         size: usize,
         queue: bool,
-    ) -> Result<Subscription> {
+    ) -> Result<RawSubscription> {
         let (sink, rx) = self.shared.transport.buffer(size);
         let leave = self
             .join(channel, queue, |m, id| m.add(id, sink, queue))
             .await?;
-        Ok(Subscription::new(rx, move || drop(leave)))
+        Ok(RawSubscription::new(rx, move || drop(leave)))
     }
 }
 
@@ -252,11 +252,11 @@ impl<T: Transport> MessageBus for Bus<T> {
         transport.publish(channel, msg).await
     }
 
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         self.subscribe_buffer(channel, size, false).await
     }
 
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         self.subscribe_buffer(channel, size, true).await
     }
 
@@ -311,11 +311,11 @@ impl<W: AsBus> MessageBus for W {
         self.as_bus().publish(channel, msg).await
     }
 
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         self.as_bus().subscribe(channel, size).await
     }
 
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         self.as_bus().subscribe_queue(channel, size).await
     }
 

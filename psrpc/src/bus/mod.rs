@@ -47,7 +47,7 @@ pub use dispatch::{READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
 pub use generic::{AsBus, Bus};
 pub use local::{LocalBus, LocalTransport};
 use subscription::AbortOnDrop;
-pub use subscription::{Handler, HandlerSubscription, Subscription};
+pub use subscription::{Handler, HandlerSubscription, RawSubscription};
 pub use transport::{Inbox, Listening, Transport};
 
 use crate::drops::Drops;
@@ -65,16 +65,16 @@ pub trait MessageBus: Send + Sync + 'static {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()>;
 
     /// Subscribes to every message of `channel`; `size` bounds the buffer.
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription>;
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription>;
 
     /// Joins the queue of `channel`: each message goes to one member.
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription>;
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription>;
 
     /// Subscribes `handler` to `channel` (as a queue member when `queue`):
     /// it is called with every message, and must be quick and never block.
     /// The runtime uses this for its own channels.
     ///
-    /// The default reads a [`Subscription`] in a task. [`LocalBus`] calls
+    /// The default reads a [`RawSubscription`] in a task. [`LocalBus`] calls
     /// the handler directly in the publisher's task, which saves a task hop
     /// per message there; for the networked buses, calling handlers from the
     /// connection's reader was measured slower under load (the reader then
@@ -133,10 +133,10 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
         (**self).publish(channel, msg).await
     }
-    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         (**self).subscribe(channel, size).await
     }
-    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+    async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         (**self).subscribe_queue(channel, size).await
     }
     async fn subscribe_handler(
@@ -166,7 +166,7 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
     }
 }
 /// A handler subscription that reads `sub` in a task of its own.
-fn read_in_task(mut sub: Subscription, handler: Handler) -> HandlerSubscription {
+fn read_in_task(mut sub: RawSubscription, handler: Handler) -> HandlerSubscription {
     let task = tokio::spawn(async move {
         while let Some(b) = sub.recv().await {
             handler(b);

@@ -1,4 +1,4 @@
-//! What a subscriber holds: a [`Subscription`] (a buffer it reads), or a
+//! What a subscriber holds: a [`RawSubscription`] (a buffer it reads), or a
 //! [`Handler`] kept alive by a [`HandlerSubscription`].
 
 use std::pin::Pin;
@@ -45,20 +45,20 @@ impl Drop for AbortOnDrop {
 type Closer = Box<dyn FnOnce() + Send + Sync>;
 
 /// The receiving end of a bus subscription: raw `Msg` bytes, in the order
-/// the bus delivered them. Dropping it (or [`Subscription::close`])
+/// the bus delivered them. Dropping it (or [`RawSubscription::close`])
 /// unsubscribes.
 #[must_use = "dropping a subscription unsubscribes"]
-pub struct Subscription {
+pub struct RawSubscription {
     rx: mpsc::Receiver<Bytes>,
     closer: Option<Closer>,
     closed: bool,
 }
 
-impl Subscription {
+impl RawSubscription {
     /// A subscription reading from `rx`; `on_close` runs once when it is
     /// closed or dropped (a bus unsubscribes there).
     pub fn new(rx: mpsc::Receiver<Bytes>, on_close: impl FnOnce() + Send + Sync + 'static) -> Self {
-        Subscription {
+        RawSubscription {
             rx,
             closer: Some(Box::new(on_close)),
             closed: false,
@@ -112,7 +112,7 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl Drop for RawSubscription {
     fn drop(&mut self) {
         if let Some(c) = self.closer.take() {
             c();
@@ -120,7 +120,7 @@ impl Drop for Subscription {
     }
 }
 
-impl futures::Stream for Subscription {
+impl futures::Stream for RawSubscription {
     type Item = Bytes;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Bytes>> {
         if self.closed {
@@ -130,9 +130,9 @@ impl futures::Stream for Subscription {
     }
 }
 
-impl std::fmt::Debug for Subscription {
+impl std::fmt::Debug for RawSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("RawSubscription")
             .field("closed", &self.closed)
             .finish()
     }

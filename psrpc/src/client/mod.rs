@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{DynBus, MessageBus};
-pub use crate::call::CallOptions;
 use crate::channels;
 use crate::error::{Error, Result};
 use crate::id;
@@ -23,6 +22,8 @@ use crate::select::Incoming;
 use crate::stream::{StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, Response};
 
+/// The option setters every call builder has ([`UnaryCall`], [`MultiCall`],
+/// [`StreamCall`]); defined before the modules that expand it.
 macro_rules! call_builder_methods {
     () => {
         /// Sets the request timeout of this call (overrides the client's and
@@ -73,6 +74,7 @@ mod subscription;
 mod unary;
 
 pub use crate::bus::DEFAULT_CHANNEL_SIZE;
+pub use crate::call::CallOptions;
 pub use multi::{MultiCall, MultiResponses, RawMultiResponses};
 pub use options::{ClientOptions, DEFAULT_CLIENT_TIMEOUT};
 use pending::{PendingGuard, Shared, router};
@@ -157,7 +159,11 @@ impl std::fmt::Debug for RpcClient {
 
 impl RpcClient {
     /// Connects a client of `service` to `bus`: subscribes its response and
-    /// claim channels, and returns once they are in effect.
+    /// claim channels, and returns once they are in effect. Fails with
+    /// `invalid_argument` when `service` or an option cannot work: an empty
+    /// or ill-formed service name or client id (see
+    /// [`check_client_id`](crate::channels::check_client_id)), a zero
+    /// `channel_size`, timeout or selection timeout.
     pub async fn new(
         bus: impl MessageBus,
         service: impl Into<String>,
@@ -165,6 +171,8 @@ impl RpcClient {
     ) -> Result<Self> {
         let bus: DynBus = Arc::new(bus);
         let service = service.into();
+        channels::check_service_name(&service)?;
+        opts.validate()?;
         let id = opts
             .client_id
             .clone()
@@ -174,7 +182,7 @@ impl RpcClient {
             pending: Mutex::default(),
         });
         let closed = CancellationToken::new();
-        let size = opts.channel_size.max(1);
+        let size = opts.channel_size;
         let response_ch = channels::response_channel(&service, &id);
         let claim_ch = channels::claim_request_channel(&service, &id);
         let on_response = router::<Response>(&shared, &bus, &response_ch, |r| {
@@ -245,7 +253,7 @@ impl RpcClient {
 
     /// The effective request timeout (as Go computes it) and the context deadline.
     fn timeout(&self, opts: &CallOptions) -> Duration {
-        let mut t = self.inner.opts.timeout;
+        let mut t = self.inner.opts.timeout.unwrap_or(Duration::ZERO);
         if let Some(rem) = opts.context.remaining() {
             if t.is_zero() || t > rem {
                 t = rem;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bus::DEFAULT_CHANNEL_SIZE;
+use crate::error::{Error, Result};
 use crate::interceptor::ClientInterceptor;
 use crate::select::DEFAULT_SELECTION_TIMEOUT;
 use crate::stream::StreamLiveness;
@@ -15,25 +16,25 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct ClientOptions {
     /// The client id; a fresh `CLI_` id when `None`.
-    pub client_id: Option<String>,
-    /// Request timeout for every call; zero: the context's deadline or 3 s.
-    pub timeout: Duration,
+    pub(crate) client_id: Option<String>,
+    /// Request timeout for every call; `None`: the context's deadline or 3 s.
+    pub(crate) timeout: Option<Duration>,
     /// How long claim selection waits by default (1 s).
-    pub selection_timeout: Duration,
+    pub(crate) selection_timeout: Duration,
     /// Buffer size of subscriptions and pending calls (100).
-    pub channel_size: usize,
+    pub(crate) channel_size: usize,
     /// Wrap every call and stream, first outermost.
-    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    pub(crate) interceptors: Vec<Arc<dyn ClientInterceptor>>,
     /// How streams watch their server for a death without a close
     /// (probe every 1 s, end after 4 s; see [`crate::stream`]).
-    pub stream_liveness: StreamLiveness,
+    pub(crate) stream_liveness: StreamLiveness,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             client_id: None,
-            timeout: Duration::ZERO,
+            timeout: None,
             selection_timeout: DEFAULT_SELECTION_TIMEOUT,
             channel_size: DEFAULT_CHANNEL_SIZE,
             interceptors: Vec::new(),
@@ -56,6 +57,23 @@ impl std::fmt::Debug for ClientOptions {
 }
 
 impl ClientOptions {
+    /// `invalid_argument` when an option cannot work (checked by
+    /// [`RpcClient::new`](super::RpcClient::new)).
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.channel_size == 0 {
+            return Err(Error::invalid_argument("client channel_size must not be 0"));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_argument("client timeout must not be 0"));
+        }
+        if self.selection_timeout.is_zero() {
+            return Err(Error::invalid_argument(
+                "client selection_timeout must not be 0",
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets the client id. [`RpcClient::new`](super::RpcClient::new) refuses an empty id and one
     /// with `.`, `*`, `>`, whitespace or control characters (see
     /// [`channels::check_client_id`](crate::channels::check_client_id)).
@@ -63,9 +81,11 @@ impl ClientOptions {
         self.client_id = Some(id.into());
         self
     }
-    /// Sets the request timeout of every call.
+    /// Sets the request timeout of every call (unset: the context's
+    /// deadline or 3 s). [`RpcClient::new`](super::RpcClient::new) refuses
+    /// a zero timeout.
     pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = t;
+        self.timeout = Some(t);
         self
     }
     /// Sets the default selection timeout.
@@ -73,11 +93,10 @@ impl ClientOptions {
         self.selection_timeout = t;
         self
     }
-    /// Sets the buffer size of subscriptions and calls.
+    /// Sets the buffer size of subscriptions and calls (100);
+    /// [`RpcClient::new`](super::RpcClient::new) refuses 0.
     pub fn channel_size(mut self, n: usize) -> Self {
-        if n > 0 {
-            self.channel_size = n;
-        }
+        self.channel_size = n;
         self
     }
     /// Adds an interceptor of every call and stream, inside those added

@@ -58,7 +58,7 @@ impl RpcClient {
 /// Dropping it (or [`close`](Subscription::close)) leaves the subscription.
 #[must_use = "dropping a subscription leaves it"]
 pub struct Subscription<T> {
-    raw: crate::bus::Subscription,
+    raw: crate::bus::RawSubscription,
     type_url: String,
     channel: String,
     /// Decodes the updates (compression) and counts those dropped.

@@ -22,6 +22,7 @@ use crate::wire::{self, ClaimRequest, ClaimResponse, Envelope};
 
 /// How a server's claim for a request settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ClaimOutcome {
     /// The caller chose this server.
     Granted,

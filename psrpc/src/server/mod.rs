@@ -146,15 +146,25 @@ impl std::fmt::Debug for RpcServer {
 }
 
 impl RpcServer {
-    /// A server of `service` on `bus`. It serves nothing until handlers are registered.
-    pub fn new(bus: impl MessageBus, service: impl Into<String>, opts: ServerOptions) -> Self {
+    /// A server of `service` on `bus`. It serves nothing until handlers are
+    /// registered. Fails with `invalid_argument` when `service` or an
+    /// option cannot work: an empty or ill-formed service name or server id
+    /// (see [`check_server_id`](crate::channels::check_server_id)), a zero
+    /// `channel_size` or timeout.
+    pub async fn new(
+        bus: impl MessageBus,
+        service: impl Into<String>,
+        opts: ServerOptions,
+    ) -> Result<Self> {
+        let service = service.into();
+        channels::check_service_name(&service)?;
+        opts.validate()?;
         let id = opts
             .server_id
             .clone()
             .unwrap_or_else(|| id::new_id(id::SERVER_PREFIX));
-        let service = service.into();
         let discovery = crate::discovery::Registry::new(&opts.discovery, &service, &id);
-        RpcServer {
+        Ok(RpcServer {
             inner: Arc::new(ServerInner {
                 core: Arc::new(Core {
                     bus: Arc::new(bus),
@@ -173,7 +183,7 @@ impl RpcServer {
                 closed: AtomicBool::new(false),
                 discovery,
             }),
-        }
+        })
     }
 
     /// The server id.
@@ -229,7 +239,7 @@ impl RpcServer {
     /// # struct Job { #[prost(uint32, tag = "1")] size: u32 }
     /// static PLACE: Method<Job, Job> = Method::affinity("Place");
     /// # #[tokio::main] async fn main() -> psrpc::Result<()> {
-    /// # let server = RpcServer::new(LocalBus::new(), "Jobs", ServerOptions::default());
+    /// # let server = RpcServer::new(LocalBus::new(), "Jobs", ServerOptions::default()).await?;
     /// server
     ///     .route(&PLACE)
     ///     .topic("eu")

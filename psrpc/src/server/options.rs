@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::{Error, Result};
 use crate::interceptor::ServerInterceptor;
 use crate::stream::StreamLiveness;
 
@@ -13,22 +14,22 @@ pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct ServerOptions {
     /// The server id; a fresh `SRV_` id when `None`.
-    pub server_id: Option<String>,
+    pub(crate) server_id: Option<String>,
     /// The server timeout (3 s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Buffer size of the server's subscriptions and of each stream (100).
-    pub channel_size: usize,
+    pub(crate) channel_size: usize,
     /// Wrap every handler and stream, and see the bus events, first outermost.
-    pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
+    pub(crate) interceptors: Vec<Arc<dyn ServerInterceptor>>,
     /// Asked once per request that advertises it: whether this server
     /// announces a queue request instead of bidding for it (claim skip).
     /// `None` (the default): never.
-    pub skip_claim: Option<SkipClaimFn>,
+    pub(crate) skip_claim: Option<SkipClaimFn>,
     /// How accepted streams watch their client for a death without a
     /// close (probe every 1 s, end after 4 s; see [`crate::stream`]).
-    pub stream_liveness: StreamLiveness,
+    pub(crate) stream_liveness: StreamLiveness,
     /// Answering discovery (on by default; see [`crate::discovery`]).
-    pub discovery: crate::discovery::DiscoveryOptions,
+    pub(crate) discovery: crate::discovery::DiscoveryOptions,
 }
 
 /// The operator's run-time switch for claim skip (see
@@ -64,7 +65,24 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
-    /// Sets the server id.
+    /// `invalid_argument` when an option cannot work (checked by
+    /// [`RpcServer::new`](super::RpcServer::new)).
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.server_id {
+            crate::channels::check_server_id(id)?;
+        }
+        if self.channel_size == 0 {
+            return Err(Error::invalid_argument("server channel_size must not be 0"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid_argument("server timeout must not be 0"));
+        }
+        Ok(())
+    }
+
+    /// Sets the server id. [`RpcServer::new`](super::RpcServer::new)
+    /// refuses ids that [`check_server_id`](crate::channels::check_server_id)
+    /// refuses.
     pub fn server_id(mut self, id: impl Into<String>) -> Self {
         self.server_id = Some(id.into());
         self
@@ -74,11 +92,16 @@ impl ServerOptions {
         self.timeout = t;
         self
     }
-    /// Sets the subscription buffer size (values of 0 are ignored, as in Go).
+    /// Sets the buffer size of the server's subscriptions and of each
+    /// stream (100); [`RpcServer::new`](super::RpcServer::new) refuses 0.
     pub fn channel_size(mut self, n: usize) -> Self {
-        if n > 0 {
-            self.channel_size = n;
-        }
+        self.channel_size = n;
+        self
+    }
+    /// Sets how the server answers discovery (on by default; see
+    /// [`crate::discovery`]).
+    pub fn discovery(mut self, d: crate::discovery::DiscoveryOptions) -> Self {
+        self.discovery = d;
         self
     }
     /// Adds an interceptor of every handler and stream, inside those added

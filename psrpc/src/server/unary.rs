@@ -323,7 +323,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::bus::{HandlerSubscription, LocalBus, Subscription};
+    use crate::bus::{HandlerSubscription, LocalBus, RawSubscription};
     use crate::channels::Channel;
     use crate::client::{ClientOptions, RpcClient};
     use crate::method::Method;
@@ -341,10 +341,10 @@ mod tests {
             }
             self.0.publish(channel, msg).await
         }
-        async fn subscribe(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
             self.0.subscribe(channel, size).await
         }
-        async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<Subscription> {
+        async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
             self.0.subscribe_queue(channel, size).await
         }
         async fn subscribe_handler(
@@ -376,7 +376,9 @@ mod tests {
             NoClaims(bus.clone()),
             "S",
             ServerOptions::default().skip_claim(|| true),
-        );
+        )
+        .await
+        .unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
         s.route(&M)
