@@ -1,10 +1,8 @@
 //! [`CallOptions`]: the options of one call.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::info::{Context, Metadata};
-use crate::interceptor::ClientInterceptor;
 use crate::select::SelectionOptions;
 
 /// Options of one call, set through the call builders.
@@ -19,8 +17,6 @@ pub struct CallOptions {
     pub context: Context,
     /// Metadata sent with the request.
     pub metadata: Metadata,
-    /// Interceptors of this call, inside the client's own.
-    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
 }
 
 impl std::fmt::Debug for CallOptions {
@@ -30,7 +26,6 @@ impl std::fmt::Debug for CallOptions {
             .field("selection", &self.selection)
             .field("context", &self.context)
             .field("metadata", &self.metadata)
-            .field("interceptors", &self.interceptors.len())
             .finish()
     }
 }

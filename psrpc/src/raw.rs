@@ -1,7 +1,7 @@
 //! Calls on raw bytes, for tools that encode and decode messages themselves
 //! (with descriptors read at run time): [`RpcClient::unary_raw`] and
-//! [`RpcClient::multi_raw`]. They go through the client's interceptors
-//! (and the options' own) like typed calls: interceptors see bytes anyway.
+//! [`RpcClient::multi_raw`]. They go through the client's interceptors like
+//! typed calls: interceptors see bytes anyway.
 
 use bytes::Bytes;
 
@@ -23,8 +23,14 @@ impl RpcClient {
         opts: &CallOptions,
     ) -> Result<Bytes> {
         let topic = topic.into();
-        self.unary_bytes(&method.info, topic.parts(), raw_request, opts.clone())
-            .await
+        self.unary_bytes(
+            &method.info,
+            topic.parts(),
+            raw_request,
+            opts.clone(),
+            Vec::new(),
+        )
+        .await
     }
 
     /// Sends one multi request of `method` on `topic` with the encoded
@@ -38,7 +44,13 @@ impl RpcClient {
         opts: &CallOptions,
     ) -> Result<Replies> {
         let topic = topic.into();
-        let replies = self.multi_bytes(&method.info, topic.parts(), raw_request, opts.clone());
+        let replies = self.multi_bytes(
+            &method.info,
+            topic.parts(),
+            raw_request,
+            opts.clone(),
+            Vec::new(),
+        );
         Ok(replies.await?.into_replies())
     }
 }

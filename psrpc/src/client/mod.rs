@@ -330,20 +330,14 @@ impl RpcClient {
 }
 
 impl RpcClient {
-    /// The client's interceptors with `call`'s own appended (inside), or
+    /// The client's interceptors with a call's own appended (inside), or
     /// `None` when there are none at all (the call then takes the direct path).
-    fn chain(&self, call: &mut CallOptions) -> Option<Chain<dyn ClientInterceptor>> {
+    fn chain(&self, call: Interceptors) -> Option<Chain<dyn ClientInterceptor>> {
         let client = &self.inner.interceptors;
-        match (client.is_empty(), call.interceptors.is_empty()) {
+        match (client.is_empty(), call.is_empty()) {
             (true, true) => None,
             (_, true) => Some(client.clone()),
-            _ => Some(
-                client
-                    .iter()
-                    .cloned()
-                    .chain(call.interceptors.drain(..))
-                    .collect(),
-            ),
+            _ => Some(client.iter().cloned().chain(call).collect()),
         }
     }
 
@@ -369,6 +363,9 @@ impl RpcClient {
         }
     }
 }
+
+/// A call's own interceptors, set on its builder.
+pub(crate) type Interceptors = Vec<Arc<dyn ClientInterceptor>>;
 
 /// The call at the end of a client's chain, on the call's own copies.
 type SendFn<H> = fn(

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use prost::Message;
 
 use super::unary::decode_response;
-use super::{CallOptions, PendingGuard, RpcClient, call_deadline};
+use super::{CallOptions, Interceptors, PendingGuard, RpcClient, call_deadline};
 use crate::error::{Error, Result};
 use crate::id;
 use crate::info::{Context, Metadata, MethodInfo};
@@ -33,8 +33,8 @@ impl RpcClient {
         req: Req,
     ) -> MultiCall<'a, Req, Res>
     where
-        Req: Message + Clone + 'static,
-        Res: Message + Default + Clone + 'static,
+        Req: Message + 'static,
+        Res: Message + Default + 'static,
     {
         MultiCall {
             client: self,
@@ -42,6 +42,7 @@ impl RpcClient {
             topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
+            interceptors: Vec::new(),
             _res: PhantomData,
         }
     }
@@ -104,6 +105,7 @@ pub struct MultiCall<'a, Req, Res> {
     topic: Vec<String>,
     req: Req,
     opts: CallOptions,
+    interceptors: Interceptors,
     _res: PhantomData<fn() -> Res>,
 }
 
@@ -112,15 +114,15 @@ impl<Req, Res> MultiCall<'_, Req, Res> {
 
     /// Adds an interceptor for this call only, inside the client's own.
     pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
-        self.opts.interceptors.push(Arc::new(i));
+        self.interceptors.push(Arc::new(i));
         self
     }
 }
 
 impl<'a, Req, Res> IntoFuture for MultiCall<'a, Req, Res>
 where
-    Req: Message + Clone + 'static,
-    Res: Message + Default + Clone + 'static,
+    Req: Message + 'static,
+    Res: Message + Default + 'static,
 {
     type Output = Result<MultiResponses<Res>>;
     type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
@@ -130,7 +132,7 @@ where
             let raw = Bytes::from(self.req.encode_to_vec());
             let c = self.client;
             let replies = c
-                .multi_bytes(self.method, &self.topic, raw, self.opts)
+                .multi_bytes(self.method, &self.topic, raw, self.opts, self.interceptors)
                 .await?;
             Ok(MultiResponses {
                 replies,
@@ -148,9 +150,10 @@ impl RpcClient {
         method: &MethodInfo,
         topic: &[String],
         request: Bytes,
-        mut opts: CallOptions,
+        opts: CallOptions,
+        interceptors: Interceptors,
     ) -> Result<MultiSource> {
-        Ok(match self.chain(&mut opts) {
+        Ok(match self.chain(interceptors) {
             None => MultiSource::Raw(self.call_multi_raw(method, topic, request, &opts).await?),
             Some(chain) => {
                 let call = self.intercepted::<Multi>(chain, method, topic);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
 
-use super::{CallOptions, RpcClient, call_deadline};
+use super::{CallOptions, Interceptors, RpcClient, call_deadline};
 use crate::bus::MessageBus;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
@@ -33,8 +33,8 @@ impl RpcClient {
         req: Req,
     ) -> UnaryCall<'a, Req, Res>
     where
-        Req: Message + Clone + 'static,
-        Res: Message + Default + Clone + 'static,
+        Req: Message + 'static,
+        Res: Message + Default + 'static,
     {
         UnaryCall {
             client: self,
@@ -42,6 +42,7 @@ impl RpcClient {
             topic: topic.into().into_parts(),
             req,
             opts: CallOptions::default(),
+            interceptors: Vec::new(),
             _res: PhantomData,
         }
     }
@@ -177,6 +178,7 @@ pub struct UnaryCall<'a, Req, Res> {
     topic: Vec<String>,
     req: Req,
     opts: CallOptions,
+    interceptors: Interceptors,
     _res: PhantomData<fn() -> Res>,
 }
 
@@ -185,15 +187,15 @@ impl<Req, Res> UnaryCall<'_, Req, Res> {
 
     /// Adds an interceptor for this call only, inside the client's own.
     pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
-        self.opts.interceptors.push(Arc::new(i));
+        self.interceptors.push(Arc::new(i));
         self
     }
 }
 
 impl<'a, Req, Res> IntoFuture for UnaryCall<'a, Req, Res>
 where
-    Req: Message + Clone + 'static,
-    Res: Message + Default + Clone + 'static,
+    Req: Message + 'static,
+    Res: Message + Default + 'static,
 {
     type Output = Result<Res>;
     type IntoFuture = BoxFuture<'a, Result<Res>>;
@@ -202,7 +204,7 @@ where
         Box::pin(async move {
             let raw = Bytes::from(self.req.encode_to_vec());
             let c = self.client;
-            c.unary_bytes(self.method, &self.topic, raw, self.opts)
+            c.unary_bytes(self.method, &self.topic, raw, self.opts, self.interceptors)
                 .await
                 .and_then(decode_response::<Res>)
         })
@@ -217,9 +219,10 @@ impl RpcClient {
         method: &MethodInfo,
         topic: &[String],
         request: Bytes,
-        mut opts: CallOptions,
+        opts: CallOptions,
+        interceptors: Interceptors,
     ) -> Result<Bytes> {
-        match self.chain(&mut opts) {
+        match self.chain(interceptors) {
             None => self.call_unary_raw(method, topic, request, &opts).await,
             Some(chain) => {
                 let call = self.intercepted::<Unary>(chain, method, topic);

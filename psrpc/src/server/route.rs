@@ -63,8 +63,8 @@ pub struct Route<'a, Req, Res> {
 
 impl<'a, Req, Res> Route<'a, Req, Res>
 where
-    Req: Message + Default + Clone + 'static,
-    Res: Message + Clone + 'static,
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
 {
     pub(crate) fn new(server: &'a RpcServer, method: &'a Method<Req, Res>) -> Self {
         Route {

@@ -32,8 +32,8 @@ impl RpcServer {
         affinity: Option<RequestAffinityFn<Req>>,
     ) -> Result<()>
     where
-        Req: Message + Default + Clone + 'static,
-        Res: Message + Clone + 'static,
+        Req: Message + Default + 'static,
+        Res: Message + 'static,
         H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Res>> + Send + 'static,
     {
@@ -113,8 +113,8 @@ pub(super) struct UnaryHandler<Req, Res, H> {
 
 impl<Req, Res, H, Fut> UnaryHandler<Req, Res, H>
 where
-    Req: Message + Default + Clone + 'static,
-    Res: Message + Clone + 'static,
+    Req: Message + Default + 'static,
+    Res: Message + 'static,
     H: Fn(Context, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Res>> + Send + 'static,
 {
