@@ -82,7 +82,7 @@ pub(crate) async fn measure_rpc_floor(
     let router: Handler = {
         let pending = pending.clone();
         Arc::new(move |bytes| {
-            let Ok(res) = wire::decode_envelope::<Response>(bytes) else {
+            let Ok(res) = psrpc::codec::decode_envelope::<Response>(bytes) else {
                 return;
             };
             let waiter = pending
@@ -131,7 +131,7 @@ pub(crate) async fn measure_rpc_floor(
 /// The server side of one call: the response envelope to publish, or
 /// `None` when the request does not decode.
 fn serve(bytes: Bytes, server_id: &str, c: CompressionOptions) -> Option<Bytes> {
-    let req = wire::decode_envelope::<Request>(bytes).ok()?;
+    let req = psrpc::codec::decode_envelope::<Request>(bytes).ok()?;
     let msg = Req::decode(req.raw_request).ok()?;
     let res = Res {
         seq: msg.seq,
@@ -260,8 +260,8 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let res =
-            wire::decode_envelope::<Response>(serve(c.encode(&req), "s", c).unwrap()).unwrap();
+        let res = psrpc::codec::decode_envelope::<Response>(serve(c.encode(&req), "s", c).unwrap())
+            .unwrap();
         assert_eq!(res.request_id, "r1");
         assert_eq!(Res::decode(res.raw_response).unwrap().seq, 7);
     }

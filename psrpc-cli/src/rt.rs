@@ -200,7 +200,7 @@ impl Caller {
             let b = tokio::time::timeout_at(deadline.into(), self.tap.recv())
                 .await
                 .ok()??;
-            if let Ok(r) = wire::decode_envelope::<Response>(b) {
+            if let Ok(r) = psrpc::codec::decode_envelope::<Response>(b) {
                 return Some(r);
             }
         }

@@ -95,12 +95,12 @@ async fn subjects_field3_and_queue_group() {
         }
         if subject == "SRV.MyService.Q" {
             assert_eq!(wire::read_channel(&m.payload).unwrap(), "NormalRPC.REQ");
-            let r: Request = wire::decode_envelope(m.payload.clone()).unwrap();
+            let r: Request = psrpc::codec::decode_envelope(m.payload.clone()).unwrap();
             assert_eq!(r.client_id, c.id());
             req = Some(m.payload);
         } else if subject == format!("CLI.MyService.{}.RES", c.id()) {
             assert_eq!(wire::read_channel(&m.payload).unwrap(), "", "no field 3");
-            let _: Response = wire::decode_envelope(m.payload.clone()).unwrap();
+            let _: Response = psrpc::codec::decode_envelope(m.payload.clone()).unwrap();
             res = Some(m.payload);
         } else if subject == format!("CLI.MyService.{}.CLAIM", c.id()) {
             assert_eq!(wire::read_channel(&m.payload).unwrap(), "", "no field 3");
@@ -704,7 +704,7 @@ async fn queue_delivery_exactly_once_per_bus_instance() {
         assert!(Instant::now() < deadline, "{} of {N} delivered", got.len());
         for (k, sub) in subs.iter_mut().enumerate() {
             if let Ok(m) = tokio::time::timeout(Duration::from_millis(10), sub.recv()).await {
-                let r: Request = wire::decode_envelope(m.unwrap()).unwrap();
+                let r: Request = psrpc::codec::decode_envelope(m.unwrap()).unwrap();
                 got.push(r.request_id.parse::<usize>().unwrap());
                 per_sub[k] += 1;
             }

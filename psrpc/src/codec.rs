@@ -4,9 +4,9 @@
 //! Every message the runtime publishes goes through [`CompressionOptions::encode`]
 //! (or [`encode_raw`](CompressionOptions::encode_raw) for subscription
 //! updates, whose payload is already encoded), and every message it reads
-//! goes through [`receive`]. The options are a bus's: each bus stores one
-//! [`CompressionOptions`] and hands it out through
-//! [`MessageBus::compression`].
+//! goes through [`bus::receive`](crate::bus::receive). The options are a
+//! bus's: each bus stores one [`CompressionOptions`] and hands it out through
+//! [`MessageBus::compression`](crate::bus::MessageBus::compression).
 //!
 //! # Reading: always on
 //!
@@ -57,7 +57,6 @@ use std::io::Read;
 use bytes::{Buf, Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 
-use crate::bus::MessageBus;
 use crate::drops::DropReason;
 use crate::wire::{self, Envelope, Msg, WireError};
 
@@ -307,73 +306,13 @@ fn gunzip(data: &[u8], cap: usize) -> Result<Bytes, WireError> {
     Ok(Bytes::from(out))
 }
 
-/// Decodes one message received on a channel of `bus` as a `M` of type
-/// `type_url`, with the bus's [`CompressionOptions`]. A message that does
-/// not decode is dropped: counted and logged in
-/// [`bus.drops()`](MessageBus::drops) with its reason and the channel's name
-/// (which `channel` gives, called only then), and `None` is returned.
-///
-/// This is the one place where the runtime reads a message off a bus.
-pub fn receive<M: prost::Message + Default>(
-    bus: &(impl MessageBus + ?Sized),
-    channel: impl FnOnce() -> String,
-    type_url: &str,
-    bytes: Bytes,
-) -> Option<M> {
-    let r = bus
-        .compression()
-        .decode_value(bytes, type_url)
-        .and_then(|v| Ok(M::decode(v)?));
-    match r {
-        Ok(m) => Some(m),
-        Err(e) => {
-            bus.drops().record(e.drop_reason(), &channel(), &e);
-            None
-        }
-    }
-}
-
-/// The first half of [`receive`]: the payload of a message of type
-/// `type_url` (inflated), or `None` when it is dropped (counted and logged).
-pub(crate) fn receive_payload(
-    bus: &(impl MessageBus + ?Sized),
-    channel: impl FnOnce() -> String,
-    type_url: &str,
-    bytes: Bytes,
-) -> Option<Bytes> {
-    match bus.compression().decode_value(bytes, type_url) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            bus.drops().record(e.drop_reason(), &channel(), &e);
-            None
-        }
-    }
-}
-
-/// The second half of [`receive`]: decodes a payload as a `M`, or `None`
-/// when it does not decode (counted and logged).
-pub(crate) fn decode_payload<M: prost::Message + Default>(
-    bus: &(impl MessageBus + ?Sized),
-    channel: impl FnOnce() -> String,
-    payload: Bytes,
-) -> Option<M> {
-    match M::decode(payload) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let e = WireError::from(e);
-            bus.drops().record(e.drop_reason(), &channel(), &e);
-            None
-        }
-    }
-}
-
-/// [`receive`] for an envelope message, whose type URL is known.
-pub fn receive_envelope<M: Envelope>(
-    bus: &(impl MessageBus + ?Sized),
-    channel: impl FnOnce() -> String,
-    bytes: Bytes,
-) -> Option<M> {
-    receive(bus, channel, M::TYPE_URL, bytes)
+/// Decodes a `Msg` carrying envelope type `M`, checking the type URL and
+/// inflating a compressed payload with the default cap (tools and tests
+/// that read raw bus messages; the runtime reads them with its bus's own
+/// options).
+pub fn decode_envelope<M: Envelope>(bytes: Bytes) -> Result<M, WireError> {
+    let value = CompressionOptions::DEFAULT.decode_value(bytes, M::TYPE_URL)?;
+    Ok(M::decode(value)?)
 }
 
 impl WireError {

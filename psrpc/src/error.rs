@@ -321,7 +321,10 @@ impl Error {
     pub fn with_detail<M: prost::Name>(mut self, detail: &M) -> Self {
         // Not `Any::from_msg`: prost's default type URL lacks the
         // `type.googleapis.com` host that Go peers write.
-        self.details.push(crate::wire::pack_any(detail));
+        self.details.push(Any {
+            type_url: format!("type.googleapis.com/{}", M::full_name()),
+            value: detail.encode_to_vec(),
+        });
         self
     }
 
@@ -382,11 +385,6 @@ impl Error {
             details,
             source: None,
         }
-    }
-
-    /// The error a server sent in a `Response` (see [`Error::from_wire`]).
-    pub(crate) fn from_response(r: crate::wire::Response) -> Self {
-        Error::from_wire(&r.code, r.error, r.error_details)
     }
 
     /// The error a peer sent with this code string, message and details

@@ -12,6 +12,7 @@ pub mod info;
 pub mod interceptor;
 mod method;
 pub mod middleware;
+mod outcome;
 pub mod protocol;
 pub(crate) use protocol::{channels, id, wire};
 mod raw;

@@ -282,7 +282,7 @@ pub(crate) async fn select_server(
                     return Ok(Selected::Response(r));
                 } else {
                     // Expected here: malformed_request, sent before any claim.
-                    remembered = Some(Error::from_response(*r));
+                    remembered = Some(r.into_error());
                 }
                 continue;
             }

@@ -631,12 +631,12 @@ pub fn decode_msg(bytes: Bytes) -> Result<Msg, WireError> {
     Ok(Msg::decode(bytes)?)
 }
 
-/// Decodes a `Msg` carrying envelope type `M`, checking the type URL and
-/// inflating a compressed payload with the default cap (see
-/// [`CompressionOptions`](crate::codec::CompressionOptions)).
-pub fn decode_envelope<M: Envelope>(bytes: Bytes) -> Result<M, WireError> {
-    let value = crate::codec::CompressionOptions::DEFAULT.decode_value(bytes, M::TYPE_URL)?;
-    Ok(M::decode(value)?)
+impl Response {
+    /// The error a server sent in this response (see
+    /// [`Error::from_wire`](crate::Error::from_wire)).
+    pub(crate) fn into_error(self) -> crate::Error {
+        crate::Error::from_wire(&self.code, self.error, self.error_details)
+    }
 }
 
 /// Checks a received type URL against the expected one the way Go resolves

@@ -42,7 +42,7 @@ async fn next_raw(sub: &mut RawSubscription, what: &str) -> Bytes {
 }
 
 async fn next<M: wire::Envelope>(sub: &mut RawSubscription, what: &str) -> M {
-    wire::decode_envelope(next_raw(sub, what).await).expect(what)
+    psrpc::codec::decode_envelope(next_raw(sub, what).await).expect(what)
 }
 
 /// What a server's observer saw, by method.

@@ -317,7 +317,7 @@ pub async fn compression_raw_gzip_request_answered(f: &dyn BusFactory) {
         .await
         .expect("a response")
         .unwrap();
-    let res: Response = wire::decode_envelope(raw).unwrap();
+    let res: Response = psrpc::codec::decode_envelope(raw).unwrap();
     assert_eq!(res.request_id, "REQ_gzipgzipgzip");
     assert!(res.error.is_empty(), "{}", res.error);
     let back = Num::decode(res.raw_response).unwrap();

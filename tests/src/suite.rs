@@ -133,7 +133,7 @@ pub async fn bus_fanout_every_subscriber(f: &dyn BusFactory) {
         .unwrap();
     for sub in [&mut a, &mut b] {
         let got = recv_raw(sub, WAIT).await.expect("message");
-        let r: Request = wire::decode_envelope(got).unwrap();
+        let r: Request = psrpc::codec::decode_envelope(got).unwrap();
         assert_eq!(r.request_id, "1");
     }
 }
@@ -173,7 +173,7 @@ pub async fn bus_queue_exactly_one(f: &dyn BusFactory) {
     crate::quiet_for(QUIET).await;
     drain(&mut a, &mut b);
     assert_eq!(got.len(), 1, "a queue message goes to exactly one member");
-    let r: Request = wire::decode_envelope(got.pop().unwrap()).unwrap();
+    let r: Request = psrpc::codec::decode_envelope(got.pop().unwrap()).unwrap();
     assert_eq!(r.request_id, id);
 }
 
@@ -982,7 +982,7 @@ pub async fn rpc_expired_request_ignored(f: &dyn BusFactory) {
     // The first message from the server on this channel: nothing answered
     // the expired request before it.
     let r: Response =
-        wire::decode_envelope(recv_raw(&mut res, WAIT).await.expect("answer")).unwrap();
+        psrpc::codec::decode_envelope(recv_raw(&mut res, WAIT).await.expect("answer")).unwrap();
     assert_eq!(r.server_id, "exp");
     assert_eq!(r.request_id, second_id);
     assert_eq!(count.load(Ordering::SeqCst), 1);

@@ -69,7 +69,8 @@ async fn slow_consumer_does_not_stall_others() {
     );
     for sub in [&mut same, &mut other] {
         for i in 0..10 {
-            let r: Request = wire::decode_envelope(sub.try_recv().expect("delivered")).unwrap();
+            let r: Request =
+                psrpc::codec::decode_envelope(sub.try_recv().expect("delivered")).unwrap();
             assert_eq!(r.request_id, i.to_string());
         }
     }
@@ -84,7 +85,7 @@ async fn burst_into_small_buffer_loses_nothing() {
     let reader = tokio::spawn(async move {
         let mut n = 0usize;
         while let Some(b) = sub.recv().await {
-            let r: Request = wire::decode_envelope(b).unwrap();
+            let r: Request = psrpc::codec::decode_envelope(b).unwrap();
             assert_eq!(r.request_id, n.to_string(), "in order");
             n += 1;
             if n == 20_000 {

@@ -179,7 +179,7 @@ fn check_envelope<M: Envelope + PartialEq + std::fmt::Debug>(m: &M, alone: &str,
     assert_eq!(hex::encode(wire::encode(m)), alone, "message alone");
     let enc = wire::encode_msg(m);
     assert_eq!(hex::encode(&enc), msg, "Msg envelope");
-    let back: M = wire::decode_envelope(enc.clone()).expect("decode_envelope");
+    let back: M = psrpc::codec::decode_envelope(enc.clone()).expect("decode_envelope");
     assert_eq!(&back, m, "decoded fields");
     let env = wire::decode_msg(enc.clone()).expect("decode_msg");
     assert_eq!(env.type_url, M::TYPE_URL);
@@ -200,7 +200,7 @@ fn check_nats<M: Envelope + PartialEq + std::fmt::Debug>(m: &M, local: &str, nat
     assert_eq!(env.type_url, M::TYPE_URL);
     assert_eq!(env.channel, local);
     assert_eq!(env.value, wire::encode(m));
-    let back: M = wire::decode_envelope(out).expect("decode_envelope");
+    let back: M = psrpc::codec::decode_envelope(out).expect("decode_envelope");
     assert_eq!(&back, m);
 }
 
@@ -360,7 +360,7 @@ fn v1b_multi_request() {
         vec_hex(&all, "V1b Request multi, empty payload")
     );
     assert_eq!(Request::decode(b).unwrap(), req);
-    let back: Request = wire::decode_envelope(wire::encode_msg(&req)).unwrap();
+    let back: Request = psrpc::codec::decode_envelope(wire::encode_msg(&req)).unwrap();
     assert_eq!(back, req);
 }
 
@@ -406,7 +406,7 @@ fn v3_error_response() {
     );
     let b = wire::encode(&res);
     assert_eq!(hex::encode(&b), vec_hex(&all, "V3 Response error+details"));
-    let back: Response = wire::decode_envelope(wire::encode_msg(&res)).unwrap();
+    let back: Response = psrpc::codec::decode_envelope(wire::encode_msg(&res)).unwrap();
     assert_eq!(back, res);
     assert_eq!(back.code, "failed_precondition");
     assert_eq!(
@@ -450,7 +450,7 @@ fn v4_claim_request() {
     };
     assert_eq!(hex::encode(wire::encode(&zero)), base);
     assert_eq!(
-        wire::decode_envelope::<ClaimRequest>(wire::encode_msg(&one))
+        psrpc::codec::decode_envelope::<ClaimRequest>(wire::encode_msg(&one))
             .unwrap()
             .affinity,
         1.0
@@ -520,7 +520,7 @@ fn v6_stream_open_and_ack() {
     let mut expect = b[..b.len() - 11].to_vec();
     expect.extend_from_slice(&[0x42, 0x00]);
     assert_eq!(ab.as_ref(), expect.as_slice());
-    let back: Stream = wire::decode_envelope(wire::encode_msg(&ack)).unwrap();
+    let back: Stream = psrpc::codec::decode_envelope(wire::encode_msg(&ack)).unwrap();
     assert_eq!(back, ack);
 }
 
@@ -546,7 +546,7 @@ fn v7_v8_stream_message_and_ack() {
     ] {
         let b = wire::encode(&m);
         assert_eq!(hex::encode(&b), vec_hex(&all, name));
-        let back: Stream = wire::decode_envelope(wire::encode_msg(&m)).unwrap();
+        let back: Stream = psrpc::codec::decode_envelope(wire::encode_msg(&m)).unwrap();
         assert_eq!(back, m);
     }
     let ack = Stream {
@@ -557,7 +557,7 @@ fn v7_v8_stream_message_and_ack() {
     assert_eq!(hex::encode(&b), vec_hex(&all, "V8 Stream ack"));
     let v7 = all["V7 Stream message (empty payload)"].clone();
     assert_eq!(b[..56], v7[..56]);
-    let back: Stream = wire::decode_envelope(wire::encode_msg(&ack)).unwrap();
+    let back: Stream = psrpc::codec::decode_envelope(wire::encode_msg(&ack)).unwrap();
     assert_eq!(back, ack);
 }
 
@@ -576,7 +576,7 @@ fn v9_stream_close() {
     };
     let b = wire::encode(&close);
     assert_eq!(hex::encode(&b), vec_hex(&all, "V9 Stream close EOF"));
-    let back: Stream = wire::decode_envelope(wire::encode_msg(&close)).unwrap();
+    let back: Stream = psrpc::codec::decode_envelope(wire::encode_msg(&close)).unwrap();
     assert_eq!(back, close);
 }
 
@@ -628,19 +628,24 @@ fn v11_every_line_is_covered() {
             let env = wire::decode_msg(b).unwrap();
             let plain = match env.type_url.rsplit('.').next().unwrap() {
                 "Request" => wire::encode_msg(
-                    &wire::decode_envelope::<Request>(Bytes::copy_from_slice(bytes)).unwrap(),
+                    &psrpc::codec::decode_envelope::<Request>(Bytes::copy_from_slice(bytes))
+                        .unwrap(),
                 ),
                 "Response" => wire::encode_msg(
-                    &wire::decode_envelope::<Response>(Bytes::copy_from_slice(bytes)).unwrap(),
+                    &psrpc::codec::decode_envelope::<Response>(Bytes::copy_from_slice(bytes))
+                        .unwrap(),
                 ),
                 "ClaimRequest" => wire::encode_msg(
-                    &wire::decode_envelope::<ClaimRequest>(Bytes::copy_from_slice(bytes)).unwrap(),
+                    &psrpc::codec::decode_envelope::<ClaimRequest>(Bytes::copy_from_slice(bytes))
+                        .unwrap(),
                 ),
                 "ClaimResponse" => wire::encode_msg(
-                    &wire::decode_envelope::<ClaimResponse>(Bytes::copy_from_slice(bytes)).unwrap(),
+                    &psrpc::codec::decode_envelope::<ClaimResponse>(Bytes::copy_from_slice(bytes))
+                        .unwrap(),
                 ),
                 "Stream" => wire::encode_msg(
-                    &wire::decode_envelope::<Stream>(Bytes::copy_from_slice(bytes)).unwrap(),
+                    &psrpc::codec::decode_envelope::<Stream>(Bytes::copy_from_slice(bytes))
+                        .unwrap(),
                 ),
                 _ => wire::encode_msg_raw(&env.type_url, &env.value),
             };
@@ -857,7 +862,7 @@ fn expected_channels() -> Vec<(Channel, Kind, bool)> {
 fn reencode(kind: Kind, bytes: &Bytes, type_url: &str) -> Bytes {
     match kind {
         Kind::Request => {
-            let r: Request = wire::decode_envelope(bytes.clone()).expect("Request");
+            let r: Request = psrpc::codec::decode_envelope(bytes.clone()).expect("Request");
             assert!(r.request_id.starts_with("REQ_") && r.client_id == "CLI_wire");
             assert!(r.expiry > r.sent_at);
             let user = BenchReq::decode(r.raw_request.clone()).expect("psrpcbench.Req");
@@ -865,7 +870,7 @@ fn reencode(kind: Kind, bytes: &Bytes, type_url: &str) -> Bytes {
             wire::encode_msg(&r)
         }
         Kind::Response => {
-            let r: Response = wire::decode_envelope(bytes.clone()).expect("Response");
+            let r: Response = psrpc::codec::decode_envelope(bytes.clone()).expect("Response");
             assert!(r.server_id.starts_with("SRV_wire"));
             assert!(r.error.is_empty(), "{r:?}");
             let user = BenchRes::decode(r.raw_response.clone()).expect("psrpcbench.Res");
@@ -874,17 +879,19 @@ fn reencode(kind: Kind, bytes: &Bytes, type_url: &str) -> Bytes {
             wire::encode_msg(&r)
         }
         Kind::ClaimRequest => {
-            let c: ClaimRequest = wire::decode_envelope(bytes.clone()).expect("ClaimRequest");
+            let c: ClaimRequest =
+                psrpc::codec::decode_envelope(bytes.clone()).expect("ClaimRequest");
             assert!(c.affinity == 1.0 || c.affinity == 0.75, "{c:?}");
             wire::encode_msg(&c)
         }
         Kind::ClaimResponse => {
-            let c: ClaimResponse = wire::decode_envelope(bytes.clone()).expect("ClaimResponse");
+            let c: ClaimResponse =
+                psrpc::codec::decode_envelope(bytes.clone()).expect("ClaimResponse");
             assert!(c.server_id.starts_with("SRV_wire"));
             wire::encode_msg(&c)
         }
         Kind::StreamServer | Kind::StreamClient => {
-            let s: Stream = wire::decode_envelope(bytes.clone()).expect("Stream");
+            let s: Stream = psrpc::codec::decode_envelope(bytes.clone()).expect("Stream");
             assert!(s.stream_id.starts_with("STR_"));
             match &s.body {
                 Some(StreamBody::Open(o)) => {
@@ -1101,11 +1108,11 @@ fn all_golden() -> Vec<Vec<u8>> {
 fn try_all(b: &[u8]) -> bool {
     let bytes = Bytes::copy_from_slice(b);
     let _ = wire::read_channel(b);
-    let _ = wire::decode_envelope::<Request>(bytes.clone());
-    let _ = wire::decode_envelope::<Response>(bytes.clone());
-    let _ = wire::decode_envelope::<ClaimRequest>(bytes.clone());
-    let _ = wire::decode_envelope::<ClaimResponse>(bytes.clone());
-    let _ = wire::decode_envelope::<Stream>(bytes.clone());
+    let _ = psrpc::codec::decode_envelope::<Request>(bytes.clone());
+    let _ = psrpc::codec::decode_envelope::<Response>(bytes.clone());
+    let _ = psrpc::codec::decode_envelope::<ClaimRequest>(bytes.clone());
+    let _ = psrpc::codec::decode_envelope::<ClaimResponse>(bytes.clone());
+    let _ = psrpc::codec::decode_envelope::<Stream>(bytes.clone());
     wire::decode_msg(bytes).is_ok()
 }
 
@@ -1113,15 +1120,19 @@ fn try_all(b: &[u8]) -> bool {
 fn decode_by_url(msg: Bytes) -> Option<Result<Bytes, wire::WireError>> {
     let url = wire::decode_msg(msg.clone()).ok()?.type_url;
     Some(match url.rsplit('/').next().unwrap() {
-        "internal.Request" => wire::decode_envelope::<Request>(msg).map(|m| wire::encode(&m)),
-        "internal.Response" => wire::decode_envelope::<Response>(msg).map(|m| wire::encode(&m)),
+        "internal.Request" => {
+            psrpc::codec::decode_envelope::<Request>(msg).map(|m| wire::encode(&m))
+        }
+        "internal.Response" => {
+            psrpc::codec::decode_envelope::<Response>(msg).map(|m| wire::encode(&m))
+        }
         "internal.ClaimRequest" => {
-            wire::decode_envelope::<ClaimRequest>(msg).map(|m| wire::encode(&m))
+            psrpc::codec::decode_envelope::<ClaimRequest>(msg).map(|m| wire::encode(&m))
         }
         "internal.ClaimResponse" => {
-            wire::decode_envelope::<ClaimResponse>(msg).map(|m| wire::encode(&m))
+            psrpc::codec::decode_envelope::<ClaimResponse>(msg).map(|m| wire::encode(&m))
         }
-        "internal.Stream" => wire::decode_envelope::<Stream>(msg).map(|m| wire::encode(&m)),
+        "internal.Stream" => psrpc::codec::decode_envelope::<Stream>(msg).map(|m| wire::encode(&m)),
         _ => return None,
     })
 }
@@ -1201,8 +1212,8 @@ fn corrupted_messages_never_panic() {
         // A wrong type URL is rejected by decode_envelope.
         let env = wire::decode_msg(Bytes::from(full.clone())).unwrap();
         let wrong = wire::encode_msg_raw("type.googleapis.com/internal.Nope", &env.value);
-        assert!(wire::decode_envelope::<Request>(wrong.clone()).is_err());
-        assert!(wire::decode_envelope::<Stream>(wrong).is_err());
+        assert!(psrpc::codec::decode_envelope::<Request>(wrong.clone()).is_err());
+        assert!(psrpc::codec::decode_envelope::<Stream>(wrong).is_err());
     }
     assert!(checked > 10000, "{checked}");
 }
@@ -1223,10 +1234,10 @@ fn random_bytes_never_panic() {
         if len > 0 {
             let bytes = Bytes::from(b);
             assert!(
-                wire::decode_envelope::<Request>(bytes.clone()).is_err(),
+                psrpc::codec::decode_envelope::<Request>(bytes.clone()).is_err(),
                 "random round {round} accepted as Request"
             );
-            assert!(wire::decode_envelope::<Stream>(bytes).is_err());
+            assert!(psrpc::codec::decode_envelope::<Stream>(bytes).is_err());
         }
         // Random bytes as the payload of a well-formed envelope.
         let inner: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
@@ -1599,7 +1610,7 @@ fn v12_queue_request_advertises_skip_claim() {
     );
     // A request without the advertisement decodes as not advertising, and
     // field 9 (the retired caller-elected skip) is not read as field 10.
-    let v1: Request = wire::decode_envelope(Bytes::from(
+    let v1: Request = psrpc::codec::decode_envelope(Bytes::from(
         hex::decode(vec_hex(&v11(), "V1 Msg redis/local")).unwrap(),
     ))
     .unwrap();

@@ -33,6 +33,7 @@ use bytes::Bytes;
 mod dispatch;
 mod generic;
 mod local;
+mod receive;
 mod subscription;
 mod transport;
 
@@ -46,6 +47,8 @@ pub(crate) use dispatch::Members;
 pub use dispatch::{READER_PENDING_LIMIT, READER_STUCK_AFTER, Sink};
 pub use generic::{AsBus, Bus};
 pub use local::{LocalBus, LocalTransport};
+pub(crate) use receive::{decode_payload, receive_payload};
+pub use receive::{receive, receive_envelope};
 use subscription::AbortOnDrop;
 pub use subscription::{Handler, HandlerSubscription, RawSubscription};
 pub use transport::{Inbox, Listening, Transport};

@@ -191,7 +191,7 @@ impl futures::Stream for RawMultiResponses {
                     return Poll::Ready(Some(if r.error.is_empty() {
                         Ok(r.raw_response)
                     } else {
-                        Err(Error::from_response(*r))
+                        Err(r.into_error())
                     }));
                 }
                 Poll::Ready(Some(Incoming::Claim(_))) => continue,

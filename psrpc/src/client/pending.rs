@@ -70,7 +70,7 @@ pub(super) fn router<M: wire::Envelope + 'static>(
     let (shared, bus, name) = (shared.clone(), Arc::downgrade(bus), channel.legacy.clone());
     Arc::new(move |b| {
         let Some(bus) = bus.upgrade() else { return };
-        if let Some(m) = crate::codec::receive_envelope::<M>(&*bus, || name.clone(), b) {
+        if let Some(m) = crate::bus::receive_envelope::<M>(&*bus, || name.clone(), b) {
             route::<M>(&shared, &*bus, m, to_event)
         }
     })

@@ -58,7 +58,7 @@ impl RpcClient {
                     let Some(bus) = bus.upgrade() else { return };
                     let channel = || name.clone();
                     let url = <wire::Stream as wire::Envelope>::TYPE_URL;
-                    if let Some(p) = crate::codec::receive_payload(&*bus, channel, url, b) {
+                    if let Some(p) = crate::bus::receive_payload(&*bus, channel, url, b) {
                         stream::with_stream(&*bus, channel, p, |p, m| {
                             stream::dispatch(&table, p, m)
                         });

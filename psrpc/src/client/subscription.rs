@@ -92,7 +92,7 @@ impl<T: Message + Default> Subscription<T> {
     }
 
     fn decode(&self, b: Bytes) -> Option<T> {
-        crate::codec::receive(&*self.bus, || self.channel.clone(), &self.type_url, b)
+        crate::bus::receive(&*self.bus, || self.channel.clone(), &self.type_url, b)
     }
 }
 

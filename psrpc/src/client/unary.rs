@@ -141,7 +141,7 @@ impl RpcClient {
                     return if r.error.is_empty() {
                         Ok(r.raw_response)
                     } else {
-                        Err(Error::from_response(*r))
+                        Err(r.into_error())
                     };
                 }
             }
@@ -161,7 +161,7 @@ impl RpcClient {
                 Some(Incoming::Claim(_)) => continue,
                 Some(Incoming::Response(r)) => {
                     if !r.error.is_empty() {
-                        return Err(Error::from_response(*r));
+                        return Err(r.into_error());
                     }
                     return Ok(r.raw_response);
                 }

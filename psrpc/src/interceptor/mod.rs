@@ -80,8 +80,8 @@ pub use chain::{ClientSend, Handle, Hop, Multi, Next, ServerSend, Unary};
 
 use crate::error::{Error, Result};
 use crate::info::RpcInfo;
-use crate::server::ClaimOutcome;
-use crate::stream::CloseReason;
+use crate::outcome::ClaimOutcome;
+use crate::outcome::CloseReason;
 
 /// Wraps what a client does: its unary calls, its multi calls and its
 /// streams. Every method has a pass-through default.

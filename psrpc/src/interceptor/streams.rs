@@ -12,7 +12,7 @@ use super::chain::{Chain, ClientSend, Next, ServerSend, Terminal};
 use super::{ClientInterceptor, ServerInterceptor};
 use crate::error::{Error, Result};
 use crate::info::RpcInfo;
-use crate::stream::CloseReason;
+use crate::outcome::CloseReason;
 
 /// The interceptors a stream end reports to.
 #[derive(Clone)]

@@ -57,8 +57,8 @@ use crate::interceptor::{
     ClientCall, ClientInterceptor, ClientSend, Handle, Multi, Next, Replies, Role, ServerCall,
     ServerInterceptor, ServerSend, StreamMessage, Unary,
 };
-use crate::server::ClaimOutcome;
-use crate::stream::CloseReason;
+use crate::outcome::ClaimOutcome;
+use crate::outcome::CloseReason;
 
 /// Receives the measurements of calls. Every method is called synchronously,
 /// on the call's task, the bus's delivery path (the server's bus events) or

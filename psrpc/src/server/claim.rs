@@ -1,4 +1,4 @@
-//! The server's side of the claim handshake: [`ClaimOutcome`], the table of
+//! The server's side of the claim handshake: the table of
 //! claims waiting for the caller's decision, and the check of a request's
 //! times on arrival.
 
@@ -17,41 +17,9 @@ use crate::channels::Channel;
 use crate::drops::{DropReason, Truncated};
 use crate::id;
 use crate::info::RpcInfo;
+use crate::outcome::ClaimOutcome;
 use crate::stream;
 use crate::wire::{self, ClaimRequest, ClaimResponse, Envelope};
-
-/// How a server's claim for a request settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ClaimOutcome {
-    /// The caller chose this server.
-    Granted,
-    /// The caller chose another server.
-    LostToPeer,
-    /// No decision arrived before the request expired (or the server was
-    /// killed while waiting).
-    TimedOut,
-    /// The server announced and ran the request without a grant (claim skip).
-    Skipped,
-}
-
-impl ClaimOutcome {
-    /// A short stable name: `granted`, `lost_to_peer`, `timed_out`, `skipped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClaimOutcome::Granted => "granted",
-            ClaimOutcome::LostToPeer => "lost_to_peer",
-            ClaimOutcome::TimedOut => "timed_out",
-            ClaimOutcome::Skipped => "skipped",
-        }
-    }
-}
-
-impl std::fmt::Display for ClaimOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// How far a request may look off (arrived this long after its expiry, or
 /// sent this long in the future) before the clocks are suspected rather
@@ -237,7 +205,7 @@ impl Core {
     ) {
         let bus = &*self.bus;
         let Some(payload) =
-            crate::codec::receive_payload(bus, &channel, ClaimResponse::TYPE_URL, bytes)
+            crate::bus::receive_payload(bus, &channel, ClaimResponse::TYPE_URL, bytes)
         else {
             return;
         };
@@ -247,7 +215,7 @@ impl Core {
         let (request_id, server_id) = match wire::peek_claim_response(&payload) {
             Some(ids) => ids,
             None => {
-                let Some(c) = crate::codec::decode_payload(bus, &channel, payload.clone()) else {
+                let Some(c) = crate::bus::decode_payload(bus, &channel, payload.clone()) else {
                     return;
                 };
                 decoded = c;

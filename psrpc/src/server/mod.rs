@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::id;
 use crate::interceptor::{Chain, ServerInterceptor, to_chain};
 use crate::method::Method;
-use crate::stream::CloseReason;
+use crate::outcome::CloseReason;
 use crate::topic::Topic;
 use crate::wire;
 
@@ -26,7 +26,8 @@ mod route;
 mod stream;
 mod unary;
 
-pub use claim::{CLOCK_SKEW_TOLERANCE, ClaimOutcome};
+pub use crate::outcome::ClaimOutcome;
+pub use claim::CLOCK_SKEW_TOLERANCE;
 use claim::{ClaimTable, ClaimWaiter, ClockCheck};
 pub use options::{DEFAULT_SERVER_TIMEOUT, ServerOptions, SkipClaimFn};
 use registry::HandlerEntry;

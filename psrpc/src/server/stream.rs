@@ -68,7 +68,7 @@ impl RpcServer {
                 };
                 let bus = &*h.core.bus;
                 let Some(payload) =
-                    crate::codec::receive_payload(bus, name, wire::Stream::TYPE_URL, bytes)
+                    crate::bus::receive_payload(bus, name, wire::Stream::TYPE_URL, bytes)
                 else {
                     return;
                 };
@@ -88,7 +88,7 @@ impl RpcServer {
                     }
                     // Opens are handled concurrently; none while draining.
                     let open =
-                        crate::codec::decode_payload::<wire::Stream>(bus, name, payload.clone());
+                        crate::bus::decode_payload::<wire::Stream>(bus, name, payload.clone());
                     if let Some(m) = open
                         && !stop.is_cancelled()
                     {

@@ -126,7 +126,7 @@ where
             let i = &self.info;
             channels::rpc_channel(&i.service, &self.method.name, &i.topic, self.method.queue).legacy
         };
-        let Some(req) = crate::codec::receive_envelope::<Request>(&*self.core.bus, name, bytes)
+        let Some(req) = crate::bus::receive_envelope::<Request>(&*self.core.bus, name, bytes)
         else {
             return;
         };

@@ -145,7 +145,7 @@ use crate::error::{Error, Result};
 use crate::id;
 use crate::wire;
 
-pub use end::CloseReason;
+pub use crate::outcome::CloseReason;
 pub(crate) use end::is_clean;
 pub use handle::{ClientStream, ServerStream, StreamReceiver, StreamSender};
 pub use liveness::{
@@ -195,7 +195,7 @@ pub(crate) fn with_stream<T>(
     if let Some(v) = wire::read_stream(&payload) {
         return Some(f(&payload, v));
     }
-    let m: wire::Stream = crate::codec::decode_payload(bus, channel, payload)?;
+    let m: wire::Stream = crate::bus::decode_payload(bus, channel, payload)?;
     let plain = wire::encode(&m);
     let v = wire::read_stream(&plain)?;
     Some(f(&plain, v))
