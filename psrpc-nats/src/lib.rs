@@ -274,6 +274,7 @@ mod bus;
 mod conn;
 mod error;
 mod handback;
+mod publish;
 mod router;
 mod slot;
 mod subject;
