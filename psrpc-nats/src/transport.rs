@@ -25,7 +25,8 @@ use crate::slot::close_slot_now;
 use crate::subject::{check_subject, max_subject_for, subject};
 use crate::subscribe::Direct;
 
-/// How long `publish` waits for room in async-nats' full command queue.
+/// How long `publish` waits for room in a full queue (the writer's, or
+/// async-nats' command queue).
 const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// Publishes closer together than this (on one bus) go through the writer
