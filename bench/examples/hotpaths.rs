@@ -3,7 +3,7 @@
 //! documents how the figures are made repeatable to the instruction).
 //!
 //! ```text
-//! hotpaths PATH [OPS] [WARMUP]
+//! hotpaths PATH [OPS] [WARMUP] [BUS]
 //! ```
 //!
 //! `PATH` is one of `unary`, `affinity`, `multi`, `stream`, `sub`,
@@ -15,6 +15,14 @@
 //! instructions callgrind collects (`--toggle-collect=*measured_ops*`).
 //! Every operation checks its answer, so a path that breaks fails loudly
 //! instead of measuring something cheaper.
+//!
+//! `BUS` is `local` (the default) or a `redis://HOST:PORT` or
+//! `nats://HOST:PORT` URL: then every server and the client get a
+//! connection of their own, as separate processes would, and the count is
+//! of this process's side of the networked path (the broker and the
+//! kernel are not counted). Operations are still one at a time, so each
+//! waits for the network and the count does not depend on how messages
+//! happen to be batched.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +30,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use psrpc::bus::DynBus;
 use psrpc::{
     ClientOptions, ClientStream, Context, LocalBus, Method, RpcClient, RpcServer, SelectionOptions,
     ServerOptions, ServerStream, Subscription,
@@ -120,7 +129,7 @@ fn echo(id: String) -> impl Fn(Context, Req) -> std::future::Ready<psrpc::Result
 }
 
 /// Starts server `i` as psrpc-bench does (affinity 1.0, 0.75, 0.5).
-async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
+async fn start_server(bus: &DynBus, i: usize) -> (RpcServer, RpcServer) {
     let id = format!("bench-server-{i}");
     let opts = || ServerOptions::default().server_id(&id);
     let bench = RpcServer::new(bus.clone(), "Bench", opts()).await.unwrap();
@@ -184,12 +193,24 @@ async fn start_server(bus: &LocalBus, i: usize) -> (RpcServer, RpcServer) {
 
 impl Fixture {
     /// The servers, the client, and what `path` keeps open.
-    async fn start(path: Path) -> Fixture {
-        let bus = LocalBus::new();
+    async fn start(path: Path, url: &str) -> Fixture {
+        let local = LocalBus::new();
+        // A connection of its own per party on a networked bus.
+        let connect = || async {
+            let bus: DynBus = if url == "local" {
+                Arc::new(local.clone())
+            } else if url.starts_with("redis://") {
+                Arc::new(psrpc_redis::RedisBus::connect(url).await.expect("redis"))
+            } else {
+                Arc::new(psrpc_nats::NatsBus::connect(url).await.expect("nats"))
+            };
+            bus
+        };
         let mut servers = Vec::new();
         for i in 0..SERVERS {
-            servers.push(start_server(&bus, i).await);
+            servers.push(start_server(&connect().await, i).await);
         }
+        let bus = connect().await;
         let client = RpcClient::new(
             bus.clone(),
             "Bench",
@@ -330,7 +351,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
         let names: Vec<_> = Path::ALL.iter().map(|(n, _)| *n).collect();
-        eprintln!("usage: hotpaths {} [OPS] [WARMUP]", names.join("|"));
+        eprintln!(
+            "usage: hotpaths {} [OPS] [WARMUP] [local|redis://HOST:PORT|nats://HOST:PORT]",
+            names.join("|")
+        );
         ExitCode::from(2)
     };
     let Some(path) = args.first().and_then(|a| Path::parse(a)) else {
@@ -340,11 +364,17 @@ fn main() -> ExitCode {
     let (Some(ops), Some(warmup)) = (num(1, 1000), num(2, 200)) else {
         return usage();
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime");
-    let mut fx = rt.block_on(Fixture::start(path));
+    let url = args.get(3).map_or("local", String::as_str);
+    if !(url == "local" || url.starts_with("redis://") || url.starts_with("nats://")) {
+        return usage();
+    }
+    let mut rt = tokio::runtime::Builder::new_current_thread();
+    rt.enable_time();
+    if url != "local" {
+        rt.enable_io();
+    }
+    let rt = rt.build().expect("tokio runtime");
+    let mut fx = rt.block_on(Fixture::start(path, url));
     rt.block_on(fx.run(path, warmup));
     measured_ops(&rt, &mut fx, path, std::hint::black_box(ops));
     println!(

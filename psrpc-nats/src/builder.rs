@@ -137,6 +137,10 @@ impl NatsBusBuilder {
             .collect::<Vec<_>>()
             .join(",");
         let drops = Arc::new(Drops::default());
+        // The bus checks every subject it publishes on itself, more
+        // strictly (`subject::check_subject`): async-nats' own check would
+        // scan each subject a second time per publish.
+        let options = options.skip_subject_validation(true);
         let client = count_library_drops(options, drops.clone())
             .connect(plain)
             .await

@@ -191,7 +191,9 @@
 //! Reconnection is left to async-nats: it reconnects for ever (backing off
 //! up to 4 s between attempts), replays every subscription (queue groups
 //! included) and buffers publishes made meanwhile; a publish waits at most
-//! 1 s for room in that buffer, then fails with `unavailable`. Core NATS is
+//! 1 s for room in that buffer (or in the bus's own queue of publishes
+//! made close together, which waits for it), then fails with
+//! `unavailable`. Core NATS is
 //! at-most-once: messages published while a connection is down are lost, so
 //! calls in flight during an outage fail by their deadline (`unavailable` or
 //! `deadline_exceeded`); new calls work again once the server is back
@@ -274,6 +276,7 @@ mod bus;
 mod conn;
 mod error;
 mod handback;
+mod publish;
 mod router;
 mod slot;
 mod subject;

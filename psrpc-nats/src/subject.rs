@@ -50,6 +50,14 @@ pub(crate) fn check_subject(subject: &str, max: usize) -> Result<()> {
             subject.len()
         ));
     }
+    // Every publish checks its subject: one pass over the bytes finds
+    // whether anything needs a closer look (a byte that is not printable
+    // ASCII, a dot next to a dot or an end, a wildcard character), and
+    // subjects without any (nearly all) are accepted without the
+    // character-by-character and token-by-token checks below.
+    if plain_subject(subject.as_bytes()) {
+        return Ok(());
+    }
     if let Some(c) = subject
         .chars()
         .find(|c| c.is_whitespace() || c.is_control())
@@ -66,6 +74,27 @@ pub(crate) fn check_subject(subject: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether `s` is a subject that passes [`check_subject`] (length aside) on
+/// sight: non-empty, printable ASCII only (no whitespace or control
+/// character), no `*` or `>` at all, no empty token. `false` means only
+/// that the full check must decide.
+fn plain_subject(s: &[u8]) -> bool {
+    let (Some(&first), Some(&last)) = (s.first(), s.last()) else {
+        return false;
+    };
+    if first == b'.' || last == b'.' {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &b in s {
+        if !(0x21..0x7f).contains(&b) || b == b'*' || b == b'>' || (b == b'.' && prev == b'.') {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_subject;
@@ -76,6 +105,13 @@ mod tests {
         for bad in ["", "a..b", "a.*", "a.>", "a b", "a\tb", ".a", "a."] {
             let e = check_subject(bad, 100).unwrap_err();
             assert_eq!(e.code(), psrpc::ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        // The quick pass and the full check agree.
+        for ok in ["a", "SRV.Bench", "CLI.Bench.c-1_x|y.RES", "a*b.c>d", "ü.b"] {
+            assert!(check_subject(ok, 100).is_ok(), "{ok:?}");
+        }
+        for bad in ["a.*.b", ">", "a. b", "a.\u{7f}", "a.\u{a0}b"] {
+            assert!(check_subject(bad, 100).is_err(), "{bad:?}");
         }
         let e = check_subject(&"a".repeat(101), 100).unwrap_err();
         assert!(e.to_string().contains("101 bytes"), "{e}");

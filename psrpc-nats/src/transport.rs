@@ -3,14 +3,15 @@
 //! publishing, presence probes and closing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
 use psrpc::bus::{Channel, Inbox, Listening, Transport};
 use psrpc::drops::Drops;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::barrier::Barrier;
 use crate::builder::NatsBusBuilder;
@@ -18,13 +19,19 @@ use crate::conn::{Conn, is_up};
 use crate::error::{Error, Result};
 use crate::handback::HandBack;
 use crate::lock;
+use crate::publish::{Item, PUBLISH_QUEUE, enqueue, writer};
 use crate::router::Router;
 use crate::slot::close_slot_now;
 use crate::subject::{check_subject, max_subject_for, subject};
 use crate::subscribe::Direct;
 
-/// How long `publish` waits for room in async-nats' full command queue.
+/// How long `publish` waits for room in a full queue (the writer's, or
+/// async-nats' command queue).
 const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// Publishes closer together than this (on one bus) go through the writer
+/// (see [`crate::publish`]); one after a pause goes to async-nats at once.
+const BUSY_GAP: Duration = Duration::from_micros(50);
 
 /// How long a presence probe waits for "no responders" (see
 /// [`psrpc::MessageBus::listeners`]); silence past it means someone listens.
@@ -34,6 +41,15 @@ const PRESENCE_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// [crate docs](crate)).
 pub struct NatsTransport {
     pub(crate) client: Client,
+    /// The writer's queue (see [`crate::publish`]); `None` when the bus
+    /// was made outside a tokio runtime: then publishes go to async-nats
+    /// directly.
+    publish_tx: Option<mpsc::Sender<Item>>,
+    /// Publishes queued for the writer and not yet handed to async-nats.
+    queued: Arc<AtomicUsize>,
+    /// When the last publish was made, in microseconds since `epoch`.
+    last_publish: AtomicU64,
+    epoch: Instant,
     pub(crate) prefix: String,
     pub(crate) state: Arc<State>,
     pub(crate) conn: Arc<Conn>,
@@ -100,7 +116,17 @@ impl NatsTransport {
         drops: Arc<Drops>,
         owns_client: bool,
     ) -> NatsTransport {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let publish_tx = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+            rt.spawn(writer(rx, client.clone(), drops.clone(), queued.clone()));
+            tx
+        });
         NatsTransport {
+            publish_tx,
+            queued,
+            last_publish: AtomicU64::new(0),
+            epoch: Instant::now(),
             prefix: options.prefix.clone(),
             conn: Conn::start(&client),
             max_subject: max_subject_for(options.max_control_line),
@@ -151,8 +177,9 @@ impl NatsTransport {
     }
 
     /// Publishes `payload` (the envelope with its `Msg.channel`) on
-    /// `subject`, waiting at most [`PUBLISH_WAIT`] for room in async-nats'
-    /// queue.
+    /// `subject`: queues it for the writer (see [`crate::publish`]), or,
+    /// without one, hands it to async-nats; waits at most [`PUBLISH_WAIT`]
+    /// for room in a full queue.
     async fn publish_raw(&self, subject: String, payload: Bytes) -> Result<()> {
         let max = self.max_message_size();
         if payload.len() > max {
@@ -162,6 +189,23 @@ impl NatsTransport {
         self.check_open()?;
         if !self.is_connected() {
             return Err(Error::Disconnected);
+        }
+        if let Some(tx) = &self.publish_tx {
+            // Busy (publishes close together) or the writer still holds
+            // some (which this one must not overtake): through the writer,
+            // which gathers them into one socket write. Otherwise at once,
+            // without the writer's task hop.
+            let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let gap = now.saturating_sub(self.last_publish.swap(now, Ordering::Relaxed));
+            let busy = gap < BUSY_GAP.as_micros() as u64;
+            if busy || self.queued.load(Ordering::Acquire) > 0 {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                let r = enqueue(tx, subject, payload, PUBLISH_WAIT).await;
+                if r.is_err() {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                return r;
+            }
         }
         let publish = self.client.publish(subject, payload);
         tokio::pin!(publish);
@@ -213,6 +257,14 @@ impl NatsTransport {
             close_slot_now(&d.nats, &d.subject, d.queue, &st.hand).await;
         }
         st.barrier.close().await;
+        // What the writer holds goes to async-nats first (later publishes
+        // are refused), then everything is flushed below.
+        if let Some(tx) = &self.publish_tx {
+            let (done, handed) = oneshot::channel();
+            if tx.send(Item::Flush(done)).await.is_ok() {
+                let _ = handed.await;
+            }
+        }
         self.conn.stop();
         let flushed = self.client.flush().await.map_err(Error::Flush);
         if st.owns_client && flushed.is_ok() {

@@ -25,6 +25,21 @@ pub fn queue_lock_key(payload: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(payload))
 }
 
+/// Writes the arguments of `SET` for the queue lock of `payload` into
+/// `cmd`: the key (written from a buffer on the stack), a random value, `EX
+/// 5 NX`.
+fn lock_command(cmd: &mut redis::Cmd, payload: &[u8]) {
+    let mut key = [0u8; 44];
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(Sha256::digest(payload), &mut key)
+        .expect("base64 of 32 bytes is 44 bytes");
+    cmd.arg(&key[..n])
+        .arg(random_int())
+        .arg("EX")
+        .arg(5)
+        .arg("NX");
+}
+
 fn random_int() -> i64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -53,28 +68,24 @@ impl Locks {
     /// won it. One pipeline on a single connection; in a cluster, where the
     /// keys live on different masters, one command each, all at once.
     pub(crate) async fn take(&self, payloads: &[Bytes], drops: &psrpc::drops::Drops) -> Vec<bool> {
-        let cmds: Vec<redis::Cmd> = payloads
-            .iter()
-            .map(|p| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(queue_lock_key(p))
-                    .arg(random_int())
-                    .arg("EX")
-                    .arg(5)
-                    .arg("NX");
-                cmd
-            })
-            .collect();
+        // The commands are written once, straight into the pipeline (in a
+        // cluster, one command each), and sent again as they are on a retry.
+        let mut pipe = redis::pipe();
+        let mut cmds: Vec<redis::Cmd> = Vec::new();
+        for p in payloads {
+            let mut cmd = redis::cmd("SET");
+            lock_command(&mut cmd, p);
+            match self {
+                Locks::Managed(_) => {
+                    pipe.add_command(cmd);
+                }
+                Locks::Cluster(_) => cmds.push(cmd),
+            }
+        }
         let mut attempt = 0;
         loop {
             let r: redis::RedisResult<Vec<Option<String>>> = match self {
-                Locks::Managed(m) => {
-                    let mut pipe = redis::pipe();
-                    for c in &cmds {
-                        pipe.add_command(c.clone());
-                    }
-                    m.query(&pipe).await
-                }
+                Locks::Managed(m) => m.query(&pipe).await,
                 Locks::Cluster(c) => futures::future::join_all(cmds.iter().map(|cmd| {
                     let mut c = c.clone();
                     async move { cmd.query_async::<Option<String>>(&mut c).await }
@@ -101,5 +112,36 @@ impl Locks {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command written for a lock is Go's: `SET <queue_lock_key> <int> EX 5 NX`.
+    #[test]
+    fn lock_command_is_gos() {
+        let payload = b"some request envelope";
+        let mut cmd = redis::cmd("SET");
+        lock_command(&mut cmd, payload);
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(args.len(), 6, "{args:?}");
+        assert_eq!(args[0], b"SET");
+        assert_eq!(args[1], queue_lock_key(payload).into_bytes());
+        assert!(
+            std::str::from_utf8(&args[2])
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                >= 0
+        );
+        assert_eq!(args[3..], [b"EX".to_vec(), b"5".to_vec(), b"NX".to_vec()]);
     }
 }
