@@ -397,6 +397,7 @@ fn client(
     quote! {
         #type_doc
         #[derive(Debug, Clone)]
+        #[must_use = "a client closes when its last handle is dropped"]
         pub struct #client {
             client: #psrpc::RpcClient,
         }

@@ -230,6 +230,7 @@ impl<'a, S: ?Sized + Send + Sync + 'static> Registration<'a, S> {
 ///
 /// Clones share the server; dropping the last one stops it at once (call
 /// [`shutdown`](Self::shutdown) first to drain).
+#[must_use = "a server stops serving when its last handle is dropped"]
 pub struct ServiceServer<S: ?Sized> {
     server: RpcServer,
     svc: Arc<S>,

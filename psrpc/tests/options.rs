@@ -112,7 +112,7 @@ async fn defaults_and_dotted_service_names_are_taken() {
     .await
     .expect("a one-slot server");
     assert_eq!(server.id(), "srv-1");
-    RpcClient::new(
+    let client = RpcClient::new(
         LocalBus::new(),
         "S",
         ClientOptions::default()
@@ -122,4 +122,5 @@ async fn defaults_and_dotted_service_names_are_taken() {
     )
     .await
     .expect("a one-slot client");
+    assert_eq!(client.id(), "cli-1");
 }

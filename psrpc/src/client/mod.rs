@@ -144,6 +144,7 @@ impl Drop for ClientInner {
 /// A client of one service: sends calls and joins subscriptions. Cheap to
 /// clone; clones share the client. Dropping the last clone closes it.
 #[derive(Clone)]
+#[must_use = "a client closes when its last handle is dropped"]
 pub struct RpcClient {
     inner: Arc<ClientInner>,
 }

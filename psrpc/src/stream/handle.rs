@@ -46,6 +46,7 @@ impl<R: Message + Default + Clone + 'static> Drop for Owner<R> {
 /// [`split`](ClientStream::split). Cheap to clone; the stream is closed
 /// once every handle of it (the stream, its halves, every clone) is
 /// dropped.
+#[must_use = "a stream closes when every handle of it is dropped"]
 pub struct StreamSender<S, R: Message + Default + Clone + 'static> {
     shared: Arc<Shared<R>>,
     chain: Option<StreamSendChain>,
@@ -165,6 +166,7 @@ where
 /// [`split`](ClientStream::split). Also a [`futures::Stream`] of
 /// `Result<R>`, which ends after a clean close and yields the error once
 /// before ending otherwise.
+#[must_use = "a stream closes when every handle of it is dropped"]
 pub struct StreamReceiver<R: Message + Default + Clone + 'static> {
     shared: Arc<Shared<R>>,
     rx: mpsc::Receiver<R>,
@@ -329,6 +331,7 @@ macro_rules! stream_methods {
 
 /// The client end of a stream: sends `S`, receives `R`. Dropping it (and
 /// every handle taken from it) closes the stream.
+#[must_use = "a stream closes when every handle of it is dropped"]
 pub struct ClientStream<S, R: Message + Default + Clone + 'static> {
     tx: StreamSender<S, R>,
     rx: StreamReceiver<R>,
