@@ -20,7 +20,8 @@ pub mod select;
 pub mod server;
 pub mod service;
 pub mod stream;
-#[cfg(feature = "testing")]
+// Also in the crate's own unit tests, which use its test buses.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod topic;
 

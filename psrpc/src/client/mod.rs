@@ -24,6 +24,17 @@ use crate::wire::{self, ClaimRequest, Response};
 
 /// The option setters every call builder has ([`UnaryCall`], [`MultiCall`],
 /// [`StreamCall`]); defined before the modules that expand it.
+/// The `interceptor` setter of the unary and multi call builders.
+macro_rules! call_interceptor_method {
+    () => {
+        /// Adds an interceptor for this call only, inside the client's own.
+        pub fn interceptor(mut self, i: impl $crate::interceptor::ClientInterceptor) -> Self {
+            self.interceptors.push(std::sync::Arc::new(i));
+            self
+        }
+    };
+}
+
 macro_rules! call_builder_methods {
     () => {
         /// Sets the request timeout of this call (overrides the client's and
@@ -342,40 +353,47 @@ impl RpcClient {
         }
     }
 
-    /// A call of `method` on `topic` through `chain`: the returned function
-    /// runs the chain with a request and its options, ending in `send`.
+    /// A call of `method` on `topic` with `request` through `chain`,
+    /// ending in `send` (once per attempt, when an interceptor retries).
     fn intercepted<H>(
         &self,
         chain: Chain<dyn ClientInterceptor>,
         method: &MethodInfo,
         topic: &[String],
-    ) -> impl FnOnce(Bytes, CallOptions, SendFn<H>) -> BoxFuture<'static, H::Output> + use<H>
+        request: Bytes,
+        opts: CallOptions,
+        send: SendFn<H>,
+    ) -> BoxFuture<'static, H::Output>
     where
         H: Hop<Interceptor = dyn ClientInterceptor, Input = ClientCall>,
     {
         let info = Arc::new(self.info(method, topic));
-        let (client, method, topic) = (self.clone(), method.clone(), topic.to_vec());
-        move |request, opts, send| {
-            let terminal: Terminal<H> = Arc::new(move |call: ClientCall| {
-                let (request, opts) = call.into_parts();
-                send(client.clone(), method.clone(), topic.clone(), request, opts)
-            });
-            Next::<H>::new(chain, terminal).run(ClientCall::new(info, request, opts))
-        }
+        let target = Arc::new(Target {
+            client: self.clone(),
+            method: method.clone(),
+            topic: topic.to_vec(),
+        });
+        let terminal: Terminal<H> = Arc::new(move |call: ClientCall| {
+            let (request, opts) = call.into_parts();
+            send(target.clone(), request, opts)
+        });
+        Next::<H>::new(chain, terminal).run(ClientCall::new(info, request, opts))
     }
 }
 
 /// A call's own interceptors, set on its builder.
 pub(crate) type Interceptors = Vec<Arc<dyn ClientInterceptor>>;
 
-/// The call at the end of a client's chain, on the call's own copies.
-type SendFn<H> = fn(
-    RpcClient,
-    MethodInfo,
-    Vec<String>,
-    Bytes,
-    CallOptions,
-) -> BoxFuture<'static, <H as Hop>::Output>;
+/// What an intercepted call ends in: a call of a method on a topic, on
+/// this client, made once per attempt.
+struct Target {
+    client: RpcClient,
+    method: MethodInfo,
+    topic: Vec<String>,
+}
+
+/// The call at the end of a client's chain.
+type SendFn<H> = fn(Arc<Target>, Bytes, CallOptions) -> BoxFuture<'static, <H as Hop>::Output>;
 
 /// When a call sent now with timeout `t` ends: `t` from now, or the caller's
 /// deadline if that is earlier.

@@ -3,7 +3,6 @@
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -12,11 +11,11 @@ use futures::future::BoxFuture;
 use prost::Message;
 
 use super::unary::decode_response;
-use super::{CallOptions, Interceptors, PendingGuard, RpcClient, call_deadline};
+use super::{CallOptions, Interceptors, PendingGuard, RpcClient, SendFn, call_deadline};
 use crate::error::{Error, Result};
 use crate::id;
 use crate::info::{Context, Metadata, MethodInfo};
-use crate::interceptor::{ClientInterceptor, Multi, Replies};
+use crate::interceptor::{Multi, Replies};
 use crate::method::Method;
 use crate::select::{CallReceiver, Incoming, SelectionOptions, cancelled_opt, sleep_until_opt};
 use crate::topic::Topic;
@@ -111,12 +110,7 @@ pub struct MultiCall<'a, Req, Res> {
 
 impl<Req, Res> MultiCall<'_, Req, Res> {
     call_builder_methods!();
-
-    /// Adds an interceptor for this call only, inside the client's own.
-    pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
-        self.interceptors.push(Arc::new(i));
-        self
-    }
+    call_interceptor_method!();
 }
 
 impl<'a, Req, Res> IntoFuture for MultiCall<'a, Req, Res>
@@ -156,13 +150,13 @@ impl RpcClient {
         Ok(match self.chain(interceptors) {
             None => MultiSource::Raw(self.call_multi_raw(method, topic, request, &opts).await?),
             Some(chain) => {
-                let call = self.intercepted::<Multi>(chain, method, topic);
-                let replies = call(request, opts, |client, method, topic, request, opts| {
+                let send: SendFn<Multi> = |t, request, opts| {
                     Box::pin(async move {
-                        let raw = client.call_multi_raw(&method, &topic, request, &opts);
+                        let raw = t.client.call_multi_raw(&t.method, &t.topic, request, &opts);
                         Ok(Replies::new(raw.await?))
                     })
-                });
+                };
+                let replies = self.intercepted::<Multi>(chain, method, topic, request, opts, send);
                 MultiSource::Intercepted(replies.await?)
             }
         })

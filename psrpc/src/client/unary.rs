@@ -2,19 +2,18 @@
 
 use std::future::IntoFuture;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
 
-use super::{CallOptions, Interceptors, RpcClient, call_deadline};
+use super::{CallOptions, Interceptors, RpcClient, SendFn, call_deadline};
 use crate::bus::MessageBus;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id;
 use crate::info::{Context, Metadata, MethodInfo};
-use crate::interceptor::{ClientInterceptor, Unary};
+use crate::interceptor::Unary;
 use crate::method::Method;
 use crate::select::{
     Incoming, SelectFlags, Selected, SelectionOptions, cancelled_opt, select_server,
@@ -184,12 +183,7 @@ pub struct UnaryCall<'a, Req, Res> {
 
 impl<Req, Res> UnaryCall<'_, Req, Res> {
     call_builder_methods!();
-
-    /// Adds an interceptor for this call only, inside the client's own.
-    pub fn interceptor(mut self, i: impl ClientInterceptor) -> Self {
-        self.interceptors.push(Arc::new(i));
-        self
-    }
+    call_interceptor_method!();
 }
 
 impl<'a, Req, Res> IntoFuture for UnaryCall<'a, Req, Res>
@@ -225,13 +219,15 @@ impl RpcClient {
         match self.chain(interceptors) {
             None => self.call_unary_raw(method, topic, request, &opts).await,
             Some(chain) => {
-                let call = self.intercepted::<Unary>(chain, method, topic);
-                call(request, opts, |client, method, topic, request, opts| {
-                    Box::pin(
-                        async move { client.call_unary_raw(&method, &topic, request, &opts).await },
-                    )
-                })
-                .await
+                let send: SendFn<Unary> = |t, request, opts| {
+                    Box::pin(async move {
+                        t.client
+                            .call_unary_raw(&t.method, &t.topic, request, &opts)
+                            .await
+                    })
+                };
+                self.intercepted::<Unary>(chain, method, topic, request, opts, send)
+                    .await
             }
         }
     }

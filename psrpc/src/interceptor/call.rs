@@ -1,6 +1,7 @@
 //! What interceptors see: one call, its encoded message, and typed access
 //! to the message through the call's [`Method`].
 
+use std::any::Any;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,11 +94,24 @@ impl fmt::Debug for ClientCall {
 /// A request as a [`ServerInterceptor`](super::ServerInterceptor) sees it:
 /// its context (deadline, cancellation, the caller's header, the call's
 /// [`RpcInfo`]) and the encoded request.
-#[derive(Clone)]
 pub struct ServerCall {
     info: Arc<RpcInfo>,
     context: Context,
     request: Bytes,
+    /// The request as the server decoded it on arrival, while `request` is
+    /// what arrived: the handler gets it without a second decode.
+    decoded: Option<Box<dyn Any + Send>>,
+}
+
+impl Clone for ServerCall {
+    /// A copy without the decoded request (a copy's handler decodes it).
+    fn clone(&self) -> Self {
+        ServerCall::new(
+            self.info.clone(),
+            self.context.clone(),
+            self.request.clone(),
+        )
+    }
 }
 
 impl ServerCall {
@@ -107,11 +121,20 @@ impl ServerCall {
             info,
             context,
             request,
+            decoded: None,
         }
     }
 
-    pub(crate) fn into_parts(self) -> (Context, Bytes) {
-        (self.context, self.request)
+    /// A request the server has already decoded as `decoded`.
+    pub(crate) fn with_decoded(mut self, decoded: Box<dyn Any + Send>) -> Self {
+        self.decoded = Some(decoded);
+        self
+    }
+
+    /// The handler's context, the request, and the decoded request when
+    /// the bytes are still those it was decoded from.
+    pub(crate) fn into_parts(self) -> (Context, Bytes, Option<Box<dyn Any + Send>>) {
+        (self.context, self.request, self.decoded)
     }
 
     /// The call being served.
@@ -135,9 +158,10 @@ impl ServerCall {
         &self.request
     }
 
-    /// Replaces the encoded request.
+    /// Replaces the encoded request (the handler then decodes it).
     pub fn set_request(&mut self, request: Bytes) {
         self.request = request;
+        self.decoded = None;
     }
 
     /// The request decoded as `method`'s request type, when this is a call

@@ -55,9 +55,12 @@ impl RpcServer {
             let terminal: Terminal<Handle> = Arc::new(move |call: ServerCall| {
                 let handler = handler.clone();
                 Box::pin(async move {
-                    let (ctx, request) = call.into_parts();
-                    let req = Req::decode(request)
-                        .map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))?;
+                    let (ctx, request, decoded) = call.into_parts();
+                    let req = match decoded.and_then(|d| d.downcast::<Req>().ok()) {
+                        Some(req) => *req,
+                        None => Req::decode(request)
+                            .map_err(|e| Error::wrap(ErrorCode::MalformedRequest, e))?,
+                    };
                     let res = handler(ctx, req).await?;
                     Ok(Bytes::from(res.encode_to_vec()))
                 })
@@ -259,9 +262,10 @@ where
                 .map(|r| Bytes::from(r.encode_to_vec())),
             Some(next) => {
                 // The interceptors see the request as it arrived; the
-                // handler gets it decoded again from what they pass on.
-                drop(msg);
-                let call = ServerCall::new(self.info.clone(), ctx, raw_request);
+                // handler gets what was decoded on arrival, unless an
+                // interceptor replaced the bytes.
+                let call = ServerCall::new(self.info.clone(), ctx, raw_request)
+                    .with_decoded(Box::new(msg));
                 next.clone().run(call).await
             }
         };
@@ -323,41 +327,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::bus::{HandlerSubscription, LocalBus, RawSubscription};
-    use crate::channels::Channel;
+    use crate::bus::LocalBus;
     use crate::client::{ClientOptions, RpcClient};
     use crate::method::Method;
     use crate::server::ServerOptions;
+    use crate::testing::TestBus;
 
     /// The local bus, except that nothing can be published to a client's
     /// claim channel (as when the broker refuses the publish).
-    struct NoClaims(LocalBus);
-
-    #[async_trait::async_trait]
-    impl MessageBus for NoClaims {
-        async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
+    fn no_claims(bus: LocalBus) -> TestBus {
+        TestBus::new(bus).publish_interceptor(|channel, msg, next| async move {
             if channel.legacy.ends_with("|CLAIM") {
                 return Err(Error::new(ErrorCode::Unavailable, "publish refused"));
             }
-            self.0.publish(channel, msg).await
-        }
-        async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
-            self.0.subscribe(channel, size).await
-        }
-        async fn subscribe_queue(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
-            self.0.subscribe_queue(channel, size).await
-        }
-        async fn subscribe_handler(
-            &self,
-            channel: &Channel,
-            size: usize,
-            queue: bool,
-            handler: Handler,
-        ) -> Result<HandlerSubscription> {
-            self.0
-                .subscribe_handler(channel, size, queue, handler)
-                .await
-        }
+            next.publish(channel, msg).await
+        })
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -373,7 +357,7 @@ mod tests {
         static M: Method<N, N> = Method::queue("M");
         let bus = LocalBus::new();
         let s = RpcServer::new(
-            NoClaims(bus.clone()),
+            no_claims(bus.clone()),
             "S",
             ServerOptions::default().skip_claim(|| true),
         )
@@ -398,6 +382,41 @@ mod tests {
             .expect_err("nobody announced");
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert_eq!(ran.load(Ordering::SeqCst), 0, "the handler ran unannounced");
+        s.shutdown().await;
+    }
+
+    /// With an interceptor installed the handler gets the request decoded
+    /// on arrival; one that replaces the bytes has its request handled.
+    #[tokio::test]
+    async fn handler_gets_what_interceptors_pass_on() {
+        use crate::interceptor::{self, Handle, Next, ServerCall};
+        static M: Method<N, N> = Method::queue("M");
+        let bus = LocalBus::new();
+        // Doubles odd requests; passes even ones on untouched.
+        let double =
+            interceptor::handle_fn(|mut call: ServerCall, next: Next<Handle>| async move {
+                let n = M.decode_request(call.request())?.n;
+                if n % 2 == 1 {
+                    call.set_request(M.encode_request(&N { n: n * 2 }));
+                }
+                next.run(call).await
+            });
+        let s = RpcServer::new(
+            bus.clone(),
+            "S",
+            ServerOptions::default().interceptor(double),
+        )
+        .await
+        .unwrap();
+        s.route(&M)
+            .handle(|_ctx: Context, req: N| async move { Ok(req) })
+            .await
+            .unwrap();
+        let c = RpcClient::new(bus, "S", ClientOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(c.unary(&M, (), N { n: 3 }).await.unwrap().n, 6);
+        assert_eq!(c.unary(&M, (), N { n: 4 }).await.unwrap().n, 4);
         s.shutdown().await;
     }
 }
