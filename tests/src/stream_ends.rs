@@ -256,14 +256,13 @@ async fn end_of(st: &mut ClientStream<Num, Num>) -> Result<(), Error> {
 pub async fn stream_end_explicit_close(f: &dyn BusFactory) {
     let mut t = setup(f, "end_close", None).await;
     t.st.close().await.expect("close");
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::clean(CloseReason::Closed)
-    );
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::clean(CloseReason::Peer)
-    );
+    both_ended(
+        &t.server_ends,
+        End::clean(CloseReason::Peer),
+        &t.client_ends,
+        End::clean(CloseReason::Closed),
+    )
+    .await;
     // Reading after one's own clean close: a clean end.
     end_of(&mut t.st).await.expect("clean");
     t.server.shutdown().await;
@@ -274,14 +273,13 @@ pub async fn stream_end_close_with_error(f: &dyn BusFactory) {
     let mut t = setup(f, "end_close_with", None).await;
     let cause = Error::resource_exhausted("client is done");
     t.st.close_with(cause.clone()).await.expect("close");
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::new(CloseReason::Closed, &cause)
-    );
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::new(CloseReason::Peer, &cause)
-    );
+    both_ended(
+        &t.server_ends,
+        End::new(CloseReason::Peer, &cause),
+        &t.client_ends,
+        End::new(CloseReason::Closed, &cause),
+    )
+    .await;
     let e = end_of(&mut t.st).await.expect_err("ended with the cause");
     assert_eq!(e.message(), "client is done");
     t.server.shutdown().await;
@@ -295,29 +293,33 @@ pub async fn stream_end_handler_error(f: &dyn BusFactory) {
     let e = end_of(&mut t.st).await.expect_err("the handler's error");
     assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     let cause = Error::failed_precondition("handler refused");
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::new(CloseReason::Closed, &cause)
-    );
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::new(CloseReason::Peer, &cause)
-    );
+    both_ended(
+        &t.server_ends,
+        End::new(CloseReason::Closed, &cause),
+        &t.client_ends,
+        End::new(CloseReason::Peer, &cause),
+    )
+    .await;
     t.server.shutdown().await;
+}
+
+/// Waits until both ends reported one end each, and checks them.
+async fn both_ended(server_ends: &Ends, server: End, client_ends: &Ends, client: End) {
+    assert_eq!(server_ends.one_end("server").await, server);
+    assert_eq!(client_ends.one_end("client").await, client);
 }
 
 /// Dropping the client stream closes it cleanly.
 pub async fn stream_end_client_drop(f: &dyn BusFactory) {
     let t = setup(f, "end_drop", None).await;
     drop(t.st);
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::clean(CloseReason::Dropped)
-    );
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::clean(CloseReason::Peer)
-    );
+    both_ended(
+        &t.server_ends,
+        End::clean(CloseReason::Peer),
+        &t.client_ends,
+        End::clean(CloseReason::Dropped),
+    )
+    .await;
     t.server.shutdown().await;
 }
 
@@ -332,14 +334,13 @@ pub async fn stream_end_split_halves_drop(f: &dyn BusFactory) {
         .await
         .expect("the sender works alone");
     drop(tx);
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::clean(CloseReason::Dropped)
-    );
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::clean(CloseReason::Peer)
-    );
+    both_ended(
+        &t.server_ends,
+        End::clean(CloseReason::Peer),
+        &t.client_ends,
+        End::clean(CloseReason::Dropped),
+    )
+    .await;
     t.server.shutdown().await;
 }
 
@@ -348,14 +349,13 @@ pub async fn stream_end_hijacked_drop(f: &dyn BusFactory) {
     let mut t = setup(f, "end_hijack", None).await;
     t.st.send(num(2, "hijack")).await.expect("send");
     end_of(&mut t.st).await.expect("a clean end");
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::clean(CloseReason::Dropped)
-    );
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::clean(CloseReason::Peer)
-    );
+    both_ended(
+        &t.server_ends,
+        End::clean(CloseReason::Dropped),
+        &t.client_ends,
+        End::clean(CloseReason::Peer),
+    )
+    .await;
     t.server.shutdown().await;
 }
 
@@ -370,14 +370,13 @@ async fn server_stopped(f: &dyn BusFactory, service: &str, reason: CloseReason) 
     let e = end_of(&mut t.st).await.expect_err("EOF");
     assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "EOF"));
     let eof = Error::stream_eof();
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::new(reason, &eof)
-    );
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::new(CloseReason::Peer, &eof)
-    );
+    both_ended(
+        &t.server_ends,
+        End::new(reason, &eof),
+        &t.client_ends,
+        End::new(CloseReason::Peer, &eof),
+    )
+    .await;
     t.server.shutdown().await;
 }
 
@@ -403,14 +402,13 @@ pub async fn stream_end_server_dropped(f: &dyn BusFactory) {
     let e = end_of(&mut t.st).await.expect_err("EOF");
     assert_eq!(e.message(), "EOF");
     let eof = Error::stream_eof();
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::new(CloseReason::Kill, &eof)
-    );
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::new(CloseReason::Peer, &eof)
-    );
+    both_ended(
+        &t.server_ends,
+        End::new(CloseReason::Kill, &eof),
+        &t.client_ends,
+        End::new(CloseReason::Peer, &eof),
+    )
+    .await;
 }
 
 /// The caller's context: canceled, then (another stream) its deadline.
@@ -432,14 +430,13 @@ pub async fn stream_end_context(f: &dyn BusFactory) {
         };
         assert_eq!(e.message(), want);
         let cause = Error::unknown(want);
-        assert_eq!(
-            t.client_ends.one_end("client").await,
-            End::new(CloseReason::Context, &cause)
-        );
-        assert_eq!(
-            t.server_ends.one_end("server").await,
-            End::new(CloseReason::Peer, &cause)
-        );
+        both_ended(
+            &t.server_ends,
+            End::new(CloseReason::Peer, &cause),
+            &t.client_ends,
+            End::new(CloseReason::Context, &cause),
+        )
+        .await;
         t.server.shutdown().await;
     }
 }
@@ -489,13 +486,12 @@ pub async fn stream_end_client_close(f: &dyn BusFactory) {
     let mut t = setup(f, "end_client_close", None).await;
     t.client.close();
     end_of(&mut t.st).await.expect("a clean end");
-    assert_eq!(
-        t.client_ends.one_end("client").await,
-        End::clean(CloseReason::ClientClosed)
-    );
-    assert_eq!(
-        t.server_ends.one_end("server").await,
-        End::clean(CloseReason::Peer)
-    );
+    both_ended(
+        &t.server_ends,
+        End::clean(CloseReason::Peer),
+        &t.client_ends,
+        End::clean(CloseReason::ClientClosed),
+    )
+    .await;
     t.server.shutdown().await;
 }
