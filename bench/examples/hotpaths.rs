@@ -6,8 +6,8 @@
 //! hotpaths PATH [OPS] [WARMUP] [BUS]
 //! ```
 //!
-//! `PATH` is one of `unary`, `affinity`, `multi`, `stream`, `sub`,
-//! `trigger` (see [`Path`]). The process starts three servers and one
+//! `PATH` is one of `unary`, `unary-mw`, `affinity`, `multi`, `stream`,
+//! `sub`, `trigger` (see [`Path`]). The process starts three servers and one
 //! client of the benchmark service on one [`LocalBus`], on a current-thread
 //! tokio runtime, does `WARMUP` operations (default 200) so that every lazy
 //! initialisation and buffer growth is behind it, then `OPS` operations
@@ -31,6 +31,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use futures::StreamExt;
 use psrpc::bus::DynBus;
+use psrpc::middleware::metrics::{Metrics, MetricsFacade};
+use psrpc::middleware::recovery::Recovery;
+use psrpc::middleware::trace::Tracing;
 use psrpc::{
     ClientOptions, ClientStream, Context, LocalBus, Method, RpcClient, RpcServer, SelectionOptions,
     ServerOptions, ServerStream, Subscription,
@@ -71,6 +74,10 @@ const PAYLOAD: &[u8] = b"psrpc-bench-0123";
 enum Path {
     /// `unary`: one `Unary` call (queue routing, claim handshake).
     Unary,
+    /// `unary-mw`: the same call with the shipped middleware installed on
+    /// both sides, as `psrpc-bench --middleware` does (tracing and metrics;
+    /// recovery on the servers): what the interceptor path costs.
+    UnaryMw,
     /// `affinity`: one `Affinity` call, selection ending at affinity 1.0.
     Affinity,
     /// `multi`: one `Multi` call, complete when all 3 servers answered.
@@ -87,8 +94,9 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [(&'static str, Path); 6] = [
+    const ALL: [(&'static str, Path); 7] = [
         ("unary", Path::Unary),
+        ("unary-mw", Path::UnaryMw),
         ("affinity", Path::Affinity),
         ("multi", Path::Multi),
         ("stream", Path::Stream),
@@ -128,10 +136,20 @@ fn echo(id: String) -> impl Fn(Context, Req) -> std::future::Ready<psrpc::Result
     }
 }
 
-/// Starts server `i` as psrpc-bench does (affinity 1.0, 0.75, 0.5).
-async fn start_server(bus: &DynBus, i: usize) -> (RpcServer, RpcServer) {
+/// Starts server `i` as psrpc-bench does (affinity 1.0, 0.75, 0.5), with
+/// the shipped middleware when `middleware`.
+async fn start_server(bus: &DynBus, i: usize, middleware: bool) -> (RpcServer, RpcServer) {
     let id = format!("bench-server-{i}");
-    let opts = || ServerOptions::default().server_id(&id);
+    let opts = || {
+        let o = ServerOptions::default().server_id(&id);
+        if middleware {
+            o.interceptor(Tracing)
+                .interceptor(Metrics::new(MetricsFacade::shared()))
+                .interceptor(Recovery)
+        } else {
+            o
+        }
+    };
     let bench = RpcServer::new(bus.clone(), "Bench", opts()).await.unwrap();
     let events = RpcServer::new(bus.clone(), "BenchEvents", opts())
         .await
@@ -208,16 +226,18 @@ impl Fixture {
         };
         let mut servers = Vec::new();
         for i in 0..SERVERS {
-            servers.push(start_server(&connect().await, i).await);
+            servers.push(start_server(&connect().await, i, path == Path::UnaryMw).await);
         }
         let bus = connect().await;
-        let client = RpcClient::new(
-            bus.clone(),
-            "Bench",
-            ClientOptions::default().client_id("bench-client"),
-        )
-        .await
-        .expect("client");
+        let mut opts = ClientOptions::default().client_id("bench-client");
+        if path == Path::UnaryMw {
+            opts = opts
+                .interceptor(Tracing)
+                .interceptor(Metrics::new(MetricsFacade::shared()));
+        }
+        let client = RpcClient::new(bus.clone(), "Bench", opts)
+            .await
+            .expect("client");
         let mut fx = Fixture {
             client,
             servers,
@@ -271,7 +291,7 @@ impl Fixture {
     /// One operation of `path`; panics on a wrong or missing answer.
     async fn op(&mut self, path: Path) {
         match path {
-            Path::Unary => {
+            Path::Unary | Path::UnaryMw => {
                 let req = self.req("", 0);
                 let res: Res = self.client.unary(&UNARY, (), req).await.expect("unary");
                 assert_eq!(res.seq, self.seq);
