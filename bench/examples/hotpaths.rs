@@ -84,6 +84,9 @@ enum Path {
     Multi,
     /// `stream`: one message echoed on an open `Echo` stream.
     Stream,
+    /// `stream-open`: psrpc-bench's `stream open+close` row: an `Echo`
+    /// stream opened (claim handshake, ack) and closed.
+    StreamOpen,
     /// `sub`: one event a server publishes on the queue subscription
     /// `Events`, received by the client's subscription.
     Sub,
@@ -94,12 +97,13 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [(&'static str, Path); 7] = [
+    const ALL: [(&'static str, Path); 8] = [
         ("unary", Path::Unary),
         ("unary-mw", Path::UnaryMw),
         ("affinity", Path::Affinity),
         ("multi", Path::Multi),
         ("stream", Path::Stream),
+        ("stream-open", Path::StreamOpen),
         ("sub", Path::Sub),
         ("trigger", Path::Trigger),
     ];
@@ -328,6 +332,11 @@ impl Fixture {
                 .expect("stream send");
                 let m = st.recv().await.expect("echo").expect("a message");
                 assert_eq!(m.seq, self.seq);
+            }
+            Path::StreamOpen => {
+                let st: ClientStream<Msg, Msg> =
+                    self.client.stream(&ECHO, ()).await.expect("open stream");
+                st.close().await.expect("close stream");
             }
             Path::Sub => {
                 self.seq += 1;

@@ -48,6 +48,13 @@ async fn peer_without_presence_is_kept() {
     liveness::peer_without_presence_is_kept(connect(&broker.url()).await).await;
 }
 
+/// A young stream has subscribed no presence channel; an older one has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn young_streams_subscribe_no_presence() {
+    let broker = NatsServer::start(&[]);
+    liveness::young_streams_subscribe_no_presence(connect(&broker.url()).await).await;
+}
+
 /// What a Go peer can hear (every subject under `SRV.` and `CLI.`) carries
 /// only psrpc envelopes while both ends of a stream watch each other: the
 /// probes go to presence subjects only.

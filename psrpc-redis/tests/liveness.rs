@@ -48,6 +48,13 @@ async fn peer_without_presence_is_kept() {
     liveness::peer_without_presence_is_kept(connect(&broker.url()).await).await;
 }
 
+/// A young stream has subscribed no presence channel; an older one has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn young_streams_subscribe_no_presence() {
+    let broker = RedisServer::start();
+    liveness::young_streams_subscribe_no_presence(connect(&broker.url()).await).await;
+}
+
 /// Watching publishes nothing at all on Redis (`PUBSUB NUMSUB` only asks):
 /// a spy subscribed to every channel hears only psrpc envelopes, none on a
 /// presence channel.

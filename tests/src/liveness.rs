@@ -511,6 +511,56 @@ pub async fn one_watched_stream(bus: DynBus) {
     s.shutdown().await;
 }
 
+/// Watching costs a young stream nothing on the bus: with a long interval
+/// neither end has subscribed its presence channel once the stream is open
+/// (and a message has travelled both ways); with a short one both have,
+/// soon after. The long interval (60 s) puts the subscriptions 15 s after
+/// the open, far beyond any stall of the test.
+pub async fn young_streams_subscribe_no_presence(bus: DynBus) {
+    let presence = |st: &psrpc::ClientStream<Num, Num>, client_end: bool| {
+        psrpc::stream::presence_channel(SERVICE, st.stream_id(), client_end)
+    };
+    let slow = psrpc::StreamLiveness::new(Duration::from_secs(60), Duration::from_secs(240));
+    for (liveness, subscribed) in [(slow, 0), (fast(), 1)] {
+        let s = RpcServer::new(
+            bus.clone(),
+            SERVICE,
+            ServerOptions::default().stream_liveness(liveness),
+        )
+        .await
+        .unwrap();
+        register_pusher(&s, None).await;
+        let c = RpcClient::new(
+            bus.clone(),
+            SERVICE,
+            psrpc::ClientOptions::default().stream_liveness(liveness),
+        )
+        .await
+        .expect("client");
+        let mut st = open(&c).await;
+        assert_eq!(st.recv().await.expect("first").expect("a message").n, 0);
+        for client_end in [true, false] {
+            let ch = presence(&st, client_end);
+            let side = if client_end { "client" } else { "server" };
+            if subscribed == 0 {
+                let n = bus.listeners(&ch).await.expect("count");
+                assert_eq!(n, Some(0), "the {side}'s presence of a young stream");
+            } else {
+                let start = Instant::now();
+                while bus.listeners(&ch).await.expect("count") != Some(1) {
+                    assert!(
+                        start.elapsed() < DEADLINE,
+                        "the {side} never subscribed its presence"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        st.close().await.expect("close");
+        s.shutdown().await;
+    }
+}
+
 /// Checks one message a spy saw on a psrpc channel: a `Msg` envelope of a
 /// psrpc type, as Go peers expect.
 pub fn assert_psrpc_envelope(channel: &str, payload: &[u8]) {

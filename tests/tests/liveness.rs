@@ -17,3 +17,9 @@ async fn server_learns_that_its_client_died() {
     let took = liveness::local_client_killed(Arc::new(LocalBus::new())).await;
     eprintln!("local bus: the server learnt of the dead client in {took:?}");
 }
+
+/// A young stream has subscribed no presence channel; an older one has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn young_streams_subscribe_no_presence() {
+    liveness::young_streams_subscribe_no_presence(Arc::new(LocalBus::new())).await;
+}

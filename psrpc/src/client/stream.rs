@@ -187,12 +187,7 @@ impl RpcClient {
                 _ = cancelled_opt(cancel) => Err(Error::request_canceled()),
             }
         };
-        // This end's presence is subscribed while the open travels: the
-        // server looks for it only after claiming and acking (one round
-        // trip or more), by when the subscription is in effect.
-        let liveness = inner.opts.stream_liveness;
-        let (presence, opened) = tokio::join!(shared.presence(liveness, true), opened);
-        if let Err(e) = opened {
+        if let Err(e) = opened.await {
             shared.forget_ack(&request_id);
             // Tells the servers in the background: the caller has waited enough.
             // The interceptors did not see an open: nor do they see this.
@@ -200,7 +195,7 @@ impl RpcClient {
             return Err(e);
         }
         shared.open_interceptors();
-        shared.watch_peer(liveness, true, presence);
+        shared.watch_peer(inner.opts.stream_liveness, true);
         watch_context(&shared, &opts.context);
         Ok(ClientStream::new(shared, rx, opts.context))
     }

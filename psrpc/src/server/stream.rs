@@ -213,14 +213,8 @@ where
             expiry: m.expiry,
             body: Some(StreamBody::Ack(StreamAck {})),
         };
-        // This end's presence is subscribed while the ack travels (as the
-        // client does with the open): no extra round trip on the open's
-        // path, and the presence is in place by the client's first look.
-        let (presence, ()) = tokio::join!(
-            shared.presence(self.liveness, false),
-            core.publish(&out, &ack)
-        );
-        shared.watch_peer(self.liveness, false, presence);
+        core.publish(&out, &ack).await;
+        shared.watch_peer(self.liveness, false);
         let header = IncomingHeader {
             remote_id: open.node_id,
             sent_at: UNIX_EPOCH + Duration::from_nanos(m.sent_at.max(0) as u64),

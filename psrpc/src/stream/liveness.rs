@@ -87,17 +87,9 @@ pub fn presence_channel(service: &str, stream_id: &str, client_end: bool) -> Cha
 
 impl<R: Message + Default + Clone + 'static> Shared<R> {
     /// Subscribes this end's presence channel (see [Dead
-    /// peers](super#dead-peers)); `None` when `liveness` is disabled or the
-    /// subscription failed (logged). Done before this end sends the open
-    /// (or its ack), so that the peer's first look finds it.
-    pub(crate) async fn presence(
-        &self,
-        liveness: StreamLiveness,
-        client_end: bool,
-    ) -> Option<HandlerSubscription> {
-        if !liveness.is_enabled() {
-            return None;
-        }
+    /// peers](super#dead-peers)); `None` when the subscription failed
+    /// (logged).
+    async fn presence(&self, client_end: bool) -> Option<HandlerSubscription> {
         let own = presence_channel(&self.info.service, &self.stream_id, client_end);
         let ignore: crate::bus::Handler = Arc::new(|_| {});
         match self.bus.subscribe_handler(&own, 1, false, ignore).await {
@@ -113,29 +105,42 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         }
     }
 
-    /// Starts watching the peer once the stream is open: a task looks at
-    /// once, then every interval, until the stream ends; it keeps this
-    /// end's `presence` subscription until then.
-    pub(crate) fn watch_peer(
-        self: &Arc<Self>,
-        liveness: StreamLiveness,
-        client_end: bool,
-        presence: Option<HandlerSubscription>,
-    ) {
+    /// Starts watching the peer once the stream is open (see [Dead
+    /// peers](super#dead-peers)): a task that, while the stream lasts,
+    /// subscribes this end's presence channel a quarter of an interval
+    /// after the open and keeps it, takes its first look at the peer half
+    /// an interval after the open, then one every interval. A stream that
+    /// ends sooner costs a timer and nothing on the bus.
+    pub(crate) fn watch_peer(self: &Arc<Self>, liveness: StreamLiveness, client_end: bool) {
         if !liveness.is_enabled() || self.done.is_cancelled() {
             return;
         }
-        let peer = presence_channel(&self.info.service, &self.stream_id, !client_end);
         let me = self.clone();
         tokio::spawn(async move {
-            let _presence = presence;
-            me.probe(liveness, peer).await;
+            let opened = Instant::now();
+            if !me.open_at(opened + liveness.interval / 4).await {
+                return;
+            }
+            let _presence = me.presence(client_end).await;
+            if !me.open_at(opened + liveness.interval / 2).await {
+                return;
+            }
+            let peer = presence_channel(&me.info.service, &me.stream_id, !client_end);
+            me.probe(liveness, peer, opened).await;
         });
+    }
+
+    /// Waits until `at`; whether the stream is still open then.
+    async fn open_at(&self, at: Instant) -> bool {
+        tokio::select! {
+            _ = self.done.cancelled() => false,
+            _ = tokio::time::sleep_until(at) => true,
+        }
     }
 
     /// Looks for the peer every interval until the stream ends; ends it
     /// with `unavailable` once the peer was missing for `dead_after`.
-    async fn probe(&self, liveness: StreamLiveness, peer_presence: Channel) {
+    async fn probe(&self, liveness: StreamLiveness, peer_presence: Channel, opened: Instant) {
         struct Probe {
             ch: Channel,
             /// When a subscriber was last seen; `None`: never (not armed).
@@ -146,7 +151,7 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
             // its ack) was sent: armed from the start.
             Probe {
                 ch: (*self.out).clone(),
-                seen: Some(Instant::now()),
+                seen: Some(opened),
             },
             // Armed once seen: a Go peer never subscribes it.
             Probe {
@@ -154,12 +159,12 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 seen: None,
             },
         ];
+        // The first look is at once: the caller waited half an interval.
         let mut first = true;
         while !probes.is_empty() {
             if !std::mem::take(&mut first) {
-                tokio::select! {
-                    _ = self.done.cancelled() => return,
-                    _ = tokio::time::sleep(liveness.interval) => {}
+                if !self.open_at(Instant::now() + liveness.interval).await {
+                    return;
                 }
             } else if self.done.is_cancelled() {
                 return;

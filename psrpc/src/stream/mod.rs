@@ -93,13 +93,16 @@
 //! to the end of the stream, with the defaults: 3.0 to 4.5 s on Redis and
 //! NATS, 3.5 to 4 s on the local bus).
 //!
-//! The first look is taken as soon as the stream is open. Each end
-//! subscribes its presence channel while its open (client) or its ack
-//! (server) travels, so opening costs no extra round trip and a live Rust
-//! peer normally shows at the first look, at the latest at the next one. A
+//! Watching costs nothing on the bus while a stream is young: each end
+//! subscribes its presence channel a quarter of an interval after the open
+//! (250 ms with the defaults) and takes its first look half an interval
+//! after it, so a stream that ends sooner (a short call made as a stream)
+//! costs a timer, no subscription and no look. A live Rust peer has
+//! subscribed by the time of the first look, at the latest by the next. A
 //! peer whose presence channel is empty at every look is never taken for
 //! dead: it may be a Go peer. So on NATS a peer that dies before this end
-//! has seen it once is not noticed.
+//! has seen it once (in practice, within the first quarter interval) is
+//! not noticed.
 //!
 //! How each bus counts:
 //!
