@@ -13,11 +13,80 @@ const ALPHABET: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 /// that ids a peer chooses cannot be made to collide on purpose.
 pub(crate) type IdMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
-/// An [`IdMap`] keyed by the id's bytes, for ids read in place off the
-/// wire: looked up without checking that they are UTF-8 (an id that is not
-/// matches no key, all of which are).
-pub(crate) type IdBytesMap<V> =
-    std::collections::HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+/// A table keyed by ids as bytes ([`IdKey`]), for the tables a call or a
+/// stream message touches: ids read in place off the wire are looked up
+/// without checking that they are UTF-8 (an id that is not matches no key,
+/// all of which are), and a key costs no allocation.
+pub(crate) type IdBytesMap<V> = std::collections::HashMap<IdKey, V, foldhash::fast::RandomState>;
+
+/// How many bytes of an id an [`IdKey`] holds inline: every id psrpc
+/// makes (and Go's) has 16.
+const INLINE_ID: usize = 30;
+
+/// An id as a table key: held inline up to [`INLINE_ID`] bytes, on the
+/// heap beyond (a peer may choose any id). Looked up by `&[u8]`.
+#[derive(Clone)]
+pub(crate) enum IdKey {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<[u8]>),
+}
+
+impl IdKey {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdKey::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for IdKey {
+    fn from(id: &[u8]) -> Self {
+        if id.len() <= INLINE_ID {
+            let mut bytes = [0; INLINE_ID];
+            bytes[..id.len()].copy_from_slice(id);
+            IdKey::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            IdKey::Heap(id.into())
+        }
+    }
+}
+
+impl From<&str> for IdKey {
+    fn from(id: &str) -> Self {
+        id.as_bytes().into()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for IdKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+// Hashed and compared as the bytes are, as `Borrow` requires.
+impl std::hash::Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IdKey {}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
 
 /// Prefix of client ids.
 pub const CLIENT_PREFIX: &str = "CLI_";
@@ -112,5 +181,35 @@ mod tests {
             .flat_map(|_| new_id("").chars().collect::<Vec<_>>())
             .collect();
         assert_eq!(all.len(), 62);
+    }
+
+    #[test]
+    fn id_keys_are_their_bytes() {
+        let mut t: IdBytesMap<usize> = IdBytesMap::default();
+        let long = "L".repeat(INLINE_ID + 1);
+        let ids = [
+            "",
+            "REQ_abcdefghijkl",
+            &long[..INLINE_ID],
+            &long,
+            "\u{e9}t\u{e9}",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            assert!(t.insert(IdKey::from(*id), i).is_none());
+        }
+        assert!(matches!(
+            IdKey::from(&long[..INLINE_ID]),
+            IdKey::Inline { .. }
+        ));
+        assert!(matches!(IdKey::from(long.as_str()), IdKey::Heap(_)));
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(t.get(id.as_bytes()), Some(&i), "{id:?}");
+            assert_eq!(IdKey::from(*id).as_bytes(), id.as_bytes());
+        }
+        // A prefix, or the same bytes one longer, is another key.
+        assert_eq!(t.get(&b"REQ_abcdefghijk"[..]), None);
+        assert_eq!(t.get(&b"REQ_abcdefghijkl\0"[..]), None);
+        assert_eq!(t.remove(long.as_bytes()), Some(3));
+        assert_eq!(t.len(), ids.len() - 1);
     }
 }

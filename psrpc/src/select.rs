@@ -93,6 +93,16 @@ pub(crate) enum Incoming {
     Response(Box<Response>),
 }
 
+impl Incoming {
+    /// The request this answers.
+    pub(crate) fn request_id(&self) -> &str {
+        match self {
+            Incoming::Claim(c) => &c.request_id,
+            Incoming::Response(r) => &r.request_id,
+        }
+    }
+}
+
 /// The outcome of selection.
 #[derive(Debug)]
 pub(crate) enum Selected {

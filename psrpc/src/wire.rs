@@ -512,7 +512,7 @@ pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
 
 /// The string field `tag` of an encoded message (its last occurrence, as
 /// prost reads it; empty when absent), without decoding the rest.
-fn peek_str(b: &[u8], tags: [u32; 2]) -> Option<[&str; 2]> {
+fn peek_bytes(b: &[u8], tags: [u32; 2]) -> Option<[&[u8]; 2]> {
     let mut found: [&[u8]; 2] = [&[], &[]];
     scan(b, |tag, field| {
         match (tags.iter().position(|t| *t == tag), field) {
@@ -524,16 +524,14 @@ fn peek_str(b: &[u8], tags: [u32; 2]) -> Option<[&str; 2]> {
             (None, _) => true,
         }
     })?;
-    Some([
-        std::str::from_utf8(found[0]).ok()?,
-        std::str::from_utf8(found[1]).ok()?,
-    ])
+    Some(found)
 }
 
-/// The request id and server id of an encoded `ClaimResponse`, read
-/// without decoding it; `None` when prost should decode it (see [`scan`]).
-pub(crate) fn peek_claim_response(b: &[u8]) -> Option<(&str, &str)> {
-    let [request_id, server_id] = peek_str(b, [1, 2])?;
+/// The request id and server id of an encoded `ClaimResponse`, read in
+/// place and not checked to be UTF-8 (prost would refuse the message if
+/// they are not); `None` when prost should decode it (see [`scan`]).
+pub(crate) fn peek_claim_response(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [request_id, server_id] = peek_bytes(b, [1, 2])?;
     Some((request_id, server_id))
 }
 
@@ -696,7 +694,7 @@ mod tests {
         group.extend([9 << 3 | 3, 9 << 3 | 4]);
         out.push(group.into());
         let mut bad_utf8 = whole.to_vec();
-        bad_utf8.extend([1 << 3 | 2, 1, 0xff]);
+        bad_utf8.extend(BAD_UTF8);
         out.push(bad_utf8.into());
         for n in 0..whole.len() {
             out.push(whole.slice(..n));
@@ -704,8 +702,11 @@ mod tests {
         out
     }
 
+    /// Field 1 (an id) once more, with a byte that is not UTF-8.
+    const BAD_UTF8: &[u8] = &[1 << 3 | 2, 1, 0xff];
+
     /// Reading a claim response's ids in place gives what prost decodes,
-    /// and whatever it reads, prost reads too.
+    /// and whatever it reads, prost reads too, but for ids that are not UTF-8.
     #[test]
     fn claim_response_peek_matches_prost() {
         let whole = encode(&ClaimResponse {
@@ -716,9 +717,15 @@ mod tests {
         for b in mutations(whole) {
             let decoded = ClaimResponse::decode(b.clone());
             match peek_claim_response(&b) {
+                Some((r, s)) if std::str::from_utf8(r).is_err() => {
+                    // Read, but prost refuses it: the bytes are not UTF-8.
+                    assert!(decoded.is_err() && b.ends_with(BAD_UTF8), "{b:?}");
+                    assert_eq!(s, b"SRV_xyz");
+                }
                 Some((r, s)) => {
                     let d = decoded.expect("peeked, so prost reads it");
-                    assert_eq!((r, s), (d.request_id.as_str(), d.server_id.as_str()));
+                    let d = (d.request_id.as_bytes(), d.server_id.as_bytes());
+                    assert_eq!((r, s), d);
                     empty_ids += usize::from(r.is_empty());
                 }
                 None => assert!(decoded.is_err() || b.ends_with(&[9 << 3 | 4]), "{b:?}"),

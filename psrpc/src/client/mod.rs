@@ -88,7 +88,7 @@ pub use crate::bus::DEFAULT_CHANNEL_SIZE;
 pub use crate::call::CallOptions;
 pub use multi::{MultiCall, MultiResponses, RawMultiResponses};
 pub use options::{ClientOptions, DEFAULT_CLIENT_TIMEOUT};
-use pending::{PendingGuard, Shared, router};
+use pending::{PendingGuard, Route, Shared, router};
 pub use stream::StreamCall;
 pub use subscription::Subscription;
 pub use unary::UnaryCall;
@@ -197,12 +197,24 @@ impl RpcClient {
         let size = opts.channel_size;
         let response_ch = channels::response_channel(&service, &id);
         let claim_ch = channels::claim_request_channel(&service, &id);
-        let on_response = router::<Response>(&shared, &bus, &response_ch, |r| {
-            (r.request_id.clone(), Incoming::Response(Box::new(r)))
-        });
-        let on_claim = router::<ClaimRequest>(&shared, &bus, &claim_ch, |c| {
-            (c.request_id.clone(), Incoming::Claim(Box::new(c)))
-        });
+        let on_response = router::<Response>(
+            &shared,
+            &bus,
+            &response_ch,
+            Route {
+                request_id: |r| &r.request_id,
+                event: |r| Incoming::Response(Box::new(r)),
+            },
+        );
+        let on_claim = router::<ClaimRequest>(
+            &shared,
+            &bus,
+            &claim_ch,
+            Route {
+                request_id: |c| &c.request_id,
+                event: |c| Incoming::Claim(Box::new(c)),
+            },
+        );
         let subs = vec![
             bus.subscribe_handler(&response_ch, size, false, on_response)
                 .await?,

@@ -11,7 +11,7 @@ use crate::id;
 use crate::select::{CallReceiver, CallSender, Incoming, call_queue};
 use crate::wire;
 
-pub(super) type PendingMap = Mutex<id::IdMap<CallSender>>;
+pub(super) type PendingMap = Mutex<id::IdBytesMap<CallSender>>;
 
 pub(super) struct Shared {
     pub(super) pending: PendingMap,
@@ -30,12 +30,13 @@ impl RpcClient {
         if self.is_closed() {
             return Err(Error::client_closed());
         }
-        p.insert(request_id.to_owned(), tx);
+        let key = id::IdKey::from(request_id);
+        p.insert(key.clone(), tx);
         Ok((
             rx,
             PendingGuard {
                 shared: self.inner.shared.clone(),
-                request_id: request_id.to_owned(),
+                request_id: key,
             },
         ))
     }
@@ -44,7 +45,7 @@ impl RpcClient {
 /// Removes a pending call from the table when the call ends.
 pub(super) struct PendingGuard {
     shared: Arc<Shared>,
-    request_id: String,
+    request_id: id::IdKey,
 }
 
 impl Drop for PendingGuard {
@@ -54,7 +55,7 @@ impl Drop for PendingGuard {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        p.remove(&self.request_id);
+        p.remove(self.request_id.as_bytes());
     }
 }
 
@@ -63,7 +64,7 @@ pub(super) fn router<M: wire::Envelope + 'static>(
     shared: &Arc<Shared>,
     bus: &DynBus,
     channel: &channels::Channel,
-    to_event: fn(M) -> (String, Incoming),
+    to_event: Route<M>,
 ) -> crate::bus::Handler {
     // Weak: the bus holds this handler; a strong handle would keep the bus
     // alive through its own subscription.
@@ -76,22 +77,37 @@ pub(super) fn router<M: wire::Envelope + 'static>(
     })
 }
 
+/// How a message of a client channel reaches its call: the request id it
+/// answers, and the event the call gets.
+pub(super) struct Route<M> {
+    pub(super) request_id: fn(&M) -> &str,
+    pub(super) event: fn(M) -> Incoming,
+}
+
+// Two fn pointers, whatever `M` is (a derive would ask `M: Copy`).
+impl<M> Clone for Route<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Route<M> {}
+
 /// Routes one message of a client channel to its pending call.
 pub(super) fn route<M: wire::Envelope>(
     shared: &Shared,
     bus: &dyn crate::bus::MessageBus,
     msg: M,
-    route: fn(M) -> (String, Incoming),
+    route: Route<M>,
 ) {
-    let (request_id, ev) = route(msg);
     let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = p.get(&request_id) {
+    if let Some(tx) = p.get((route.request_id)(&msg).as_bytes()) {
         // Never block on one call (Go blocks the whole client there, and a
         // late response for a call that stopped reading hangs it): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
-        if tx.try_send(ev).is_err() {
-            let why = format_args!("buffer of pending call {request_id} full");
+        if let Err(ev) = tx.try_send((route.event)(msg)) {
+            let why = format_args!("buffer of pending call {} full", ev.request_id());
             bus.drops()
                 .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
         }

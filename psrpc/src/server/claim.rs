@@ -74,9 +74,9 @@ pub(super) const DECIDED_TTL: Duration = Duration::from_secs(1);
 /// costs nothing beyond its entry while it is pending.
 #[derive(Default)]
 pub(super) struct ClaimTable {
-    pub(super) waiters: id::IdMap<ClaimWaiter>,
-    pub(super) decided: id::IdMap<String>,
-    pub(super) order: VecDeque<(Instant, String)>,
+    pub(super) waiters: id::IdBytesMap<ClaimWaiter>,
+    pub(super) decided: id::IdBytesMap<String>,
+    pub(super) order: VecDeque<(Instant, id::IdKey)>,
     /// Whether the sweeper task is running.
     pub(super) sweeping: bool,
 }
@@ -98,7 +98,7 @@ impl ClaimTable {
     /// Gives up the claims whose requests expired (returned, to be dropped
     /// and reported outside the lock) and forgets old decisions.
     pub(super) fn sweep(&mut self, now: Instant) -> Vec<ClaimWaiter> {
-        let ids: Vec<String> = self
+        let ids: Vec<id::IdKey> = self
             .waiters
             .iter()
             .filter(|(_, w)| w.deadline <= now)
@@ -106,7 +106,7 @@ impl ClaimTable {
             .collect();
         let expired = ids
             .iter()
-            .filter_map(|id| self.waiters.remove(id))
+            .filter_map(|id| self.waiters.remove(id.as_bytes()))
             .collect();
         while self
             .order
@@ -114,7 +114,7 @@ impl ClaimTable {
             .is_some_and(|(t, _)| now.duration_since(*t) >= DECIDED_TTL)
         {
             if let Some((_, id)) = self.order.pop_front() {
-                self.decided.remove(&id);
+                self.decided.remove(id.as_bytes());
             }
         }
         expired
@@ -130,13 +130,14 @@ impl ClaimTable {
         self.waiters.len() + self.decided.len() + self.order.len()
     }
 
-    pub(super) fn insert(&mut self, request_id: String, waiter: ClaimWaiter) {
-        self.waiters.insert(request_id, waiter);
+    pub(super) fn insert(&mut self, request_id: &str, waiter: ClaimWaiter) {
+        self.waiters.insert(request_id.into(), waiter);
     }
 
-    pub(super) fn remember(&mut self, request_id: String, winner: String) {
-        self.order.push_back((Instant::now(), request_id.clone()));
-        self.decided.insert(request_id, winner);
+    pub(super) fn remember(&mut self, request_id: &str, winner: String) {
+        let key = id::IdKey::from(request_id);
+        self.order.push_back((Instant::now(), key.clone()));
+        self.decided.insert(key, winner);
     }
 }
 
@@ -210,7 +211,11 @@ impl Core {
             return;
         };
         // Read in place: every server of the method hears every claim
-        // response, and most find no claim of theirs.
+        // response, and most find no claim of theirs. The ids are compared
+        // as bytes: one that is not UTF-8 matches no claim (every key is
+        // UTF-8) and is not this server's id, so a response that prost
+        // would refuse changes nothing here unless it is remembered, which
+        // checks it.
         let decoded: ClaimResponse;
         let (request_id, server_id) = match wire::peek_claim_response(&payload) {
             Some(ids) => ids,
@@ -219,7 +224,7 @@ impl Core {
                     return;
                 };
                 decoded = c;
-                (decoded.request_id.as_str(), decoded.server_id.as_str())
+                (decoded.request_id.as_bytes(), decoded.server_id.as_bytes())
             }
         };
         let mut table = self.lock_claims();
@@ -227,7 +232,7 @@ impl Core {
             Some(w) => {
                 drop(table);
                 let wait = w.bid_at.elapsed();
-                if server_id == self.id {
+                if server_id == self.id.as_bytes() {
                     self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::Granted, wait));
                     (w.then)();
                 } else {
@@ -235,7 +240,16 @@ impl Core {
                 }
             }
             None if remember => {
-                table.remember(request_id.to_owned(), server_id.to_owned());
+                let (Ok(request_id), Ok(server_id)) = (
+                    std::str::from_utf8(request_id),
+                    std::str::from_utf8(server_id),
+                ) else {
+                    drop(table);
+                    // Counted and logged as malformed, as prost refuses it.
+                    let _ = crate::bus::decode_payload::<ClaimResponse>(bus, &channel, payload);
+                    return;
+                };
+                table.remember(request_id, server_id.to_owned());
                 self.ensure_sweeper(&mut table);
             }
             None => {}
@@ -311,7 +325,7 @@ impl Core {
         }
         {
             let mut table = self.lock_claims();
-            if let Some(winner) = table.decided.remove(&request_id) {
+            if let Some(winner) = table.decided.remove(request_id.as_bytes()) {
                 // Decided before we could claim: it was not us.
                 drop(table);
                 tracing::trace!(%request_id, %winner, "psrpc server: claim already decided");
@@ -319,7 +333,7 @@ impl Core {
                 return;
             }
             table.insert(
-                request_id.clone(),
+                &request_id,
                 ClaimWaiter {
                     then: Box::new(then),
                     deadline,

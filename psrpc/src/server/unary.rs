@@ -327,11 +327,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::bus::LocalBus;
+    use crate::bus::{LocalBus, MessageBus};
     use crate::client::{ClientOptions, RpcClient};
+    use crate::drops::DropReason;
     use crate::method::Method;
     use crate::server::ServerOptions;
     use crate::testing::TestBus;
+    use crate::wire::Envelope;
 
     /// The local bus, except that nothing can be published to a client's
     /// claim channel (as when the broker refuses the publish).
@@ -348,6 +350,40 @@ mod tests {
     struct N {
         #[prost(int64, tag = "1")]
         n: i64,
+    }
+
+    /// Claim responses nobody here waited for are remembered on a method
+    /// every server hears; one whose ids are not UTF-8 (prost refuses it)
+    /// is counted as malformed instead, and not remembered.
+    #[tokio::test]
+    async fn unmatched_claim_responses_are_checked_before_kept() {
+        static A: Method<N, N> = Method::affinity("A");
+        let bus = LocalBus::new();
+        let s = RpcServer::new(bus.clone(), "S", ServerOptions::default())
+            .await
+            .unwrap();
+        s.route(&A)
+            .affinity(|_: &N| 1.0)
+            .handle(|_ctx: Context, req: N| async move { Ok(req) })
+            .await
+            .unwrap();
+        let ch = crate::channels::claim_response_channel("S", "A", &[]);
+        let url = wire::ClaimResponse::TYPE_URL;
+        let before = bus.drops().count(DropReason::Malformed);
+        // Request id `\xff\xfe`, server id `x`; then a good one.
+        let bad = wire::encode_msg_raw(url, b"\x0a\x02\xff\xfe\x12\x01x");
+        let good = wire::encode_msg_raw(url, b"\x0a\x02ok\x12\x01x");
+        bus.publish(&ch, bad).await.unwrap();
+        bus.publish(&ch, good).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.claim_table_entries() < 2 {
+            assert!(Instant::now() < deadline, "the good one was not remembered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Both were read, in order, by the same handler.
+        assert_eq!(bus.drops().count(DropReason::Malformed), before + 1);
+        assert_eq!(s.claim_table_entries(), 2, "one decision, in two entries");
+        s.shutdown().await;
     }
 
     /// An announcement that cannot be published means the handler does not
