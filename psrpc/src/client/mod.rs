@@ -126,15 +126,7 @@ impl ClientInner {
             &mut *self.subs.lock().unwrap_or_else(|e| e.into_inner()),
         ));
         // Dropping the senders wakes every waiting call with "closed".
-        let drained: Vec<_> = {
-            let mut p = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            p.drain().collect()
-        };
-        drop(drained);
+        drop(self.shared.pending.drain());
         // Open streams end with "stream closed"; the peers are told.
         for f in crate::stream::close_all(
             &self.streams,
@@ -191,7 +183,7 @@ impl RpcClient {
             .unwrap_or_else(|| id::new_id(id::CLIENT_PREFIX));
         channels::check_client_id(&id)?;
         let shared = Arc::new(Shared {
-            pending: Mutex::default(),
+            pending: Default::default(),
         });
         let closed = CancellationToken::new();
         let size = opts.channel_size;

@@ -11,7 +11,35 @@ use crate::id;
 use crate::select::{CallReceiver, CallSender, Incoming, call_queue};
 use crate::wire;
 
-pub(super) type PendingMap = Mutex<id::IdBytesMap<CallSender>>;
+/// How many parts the table of pending calls is split in: every call's
+/// task takes its part's lock when it starts and ends, and the response
+/// handler for every message; in one lock, calls in flight on several
+/// threads wait for each other.
+const PENDING_SHARDS: usize = 16;
+
+/// The pending calls, by request id, in [`PENDING_SHARDS`] parts.
+#[derive(Default)]
+pub(super) struct PendingMap([Mutex<id::IdBytesMap<CallSender>>; PENDING_SHARDS]);
+
+impl PendingMap {
+    /// The part holding `request_id`. Any bytes of an id spread it: ids are
+    /// random, and one a peer chose only picks which part is searched.
+    fn part(&self, request_id: &[u8]) -> std::sync::MutexGuard<'_, id::IdBytesMap<CallSender>> {
+        let i = request_id.last().map_or(0, |b| usize::from(*b)) % PENDING_SHARDS;
+        self.0[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes every pending call out of the table.
+    pub(super) fn drain(&self) -> Vec<CallSender> {
+        self.0
+            .iter()
+            .flat_map(|m| {
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                m.drain().map(|(_, tx)| tx).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
 
 pub(super) struct Shared {
     pub(super) pending: PendingMap,
@@ -20,12 +48,7 @@ pub(super) struct Shared {
 impl RpcClient {
     pub(super) fn register(&self, request_id: &str) -> Result<(CallReceiver, PendingGuard)> {
         let (tx, rx) = call_queue(self.inner.opts.channel_size);
-        let mut p = self
-            .inner
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = self.inner.shared.pending.part(request_id.as_bytes());
         // Checked under the lock, so close() cannot miss this entry.
         if self.is_closed() {
             return Err(Error::client_closed());
@@ -50,12 +73,8 @@ pub(super) struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        let mut p = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        p.remove(self.request_id.as_bytes());
+        let id = self.request_id.as_bytes();
+        self.shared.pending.part(id).remove(id);
     }
 }
 
@@ -100,8 +119,9 @@ pub(super) fn route<M: wire::Envelope>(
     msg: M,
     route: Route<M>,
 ) {
-    let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = p.get((route.request_id)(&msg).as_bytes()) {
+    let id = (route.request_id)(&msg).as_bytes();
+    let p = shared.pending.part(id);
+    if let Some(tx) = p.get(id) {
         // Never block on one call (Go blocks the whole client there, and a
         // late response for a call that stopped reading hangs it): a call whose buffer
         // (channel_size) is full is not being read, so the message is
