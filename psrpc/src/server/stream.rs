@@ -167,12 +167,13 @@ where
                 affinity,
                 deadline,
                 tracker.token(),
+                // Boxed, as a unary request's task is: the future is large.
                 move || {
-                    t.spawn(h.accept(m, chans));
+                    t.spawn(Box::pin(h.accept(m, chans)));
                 },
             );
         } else {
-            tracker.spawn(self.clone().accept(m, chans));
+            tracker.spawn(Box::pin(self.clone().accept(m, chans)));
         }
     }
 

@@ -180,12 +180,16 @@ where
                 affinity,
                 deadline,
                 tracker.token(),
+                // Boxed: the request's future is large, and a task's
+                // future is moved several times on its way into the task
+                // and through its stages; a box moves as a pointer.
                 move || {
-                    t.spawn(h.run(req, msg, deadline, chans));
+                    t.spawn(Box::pin(h.run(req, msg, deadline, chans)));
                 },
             );
         } else {
-            tracker.spawn(self.clone().run(req, msg, deadline, chans));
+            // Boxed, as above.
+            tracker.spawn(Box::pin(self.clone().run(req, msg, deadline, chans)));
         }
     }
 
