@@ -451,12 +451,17 @@ fn varint(b: &mut &[u8]) -> Option<u64> {
 
 /// Skips a varint off the front of `b` (as [`varint`], without its value).
 fn skip_varint(b: &mut &[u8]) -> Option<()> {
-    // The end is the first byte below 0x80: eight bytes at a time.
+    // The end is the first byte below 0x80: eight bytes at a time. A time
+    // in nanoseconds (every envelope has one or two) takes nine.
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let n = match b.first_chunk::<8>() {
-        Some(w) if u64::from_le_bytes(*w) & 0x8080_8080_8080_8080 != 0x8080_8080_8080_8080 => {
-            (!u64::from_le_bytes(*w) & 0x8080_8080_8080_8080).trailing_zeros() as usize / 8
+        Some(w) if u64::from_le_bytes(*w) & HIGH != HIGH => {
+            (!u64::from_le_bytes(*w) & HIGH).trailing_zeros() as usize / 8
         }
-        _ => b.iter().take(10).position(|&byte| byte < 0x80)?,
+        Some(_) if *b.get(8)? < 0x80 => 8,
+        Some(_) if *b.get(9)? < 0x80 => 9,
+        Some(_) => return None,
+        None => b.iter().position(|&byte| byte < 0x80)?,
     };
     if n == 9 && b[9] > 1 {
         return None;
@@ -700,6 +705,51 @@ mod tests {
             out.push(whole.slice(..n));
         }
         out
+    }
+
+    /// Skipping a varint agrees with prost's reading of it: where it ends,
+    /// and whether it is one (at most ten bytes, at most 64 bits), for
+    /// every length, with bytes after it and without, and cut short.
+    #[test]
+    fn varint_skip_matches_prost() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 35,
+            1_767_225_600_000_000_000,
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            prost::encoding::encode_varint(v, &mut b);
+            for extra in [&[][..], &[0x05], &[0x80, 0x01, 0x7f]] {
+                let mut c = b.clone();
+                c.extend_from_slice(extra);
+                cases.push(c);
+            }
+            for cut in 0..b.len() {
+                cases.push(b[..cut].to_vec());
+            }
+        }
+        // Ten bytes whose last is above 1 (over 64 bits), eleven bytes,
+        // and runs of continuation bytes of every length.
+        cases.push(vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]);
+        cases.push(vec![0x80; 10].into_iter().chain([0x00]).collect());
+        for n in 1..=12 {
+            cases.push(vec![0x80; n]);
+        }
+        for c in cases {
+            let mut ours = &c[..];
+            let skipped = skip_varint(&mut ours).map(|()| c.len() - ours.len());
+            let mut theirs = &c[..];
+            let read = prost::encoding::decode_varint(&mut theirs).map(|_| c.len() - theirs.len());
+            assert_eq!(skipped, read.ok(), "{c:02x?}");
+        }
     }
 
     /// Field 1 (an id) once more, with a byte that is not UTF-8.
