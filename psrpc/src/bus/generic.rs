@@ -307,8 +307,17 @@ pub trait AsBus: Send + Sync + 'static {
 
 #[async_trait]
 impl<W: AsBus> MessageBus for W {
-    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
-        self.as_bus().publish(channel, msg).await
+    fn publish<'s, 'c, 'async_trait>(
+        &'s self,
+        channel: &'c Channel,
+        msg: Bytes,
+    ) -> super::Forwarded<'async_trait, ()>
+    where
+        's: 'async_trait,
+        'c: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.as_bus().publish(channel, msg)
     }
 
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {

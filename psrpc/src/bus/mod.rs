@@ -131,10 +131,25 @@ pub trait MessageBus: Send + Sync + 'static {
     }
 }
 
+/// The boxed future of a [`MessageBus`] method, as `async_trait` declares
+/// it; a bus that forwards to another returns the other's as it is,
+/// without a box of its own around it.
+pub(crate) type Forwarded<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+
 #[async_trait]
 impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
-    async fn publish(&self, channel: &Channel, msg: Bytes) -> Result<()> {
-        (**self).publish(channel, msg).await
+    fn publish<'s, 'c, 'async_trait>(
+        &'s self,
+        channel: &'c Channel,
+        msg: Bytes,
+    ) -> Forwarded<'async_trait, ()>
+    where
+        's: 'async_trait,
+        'c: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).publish(channel, msg)
     }
     async fn subscribe(&self, channel: &Channel, size: usize) -> Result<RawSubscription> {
         (**self).subscribe(channel, size).await
