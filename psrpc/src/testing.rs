@@ -340,6 +340,22 @@ impl MessageBus for TestBus {
         Ok(HandlerSubscription::new(AbortOnDrop(task.abort_handle())))
     }
 
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        size: usize,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        if self.chain.subscribe.is_empty() {
+            return self
+                .chain
+                .bus
+                .subscribe_inline(channel, size, handler)
+                .await;
+        }
+        self.subscribe_handler(channel, size, false, handler).await
+    }
+
     fn drops(&self) -> &crate::drops::Drops {
         self.chain.bus.drops()
     }
@@ -393,6 +409,14 @@ macro_rules! delegate_bus {
                 self.0
                     .subscribe_handler(channel, size, queue, handler)
                     .await
+            }
+            async fn subscribe_inline(
+                &self,
+                channel: &$crate::bus::Channel,
+                size: usize,
+                handler: $crate::bus::Handler,
+            ) -> $crate::Result<$crate::bus::HandlerSubscription> {
+                self.0.subscribe_inline(channel, size, handler).await
             }
             fn drops(&self) -> &$crate::drops::Drops {
                 self.0.drops()

@@ -277,6 +277,18 @@ impl<T: Transport> MessageBus for Bus<T> {
         Ok(super::read_in_task(sub, handler))
     }
 
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        _size: usize,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        let leave = self
+            .join(channel, false, |m, id| m.add_handler(id, handler, false))
+            .await?;
+        Ok(HandlerSubscription::new(leave))
+    }
+
     fn drops(&self) -> &Drops {
         self.shared.transport.drops()
     }
@@ -338,6 +350,15 @@ impl<W: AsBus> MessageBus for W {
         self.as_bus()
             .subscribe_handler(channel, size, queue, handler)
             .await
+    }
+
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        size: usize,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        self.as_bus().subscribe_inline(channel, size, handler).await
     }
 
     fn drops(&self) -> &Drops {

@@ -97,6 +97,22 @@ pub trait MessageBus: Send + Sync + 'static {
         Ok(read_in_task(sub, handler))
     }
 
+    /// Subscribes `handler` to every message of `channel`, for a handler
+    /// that only hands each message on: it decodes it and gives it to a
+    /// waiting task without ever waiting or publishing (the client's
+    /// response and claim routers). Such a handler costs a broker's reader
+    /// less than a task hop per message does, so a bus may call it in the
+    /// task that reads the broker. The default is
+    /// [`subscribe_handler`](Self::subscribe_handler) (fan-out).
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        size: usize,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        self.subscribe_handler(channel, size, false, handler).await
+    }
+
     /// What this bus, and the runtime above it, dropped (see
     /// [`crate::drops`]). The default is the process-wide tally.
     fn drops(&self) -> &Drops {
@@ -167,6 +183,14 @@ impl<B: MessageBus + ?Sized> MessageBus for Arc<B> {
         (**self)
             .subscribe_handler(channel, size, queue, handler)
             .await
+    }
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        size: usize,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        (**self).subscribe_inline(channel, size, handler).await
     }
     fn drops(&self) -> &Drops {
         (**self).drops()

@@ -208,10 +208,9 @@ impl RpcClient {
             },
         );
         let subs = vec![
-            bus.subscribe_handler(&response_ch, size, false, on_response)
+            bus.subscribe_inline(&response_ch, size, on_response)
                 .await?,
-            bus.subscribe_handler(&claim_ch, size, false, on_claim)
-                .await?,
+            bus.subscribe_inline(&claim_ch, size, on_claim).await?,
         ];
         Ok(RpcClient {
             inner: Arc::new(ClientInner {
