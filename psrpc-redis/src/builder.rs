@@ -180,9 +180,11 @@ impl RedisBusBuilder {
             .map(|u| u.as_ref().into_connection_info())
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|source| Error::InvalidUrl { source })?;
-        let client =
-            SentinelClient::build(infos, service.to_owned(), None, SentinelServerType::Master)
-                .map_err(|source| Error::InvalidUrl { source })?;
+        // An owned name: redis takes a `String` without its TLS feature and
+        // any `AsRef<str>` with it.
+        let name = String::from(service);
+        let client = SentinelClient::build(infos, name, None, SentinelServerType::Master)
+            .map_err(|source| Error::InvalidUrl { source })?;
         self.build_from_sentinel(client).await
     }
 
