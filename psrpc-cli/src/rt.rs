@@ -91,17 +91,43 @@ pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<Dy
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) if e.code() == psrpc::ErrorCode::InvalidArgument => {
-            Err(CliError::input(format!("--bus {url:?}: {}", e.message())))
-        }
+        Ok(Err(e)) if e.code() == psrpc::ErrorCode::InvalidArgument => Err(CliError::input(
+            format!("--bus {:?}: {}", shown_url(url), e.message()),
+        )),
         Ok(Err(e)) => Err(CliError::bus(format!(
-            "cannot connect to {url}: {}",
+            "cannot connect to {}: {}",
+            shown_url(url),
             e.message()
         ))),
         Err(_) => Err(CliError::bus(format!(
-            "cannot connect to {url}: no answer within {timeout:?}"
+            "cannot connect to {}: no answer within {timeout:?}",
+            shown_url(url)
         ))),
     }
+}
+
+/// `url` as the tool prints it: the password of `user:password@` (or a
+/// lone token, `token@`) replaced by `***`, in each of several
+/// comma-separated URLs, so that no message shows a secret.
+pub fn shown_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some(start) = one.find("://").map(|i| i + 3) else {
+                return one.to_owned();
+            };
+            let rest = &one[start..];
+            let authority = rest.find(['/', '?', '#']).map_or(rest, |i| &rest[..i]);
+            let Some(at) = authority.rfind('@') else {
+                return one.to_owned();
+            };
+            let user = match authority[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{}{user}{}", &one[..start], &rest[at..])
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A psrpc error of a call as the tool reports it.
@@ -373,4 +399,28 @@ pub async fn describe_all(
     }
     client.close();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn secrets_are_not_shown() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://alice:s3cret@h:6380", "rediss://alice:***@h:6380"),
+            ("nats://tok3n@h:4222", "nats://***@h:4222"),
+            (
+                "nats://a:p@h1:4222,nats://h2:4222",
+                "nats://a:***@h1:4222,nats://h2:4222",
+            ),
+            ("nats://h:4222/x@y", "nats://h:4222/x@y"),
+            ("redis://u:p@ss@h:1", "redis://u:***@h:1"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
 }

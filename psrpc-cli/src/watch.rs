@@ -88,7 +88,10 @@ async fn tap(
             counters.lagged.fetch_add(1, Ordering::Relaxed);
         }
     };
-    let fail = |e: String| CliError::bus(format!("cannot connect to {url}: {e}"));
+    let fail = |e: String| {
+        let url = crate::rt::shown_url(url);
+        CliError::bus(format!("cannot connect to {url}: {e}"))
+    };
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         let client =
             redis::Client::open(url).map_err(|e| CliError::input(format!("--bus: {e}")))?;
@@ -557,7 +560,7 @@ pub async fn run(g: &Global, a: WatchArgs) -> CliResult<u8> {
     let counters = Arc::new(Counters::default());
     let mut rx = tap(url, &g.prefix, g.connect_timeout, counters.clone()).await?;
     if g.verbose {
-        eprintln!("watching {url}");
+        eprintln!("watching {}", crate::rt::shown_url(url));
     }
     let start = Instant::now();
     let mut mem = Memory::default();

@@ -537,6 +537,31 @@ async fn bad_input() {
         assert!(r.stderr.contains("cannot connect to"), "{r:?}");
         assert!(r.took < Duration::from_secs(15), "{r:?}");
     }
+    // A password in the URL is not shown.
+    let secret = format!(
+        "redis://:s3cret@127.0.0.1:{}",
+        psrpc_tests::servers::free_port()
+    );
+    let r = psrpc(
+        &secret,
+        &[
+            "--proto",
+            proto,
+            "--connect-timeout",
+            "2s",
+            "call",
+            "Bench.Unary",
+            "{}",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot connect to redis://:***@"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("s3cret"), "{r:?}");
 }
 
 /// `--help` of every subcommand carries an example and the exit codes.
