@@ -188,7 +188,9 @@ pub trait ServerInterceptor: Send + Sync + 'static {
     /// sent: zero for [`ClaimOutcome::Skipped`], and for
     /// [`ClaimOutcome::LostToPeer`] when the caller's choice was known
     /// before a bid went out. Not called when the server did not bid
-    /// (negative affinity).
+    /// (negative affinity). Called where the claim response is read (on
+    /// Redis and NATS, the task that reads the broker): keep it as quick as
+    /// a metric update.
     fn claim_settled(&self, info: &RpcInfo, outcome: ClaimOutcome, wait: Duration) {
         let _ = (info, outcome, wait);
     }

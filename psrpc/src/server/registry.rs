@@ -90,11 +90,14 @@ impl RpcServer {
                 let (core, name) = (core.clone(), ch.legacy.clone());
                 let on_claim: Handler =
                     Arc::new(move |bytes| core.on_claim_response(|| name.clone(), bytes, remember));
+                // Inline: a claim response is looked up and handed on (a
+                // won claim starts its request's task), and every server
+                // of the method hears every one.
                 Some(
                     self.inner
                         .core
                         .bus
-                        .subscribe_handler(&ch, size, false, on_claim)
+                        .subscribe_inline(&ch, size, on_claim)
                         .await?,
                 )
             } else {
