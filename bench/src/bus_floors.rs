@@ -89,6 +89,7 @@ pub(crate) async fn measure_bus_floor(
             join_workers(tasks, start, "floor").await
         }
         FloorKind::Rpc { .. } => unreachable!("measured by crate::rpc_floor"),
+        FloorKind::Wire { .. } => unreachable!("measured by crate::wire_floor"),
     }
 }
 

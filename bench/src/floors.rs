@@ -1,7 +1,8 @@
 //! The floors: what the bus alone costs for the hops of a row's operation,
 //! and the cache that measures each floor once per run. The local bus's
 //! ping-pong floors live here; those of the network buses in
-//! [`crate::bus_floors`], the minimal RPC floor in [`crate::rpc_floor`].
+//! [`crate::bus_floors`], the minimal RPC floor in [`crate::rpc_floor`],
+//! the wire floor in [`crate::wire_floor`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::bus_floors::measure_bus_floor;
 use crate::conn::Connector;
 use crate::rpc_floor::measure_rpc_floor;
 use crate::stats::{Stats, join_workers};
+use crate::wire_floor::{WireShape, measure_wire_floor};
 
 /// Longest floor measurement per row (floors are cheap and stable).
 pub(crate) const MAX_FLOOR_DURATION: Duration = Duration::from_secs(1);
@@ -46,6 +48,15 @@ pub(crate) enum FloorKind {
         /// Servers in the queue.
         servers: usize,
     },
+    /// The bare bus doing the publishes, deliveries and queue work of
+    /// psrpc's wire for one operation of `shape` with `servers` peers
+    /// ([`crate::wire_floor`]).
+    Wire {
+        /// The operation.
+        shape: WireShape,
+        /// Peers, each on its own connection.
+        servers: usize,
+    },
 }
 
 impl FloorKind {
@@ -61,6 +72,12 @@ impl FloorKind {
             }
             FloorKind::Stream { .. } => "1/ev".into(),
             FloorKind::Rpc { .. } => "2".into(),
+            // Sequential hops: request, claim, grant, response; message,
+            // ack and echo, ack.
+            FloorKind::Wire { shape, .. } => match shape {
+                WireShape::Unary | WireShape::Affinity => "4".into(),
+                WireShape::Stream => "3".into(),
+            },
         }
     }
 }
@@ -83,7 +100,9 @@ pub(crate) async fn measure_floor(
                     floor_pingpong(fanout, rounds, end, payload).await
                 }
                 FloorKind::Stream { n } => floor_stream(n, end, payload).await,
-                FloorKind::Rpc { .. } => unreachable!("the RPC floor runs on a bus"),
+                FloorKind::Rpc { .. } | FloorKind::Wire { .. } => {
+                    unreachable!("the RPC and wire floors run on a bus")
+                }
             }
         }));
     }
@@ -206,7 +225,7 @@ impl Floors {
         let peers_needed = match kind {
             FloorKind::PingPong { fanout, .. } => fanout.max(1),
             FloorKind::Stream { .. } => 1,
-            FloorKind::Rpc { servers } => servers.max(1),
+            FloorKind::Rpc { servers } | FloorKind::Wire { servers, .. } => servers.max(1),
         };
         let stats = match (kind, &connector.spec) {
             (FloorKind::Rpc { .. }, BusSpec::Local) => {
@@ -214,6 +233,13 @@ impl Floors {
                 let bus: DynBus = Arc::new(LocalBus::new());
                 let servers = vec![bus.clone(); peers_needed];
                 self.rpc(conc, &bus, &servers).await
+            }
+            (FloorKind::Wire { shape, .. }, BusSpec::Local) => {
+                // Likewise: the same code as on the network buses.
+                let bus: DynBus = Arc::new(LocalBus::new());
+                let peers = vec![bus.clone(); peers_needed];
+                let p = self.payload.clone();
+                measure_wire_floor(shape, conc, self.duration, p, &bus, &peers).await
             }
             (_, BusSpec::Local) => {
                 measure_floor(kind, conc, self.duration, self.payload.clone()).await
@@ -229,11 +255,13 @@ impl Floors {
                     peers.push(connector.connect("floor peer").await?);
                 }
                 let (client, peers) = (client.clone(), peers[..peers_needed].to_vec());
-                if matches!(kind, FloorKind::Rpc { .. }) {
-                    self.rpc(conc, &client, &peers).await
-                } else {
-                    let p = self.payload.clone();
-                    measure_bus_floor(kind, conc, self.duration, p, &client, &peers).await
+                let p = self.payload.clone();
+                match kind {
+                    FloorKind::Rpc { .. } => self.rpc(conc, &client, &peers).await,
+                    FloorKind::Wire { shape, .. } => {
+                        measure_wire_floor(shape, conc, self.duration, p, &client, &peers).await
+                    }
+                    _ => measure_bus_floor(kind, conc, self.duration, p, &client, &peers).await,
                 }
             }
         };

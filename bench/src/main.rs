@@ -7,12 +7,14 @@
 //! separate connections of the same bus. Floors have the same number of hops
 //! as the row's operation and are measured in the same run with the same
 //! concurrency. The unary rows have a second floor, a minimal RPC over the
-//! same bus ([`rpc_floor`]).
+//! same bus ([`rpc_floor`]), and the unary, affinity, multi and stream
+//! round-trip rows a wire floor, the bare bus doing the publishes and
+//! deliveries psrpc's wire needs for their operation ([`wire_floor`]).
 //!
 //! Modules: [`args`] (the command line), [`server`] (the benchmark
 //! servers), [`rows`] and [`subs`] (the client's operations), [`payload`] (the request payload), [`plan`] (which
 //! rows run, beside which floors), [`floors`], [`bus_floors`] and
-//! [`rpc_floor`] (the floors), [`stats`] (counts and latency histograms),
+//! [`rpc_floor`], [`wire_floor`] (the floors), [`stats`] (counts and latency histograms),
 //! [`conn`] (bus connections), [`report`] (the table and the JSON).
 
 mod args;
@@ -27,6 +29,7 @@ mod rpc_floor;
 mod server;
 mod stats;
 mod subs;
+mod wire_floor;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -13,6 +13,7 @@ use crate::rows::{Bench, Op, run_op, run_stream_rt};
 use crate::server::client_options;
 use crate::stats::Stats;
 use crate::subs::{Resub, run_sub_burst, run_sub_trigger};
+use crate::wire_floor::WireShape;
 use crate::{BROADCAST, EVENTS, rss};
 
 /// A ping-pong floor: `rounds` round trips to `fanout` peers.
@@ -20,8 +21,32 @@ fn pp(fanout: usize, rounds: usize) -> FloorKind {
     FloorKind::PingPong { fanout, rounds }
 }
 
+/// A wire floor of `shape` with `servers` peers.
+fn wire(shape: WireShape, servers: usize) -> FloorKind {
+    FloorKind::Wire {
+        shape,
+        servers: servers.max(1),
+    }
+}
+
+/// The floors of a row besides the raw one.
+#[derive(Clone, Copy)]
+struct Extra {
+    /// The minimal RPC floor (unary rows).
+    rpc: Option<FloorKind>,
+    /// The wire floor (unary, affinity, multi, stream round-trip rows).
+    wire: Option<FloorKind>,
+}
+
+/// No floor besides the raw one.
+const NO_EXTRA: Extra = Extra {
+    rpc: None,
+    wire: None,
+};
+
 /// Measures the floors of a row that took `stats` at concurrency `conc`
-/// (the minimal RPC floor too when `rpc`), logs the figures and adds the row.
+/// (the minimal RPC and wire floors too, where `extra` names them), logs
+/// the figures and adds the row.
 #[allow(clippy::too_many_arguments)]
 async fn add_row(
     rows: &mut Vec<Row>,
@@ -31,23 +56,30 @@ async fn add_row(
     stats: Stats,
     kind: FloorKind,
     conc: usize,
-    rpc: Option<FloorKind>,
+    extra: Extra,
 ) -> Result<(), String> {
     let floor = floors.get(kind, conc, connector).await?;
-    let rpc = match rpc {
+    let rpc = match extra.rpc {
         Some(k) => Some(floors.get(k, conc, connector).await?),
         None => None,
     };
-    let rpc_note = rpc
-        .as_ref()
-        .map(|r| format!(", rpc floor {} ops, {} errors", r.n, r.errors))
-        .unwrap_or_default();
+    let wire = match extra.wire {
+        Some(k) => Some(floors.get(k, conc, connector).await?),
+        None => None,
+    };
+    let note = |what: &str, s: &Option<Arc<Stats>>| {
+        s.as_ref()
+            .map(|r| format!(", {what} {} ops, {} errors", r.n, r.errors))
+            .unwrap_or_default()
+    };
     eprintln!(
-        "  done: {} ops, {} errors (floor {} ops, {} errors{rpc_note}), rss {}",
+        "  done: {} ops, {} errors (floor {} ops, {} errors{}{}), rss {}",
         stats.n,
         stats.errors,
         floor.n,
         floor.errors,
+        note("rpc floor", &rpc),
+        note("wire floor", &wire),
         rss()
     );
     rows.push(Row {
@@ -56,6 +88,7 @@ async fn add_row(
         floor: (*floor).clone(),
         kind,
         rpc: rpc.map(|r| (*r).clone()),
+        wire: wire.map(|r| (*r).clone()),
     });
     Ok(())
 }
@@ -86,47 +119,74 @@ pub(crate) async fn client_rows(
     let d = args.duration;
     let conc = args.conc();
     let unary_floor = pp(1, 2);
-    let rpc_floor = Some(FloorKind::Rpc {
+    let rpc = Some(FloorKind::Rpc {
         servers: args.servers.max(1),
     });
+    let servers = args.servers;
+    // Queue and topic calls move the same messages; affinity calls their
+    // own; a multi call's wire is its raw floor (the same cached figures).
+    let unary_extra = Extra {
+        rpc,
+        wire: Some(wire(WireShape::Unary, servers)),
+    };
+    let affinity_extra = Extra {
+        rpc,
+        wire: Some(wire(WireShape::Affinity, servers)),
+    };
     let mut rows: Vec<Row> = Vec::new();
 
-    type Plan = (&'static str, Op, usize, FloorKind, Option<FloorKind>);
+    type Plan = (&'static str, Op, usize, FloorKind, Extra);
     let mut plan: Vec<Plan> = Vec::new();
     if args.runs("unary") {
-        plan.push(("unary (queue) seq", Op::Unary, 1, unary_floor, rpc_floor));
+        plan.push(("unary (queue) seq", Op::Unary, 1, unary_floor, unary_extra));
         let conc_row = (
             "unary (queue) conc64",
             Op::Unary,
             conc,
             unary_floor,
-            rpc_floor,
+            unary_extra,
         );
         plan.push(conc_row);
-        plan.push(("topic unary seq", Op::TopicUnary, 1, unary_floor, rpc_floor));
+        plan.push((
+            "topic unary seq",
+            Op::TopicUnary,
+            1,
+            unary_floor,
+            unary_extra,
+        ));
     }
     if args.runs("affinity") {
-        plan.push(("affinity seq", Op::Affinity, 1, unary_floor, rpc_floor));
+        plan.push(("affinity seq", Op::Affinity, 1, unary_floor, affinity_extra));
         let conc_row = (
             "affinity conc64",
             Op::Affinity,
             conc,
             unary_floor,
-            rpc_floor,
+            affinity_extra,
         );
         plan.push(conc_row);
         let default_opts = "affinity seq (default opts)";
-        plan.push((default_opts, Op::AffinityDefault, 1, unary_floor, rpc_floor));
+        plan.push((
+            default_opts,
+            Op::AffinityDefault,
+            1,
+            unary_floor,
+            affinity_extra,
+        ));
     }
     if args.runs("multi") {
         let mf = pp(args.expect().max(1), 1);
-        plan.push(("multi seq", Op::Multi, 1, mf, None));
-        plan.push(("multi conc64", Op::Multi, conc, mf, None));
+        let multi_extra = Extra {
+            rpc: None,
+            wire: Some(mf),
+        };
+        plan.push(("multi seq", Op::Multi, 1, mf, multi_extra));
+        plan.push(("multi conc64", Op::Multi, conc, mf, multi_extra));
     }
-    for (name, op, c, kind, rpc) in plan {
+    for (name, op, c, kind, extra) in plan {
         eprintln!("running {name} ...");
         let s = run_op(&bench, op, c, d).await;
-        add_row(&mut rows, &mut floors, connector, name, s, kind, c, rpc).await?;
+        add_row(&mut rows, &mut floors, connector, name, s, kind, c, extra).await?;
     }
     if args.runs("stream") {
         // Open: open, claim, claim response, ack (the close is not awaited
@@ -143,9 +203,13 @@ pub(crate) async fn client_rows(
             s,
             pp(1, 2),
             1,
-            None,
+            NO_EXTRA,
         )
         .await?;
+        let stream_extra = Extra {
+            rpc: None,
+            wire: Some(wire(WireShape::Stream, servers)),
+        };
         for (name, c) in [
             ("stream msg round-trip seq", 1),
             ("stream msg round-trip 64 streams", conc),
@@ -160,7 +224,7 @@ pub(crate) async fn client_rows(
                 s,
                 pp(1, 1),
                 c,
-                None,
+                stream_extra,
             )
             .await?;
         }
@@ -188,7 +252,7 @@ pub(crate) async fn client_rows(
             s,
             pp(1, 3),
             1,
-            None,
+            NO_EXTRA,
         )
         .await?;
         eprintln!("running sub burst ...");
@@ -205,7 +269,7 @@ pub(crate) async fn client_rows(
             s,
             kind,
             1,
-            None,
+            NO_EXTRA,
         )
         .await?;
     }

@@ -25,6 +25,9 @@ pub(crate) struct Row {
     pub(crate) kind: FloorKind,
     /// The minimal RPC floor, for the unary rows.
     pub(crate) rpc: Option<Stats>,
+    /// The wire floor, for the unary, affinity, multi and stream
+    /// round-trip rows.
+    pub(crate) wire: Option<Stats>,
 }
 
 /// A figure for the table: three significant digits or so.
@@ -53,7 +56,7 @@ fn describe(bus: &str, floor: &str, args: &Args) -> String {
         format!("{} servers", args.servers)
     };
     format!(
-        "bus {bus}: {servers}, expect {}, conc {}, payload {} B, {:?} per row, {} (floor: {floor}, same hops and concurrency, up to {:?})",
+        "bus {bus}: {servers}, expect {}, conc {}, payload {} B, {:?} per row, {} (floor: {floor}, same hops and concurrency; wire floor: the same bus doing the publishes, deliveries and queue locks of psrpc's wire with --servers peers; each up to {:?})",
         args.expect(),
         args.conc(),
         args.payload,
@@ -84,6 +87,9 @@ fn cells(rows: &[Row]) -> Vec<Vec<String>> {
         "rpc floor ops/s",
         "rpc floor p50",
         "rpc ratio",
+        "wire floor ops/s",
+        "wire floor p50",
+        "wire ratio",
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
@@ -100,13 +106,15 @@ fn cells(rows: &[Row]) -> Vec<Vec<String>> {
             fmt_num(f.pct(50.0)),
             format!("{:.3}", ratio(s, f)),
         ];
-        match &r.rpc {
-            Some(rpc) => l.extend([
-                fmt_num(rpc.ops_per_s()),
-                fmt_num(rpc.pct(50.0)),
-                format!("{:.3}", ratio(s, rpc)),
-            ]),
-            None => l.extend(["-", "-", "-"].map(String::from)),
+        for extra in [&r.rpc, &r.wire] {
+            match extra {
+                Some(x) => l.extend([
+                    fmt_num(x.ops_per_s()),
+                    fmt_num(x.pct(50.0)),
+                    format!("{:.3}", ratio(s, x)),
+                ]),
+                None => l.extend(["-", "-", "-"].map(String::from)),
+            }
         }
         lines.push(l);
     }
@@ -169,10 +177,23 @@ fn print_table(bus: &str, floor: &str, args: &Args, rows: &[Row]) {
          members, response envelope routed back by request id; 2 hops, no claim); \
          rpc ratio = row ops/s / rpc floor ops/s."
     );
+    println!(
+        "wire floor: the bare bus doing what psrpc's wire needs for one operation, with --servers \
+         peers on their own connections (local: an in-process bus of its own; no envelopes, \
+         no runtime): unary/topic 4 publishes \
+         (request to a queue subscription of every peer, claim, grant to every peer, response); \
+         affinity 3+N (request to every peer, N claims, grant to every peer, response); \
+         stream msg round-trip 4 (message to every peer, ack, echo, ack to every peer); \
+         multi: its floor above. On Redis every peer reads a queue request and races for its \
+         SET NX lock. wire ratio = row ops/s / wire floor ops/s."
+    );
     for r in rows {
         let floors = [("", Some(&r.stats)), ("the floor of ", Some(&r.floor))];
-        let rpc = [("the rpc floor of ", r.rpc.as_ref())];
-        for (what, s) in floors.into_iter().chain(rpc) {
+        let extra = [
+            ("the rpc floor of ", r.rpc.as_ref()),
+            ("the wire floor of ", r.wire.as_ref()),
+        ];
+        for (what, s) in floors.into_iter().chain(extra) {
             if let Some(e) = s.and_then(|s| s.first_error.as_ref()) {
                 println!("first error of {what}{:?}: {e}", r.name);
             }
@@ -210,6 +231,14 @@ struct JsonRow<'a> {
     /// Row ops/s over RPC floor ops/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     rpc_ratio: Option<f64>,
+    /// The wire floor (unary, affinity, multi, stream round-trip rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire_floor_ops_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire_floor_p50_us: Option<f64>,
+    /// Row ops/s over wire floor ops/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire_ratio: Option<f64>,
 }
 
 /// `v` rounded to `digits` decimals, as earlier versions wrote them.
@@ -234,6 +263,9 @@ impl<'a> JsonRow<'a> {
             rpc_floor_ops_per_s: r.rpc.as_ref().map(|x| round(x.ops_per_s(), 3)),
             rpc_floor_p50_us: r.rpc.as_ref().map(|x| round(x.pct(50.0), 3)),
             rpc_ratio: r.rpc.as_ref().map(|x| round(ratio(s, x), 4)),
+            wire_floor_ops_per_s: r.wire.as_ref().map(|x| round(x.ops_per_s(), 3)),
+            wire_floor_p50_us: r.wire.as_ref().map(|x| round(x.pct(50.0), 3)),
+            wire_ratio: r.wire.as_ref().map(|x| round(ratio(s, x), 4)),
         }
     }
 }
@@ -283,8 +315,8 @@ mod tests {
     }
 
     /// The JSON keeps the field names of earlier versions (files written
-    /// before stay comparable); the RPC floor fields appear only on the
-    /// rows that have that floor.
+    /// before stay comparable); the RPC and wire floor fields appear only
+    /// on the rows that have those floors.
     #[test]
     fn json_field_names() {
         let kind = FloorKind::PingPong {
@@ -298,6 +330,7 @@ mod tests {
                 floor: stats(40),
                 kind,
                 rpc: Some(stats(20)),
+                wire: Some(stats(16)),
             },
             Row {
                 name: "multi seq",
@@ -305,6 +338,7 @@ mod tests {
                 floor: stats(40),
                 kind,
                 rpc: None,
+                wire: None,
             },
         ];
         let v: serde_json::Value = serde_json::from_str(&to_json("local", &rows)).unwrap();
@@ -328,14 +362,18 @@ mod tests {
         assert_eq!(keys(1), old);
         let mut new = old.to_vec();
         new.extend(["rpc_floor_ops_per_s", "rpc_floor_p50_us", "rpc_ratio"]);
+        new.extend(["wire_floor_ops_per_s", "wire_floor_p50_us", "wire_ratio"]);
         new.sort();
         assert_eq!(keys(0), new);
         assert_eq!(v["rows"][0]["ratio"], 0.25);
         assert_eq!(v["rows"][0]["rpc_ratio"], 0.5);
+        assert_eq!(v["rows"][0]["wire_ratio"], 0.625);
         let p50 = v["rows"][0]["p50_us"].as_f64().unwrap();
         assert!((p50 - 10.0).abs() < 0.05, "p50 {p50}");
         let table = render(&cells(&rows));
-        assert!(table.lines().nth(2).unwrap().ends_with("0.500"), "{table}");
+        assert!(table.lines().nth(2).unwrap().ends_with("0.625"), "{table}");
+        let cols: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(cols[cols.len() - 4], "0.500", "{table}");
         assert!(table.lines().nth(3).unwrap().ends_with('-'), "{table}");
     }
 }
