@@ -454,6 +454,16 @@ async fn fast_watched_stream(
     bus: DynBus,
     server: psrpc::StreamLiveness,
 ) -> (RpcServer, RpcClient, psrpc::ClientStream<Num, Num>) {
+    watched_stream(bus, server, fast()).await
+}
+
+/// A [`LIVE`] stream whose ends watch as `server` and `client` say, open
+/// and its first message read.
+async fn watched_stream(
+    bus: DynBus,
+    server: psrpc::StreamLiveness,
+    client: psrpc::StreamLiveness,
+) -> (RpcServer, RpcClient, psrpc::ClientStream<Num, Num>) {
     let s = RpcServer::new(
         bus.clone(),
         SERVICE,
@@ -465,7 +475,7 @@ async fn fast_watched_stream(
     let c = RpcClient::new(
         bus,
         SERVICE,
-        psrpc::ClientOptions::default().stream_liveness(fast()),
+        psrpc::ClientOptions::default().stream_liveness(client),
     )
     .await
     .expect("client");
@@ -522,23 +532,7 @@ pub async fn young_streams_subscribe_no_presence(bus: DynBus) {
     };
     let slow = psrpc::StreamLiveness::new(Duration::from_secs(60), Duration::from_secs(240));
     for (liveness, subscribed) in [(slow, 0), (fast(), 1)] {
-        let s = RpcServer::new(
-            bus.clone(),
-            SERVICE,
-            ServerOptions::default().stream_liveness(liveness),
-        )
-        .await
-        .unwrap();
-        register_pusher(&s, None).await;
-        let c = RpcClient::new(
-            bus.clone(),
-            SERVICE,
-            psrpc::ClientOptions::default().stream_liveness(liveness),
-        )
-        .await
-        .expect("client");
-        let mut st = open(&c).await;
-        assert_eq!(st.recv().await.expect("first").expect("a message").n, 0);
+        let (s, _c, st) = watched_stream(bus.clone(), liveness, liveness).await;
         for client_end in [true, false] {
             let ch = presence(&st, client_end);
             let side = if client_end { "client" } else { "server" };
