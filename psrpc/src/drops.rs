@@ -59,11 +59,14 @@ pub enum DropReason {
     /// An interceptor refused it (a stream message its `stream_recv`
     /// rejected: not delivered, not acknowledged).
     Refused,
+    /// The handler it was given to panicked (the panic is caught where the
+    /// bus calls handlers, so that it costs no other subscriber anything).
+    Panicked,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::SlowConsumer,
         DropReason::Malformed,
         DropReason::UnknownCompression,
@@ -75,6 +78,7 @@ impl DropReason {
         DropReason::Broker,
         DropReason::NoRoute,
         DropReason::Refused,
+        DropReason::Panicked,
     ];
 
     /// A short stable name, used as the metric label.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::Broker => "broker",
             DropReason::NoRoute => "no_route",
             DropReason::Refused => "refused",
+            DropReason::Panicked => "panicked",
         }
     }
 

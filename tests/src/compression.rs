@@ -81,6 +81,14 @@ impl MessageBus for CompressedBus {
             .subscribe_handler(channel, size, queue, handler)
             .await
     }
+    async fn subscribe_inline(
+        &self,
+        channel: &Channel,
+        size: usize,
+        handler: Handler,
+    ) -> psrpc::Result<HandlerSubscription> {
+        self.inner.subscribe_inline(channel, size, handler).await
+    }
     fn drops(&self) -> &Drops {
         self.inner.drops()
     }

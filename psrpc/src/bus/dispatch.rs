@@ -244,12 +244,30 @@ impl Sink {
     }
 }
 
+/// Calls a handler with `msg`. A panic stops here: the message is counted
+/// as dropped and logged, and the task that delivers (a publisher, or a
+/// broker's reader serving every subscription of its connection) goes on.
+fn call(h: &Handler, msg: Bytes, drops: &Drops, channel: &str) {
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(msg)));
+    if let Err(panic) = called {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic");
+        let detail = format_args!("the handler panicked: {what}");
+        drops.record(DropReason::Panicked, channel, &detail);
+    }
+}
+
 /// The subscribers of one channel in one bus: fan-out ones (every one gets
 /// every message) and queue members (one gets each message, in turn), with
 /// the dispatch every bus uses (see [`Sink`] for the slow-consumer policy).
 ///
-/// A subscriber is a buffer ([`Sink`]) or, on a bus that calls them in the
-/// publisher's task (the local bus), a [`Handler`], which never is full.
+/// A subscriber is a buffer ([`Sink`]) or a [`Handler`], called by the task
+/// that delivers (every handler on the local bus, the publisher's task;
+/// the handlers of `subscribe_inline` on the others, the broker's reader),
+/// which never is full.
 ///
 /// A bus keeps one per channel, replaced whole (copy on write) when a
 /// subscriber comes or goes, so dispatching reads it without a lock.
@@ -342,7 +360,7 @@ impl Members {
         };
         for (_, h) in &self.fanout_handlers {
             if let Some(m) = next() {
-                h(m);
+                call(h, m, drops, channel);
             }
         }
         let mut full = Vec::new();
@@ -366,7 +384,7 @@ impl Members {
             } else {
                 0
             };
-            (self.queue_handlers[i].1)(msg);
+            call(&self.queue_handlers[i].1, msg, drops, channel);
             return QueuePick::Done;
         }
         pick_queue(&self.queue, &self.rr, msg, drops, channel)
@@ -508,6 +526,30 @@ mod tests {
 
     fn msg(i: u8) -> Bytes {
         Bytes::from(vec![i])
+    }
+
+    /// A handler that panics costs the delivering task and the other
+    /// subscribers nothing: the message is counted dropped for it.
+    #[test]
+    fn a_panicking_handler_is_contained() {
+        use std::sync::atomic::AtomicUsize;
+        let drops = Drops::default();
+        let got = Arc::new(AtomicUsize::new(0));
+        let mut m = Members::default();
+        m.add_handler(1, Arc::new(|_| panic!("handler bug")), false);
+        let g = got.clone();
+        m.add_handler(
+            2,
+            Arc::new(move |_| {
+                g.fetch_add(1, Ordering::SeqCst);
+            }),
+            false,
+        );
+        m.add_handler(3, Arc::new(|_| panic!("queue handler bug")), true);
+        m.deliver_fanout(msg(1), &drops, "c");
+        assert_eq!(m.deliver_queue(msg(2), &drops, "c"), Ok(()));
+        assert_eq!(got.load(Ordering::SeqCst), 1, "the other subscriber got it");
+        assert_eq!(drops.count(DropReason::Panicked), 2);
     }
 
     /// A reader that never waits: the buffer, then the overflow, then drops,

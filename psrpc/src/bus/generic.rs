@@ -283,6 +283,11 @@ impl<T: Transport> MessageBus for Bus<T> {
         _size: usize,
         handler: Handler,
     ) -> Result<HandlerSubscription> {
+        let handler = if self.shared.transport.calls_handlers_inline() {
+            handler
+        } else {
+            off_reader_when_compressed(handler)
+        };
         let leave = self
             .join(channel, false, |m, id| m.add_handler(id, handler, false))
             .await?;
@@ -304,6 +309,24 @@ impl<T: Transport> MessageBus for Bus<T> {
     async fn listeners(&self, channel: &Channel) -> Result<Option<usize>> {
         self.shared.transport.listeners(channel).await
     }
+}
+
+/// `handler`, for a broker's reader: a compressed message is handed to a
+/// task of its own, since inflating it (up to the decompression cap) is
+/// work that would hold up every subscription the reader serves; a plain
+/// one is handled at once. (Compressed messages may so be handled after
+/// plain ones that arrived later.)
+fn off_reader_when_compressed(handler: Handler) -> Handler {
+    Arc::new(move |msg: Bytes| {
+        let compressed = crate::wire::scan_msg(&msg).is_some_and(|m| m.compression != 0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if compressed => {
+                let handler = handler.clone();
+                rt.spawn(async move { handler(msg) });
+            }
+            _ => handler(msg),
+        }
+    })
 }
 
 /// A bus type of a broker crate that wraps a [`Bus`] (a newtype, so that

@@ -97,13 +97,19 @@ pub trait MessageBus: Send + Sync + 'static {
         Ok(read_in_task(sub, handler))
     }
 
-    /// Subscribes `handler` to every message of `channel`, for a handler
-    /// that only hands each message on: it decodes it and gives it to a
-    /// waiting task without ever waiting or publishing (the client's
-    /// response and claim routers). Such a handler costs a broker's reader
+    /// Subscribes `handler` to every message of `channel` (fan-out), for a
+    /// handler that only hands each message on: it decodes it and gives it
+    /// to a waiting task, or starts one, without ever waiting or
+    /// publishing (the client's response and claim routers, a server's
+    /// claim-response handler). Such a handler costs a broker's reader
     /// less than a task hop per message does, so a bus may call it in the
-    /// task that reads the broker. The default is
-    /// [`subscribe_handler`](Self::subscribe_handler) (fan-out).
+    /// task that reads the broker: the buses of this crate's [`Bus`] do,
+    /// for a plain message (a compressed one goes to a task, inflating
+    /// being work the reader should not do), and count a panic of the
+    /// handler as a [`Panicked`](crate::drops::DropReason::Panicked) drop.
+    /// A task the handler starts runs on the reader's runtime (the one the
+    /// bus was made on). The default is
+    /// [`subscribe_handler`](Self::subscribe_handler).
     async fn subscribe_inline(
         &self,
         channel: &Channel,
