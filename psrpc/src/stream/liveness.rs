@@ -118,11 +118,11 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         let me = self.clone();
         tokio::spawn(async move {
             let opened = Instant::now();
-            if !me.open_at(opened + liveness.interval / 4).await {
+            if !me.open_until(opened, liveness.interval / 4).await {
                 return;
             }
             let _presence = me.presence(client_end).await;
-            if !me.open_at(opened + liveness.interval / 2).await {
+            if !me.open_until(opened, liveness.interval / 2).await {
                 return;
             }
             let peer = presence_channel(&me.info.service, &me.stream_id, !client_end);
@@ -130,11 +130,18 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
         });
     }
 
-    /// Waits until `at`; whether the stream is still open then.
-    async fn open_at(&self, at: Instant) -> bool {
-        tokio::select! {
-            _ = self.done.cancelled() => false,
-            _ = tokio::time::sleep_until(at) => true,
+    /// Waits until `after` past `from`; whether the stream is still open
+    /// then. A time too far to tell (a huge interval) never comes.
+    pub(super) async fn open_until(&self, from: Instant, after: Duration) -> bool {
+        match from.checked_add(after) {
+            Some(at) => tokio::select! {
+                _ = self.done.cancelled() => false,
+                _ = tokio::time::sleep_until(at) => true,
+            },
+            None => {
+                self.done.cancelled().await;
+                false
+            }
         }
     }
 
@@ -159,11 +166,12 @@ impl<R: Message + Default + Clone + 'static> Shared<R> {
                 seen: None,
             },
         ];
-        // The first look is at once: the caller waited half an interval.
+        // The first look without a further wait: the caller waited half an
+        // interval.
         let mut first = true;
         while !probes.is_empty() {
             if !std::mem::take(&mut first) {
-                if !self.open_at(Instant::now() + liveness.interval).await {
+                if !self.open_until(Instant::now(), liveness.interval).await {
                     return;
                 }
             } else if self.done.is_cancelled() {

@@ -73,7 +73,7 @@
 //! which never delivers anything to the peer:
 //!
 //! * each end of a Rust stream subscribes a *presence channel* of its own
-//!   for as long as the stream is open (Redis channel
+//!   from a quarter interval after the open until the stream ends (Redis channel
 //!   `<service>|<stream id>|CLI|LIVE` or `...|SRV|LIVE`, NATS subject
 //!   `PSRPC_LIVE.<service>.<stream id>.CLI` or `.SRV`); nobody publishes
 //!   there, so it costs one subscription per stream end;
@@ -100,9 +100,10 @@
 //! costs a timer, no subscription and no look. A live Rust peer has
 //! subscribed by the time of the first look, at the latest by the next. A
 //! peer whose presence channel is empty at every look is never taken for
-//! dead: it may be a Go peer. So on NATS a peer that dies before this end
-//! has seen it once (in practice, within the first quarter interval) is
-//! not noticed.
+//! dead: it may be a Go peer. So on NATS (where only presence channels
+//! can be counted) a peer that dies before this end's first look that
+//! finds it (half an interval after the open, 500 ms with the defaults,
+//! or the next look if the peer subscribed late) is not noticed.
 //!
 //! How each bus counts:
 //!

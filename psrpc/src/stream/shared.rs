@@ -486,6 +486,19 @@ mod tests {
         })
     }
 
+    /// Watching with an interval too large to add to a time (a caller's
+    /// `Duration::MAX`) waits for the stream's end instead of panicking.
+    #[tokio::test]
+    async fn huge_liveness_intervals_wait_for_the_end() {
+        let (s, _rx) = lonely(1);
+        let w = tokio::spawn({
+            let s = s.clone();
+            async move { s.open_until(Instant::now(), Duration::MAX).await }
+        });
+        s.close_detached(Error::stream_closed(), CloseReason::Closed);
+        assert!(!w.await.expect("no panic"), "the stream had ended");
+    }
+
     /// Hands `m` to `s` as the bus would.
     fn deliver(s: Arc<Shared<wire::Response>>, m: wire::Stream) {
         let b = wire::encode(&m);
