@@ -212,10 +212,8 @@ impl Core {
         };
         // Read in place: every server of the method hears every claim
         // response, and most find no claim of theirs. The ids are compared
-        // as bytes: one that is not UTF-8 matches no claim (every key is
-        // UTF-8) and is not this server's id, so a response that prost
-        // would refuse changes nothing here unless it is remembered, which
-        // checks it.
+        // as bytes; one that is not UTF-8 (prost would refuse the message)
+        // is counted as malformed before anything is done with it.
         let decoded: ClaimResponse;
         let (request_id, server_id) = match wire::peek_claim_response(&payload) {
             Some(ids) => ids,
@@ -227,32 +225,39 @@ impl Core {
                 (decoded.request_id.as_bytes(), decoded.server_id.as_bytes())
             }
         };
+        let malformed = || {
+            // Counted and logged as malformed, as prost refuses it.
+            let _ = crate::bus::decode_payload::<ClaimResponse>(bus, &channel, payload.clone());
+        };
+        let ours = server_id == self.id.as_bytes();
+        if !ours && std::str::from_utf8(server_id).is_err() {
+            return malformed();
+        }
         let mut table = self.lock_claims();
+        // A waiter's key is UTF-8: finding one checks the request id.
         match table.waiters.remove(request_id) {
             Some(w) => {
                 drop(table);
                 let wait = w.bid_at.elapsed();
-                if server_id == self.id.as_bytes() {
+                if ours {
                     self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::Granted, wait));
                     (w.then)();
                 } else {
                     self.observe(|o| o.claim_settled(&w.info, ClaimOutcome::LostToPeer, wait));
                 }
             }
-            None if remember => {
-                let (Ok(request_id), Ok(server_id)) = (
-                    std::str::from_utf8(request_id),
-                    std::str::from_utf8(server_id),
-                ) else {
+            None => {
+                let Ok(request_id) = std::str::from_utf8(request_id) else {
                     drop(table);
-                    // Counted and logged as malformed, as prost refuses it.
-                    let _ = crate::bus::decode_payload::<ClaimResponse>(bus, &channel, payload);
-                    return;
+                    return malformed();
                 };
-                table.remember(request_id, server_id.to_owned());
-                self.ensure_sweeper(&mut table);
+                if remember {
+                    // `server_id` was checked above (or is ours).
+                    let winner = String::from_utf8_lossy(server_id).into_owned();
+                    table.remember(request_id, winner);
+                    self.ensure_sweeper(&mut table);
+                }
             }
-            None => {}
         }
     }
 

@@ -356,11 +356,13 @@ mod tests {
         n: i64,
     }
 
-    /// Claim responses nobody here waited for are remembered on a method
-    /// every server hears; one whose ids are not UTF-8 (prost refuses it)
-    /// is counted as malformed instead, and not remembered.
+    /// Claim responses are read in place, and one whose ids are not UTF-8
+    /// (prost refuses it) is counted as malformed and changes nothing: not
+    /// a claim of this server's, not the decisions it remembers (on a
+    /// method every server hears). Good ones settle a claim, or are
+    /// remembered when nobody here waited.
     #[tokio::test]
-    async fn unmatched_claim_responses_are_checked_before_kept() {
+    async fn claim_responses_are_checked_before_used() {
         static A: Method<N, N> = Method::affinity("A");
         let bus = LocalBus::new();
         let s = RpcServer::new(bus.clone(), "S", ServerOptions::default())
@@ -371,22 +373,61 @@ mod tests {
             .handle(|_ctx: Context, req: N| async move { Ok(req) })
             .await
             .unwrap();
-        let ch = crate::channels::claim_response_channel("S", "A", &[]);
         let url = wire::ClaimResponse::TYPE_URL;
-        let before = bus.drops().count(DropReason::Malformed);
-        // Request id `\xff\xfe`, server id `x`; then a good one.
-        let bad = wire::encode_msg_raw(url, b"\x0a\x02\xff\xfe\x12\x01x");
-        let good = wire::encode_msg_raw(url, b"\x0a\x02ok\x12\x01x");
-        bus.publish(&ch, bad).await.unwrap();
-        bus.publish(&ch, good).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while s.claim_table_entries() < 2 {
-            assert!(Instant::now() < deadline, "the good one was not remembered");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Both were read, in order, by the same handler.
-        assert_eq!(bus.drops().count(DropReason::Malformed), before + 1);
-        assert_eq!(s.claim_table_entries(), 2, "one decision, in two entries");
+        let response = |ids: &[u8]| wire::encode_msg_raw(url, ids);
+        let ch = crate::channels::claim_response_channel("S", "A", &[]);
+        let malformed = || bus.drops().count(DropReason::Malformed);
+        let before = malformed();
+        // The local bus runs the server's handlers in the publish: each
+        // message below has been dealt with when its publish returns.
+
+        // A claim of this server's: a request published by hand.
+        let now = wire::now_ns();
+        let request = wire::Request {
+            request_id: "REQ_pending".into(),
+            client_id: "CLI_x".into(),
+            sent_at: now,
+            expiry: now + 20_000_000_000,
+            raw_request: prost::Message::encode_to_vec(&N { n: 1 }).into(),
+            ..Default::default()
+        };
+        let req_ch = crate::channels::rpc_channel("S", "A", &[], false);
+        bus.publish(&req_ch, wire::encode_msg(&request))
+            .await
+            .unwrap();
+        assert_eq!(s.pending_claims(), 1, "no claim made");
+        // Its request id with a server id that is not UTF-8: counted, the
+        // claim still waits.
+        let bad_server = response(b"\x0a\x0bREQ_pending\x12\x01\xff");
+        bus.publish(&ch, bad_server).await.unwrap();
+        assert_eq!(malformed(), before + 1);
+        assert_eq!(
+            s.pending_claims(),
+            1,
+            "a malformed response settled a claim"
+        );
+        // Another server won it.
+        bus.publish(&ch, response(b"\x0a\x0bREQ_pending\x12\x01x"))
+            .await
+            .unwrap();
+        assert_eq!(s.pending_claims(), 0);
+
+        // Nobody waited: a request id that is not UTF-8 is counted, a good
+        // one remembered.
+        let table = s.claim_table_entries();
+        bus.publish(&ch, response(b"\x0a\x02\xff\xfe\x12\x01x"))
+            .await
+            .unwrap();
+        assert_eq!(malformed(), before + 2);
+        bus.publish(&ch, response(b"\x0a\x02ok\x12\x01x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.claim_table_entries(),
+            table + 2,
+            "one decision, in two entries"
+        );
+        assert_eq!(malformed(), before + 2);
         s.shutdown().await;
     }
 
