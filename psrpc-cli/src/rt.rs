@@ -108,19 +108,18 @@ pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> CliResult<Dy
 
 /// `url` as the tool prints it: the password of `user:password@` (or a
 /// lone token, `token@`) replaced by `***`, in each of several
-/// comma-separated URLs, so that no message shows a secret.
+/// comma-separated URLs, with a scheme or without, so that no message
+/// shows a secret. Everything before the last `@` of a URL counts as its
+/// credentials (a password may hold `/`, `?`, `#` or `@`).
 pub fn shown_url(url: &str) -> String {
     url.split(',')
         .map(|one| {
-            let Some(start) = one.find("://").map(|i| i + 3) else {
-                return one.to_owned();
-            };
+            let start = one.find("://").map_or(0, |i| i + 3);
             let rest = &one[start..];
-            let authority = rest.find(['/', '?', '#']).map_or(rest, |i| &rest[..i]);
-            let Some(at) = authority.rfind('@') else {
+            let Some(at) = rest.rfind('@') else {
                 return one.to_owned();
             };
-            let user = match authority[..at].split_once(':') {
+            let user = match rest[..at].split_once(':') {
                 Some((user, _)) => format!("{user}:***"),
                 None => "***".to_owned(),
             };
@@ -416,8 +415,13 @@ mod tests {
                 "nats://a:p@h1:4222,nats://h2:4222",
                 "nats://a:***@h1:4222,nats://h2:4222",
             ),
-            ("nats://h:4222/x@y", "nats://h:4222/x@y"),
             ("redis://u:p@ss@h:1", "redis://u:***@h:1"),
+            ("redis://u:a/b?c#d@h:1", "redis://u:***@h:1"),
+            (
+                "nats://a:p@h1,b:s3cret@h2:4222",
+                "nats://a:***@h1,b:***@h2:4222",
+            ),
+            ("t0ken@h:4222", "***@h:4222"),
             ("not a url", "not a url"),
         ] {
             assert_eq!(shown_url(url), shown, "{url}");
