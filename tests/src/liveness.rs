@@ -86,6 +86,14 @@ impl psrpc::MessageBus for Looks {
             .subscribe_handler(channel, size, queue, handler)
             .await
     }
+    async fn subscribe_inline(
+        &self,
+        channel: &psrpc::Channel,
+        size: usize,
+        handler: psrpc::bus::Handler,
+    ) -> psrpc::Result<psrpc::bus::HandlerSubscription> {
+        self.bus.subscribe_inline(channel, size, handler).await
+    }
     fn drops(&self) -> &psrpc::drops::Drops {
         self.bus.drops()
     }
