@@ -221,7 +221,7 @@ impl NatsServer {
                 panic!("nats-server exited at start: {st}");
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(30),
                 "nats-server did not start on port {}",
                 self.port
             );
