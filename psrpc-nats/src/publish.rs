@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
+use psrpc::bus::{QueueError, send_within};
 use psrpc::drops::{DropReason, Drops};
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,16 +54,10 @@ pub(crate) async fn enqueue(
     payload: Bytes,
     wait: Duration,
 ) -> Result<()> {
-    match tx.try_send(Item::Publish(subject, payload)) {
+    match send_within(tx, Item::Publish(subject, payload), wait).await {
         Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
-        Err(mpsc::error::TrySendError::Full(item)) => {
-            match tokio::time::timeout(wait, tx.send(item)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Error::Closed),
-                Err(_) => Err(Error::PublishQueueFull(wait)),
-            }
-        }
+        Err(QueueError::Closed) => Err(Error::Closed),
+        Err(QueueError::Full) => Err(Error::PublishQueueFull(wait)),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use psrpc::bus::{QueueError, send_within};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, is_connection_error};
@@ -31,17 +32,10 @@ pub(crate) async fn enqueue(
     channel: String,
     msg: Bytes,
 ) -> Result<(), Error> {
-    let item = Item::Publish(channel, msg);
-    match tx.try_send(item) {
+    match send_within(tx, Item::Publish(channel, msg), PUBLISH_WAIT).await {
         Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
-        Err(mpsc::error::TrySendError::Full(item)) => {
-            match tokio::time::timeout(PUBLISH_WAIT, tx.send(item)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Error::Closed),
-                Err(_) => Err(Error::QueueFull),
-            }
-        }
+        Err(QueueError::Closed) => Err(Error::Closed),
+        Err(QueueError::Full) => Err(Error::QueueFull),
     }
 }
 

@@ -687,6 +687,17 @@ mod tonic_status {
     }
 }
 
+/// The text a panic was raised with.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,18 @@ pub(crate) enum Incoming {
     Response(Box<Response>),
 }
 
+impl From<ClaimRequest> for Incoming {
+    fn from(c: ClaimRequest) -> Self {
+        Incoming::Claim(Box::new(c))
+    }
+}
+
+impl From<Response> for Incoming {
+    fn from(r: Response) -> Self {
+        Incoming::Response(Box::new(r))
+    }
+}
+
 impl Incoming {
     /// The request this answers.
     pub(crate) fn request_id(&self) -> &str {

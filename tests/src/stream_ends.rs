@@ -196,13 +196,12 @@ async fn serve(f: &dyn BusFactory, service: &str, server_ends: &Arc<Ends>) -> Rp
 struct Setup {
     server: RpcServer,
     client: RpcClient,
-    server_ends: Arc<Ends>,
-    client_ends: Arc<Ends>,
+    ends: Recorded,
     st: ClientStream<Num, Num>,
 }
 
 /// A server and a client, both recording, with nothing open yet.
-async fn parts(f: &dyn BusFactory, service: &str) -> (RpcServer, RpcClient, Arc<Ends>, Arc<Ends>) {
+async fn parts(f: &dyn BusFactory, service: &str) -> (RpcServer, RpcClient, Recorded) {
     let (server_ends, client_ends) = (Arc::new(Ends::default()), Arc::new(Ends::default()));
     let server = serve(f, service, &server_ends).await;
     let client = RpcClient::new(
@@ -213,11 +212,15 @@ async fn parts(f: &dyn BusFactory, service: &str) -> (RpcServer, RpcClient, Arc<
     .await
     .expect("client");
     settle(f).await;
-    (server, client, server_ends, client_ends)
+    let ends = Recorded {
+        server: server_ends,
+        client: client_ends,
+    };
+    (server, client, ends)
 }
 
 async fn setup(f: &dyn BusFactory, service: &str, ctx: Option<Context>) -> Setup {
-    let (server, client, server_ends, client_ends) = parts(f, service).await;
+    let (server, client, ends) = parts(f, service).await;
     let mut open = client.stream(&PING_PONG, ());
     if let Some(ctx) = &ctx {
         open = open.context(ctx);
@@ -231,8 +234,7 @@ async fn setup(f: &dyn BusFactory, service: &str, ctx: Option<Context>) -> Setup
     Setup {
         server,
         client,
-        server_ends,
-        client_ends,
+        ends,
         st,
     }
 }
@@ -256,13 +258,12 @@ async fn end_of(st: &mut ClientStream<Num, Num>) -> Result<(), Error> {
 pub async fn stream_end_explicit_close(f: &dyn BusFactory) {
     let mut t = setup(f, "end_close", None).await;
     t.st.close().await.expect("close");
-    both_ended(
-        &t.server_ends,
-        End::clean(CloseReason::Peer),
-        &t.client_ends,
-        End::clean(CloseReason::Closed),
-    )
-    .await;
+    t.ends
+        .both(
+            End::clean(CloseReason::Peer),
+            End::clean(CloseReason::Closed),
+        )
+        .await;
     // Reading after one's own clean close: a clean end.
     end_of(&mut t.st).await.expect("clean");
     t.server.shutdown().await;
@@ -273,13 +274,12 @@ pub async fn stream_end_close_with_error(f: &dyn BusFactory) {
     let mut t = setup(f, "end_close_with", None).await;
     let cause = Error::resource_exhausted("client is done");
     t.st.close_with(cause.clone()).await.expect("close");
-    both_ended(
-        &t.server_ends,
-        End::new(CloseReason::Peer, &cause),
-        &t.client_ends,
-        End::new(CloseReason::Closed, &cause),
-    )
-    .await;
+    t.ends
+        .both(
+            End::new(CloseReason::Peer, &cause),
+            End::new(CloseReason::Closed, &cause),
+        )
+        .await;
     let e = end_of(&mut t.st).await.expect_err("ended with the cause");
     assert_eq!(e.message(), "client is done");
     t.server.shutdown().await;
@@ -293,33 +293,39 @@ pub async fn stream_end_handler_error(f: &dyn BusFactory) {
     let e = end_of(&mut t.st).await.expect_err("the handler's error");
     assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     let cause = Error::failed_precondition("handler refused");
-    both_ended(
-        &t.server_ends,
-        End::new(CloseReason::Closed, &cause),
-        &t.client_ends,
-        End::new(CloseReason::Peer, &cause),
-    )
-    .await;
+    t.ends
+        .both(
+            End::new(CloseReason::Closed, &cause),
+            End::new(CloseReason::Peer, &cause),
+        )
+        .await;
     t.server.shutdown().await;
 }
 
-/// Waits until both ends reported one end each, and checks them.
-async fn both_ended(server_ends: &Ends, server: End, client_ends: &Ends, client: End) {
-    assert_eq!(server_ends.one_end("server").await, server);
-    assert_eq!(client_ends.one_end("client").await, client);
+/// What the server's and the client's interceptors recorded.
+struct Recorded {
+    server: Arc<Ends>,
+    client: Arc<Ends>,
+}
+
+impl Recorded {
+    /// Waits until both ends reported one end each, and checks them.
+    async fn both(&self, server: End, client: End) {
+        assert_eq!(self.server.one_end("server").await, server);
+        assert_eq!(self.client.one_end("client").await, client);
+    }
 }
 
 /// Dropping the client stream closes it cleanly.
 pub async fn stream_end_client_drop(f: &dyn BusFactory) {
     let t = setup(f, "end_drop", None).await;
     drop(t.st);
-    both_ended(
-        &t.server_ends,
-        End::clean(CloseReason::Peer),
-        &t.client_ends,
-        End::clean(CloseReason::Dropped),
-    )
-    .await;
+    t.ends
+        .both(
+            End::clean(CloseReason::Peer),
+            End::clean(CloseReason::Dropped),
+        )
+        .await;
     t.server.shutdown().await;
 }
 
@@ -334,13 +340,12 @@ pub async fn stream_end_split_halves_drop(f: &dyn BusFactory) {
         .await
         .expect("the sender works alone");
     drop(tx);
-    both_ended(
-        &t.server_ends,
-        End::clean(CloseReason::Peer),
-        &t.client_ends,
-        End::clean(CloseReason::Dropped),
-    )
-    .await;
+    t.ends
+        .both(
+            End::clean(CloseReason::Peer),
+            End::clean(CloseReason::Dropped),
+        )
+        .await;
     t.server.shutdown().await;
 }
 
@@ -349,13 +354,12 @@ pub async fn stream_end_hijacked_drop(f: &dyn BusFactory) {
     let mut t = setup(f, "end_hijack", None).await;
     t.st.send(num(2, "hijack")).await.expect("send");
     end_of(&mut t.st).await.expect("a clean end");
-    both_ended(
-        &t.server_ends,
-        End::clean(CloseReason::Dropped),
-        &t.client_ends,
-        End::clean(CloseReason::Peer),
-    )
-    .await;
+    t.ends
+        .both(
+            End::clean(CloseReason::Dropped),
+            End::clean(CloseReason::Peer),
+        )
+        .await;
     t.server.shutdown().await;
 }
 
@@ -370,13 +374,9 @@ async fn server_stopped(f: &dyn BusFactory, service: &str, reason: CloseReason) 
     let e = end_of(&mut t.st).await.expect_err("EOF");
     assert_eq!((e.code(), e.message()), (ErrorCode::Unavailable, "EOF"));
     let eof = Error::stream_eof();
-    both_ended(
-        &t.server_ends,
-        End::new(reason, &eof),
-        &t.client_ends,
-        End::new(CloseReason::Peer, &eof),
-    )
-    .await;
+    t.ends
+        .both(End::new(reason, &eof), End::new(CloseReason::Peer, &eof))
+        .await;
     t.server.shutdown().await;
 }
 
@@ -402,13 +402,12 @@ pub async fn stream_end_server_dropped(f: &dyn BusFactory) {
     let e = end_of(&mut t.st).await.expect_err("EOF");
     assert_eq!(e.message(), "EOF");
     let eof = Error::stream_eof();
-    both_ended(
-        &t.server_ends,
-        End::new(CloseReason::Kill, &eof),
-        &t.client_ends,
-        End::new(CloseReason::Peer, &eof),
-    )
-    .await;
+    t.ends
+        .both(
+            End::new(CloseReason::Kill, &eof),
+            End::new(CloseReason::Peer, &eof),
+        )
+        .await;
 }
 
 /// The caller's context: canceled, then (another stream) its deadline.
@@ -430,13 +429,12 @@ pub async fn stream_end_context(f: &dyn BusFactory) {
         };
         assert_eq!(e.message(), want);
         let cause = Error::unknown(want);
-        both_ended(
-            &t.server_ends,
-            End::new(CloseReason::Peer, &cause),
-            &t.client_ends,
-            End::new(CloseReason::Context, &cause),
-        )
-        .await;
+        t.ends
+            .both(
+                End::new(CloseReason::Peer, &cause),
+                End::new(CloseReason::Context, &cause),
+            )
+            .await;
         t.server.shutdown().await;
     }
 }
@@ -449,7 +447,7 @@ pub async fn stream_end_malformed(f: &dyn BusFactory) {
         #[prost(int64, tag = "2")]
         x: i64,
     }
-    let (server, client, server_ends, client_ends) = parts(f, "end_malformed").await;
+    let (server, client, ends) = parts(f, "end_malformed").await;
     // The wire name of PING_PONG, with a request type its server does not take.
     static WRONG: psrpc::Method<Wrong, Num> = psrpc::Method::queue("PingPong");
     let mut bad = client.stream(&WRONG, ()).await.expect("open");
@@ -467,12 +465,12 @@ pub async fn stream_end_malformed(f: &dyn BusFactory) {
         }
     };
     assert_eq!(e.code(), ErrorCode::MalformedRequest, "{e}");
-    let seen = server_ends.one_end("server").await;
+    let seen = ends.server.one_end("server").await;
     assert_eq!(
         (seen.reason, seen.code),
         (CloseReason::Malformed, ErrorCode::MalformedRequest)
     );
-    let seen = client_ends.one_end("client").await;
+    let seen = ends.client.one_end("client").await;
     assert_eq!(
         (seen.reason, seen.code),
         (CloseReason::Peer, ErrorCode::MalformedRequest)
@@ -486,12 +484,11 @@ pub async fn stream_end_client_close(f: &dyn BusFactory) {
     let mut t = setup(f, "end_client_close", None).await;
     t.client.close();
     end_of(&mut t.st).await.expect("a clean end");
-    both_ended(
-        &t.server_ends,
-        End::clean(CloseReason::Peer),
-        &t.client_ends,
-        End::clean(CloseReason::ClientClosed),
-    )
-    .await;
+    t.ends
+        .both(
+            End::clean(CloseReason::Peer),
+            End::clean(CloseReason::ClientClosed),
+        )
+        .await;
     t.server.shutdown().await;
 }

@@ -250,11 +250,7 @@ impl Sink {
 fn call(h: &Handler, msg: Bytes, drops: &Drops, channel: &str) {
     let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(msg)));
     if let Err(panic) = called {
-        let what = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic");
+        let what = crate::error::panic_message(panic.as_ref());
         let detail = format_args!("the handler panicked: {what}");
         drops.record(DropReason::Panicked, channel, &detail);
     }

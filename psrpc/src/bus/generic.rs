@@ -158,6 +158,19 @@ impl<T: Transport> Bus<T> {
         Ok(())
     }
 
+    /// Adds `handler` to `channel`, called by the task that delivers.
+    async fn join_handler(
+        &self,
+        channel: &Channel,
+        queue: bool,
+        handler: Handler,
+    ) -> Result<HandlerSubscription> {
+        let leave = self
+            .join(channel, queue, |m, id| m.add_handler(id, handler, queue))
+            .await?;
+        Ok(HandlerSubscription::new(leave))
+    }
+
     /// Adds a subscriber to `channel` (made by `add` with its id) and
     /// returns once the transport listens for its kind.
     async fn join(
@@ -268,10 +281,7 @@ impl<T: Transport> MessageBus for Bus<T> {
         handler: Handler,
     ) -> Result<HandlerSubscription> {
         if self.shared.transport.calls_handlers_inline() {
-            let leave = self
-                .join(channel, queue, |m, id| m.add_handler(id, handler, queue))
-                .await?;
-            return Ok(HandlerSubscription::new(leave));
+            return self.join_handler(channel, queue, handler).await;
         }
         let sub = self.subscribe_buffer(channel, size, queue).await?;
         Ok(super::read_in_task(sub, handler))
@@ -288,10 +298,7 @@ impl<T: Transport> MessageBus for Bus<T> {
         } else {
             off_reader_when_compressed(handler)
         };
-        let leave = self
-            .join(channel, false, |m, id| m.add_handler(id, handler, false))
-            .await?;
-        Ok(HandlerSubscription::new(leave))
+        self.join_handler(channel, false, handler).await
     }
 
     fn drops(&self) -> &Drops {
@@ -318,13 +325,13 @@ impl<T: Transport> MessageBus for Bus<T> {
 /// plain ones that arrived later.)
 fn off_reader_when_compressed(handler: Handler) -> Handler {
     Arc::new(move |msg: Bytes| {
-        let compressed = crate::wire::scan_msg(&msg).is_some_and(|m| m.compression != 0);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) if compressed => {
-                let handler = handler.clone();
-                rt.spawn(async move { handler(msg) });
-            }
-            _ => handler(msg),
+        if crate::wire::scan_msg(&msg).is_some_and(|m| m.compression != 0)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let handler = handler.clone();
+            rt.spawn(async move { handler(msg) });
+        } else {
+            handler(msg)
         }
     })
 }

@@ -12,6 +12,36 @@ use super::{Channel, Members, Sink};
 use crate::drops::{DropReason, Drops};
 use crate::error::Result;
 
+/// Why [`send_within`] did not queue an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// The receiving end is gone.
+    Closed,
+    /// The queue stayed full for the whole wait.
+    Full,
+}
+
+/// Queues `item` on `tx`: at once when there is room, else waiting at most
+/// `wait` for some (a timer only when the queue is full). For a
+/// transport's queue of publishes to the task that writes them.
+pub async fn send_within<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    wait: std::time::Duration,
+) -> std::result::Result<(), QueueError> {
+    match tx.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            match tokio::time::timeout(wait, tx.send(item)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(QueueError::Closed),
+                Err(_) => Err(QueueError::Full),
+            }
+        }
+    }
+}
+
 /// What a message broker implements for psrpc: moving opaque bytes.
 ///
 /// A transport publishes payloads as they are and listens on channels,
@@ -283,5 +313,31 @@ impl Inbox {
     /// How many subscribers the channel has in this bus.
     pub(crate) fn len(&self) -> usize {
         self.route.members().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Room: queued at once; full: queued once room is made within the
+    /// wait, `Full` when none is; no receiver: `Closed`.
+    #[tokio::test(start_paused = true)]
+    async fn send_within_waits_only_when_full() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let wait = Duration::from_secs(1);
+        assert_eq!(send_within(&tx, 1, wait).await, Ok(()));
+        assert_eq!(send_within(&tx, 2, wait).await, Err(QueueError::Full));
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        assert_eq!(send_within(&tx, 3, wait).await, Ok(()));
+        let (first, mut rx) = reader.await.unwrap();
+        assert_eq!((first, rx.recv().await), (Some(1), Some(3)));
+        drop(rx);
+        assert_eq!(send_within(&tx, 4, wait).await, Err(QueueError::Closed));
     }
 }

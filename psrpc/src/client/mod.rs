@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::id;
 use crate::info::{MethodInfo, RpcInfo};
 use crate::interceptor::{Chain, ClientCall, ClientInterceptor, Hop, Next, Terminal, to_chain};
-use crate::select::Incoming;
 use crate::stream::{StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, Response};
 
@@ -88,7 +87,7 @@ pub use crate::bus::DEFAULT_CHANNEL_SIZE;
 pub use crate::call::CallOptions;
 pub use multi::{MultiCall, MultiResponses, RawMultiResponses};
 pub use options::{ClientOptions, DEFAULT_CLIENT_TIMEOUT};
-use pending::{PendingGuard, Route, Shared, router};
+use pending::{PendingGuard, Shared, router};
 pub use stream::StreamCall;
 pub use subscription::Subscription;
 pub use unary::UnaryCall;
@@ -189,24 +188,8 @@ impl RpcClient {
         let size = opts.channel_size;
         let response_ch = channels::response_channel(&service, &id);
         let claim_ch = channels::claim_request_channel(&service, &id);
-        let on_response = router::<Response>(
-            &shared,
-            &bus,
-            &response_ch,
-            Route {
-                request_id: |r| &r.request_id,
-                event: |r| Incoming::Response(Box::new(r)),
-            },
-        );
-        let on_claim = router::<ClaimRequest>(
-            &shared,
-            &bus,
-            &claim_ch,
-            Route {
-                request_id: |c| &c.request_id,
-                event: |c| Incoming::Claim(Box::new(c)),
-            },
-        );
+        let on_response = router::<Response>(&shared, &bus, &response_ch);
+        let on_claim = router::<ClaimRequest>(&shared, &bus, &claim_ch);
         let subs = vec![
             bus.subscribe_inline(&response_ch, size, on_response)
                 .await?,

@@ -85,12 +85,12 @@ impl Drop for PendingGuard {
     }
 }
 
-/// A handler that routes every message of a client channel to its pending call.
-pub(super) fn router<M: wire::Envelope + 'static>(
+/// A handler that routes every message of a client channel (responses or
+/// claims, `M`) to its pending call.
+pub(super) fn router<M: wire::Envelope + Into<Incoming> + 'static>(
     shared: &Arc<Shared>,
     bus: &DynBus,
     channel: &channels::Channel,
-    to_event: Route<M>,
 ) -> crate::bus::Handler {
     // Weak: the bus holds this handler; a strong handle would keep the bus
     // alive through its own subscription.
@@ -98,45 +98,25 @@ pub(super) fn router<M: wire::Envelope + 'static>(
     Arc::new(move |b| {
         let Some(bus) = bus.upgrade() else { return };
         if let Some(m) = crate::bus::receive_envelope::<M>(&*bus, || name.clone(), b) {
-            route::<M>(&shared, &*bus, m, to_event)
+            route(&shared, &*bus, m.into(), M::TYPE_URL)
         }
     })
 }
 
-/// How a message of a client channel reaches its call: the request id it
-/// answers, and the event the call gets.
-pub(super) struct Route<M> {
-    pub(super) request_id: fn(&M) -> &str,
-    pub(super) event: fn(M) -> Incoming,
-}
-
-// Two fn pointers, whatever `M` is (a derive would ask `M: Copy`).
-impl<M> Clone for Route<M> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<M> Copy for Route<M> {}
-
-/// Routes one message of a client channel to its pending call.
-pub(super) fn route<M: wire::Envelope>(
-    shared: &Shared,
-    bus: &dyn crate::bus::MessageBus,
-    msg: M,
-    route: Route<M>,
-) {
-    let id = (route.request_id)(&msg).as_bytes();
+/// Routes one message of a client channel (of type `type_url`) to its
+/// pending call.
+fn route(shared: &Shared, bus: &dyn crate::bus::MessageBus, ev: Incoming, type_url: &str) {
+    let id = ev.request_id().as_bytes();
     let p = shared.pending.part(id);
     if let Some(tx) = p.get(id) {
         // Never block on one call (Go blocks the whole client there, and a
         // late response for a call that stopped reading hangs it): a call whose buffer
         // (channel_size) is full is not being read, so the message is
         // dropped for it, loudly.
-        if let Err(ev) = tx.try_send((route.event)(msg)) {
+        if let Err(ev) = tx.try_send(ev) {
             let why = format_args!("buffer of pending call {} full", ev.request_id());
             bus.drops()
-                .record(crate::drops::DropReason::SlowConsumer, M::TYPE_URL, &why);
+                .record(crate::drops::DropReason::SlowConsumer, type_url, &why);
         }
     }
 }

@@ -16,14 +16,13 @@
 //! # let _ = opts;
 //! ```
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result, panic_message};
 use crate::interceptor::{Handle, Next, ServerCall, ServerInterceptor};
 
 /// The server interceptor that turns a panic into an `internal` error.
@@ -45,16 +44,5 @@ impl ServerInterceptor for Recovery {
                 }
             }
         })
-    }
-}
-
-/// The text a panic was raised with.
-pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-text payload".to_owned()
     }
 }
