@@ -30,18 +30,23 @@
 //!
 //! (`multi`'s wire is its raw floor, a ping-pong fanned out to N peers.)
 //!
+//! The client reads `rep` as the runtime reads a client's channels: a
+//! handler where the bus delivers passes on what belongs to the current
+//! operation and drops the rest (see `Replies`).
+//!
 //! Every message starts with a one-byte tag (and the peer's number, where
 //! the client must tell peers apart) and the operation's id, unique in the
 //! process: Redis takes its queue lock on the hash of the message, so two
 //! equal requests within the lock's lifetime would share one lock.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use psrpc::bus::{DynBus, RawSubscription};
+use psrpc::bus::{DynBus, HandlerSubscription, RawSubscription};
 use psrpc::{Channel, MessageBus};
+use tokio::sync::mpsc;
 
 use crate::CALL_TIMEOUT;
 use crate::bus_floors::{AbortOnDrop, floor_channel};
@@ -119,8 +124,8 @@ struct WireWorker {
     out: Channel,
     /// Where the client grants a claim (unary, affinity).
     grant: Channel,
-    /// The client's `rep` subscription.
-    rep: RawSubscription,
+    /// What reaches the client on `rep` for its current operation.
+    rep: Replies,
     _peers: Vec<AbortOnDrop>,
 }
 
@@ -180,7 +185,7 @@ async fn wire_worker(
     let name = |what: &str| floor_channel(format!("psrpc-bench.wire-floor.{tag}.{w}.{what}"));
     let (out, grant, rep_ch) = (name("req"), name("grant"), name("rep"));
     let size = psrpc::client::DEFAULT_CHANNEL_SIZE;
-    let rep = client.subscribe(&rep_ch, size).await?;
+    let rep = Replies::subscribe(client, &rep_ch, size).await?;
     let mut tasks = Vec::with_capacity(peers.len());
     for (i, peer) in peers.iter().enumerate() {
         let me = u16::try_from(i).unwrap_or(u16::MAX);
@@ -277,16 +282,62 @@ async fn stream_peer(owner: bool, bus: DynBus, mut msgs: RawSubscription, rep: C
     }
 }
 
-/// The next message on `rep`, or why none came.
-async fn next(rep: &mut RawSubscription) -> Result<(u8, u16, u64, Bytes), String> {
-    loop {
-        match tokio::time::timeout(CALL_TIMEOUT, rep.recv()).await {
-            Ok(Some(m)) => match parse(&m) {
-                Some(p) => return Ok(p),
-                None => continue,
-            },
-            Ok(None) => return Err("wire floor: reply subscription closed".into()),
-            Err(_) => return Err(format!("wire floor: no reply within {CALL_TIMEOUT:?}")),
+/// The client's side of `rep`, read as the runtime reads a client's
+/// channels: a handler called where the bus delivers
+/// (`subscribe_inline`) passes on what belongs to the current operation and
+/// drops the rest at once (the claims of other peers that come after the
+/// operation ended). A buffer read only by the client would fill with those
+/// when peers fall behind, and lose the reply queued after them.
+struct Replies {
+    /// The operation whose replies are passed on.
+    current: Arc<AtomicU64>,
+    rx: mpsc::Receiver<(u8, u16, u64)>,
+    _sub: HandlerSubscription,
+}
+
+impl Replies {
+    async fn subscribe(client: &DynBus, rep: &Channel, size: usize) -> psrpc::Result<Replies> {
+        let current = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(size);
+        let now = current.clone();
+        let sub = client
+            .subscribe_inline(
+                rep,
+                size,
+                Arc::new(move |m: Bytes| {
+                    if let Some((tag, peer, id, _)) = parse(&m)
+                        && id == now.load(Ordering::Acquire)
+                    {
+                        // Full only if the client stopped reading.
+                        let _ = tx.try_send((tag, peer, id));
+                    }
+                }),
+            )
+            .await?;
+        Ok(Replies {
+            current,
+            rx,
+            _sub: sub,
+        })
+    }
+
+    /// Passes on the replies of operation `id` from now on.
+    fn start(&self, id: u64) {
+        self.current.store(id, Ordering::Release);
+    }
+
+    /// The next reply of the current operation, or why none came. (Those
+    /// of the previous one that were passed on before it ended are passed
+    /// over.)
+    async fn next(&mut self) -> Result<(u8, u16, u64), String> {
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) if r.2 == self.current.load(Ordering::Acquire) => return Ok(r),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("wire floor: reply subscription closed".into()),
+                Err(_) => return Err(format!("wire floor: no reply within {CALL_TIMEOUT:?}")),
+            }
         }
     }
 }
@@ -294,17 +345,14 @@ async fn next(rep: &mut RawSubscription) -> Result<(u8, u16, u64, Bytes), String
 /// One unary or affinity call: request, first claim granted, response.
 async fn claimed_call(wk: &mut WireWorker, client: &DynBus, payload: &Bytes) -> Result<(), String> {
     let id = op_id();
+    wk.rep.start(id);
     client
         .publish(&wk.out, message(REQUEST, 0, id, payload))
         .await
         .map_err(|e| format!("wire floor publish: {e}"))?;
     let mut granted = None;
     loop {
-        let (tag, peer, got, _) = next(&mut wk.rep).await?;
-        if got != id {
-            // A late claim of an earlier call.
-            continue;
-        }
+        let (tag, peer, _) = wk.rep.next().await?;
         match (tag, granted) {
             (CLAIM, None) => {
                 client
@@ -328,16 +376,17 @@ async fn stream_round_trip(
     payload: &Bytes,
 ) -> Result<(), String> {
     let id = op_id();
+    wk.rep.start(id);
     client
         .publish(&wk.out, message(REQUEST, 0, id, payload))
         .await
         .map_err(|e| format!("wire floor publish: {e}"))?;
     let (mut acked, mut echoed) = (false, false);
     while !(acked && echoed) {
-        match next(&mut wk.rep).await? {
-            (ACK, _, got, _) if got == id => acked = true,
-            (ECHO, _, got, _) if got == id => echoed = true,
-            (tag, _, got, _) => {
+        match wk.rep.next().await? {
+            (ACK, _, _) => acked = true,
+            (ECHO, _, _) => echoed = true,
+            (tag, _, got) => {
                 return Err(format!(
                     "wire floor: {:?} of {got} while waiting for {id}",
                     tag as char
