@@ -7,12 +7,13 @@
 //! ```
 //!
 //! `PATH` is one of `unary`, `unary-mw`, `affinity`, `multi`, `stream`,
-//! `sub`, `trigger` (see [`Path`]). The process starts three servers and one
-//! client of the benchmark service on one [`LocalBus`], on a current-thread
-//! tokio runtime, does `WARMUP` operations (default 200) so that every lazy
-//! initialisation and buffer growth is behind it, then `OPS` operations
-//! (default 1000) inside [`measured_ops`], the one function whose
-//! instructions callgrind collects (`--toggle-collect=*measured_ops*`).
+//! `stream-open`, `sub`, `trigger` and `floor-multi` (see [`Path`]). The
+//! process starts three servers and one client of the benchmark service on
+//! one [`LocalBus`], on a current-thread tokio runtime, does `WARMUP`
+//! operations (default 200) so that every lazy initialisation and buffer
+//! growth is behind it, then `OPS` operations (default 1000) inside
+//! [`measured_ops`], the one function whose instructions callgrind collects
+//! (`--toggle-collect=*measured_ops*`).
 //! Every operation checks its answer, so a path that breaks fails loudly
 //! instead of measuring something cheaper.
 //!
@@ -35,8 +36,8 @@ use psrpc::middleware::metrics::{Metrics, MetricsFacade};
 use psrpc::middleware::recovery::Recovery;
 use psrpc::middleware::trace::Tracing;
 use psrpc::{
-    ClientOptions, ClientStream, Context, LocalBus, Method, RpcClient, RpcServer, SelectionOptions,
-    ServerOptions, ServerStream, Subscription,
+    Channel, ClientOptions, ClientStream, Context, LocalBus, MessageBus, Method, RpcClient,
+    RpcServer, SelectionOptions, ServerOptions, ServerStream, Subscription, bus::RawSubscription,
 };
 
 /// Messages generated from `proto/bench.proto` (package `psrpcbench`).
@@ -94,10 +95,16 @@ enum Path {
     /// call whose handler publishes one event and one broadcast, complete
     /// when both arrived.
     Trigger,
+    /// `floor-multi`: no RPC at all, the bare bus doing what a `multi` call
+    /// puts on it (psrpc-bench's floor of the multi rows): one publish
+    /// delivered to 3 echo peers, each on its own connection, each echoing
+    /// it back on the client's channel. `multi` minus this is what the
+    /// runtime costs above the bus.
+    FloorMulti,
 }
 
 impl Path {
-    const ALL: [(&'static str, Path); 8] = [
+    const ALL: [(&'static str, Path); 9] = [
         ("unary", Path::Unary),
         ("unary-mw", Path::UnaryMw),
         ("affinity", Path::Affinity),
@@ -106,6 +113,7 @@ impl Path {
         ("stream-open", Path::StreamOpen),
         ("sub", Path::Sub),
         ("trigger", Path::Trigger),
+        ("floor-multi", Path::FloorMulti),
     ];
 
     fn parse(s: &str) -> Option<Path> {
@@ -126,7 +134,52 @@ struct Fixture {
     events: Option<Subscription<Event>>,
     /// Joined for the `trigger` path.
     bcast: Option<Subscription<Event>>,
+    /// The `floor-multi` path's channels, subscription and echo peers.
+    floor: Option<Floor>,
     seq: i64,
+}
+
+/// The bare bus of the `floor-multi` path.
+struct Floor {
+    bus: DynBus,
+    req: Channel,
+    replies: RawSubscription,
+    _echoes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A channel of the floor: the same name on every bus, read directly.
+fn floor_channel(name: &str) -> Channel {
+    Channel {
+        legacy: name.to_owned(),
+        server: name.to_owned(),
+        local: String::new(),
+    }
+}
+
+impl Floor {
+    /// The client's reply subscription on `bus` and one echo peer per
+    /// connection in `peers`.
+    async fn start(bus: DynBus, peers: Vec<DynBus>) -> Floor {
+        let req = floor_channel("hotpaths.floor.req");
+        let rep = floor_channel("hotpaths.floor.rep");
+        let replies = bus.subscribe(&rep, 100).await.expect("floor replies");
+        let mut echoes = Vec::new();
+        for peer in peers {
+            let mut sub = peer.subscribe(&req, 100).await.expect("floor echo");
+            let rep = rep.clone();
+            echoes.push(tokio::spawn(async move {
+                while let Some(m) = sub.recv().await {
+                    peer.publish(&rep, m).await.expect("floor echo publish");
+                }
+            }));
+        }
+        Floor {
+            bus,
+            req,
+            replies,
+            _echoes: echoes,
+        }
+    }
 }
 
 /// The handler of the unary methods: echoes the request.
@@ -228,6 +281,14 @@ impl Fixture {
             };
             bus
         };
+        let mut floor = None;
+        if path == Path::FloorMulti {
+            let mut peers = Vec::new();
+            for _ in 0..SERVERS {
+                peers.push(connect().await);
+            }
+            floor = Some(Floor::start(connect().await, peers).await);
+        }
         let mut servers = Vec::new();
         for i in 0..SERVERS {
             servers.push(start_server(&connect().await, i, path == Path::UnaryMw).await);
@@ -249,6 +310,7 @@ impl Fixture {
             events_client: None,
             events: None,
             bcast: None,
+            floor,
             seq: 0,
         };
         match path {
@@ -352,6 +414,19 @@ impl Fixture {
                     .expect("publish");
                 let got = self.events.as_mut().expect("events").recv().await;
                 assert_eq!(got.expect("event").seq, self.seq);
+            }
+            Path::FloorMulti => {
+                self.seq += 1;
+                let f = self.floor.as_mut().expect("floor");
+                // 16 bytes, as psrpc-bench's floor payload.
+                let mut msg = self.seq.to_le_bytes().to_vec();
+                msg.extend_from_slice(&PAYLOAD[8..]);
+                let msg = Bytes::from(msg);
+                f.bus.publish(&f.req, msg.clone()).await.expect("publish");
+                for _ in 0..SERVERS {
+                    let echo = f.replies.recv().await.expect("echo");
+                    assert_eq!(echo, msg);
+                }
             }
             Path::Trigger => {
                 let req = self.req(TOPIC, 1);
