@@ -173,6 +173,61 @@ async fn oversized_call_is_resource_exhausted() {
     s.shutdown().await;
 }
 
+/// A response over the server's own limit (its bus allows less than the
+/// client's) cannot be published: the caller gets `resource_exhausted` at
+/// once, from the small error response the server sends instead, rather
+/// than waiting for its deadline; the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_is_resource_exhausted_at_once() {
+    let ns = NatsServer::start(&[]);
+    let sb = NatsBus::builder()
+        .max_message_size(4_096)
+        .connect(&ns.url())
+        .await
+        .expect("connect");
+    let s = RpcServer::new(Arc::new(sb), SERVICE, psrpc::ServerOptions::default())
+        .await
+        .unwrap();
+    s.route(&NORMAL_RPC)
+        .handle(|_c: psrpc::Context, r: Num| async move {
+            let len = usize::try_from(r.n).unwrap_or(0);
+            Ok(Num {
+                n: r.n,
+                text: "x".repeat(len),
+            })
+        })
+        .await
+        .unwrap();
+    let c = client(bus(&ns.url()).await).await;
+    let big = c
+        .unary(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: 10_000,
+                text: String::new(),
+            },
+        )
+        .timeout(PATIENCE)
+        .await;
+    let e = big.expect_err("a 10,000-byte response over a 4,096-byte limit");
+    assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}");
+    assert!(e.message().contains("cannot be sent"), "{e}");
+    let small = c
+        .unary(
+            &NORMAL_RPC,
+            vec![],
+            Num {
+                n: 10,
+                text: String::new(),
+            },
+        )
+        .timeout(PATIENCE)
+        .await;
+    assert_eq!(small.unwrap().text.len(), 10);
+    s.shutdown().await;
+}
+
 /// A comma-separated list of URLs (and a list) connects and fails over:
 /// the node the buses are on dies, calls keep working through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

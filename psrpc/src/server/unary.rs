@@ -278,21 +278,27 @@ where
             let bytes = core.bus.compression().encode(&response);
             (response.request_id, bytes)
         };
-        match (*core.bus).publish(&chans.response, bytes).await {
-            Ok(()) => {}
-            // A response the bus cannot carry: the caller gets that error
-            // at once rather than waiting for its deadline.
-            Err(e) if e.code() == ErrorCode::ResourceExhausted => {
-                let err = Error::new(
-                    ErrorCode::ResourceExhausted,
-                    format!("the response cannot be sent: {}", e.message()),
-                );
-                core.publish(&chans.response, &self.response(request_id, Err(err)))
-                    .await;
-            }
-            Err(e) => {
-                tracing::warn!(channel = %chans.response.legacy, error = %e, "psrpc server: publish failed");
-            }
+        if let Err(e) = (*core.bus).publish(&chans.response, bytes).await {
+            // Boxed: what this rare path holds would otherwise be room in
+            // every request's future, and a future over a kilobyte misses
+            // the allocator's per-thread cache.
+            Box::pin(self.publish_failed(request_id, &chans, e)).await;
+        }
+    }
+
+    /// A response could not be published: one the bus cannot carry is
+    /// answered at once with that error rather than left to the caller's
+    /// deadline; any other failure is logged.
+    async fn publish_failed(&self, request_id: String, chans: &ClientChannels, e: Error) {
+        if e.code() == ErrorCode::ResourceExhausted {
+            let err = Error::new(
+                ErrorCode::ResourceExhausted,
+                format!("the response cannot be sent: {}", e.message()),
+            );
+            let r = self.response(request_id, Err(err));
+            self.core.publish(&chans.response, &r).await;
+        } else {
+            tracing::warn!(channel = %chans.response.legacy, error = %e, "psrpc server: publish failed");
         }
     }
 
