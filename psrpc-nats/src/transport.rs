@@ -207,14 +207,15 @@ impl NatsTransport {
                 return r;
             }
         }
-        let publish = self.client.publish(subject, payload);
-        tokio::pin!(publish);
         // async-nats queues the publish for its connection task; that queue
         // is bounded and not drained while reconnecting: wait for room at
-        // most PUBLISH_WAIT (a timer only when it is full).
+        // most PUBLISH_WAIT (a timer only when it is full). Both boxed:
+        // async-nats' publish future and the timer would otherwise be room
+        // in the future of every publish, over a kilobyte.
+        let mut publish = Box::pin(self.client.publish(subject, payload));
         let r = match futures::poll!(&mut publish) {
             std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => tokio::time::timeout(PUBLISH_WAIT, publish)
+            std::task::Poll::Pending => Box::pin(tokio::time::timeout(PUBLISH_WAIT, publish))
                 .await
                 .map_err(|_| Error::PublishQueueFull(PUBLISH_WAIT))?,
         };

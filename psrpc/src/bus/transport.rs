@@ -33,7 +33,9 @@ pub async fn send_within<T>(
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
         Err(mpsc::error::TrySendError::Full(item)) => {
-            match tokio::time::timeout(wait, tx.send(item)).await {
+            // Boxed: the timer and the wait are room in the future of
+            // every publish otherwise, for the rare one that waits.
+            match Box::pin(tokio::time::timeout(wait, tx.send(item))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(QueueError::Closed),
                 Err(_) => Err(QueueError::Full),
