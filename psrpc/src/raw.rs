@@ -22,10 +22,9 @@ impl RpcClient {
         raw_request: Bytes,
         opts: &CallOptions,
     ) -> Result<Bytes> {
-        let topic = topic.into();
         self.unary_bytes(
             &method.info,
-            topic.parts(),
+            topic.into().into_parts(),
             raw_request,
             opts.clone(),
             Vec::new(),
@@ -43,10 +42,9 @@ impl RpcClient {
         raw_request: Bytes,
         opts: &CallOptions,
     ) -> Result<Replies> {
-        let topic = topic.into();
         let replies = self.multi_bytes(
             &method.info,
-            topic.parts(),
+            topic.into().into_parts(),
             raw_request,
             opts.clone(),
             Vec::new(),

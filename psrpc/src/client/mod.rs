@@ -318,7 +318,8 @@ impl RpcClient {
         if let Poll::Ready(r) = futures::poll!(sent.as_mut()) {
             return r;
         }
-        match tokio::time::timeout_at(deadline, sent).await {
+        // Boxed: the timer would otherwise be room in every call's future.
+        match Box::pin(tokio::time::timeout_at(deadline, sent)).await {
             // The bus's error as it is: `unavailable` when the bus is down,
             // `invalid_argument` or `resource_exhausted` over its limits.
             Ok(r) => r,

@@ -7,6 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 
@@ -122,17 +123,27 @@ where
     type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let raw = Bytes::from(self.req.encode_to_vec());
-            let c = self.client;
-            let replies = c
-                .multi_bytes(self.method, &self.topic, raw, self.opts, self.interceptors)
-                .await?;
-            Ok(MultiResponses {
-                replies,
-                _res: PhantomData,
-            })
-        })
+        // Taken apart (and the request encoded) before the future is made,
+        // so that what the call sends is not held twice in its future.
+        let MultiCall {
+            client,
+            method,
+            topic,
+            req,
+            opts,
+            interceptors,
+            ..
+        } = self;
+        let raw = Bytes::from(req.encode_to_vec());
+        let f = client
+            .multi_bytes(method, topic, raw, opts, interceptors)
+            .map(|r| {
+                r.map(|replies| MultiResponses {
+                    replies,
+                    _res: PhantomData,
+                })
+            });
+        Box::pin(f)
     }
 }
 
@@ -142,13 +153,13 @@ impl RpcClient {
     pub(crate) async fn multi_bytes(
         &self,
         method: &MethodInfo,
-        topic: &[String],
+        topic: Vec<String>,
         request: Bytes,
         opts: CallOptions,
         interceptors: Interceptors,
     ) -> Result<MultiSource> {
         Ok(match self.chain(interceptors) {
-            None => MultiSource::Raw(self.call_multi_raw(method, topic, request, &opts).await?),
+            None => MultiSource::Raw(self.call_multi_raw(method, &topic, request, &opts).await?),
             Some(chain) => {
                 let send: SendFn<Multi> = |t, request, opts| {
                     Box::pin(async move {
@@ -156,8 +167,10 @@ impl RpcClient {
                         Ok(Replies::new(raw.await?))
                     })
                 };
-                let replies = self.intercepted::<Multi>(chain, method, topic, request, opts, send);
-                MultiSource::Intercepted(replies.await?)
+                // Boxed, so that the interceptors' future is not room in
+                // every call's future.
+                let replies = self.intercepted::<Multi>(chain, method, &topic, request, opts, send);
+                MultiSource::Intercepted(Box::pin(replies).await?)
             }
         })
     }

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 
@@ -105,24 +106,31 @@ impl RpcClient {
         let cancel = opts.context.cancel_token();
 
         if method.require_claim {
-            let defaults;
-            let sel = match &opts.selection {
-                Some(s) => s,
-                None => {
-                    defaults = if method.affinity_enabled {
-                        SelectionOptions::affinity_defaults(self.inner.opts.selection_timeout)
-                    } else {
-                        SelectionOptions::queue_defaults(self.inner.opts.selection_timeout)
-                    };
-                    &defaults
-                }
-            };
             let flags = SelectFlags {
                 announcements: method.queue,
                 responses: true,
                 errors_final: method.queue,
             };
-            match select_server(&mut rx, sel, Some(deadline), cancel, flags).await? {
+            // Boxed, with the default options it may need: the selection's
+            // timers and state would otherwise be room in every call's
+            // future, over a kilobyte.
+            let selection = Box::pin(async {
+                let defaults;
+                let sel = match &opts.selection {
+                    Some(s) => s,
+                    None => {
+                        let timeout = self.inner.opts.selection_timeout;
+                        defaults = if method.affinity_enabled {
+                            SelectionOptions::affinity_defaults(timeout)
+                        } else {
+                            SelectionOptions::queue_defaults(timeout)
+                        };
+                        &defaults
+                    }
+                };
+                select_server(&mut rx, sel, Some(deadline), cancel, flags).await
+            });
+            match selection.await? {
                 Selected::Server(server_id) => {
                     let claim = ClaimResponse {
                         request_id: request_id.clone(),
@@ -195,13 +203,22 @@ where
     type IntoFuture = BoxFuture<'a, Result<Res>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let raw = Bytes::from(self.req.encode_to_vec());
-            let c = self.client;
-            c.unary_bytes(self.method, &self.topic, raw, self.opts, self.interceptors)
-                .await
-                .and_then(decode_response::<Res>)
-        })
+        // Taken apart (and the request encoded) before the future is made,
+        // so that what the call sends is not held twice in its future.
+        let UnaryCall {
+            client,
+            method,
+            topic,
+            req,
+            opts,
+            interceptors,
+            ..
+        } = self;
+        let raw = Bytes::from(req.encode_to_vec());
+        let f = client
+            .unary_bytes(method, topic, raw, opts, interceptors)
+            .map(|r| r.and_then(decode_response::<Res>));
+        Box::pin(f)
     }
 }
 
@@ -211,13 +228,13 @@ impl RpcClient {
     pub(crate) async fn unary_bytes(
         &self,
         method: &MethodInfo,
-        topic: &[String],
+        topic: Vec<String>,
         request: Bytes,
         opts: CallOptions,
         interceptors: Interceptors,
     ) -> Result<Bytes> {
         match self.chain(interceptors) {
-            None => self.call_unary_raw(method, topic, request, &opts).await,
+            None => self.call_unary_raw(method, &topic, request, &opts).await,
             Some(chain) => {
                 let send: SendFn<Unary> = |t, request, opts| {
                     Box::pin(async move {
@@ -226,7 +243,9 @@ impl RpcClient {
                             .await
                     })
                 };
-                self.intercepted::<Unary>(chain, method, topic, request, opts, send)
+                // Boxed, so that the interceptors' future is not room in
+                // every call's future.
+                Box::pin(self.intercepted::<Unary>(chain, method, &topic, request, opts, send))
                     .await
             }
         }
