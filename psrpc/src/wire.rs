@@ -515,6 +515,20 @@ pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
     Some(parts)
 }
 
+/// Whether a `Msg` envelope says its value is compressed (`compression`,
+/// field 4, not 0; the last occurrence wins), read in place with nothing
+/// else checked; `false` for anything [`scan_msg`] would leave to prost.
+pub(crate) fn is_compressed(b: &[u8]) -> bool {
+    let mut compression = 0;
+    let scanned = scan(b, |tag, field| {
+        if let (4, f @ Field::Varint(_)) = (tag, &field) {
+            compression = f.value();
+        }
+        true
+    });
+    scanned.is_some() && compression != 0
+}
+
 /// The string field `tag` of an encoded message (its last occurrence, as
 /// prost reads it; empty when absent), without decoding the rest.
 fn peek_bytes(b: &[u8], tags: [u32; 2]) -> Option<[&[u8]; 2]> {
@@ -754,6 +768,25 @@ mod tests {
 
     /// Field 1 (an id) once more, with a byte that is not UTF-8.
     const BAD_UTF8: &[u8] = &[1 << 3 | 2, 1, 0xff];
+
+    /// The compression flag read in place agrees with the full reading of
+    /// the envelope wherever that reading succeeds, compressed or not.
+    #[test]
+    fn is_compressed_agrees_with_scan_msg() {
+        let plain = encode_msg_raw("type.googleapis.com/x", b"\x08\x01");
+        let mut flagged = plain.to_vec();
+        flagged.extend([4 << 3, 1]);
+        let mut compressed = 0;
+        for whole in [plain, Bytes::from(flagged)] {
+            for b in mutations(whole) {
+                if let Some(m) = scan_msg(&b) {
+                    assert_eq!(is_compressed(&b), m.compression != 0, "{b:?}");
+                    compressed += usize::from(m.compression != 0);
+                }
+            }
+        }
+        assert!(compressed > 0);
+    }
 
     /// Reading a claim response's ids in place gives what prost decodes,
     /// and whatever it reads, prost reads too, but for ids that are not UTF-8.

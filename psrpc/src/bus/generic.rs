@@ -325,7 +325,7 @@ impl<T: Transport> MessageBus for Bus<T> {
 /// plain ones that arrived later.)
 fn off_reader_when_compressed(handler: Handler) -> Handler {
     Arc::new(move |msg: Bytes| {
-        if crate::wire::scan_msg(&msg).is_some_and(|m| m.compression != 0)
+        if crate::wire::is_compressed(&msg)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             let handler = handler.clone();
