@@ -9,7 +9,8 @@
 //! `PATH` is one of `unary`, `unary-mw`, `affinity`, `multi`, `stream`,
 //! `stream-open`, `sub`, `trigger` and `floor-multi` (see [`Path`]). The
 //! process starts three servers and one client of the benchmark service on
-//! one [`LocalBus`], on a current-thread tokio runtime, does `WARMUP`
+//! one [`LocalBus`] (`floor-multi` also opens a bare client and three echo
+//! peers, see [`Floor`]), on a current-thread tokio runtime, does `WARMUP`
 //! operations (default 200) so that every lazy initialisation and buffer
 //! growth is behind it, then `OPS` operations (default 1000) inside
 //! [`measured_ops`], the one function whose instructions callgrind collects
@@ -28,6 +29,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -424,7 +426,11 @@ impl Fixture {
                 let msg = Bytes::from(msg);
                 f.bus.publish(&f.req, msg.clone()).await.expect("publish");
                 for _ in 0..SERVERS {
-                    let echo = f.replies.recv().await.expect("echo");
+                    // Bounded: a peer that failed must fail the run, not hang it.
+                    let echo = tokio::time::timeout(Duration::from_secs(10), f.replies.recv())
+                        .await
+                        .expect("an echo within 10 s")
+                        .expect("echo");
                     assert_eq!(echo, msg);
                 }
             }

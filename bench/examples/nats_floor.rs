@@ -53,51 +53,107 @@ async fn row(url: &str, conc: usize, secs: f64, tag: &str) -> Result<f64, async_
         let replies = client.subscribe(rep).await?;
         workers.push((req, replies));
     }
-    for p in &peers {
-        p.flush().await?;
+    // A flush only writes the SUBs out: one round trip per worker, retried
+    // until its three echoes come back, proves every subscription is live
+    // at the server before the clock starts.
+    let payload = Bytes::from_static(b"psrpc-bench-0123");
+    for (req, replies) in &mut workers {
+        let live = Instant::now() + Duration::from_secs(10);
+        while round(&client, req, replies, &payload, Duration::from_millis(200))
+            .await
+            .is_err()
+        {
+            if Instant::now() > live {
+                return Err(format!("{req}: no echoes within 10 s").into());
+            }
+            // Late echoes of a failed round are read before the next.
+            while tokio::time::timeout(Duration::from_millis(50), replies.next())
+                .await
+                .is_ok_and(|m| m.is_some())
+            {}
+        }
     }
-    client.flush().await?;
     let ops = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for (req, mut replies) in workers {
-        let (client, ops) = (client.clone(), ops.clone());
+        let (client, ops, payload) = (client.clone(), ops.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
-            let payload = Bytes::from_static(b"psrpc-bench-0123");
             while Instant::now() < end {
-                if client.publish(req.clone(), payload.clone()).await.is_err() {
-                    return;
-                }
-                for _ in 0..PEERS {
-                    let r = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
-                    if !matches!(r, Ok(Some(_))) {
-                        return;
-                    }
-                }
+                round(
+                    &client,
+                    &req,
+                    &mut replies,
+                    &payload,
+                    Duration::from_secs(5),
+                )
+                .await?;
                 ops.fetch_add(1, Ordering::Relaxed);
             }
+            Ok::<(), String>(())
         }));
     }
+    let mut failed = None;
     for t in tasks {
-        let _ = t.await;
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(e),
+            Err(e) => failed = Some(format!("worker: {e}")),
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     for e in echoes {
         e.abort();
     }
-    Ok(ops.load(Ordering::Relaxed) as f64 / elapsed)
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(ops.load(Ordering::Relaxed) as f64 / elapsed),
+    }
+}
+
+/// One operation: publishes `payload` on `req` and waits up to `wait` for
+/// each of the [`PEERS`] echoes.
+async fn round(
+    client: &async_nats::Client,
+    req: &str,
+    replies: &mut async_nats::Subscriber,
+    payload: &Bytes,
+    wait: Duration,
+) -> Result<(), String> {
+    client
+        .publish(req.to_owned(), payload.clone())
+        .await
+        .map_err(|e| format!("{req}: publish: {e}"))?;
+    for got in 0..PEERS {
+        match tokio::time::timeout(wait, replies.next()).await {
+            Ok(Some(_)) => {}
+            _ => return Err(format!("{req}: {got} of {PEERS} echoes within {wait:?}")),
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(url) = args.first() else {
-        eprintln!("usage: nats_floor URL [SECONDS] [CONC]");
-        return ExitCode::from(2);
+    let usage = || {
+        eprintln!("usage: nats_floor URL [SECONDS > 0] [CONC > 0]");
+        ExitCode::from(2)
     };
-    let secs = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1.0);
-    let conc = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let Some(url) = args.first() else {
+        return usage();
+    };
+    let secs = match args.get(1).map(|a| a.parse::<f64>()) {
+        None => 1.0,
+        Some(Ok(s)) if s > 0.0 && s.is_finite() => s,
+        Some(_) => return usage(),
+    };
+    let conc = match args.get(2).map(|a| a.parse::<usize>()) {
+        None => 64,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => return usage(),
+    };
     for (name, n) in [("seq".to_owned(), 1), (format!("conc{conc}"), conc)] {
         match row(url, n, secs, &name).await {
             Ok(ops) => println!("bare async-nats multi {name}: {ops:.0} ops/s"),

@@ -50,8 +50,8 @@ pub(crate) fn check_subject(subject: &str, max: usize) -> Result<()> {
             subject.len()
         ));
     }
-    // Every publish checks its subject: one pass over the bytes finds
-    // whether anything needs a closer look (a byte that is not printable
+    // Every publish checks its subject: a quick scan of the bytes (see
+    // `plain_subject`) finds whether anything needs a closer look (a byte that is not printable
     // ASCII, a dot next to a dot or an end, a wildcard character), and
     // subjects without any (nearly all) are accepted without the
     // character-by-character and token-by-token checks below.
@@ -86,8 +86,7 @@ fn plain_subject(s: &[u8]) -> bool {
         return false;
     }
     // Two passes without early exits or a carried byte, which the compiler
-    // turns into vector instructions (a subject is checked at every
-    // publish): no byte outside printable ASCII or a wildcard, then no dot
+    // can vectorise (a subject is checked at every publish): no byte outside printable ASCII or a wildcard, then no dot
     // next to a dot.
     let odd = s.iter().fold(false, |acc, &b| {
         acc | !(0x21..0x7f).contains(&b) | (b == b'*') | (b == b'>')

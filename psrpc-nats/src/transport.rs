@@ -209,9 +209,10 @@ impl NatsTransport {
         }
         // async-nats queues the publish for its connection task; that queue
         // is bounded and not drained while reconnecting: wait for room at
-        // most PUBLISH_WAIT (a timer only when it is full). Both boxed:
-        // async-nats' publish future and the timer would otherwise be room
-        // in the future of every publish, over a kilobyte.
+        // most PUBLISH_WAIT (a timer only when it is full). async-nats'
+        // publish future is boxed at every publish (a small allocation) and
+        // the timer only when the queue is full: held inline, they made the
+        // future of every publish over a kilobyte, which allocates slowly.
         let mut publish = Box::pin(self.client.publish(subject, payload));
         let r = match futures::poll!(&mut publish) {
             std::task::Poll::Ready(r) => r,

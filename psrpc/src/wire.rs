@@ -516,13 +516,15 @@ pub(crate) fn scan_msg(b: &[u8]) -> Option<MsgParts> {
 }
 
 /// Whether a `Msg` envelope says its value is compressed (`compression`,
-/// field 4, not 0; the last occurrence wins), read in place with nothing
-/// else checked; `false` for anything [`scan_msg`] would leave to prost.
+/// field 4, read as the `i32` prost reads; the last occurrence wins), read
+/// in place; `false` when its framing cannot be walked. Nothing else is
+/// checked, so an envelope prost refuses may read as compressed: its
+/// handler refuses it, off the reader.
 pub(crate) fn is_compressed(b: &[u8]) -> bool {
-    let mut compression = 0;
+    let mut compression = 0i32;
     let scanned = scan(b, |tag, field| {
         if let (4, f @ Field::Varint(_)) = (tag, &field) {
-            compression = f.value();
+            compression = f.value() as i32;
         }
         true
     });
@@ -786,6 +788,20 @@ mod tests {
             }
         }
         assert!(compressed > 0);
+        // The last flag wins; a flag prost truncates to 0 is 0; a cut-off
+        // envelope reads as plain.
+        let flagged = [&encode_msg_raw("t", b"v")[..], &[4 << 3, 1]].concat();
+        for (b, want) in [
+            ([&flagged[..], &[4 << 3, 0]].concat(), false),
+            (
+                [&flagged[..], &[4 << 3, 0x80, 0x80, 0x80, 0x80, 0x10]].concat(),
+                false,
+            ),
+            ([&flagged[..], &[4 << 3]].concat(), false),
+            (flagged.clone(), true),
+        ] {
+            assert_eq!(is_compressed(&b), want, "{b:?}");
+        }
     }
 
     /// Reading a claim response's ids in place gives what prost decodes,
