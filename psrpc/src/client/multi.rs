@@ -123,28 +123,19 @@ where
     type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        // Taken apart (and the request encoded) before the future is made,
-        // so that what the call sends is not held twice in its future.
-        let MultiCall {
-            client,
-            method,
-            topic,
-            req,
-            opts,
-            interceptors,
-            ..
-        } = self;
-        let raw = Bytes::from(req.encode_to_vec());
-        let f = client
-            .multi_bytes(method, topic, raw, opts, interceptors)
-            .map(|r| {
-                r.map(|replies| MultiResponses {
-                    replies,
-                    _res: PhantomData,
-                })
-            });
-        Box::pin(f)
+        let (client, p) = self.into_parts();
+        let f = client.multi_bytes(p.method, p.topic, p.request, p.opts, p.interceptors);
+        Box::pin(f.map(|r| {
+            r.map(|replies| MultiResponses {
+                replies,
+                _res: PhantomData,
+            })
+        }))
     }
+}
+
+impl<'a, Req: Message, Res> MultiCall<'a, Req, Res> {
+    call_parts_method!('a);
 }
 
 impl RpcClient {
@@ -167,10 +158,8 @@ impl RpcClient {
                         Ok(Replies::new(raw.await?))
                     })
                 };
-                // Boxed, so that the interceptors' future is not room in
-                // every call's future.
                 let replies = self.intercepted::<Multi>(chain, method, &topic, request, opts, send);
-                MultiSource::Intercepted(Box::pin(replies).await?)
+                MultiSource::Intercepted(replies.await?)
             }
         })
     }

@@ -203,23 +203,14 @@ where
     type IntoFuture = BoxFuture<'a, Result<Res>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        // Taken apart (and the request encoded) before the future is made,
-        // so that what the call sends is not held twice in its future.
-        let UnaryCall {
-            client,
-            method,
-            topic,
-            req,
-            opts,
-            interceptors,
-            ..
-        } = self;
-        let raw = Bytes::from(req.encode_to_vec());
-        let f = client
-            .unary_bytes(method, topic, raw, opts, interceptors)
-            .map(|r| r.and_then(decode_response::<Res>));
-        Box::pin(f)
+        let (client, p) = self.into_parts();
+        let f = client.unary_bytes(p.method, p.topic, p.request, p.opts, p.interceptors);
+        Box::pin(f.map(|r| r.and_then(decode_response::<Res>)))
     }
+}
+
+impl<'a, Req: Message, Res> UnaryCall<'a, Req, Res> {
+    call_parts_method!('a);
 }
 
 impl RpcClient {
@@ -243,9 +234,7 @@ impl RpcClient {
                             .await
                     })
                 };
-                // Boxed, so that the interceptors' future is not room in
-                // every call's future.
-                Box::pin(self.intercepted::<Unary>(chain, method, &topic, request, opts, send))
+                self.intercepted::<Unary>(chain, method, &topic, request, opts, send)
                     .await
             }
         }
