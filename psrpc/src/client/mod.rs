@@ -21,8 +21,6 @@ use crate::interceptor::{Chain, ClientCall, ClientInterceptor, Hop, Next, Termin
 use crate::stream::{StreamTable, spawn_publish};
 use crate::wire::{self, ClaimRequest, Response};
 
-/// The option setters every call builder has ([`UnaryCall`], [`MultiCall`],
-/// [`StreamCall`]); defined before the modules that expand it.
 /// The `interceptor` setter of the unary and multi call builders.
 macro_rules! call_interceptor_method {
     () => {
@@ -34,26 +32,28 @@ macro_rules! call_interceptor_method {
     };
 }
 
-/// `into_parts` of the unary and multi call builders, for their lifetime
-/// `$a`.
-macro_rules! call_parts_method {
-    ($a:lifetime) => {
-        /// The client and the call's parts, its request encoded; taken
-        /// before the call's future is made, so that what the call sends is
-        /// not held twice in that future.
-        fn into_parts(self) -> (&$a RpcClient, super::CallParts<$a>) {
-            let parts = super::CallParts {
-                method: self.method,
-                topic: self.topic,
-                request: Bytes::from(self.req.encode_to_vec()),
-                opts: self.opts,
-                interceptors: self.interceptors,
-            };
-            (self.client, parts)
-        }
-    };
+/// A unary or multi call builder taken apart, its request encoded:
+/// `(client, method, topic, request, options, interceptors)`. Done before
+/// the call's future is made, so that what the call sends is not held twice
+/// in that future.
+macro_rules! encoded_call_parts {
+    ($call:expr) => {{
+        let call = $call;
+        let request = ::bytes::Bytes::from(::prost::Message::encode_to_vec(&call.req));
+        let (opts, interceptors) = (call.opts, call.interceptors);
+        (
+            call.client,
+            call.method,
+            call.topic,
+            request,
+            opts,
+            interceptors,
+        )
+    }};
 }
 
+/// The option setters every call builder has ([`UnaryCall`], [`MultiCall`],
+/// [`StreamCall`]); defined before the modules that expand it.
 macro_rules! call_builder_methods {
     () => {
         /// Sets the request timeout of this call (overrides the client's and
@@ -390,15 +390,6 @@ impl RpcClient {
 
 /// A call's own interceptors, set on its builder.
 pub(crate) type Interceptors = Vec<Arc<dyn ClientInterceptor>>;
-
-/// A unary or multi call taken out of its builder, its request encoded.
-pub(crate) struct CallParts<'a> {
-    pub(crate) method: &'a MethodInfo,
-    pub(crate) topic: Vec<String>,
-    pub(crate) request: Bytes,
-    pub(crate) opts: CallOptions,
-    pub(crate) interceptors: Interceptors,
-}
 
 /// What an intercepted call ends in: a call of a method on a topic, on
 /// this client, made once per attempt.

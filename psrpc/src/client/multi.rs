@@ -123,8 +123,8 @@ where
     type IntoFuture = BoxFuture<'a, Result<MultiResponses<Res>>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let (client, p) = self.into_parts();
-        let f = client.multi_bytes(p.method, p.topic, p.request, p.opts, p.interceptors);
+        let (client, method, topic, request, opts, interceptors) = encoded_call_parts!(self);
+        let f = client.multi_bytes(method, topic, request, opts, interceptors);
         Box::pin(f.map(|r| {
             r.map(|replies| MultiResponses {
                 replies,
@@ -132,10 +132,6 @@ where
             })
         }))
     }
-}
-
-impl<'a, Req: Message, Res> MultiCall<'a, Req, Res> {
-    call_parts_method!('a);
 }
 
 impl RpcClient {

@@ -203,14 +203,10 @@ where
     type IntoFuture = BoxFuture<'a, Result<Res>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let (client, p) = self.into_parts();
-        let f = client.unary_bytes(p.method, p.topic, p.request, p.opts, p.interceptors);
+        let (client, method, topic, request, opts, interceptors) = encoded_call_parts!(self);
+        let f = client.unary_bytes(method, topic, request, opts, interceptors);
         Box::pin(f.map(|r| r.and_then(decode_response::<Res>)))
     }
-}
-
-impl<'a, Req: Message, Res> UnaryCall<'a, Req, Res> {
-    call_parts_method!('a);
 }
 
 impl RpcClient {
