@@ -209,18 +209,16 @@ impl NatsTransport {
         }
         // async-nats queues the publish for its connection task; that queue
         // is bounded and not drained while reconnecting: wait for room at
-        // most PUBLISH_WAIT (a timer only when it is full). async-nats'
-        // publish future is boxed at every publish (a small allocation) and
-        // the timer only when the queue is full: held inline, they made the
-        // future of every publish over a kilobyte, which allocates slowly.
-        let mut publish = Box::pin(self.client.publish(subject, payload));
-        let r = match futures::poll!(&mut publish) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => Box::pin(tokio::time::timeout(PUBLISH_WAIT, publish))
-                .await
-                .map_err(|_| Error::PublishQueueFull(PUBLISH_WAIT))?,
-        };
-        r.map_err(Error::Publish)
+        // most PUBLISH_WAIT. Its publish future is boxed (a small
+        // allocation): held inline, it made the future of every publish
+        // over a kilobyte, which allocates slowly.
+        let publish = Box::pin(self.client.publish(subject, payload));
+        match psrpc::bus::ready_or_until(publish, || tokio::time::Instant::now() + PUBLISH_WAIT)
+            .await
+        {
+            Some(r) => r.map_err(Error::Publish),
+            None => Err(Error::PublishQueueFull(PUBLISH_WAIT)),
+        }
     }
 
     /// A request with an empty payload to `subject`: "no responders" means

@@ -51,7 +51,7 @@ pub(crate) use receive::{decode_payload, receive_payload};
 pub use receive::{receive, receive_envelope};
 use subscription::AbortOnDrop;
 pub use subscription::{Handler, HandlerSubscription, RawSubscription};
-pub use transport::{Inbox, Listening, QueueError, Transport, send_within};
+pub use transport::{Inbox, Listening, QueueError, Transport, ready_or_until, send_within};
 
 use crate::drops::Drops;
 use crate::error::Result;

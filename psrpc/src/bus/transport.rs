@@ -21,6 +21,23 @@ pub enum QueueError {
     Full,
 }
 
+/// The output of `fut` if it is ready when first polled; else waits for it
+/// until `deadline()` at the latest, `None` when that passes first. For a
+/// publish, which is nearly always taken at once: the deadline is only
+/// asked for, and the timer only made, when it is not; the wait (the timer
+/// and `fut`) is boxed, so that it is not room in the caller's future.
+pub async fn ready_or_until<F: Future + Unpin>(
+    mut fut: F,
+    deadline: impl FnOnce() -> tokio::time::Instant,
+) -> Option<F::Output> {
+    if let std::task::Poll::Ready(out) = futures::poll!(&mut fut) {
+        return Some(out);
+    }
+    Box::pin(tokio::time::timeout_at(deadline(), fut))
+        .await
+        .ok()
+}
+
 /// Queues `item` on `tx`: at once when there is room, else waiting at most
 /// `wait` for some (a timer only when the queue is full). For a
 /// transport's queue of publishes to the task that writes them.
@@ -33,12 +50,11 @@ pub async fn send_within<T>(
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
         Err(mpsc::error::TrySendError::Full(item)) => {
-            // Boxed: the timer and the wait are room in the future of
-            // every publish otherwise, for the rare one that waits.
-            match Box::pin(tokio::time::timeout(wait, tx.send(item))).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(QueueError::Closed),
-                Err(_) => Err(QueueError::Full),
+            let room = Box::pin(tx.send(item));
+            match ready_or_until(room, || tokio::time::Instant::now() + wait).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(_)) => Err(QueueError::Closed),
+                None => Err(QueueError::Full),
             }
         }
     }
@@ -322,6 +338,22 @@ impl Inbox {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Ready at once: its output, the deadline never asked for; pending:
+    /// waited for until the deadline, `None` past it.
+    #[tokio::test(start_paused = true)]
+    async fn ready_or_until_times_only_the_wait() {
+        let at_once = ready_or_until(std::future::ready(1), || unreachable!("no timer")).await;
+        assert_eq!(at_once, Some(1));
+        let soon = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            2
+        });
+        let until = || tokio::time::Instant::now() + Duration::from_secs(1);
+        assert_eq!(ready_or_until(soon, until).await, Some(2));
+        let never = Box::pin(std::future::pending::<()>());
+        assert_eq!(ready_or_until(never, until).await, None);
+    }
 
     /// Room: queued at once; full: queued once room is made within the
     /// wait, `Full` when none is; no receiver: `Closed`.

@@ -334,7 +334,9 @@ impl RpcClient {
     ) -> Result<()> {
         let mut sent = (*self.inner.bus).publish(ch, bytes);
         // Most publishes are done when first polled (always on the local
-        // bus): those need no timer.
+        // bus): those need no timer. (This is `bus::ready_or_until` written
+        // out: through it, a call's future is 24 bytes larger, which
+        // counted 800 to 1,000 more instructions per multi call.)
         if let Poll::Ready(r) = futures::poll!(sent.as_mut()) {
             return r;
         }
